@@ -1,0 +1,100 @@
+//! The errors a caller of the meter can see. Each has an HTTP status, a stable code and
+//! a sentence; none of them leaves credits half-moved.
+
+use thiserror::Error;
+
+/// Why a meter call failed. Codes are stable: clients may match on them.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MeterError {
+    /// The request is malformed or breaks a documented limit.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A grant names a balance the active policy does not use.
+    #[error("balance '{balance}' is not one of this policy's balances ({known})")]
+    UnknownBalance { balance: String, known: String },
+    /// An amount is zero, negative or out of range.
+    #[error("{0}")]
+    InvalidAmount(String),
+    /// No transaction with this id was ever authorized.
+    #[error("no transaction '{0}' was authorized")]
+    UnknownTransaction(String),
+    /// A transaction id was reused for a different request.
+    #[error(
+        "transaction '{0}' was already authorized with a different request; use a new transaction id"
+    )]
+    TransactionConflict(String),
+    /// A grant id was reused for a different grant.
+    #[error("grant '{0}' was already applied with a different tenant, balance or amount")]
+    GrantConflict(String),
+    /// Settle was called for a transaction whose authorize was rejected.
+    #[error("transaction '{0}' was rejected at authorize and cannot be settled")]
+    TransactionRejected(String),
+    /// The transaction's hold expired before settle; its credits were released.
+    #[error("the hold of transaction '{0}' expired before settle and was released")]
+    HoldExpired(String),
+    /// The policy trapped; the request fails closed and nothing was written.
+    #[error("the policy failed: {0}")]
+    PolicyTrap(String),
+    /// The policy used up its CPU budget for one call.
+    #[error("the policy exceeded its CPU budget of {fuel} fuel units for one call")]
+    PolicyFuelExhausted { fuel: u64 },
+    /// The policy answered something the contract forbids.
+    #[error("the policy broke the contract: {0}")]
+    PolicyInvalidVerdict(String),
+    /// The ledger store failed; nothing of this request was acknowledged.
+    #[error("the ledger store is unavailable: {0}")]
+    StoreUnavailable(String),
+    /// Too many requests are queued for the ledger.
+    #[error("the meter is overloaded; retry shortly")]
+    Overloaded,
+    /// The meter is shutting down.
+    #[error("the meter is shut down")]
+    ShutDown,
+}
+
+impl MeterError {
+    /// The HTTP status a sidecar answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            MeterError::InvalidRequest(_)
+            | MeterError::UnknownBalance { .. }
+            | MeterError::InvalidAmount(_) => 400,
+            MeterError::UnknownTransaction(_) => 404,
+            MeterError::TransactionConflict(_)
+            | MeterError::GrantConflict(_)
+            | MeterError::TransactionRejected(_)
+            | MeterError::HoldExpired(_) => 409,
+            MeterError::PolicyTrap(_)
+            | MeterError::PolicyFuelExhausted { .. }
+            | MeterError::PolicyInvalidVerdict(_) => 500,
+            MeterError::StoreUnavailable(_) | MeterError::Overloaded | MeterError::ShutDown => 503,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MeterError::InvalidRequest(_) => "invalid_request",
+            MeterError::UnknownBalance { .. } => "unknown_balance",
+            MeterError::InvalidAmount(_) => "invalid_amount",
+            MeterError::UnknownTransaction(_) => "unknown_transaction",
+            MeterError::TransactionConflict(_) => "transaction_conflict",
+            MeterError::GrantConflict(_) => "grant_conflict",
+            MeterError::TransactionRejected(_) => "transaction_rejected",
+            MeterError::HoldExpired(_) => "hold_expired",
+            MeterError::PolicyTrap(_) => "policy_trap",
+            MeterError::PolicyFuelExhausted { .. } => "policy_fuel_exhausted",
+            MeterError::PolicyInvalidVerdict(_) => "policy_invalid_verdict",
+            MeterError::StoreUnavailable(_) => "store_unavailable",
+            MeterError::Overloaded => "overloaded",
+            MeterError::ShutDown => "shut_down",
+        }
+    }
+}
+
+impl From<rusqlite::Error> for MeterError {
+    fn from(error: rusqlite::Error) -> Self {
+        MeterError::StoreUnavailable(error.to_string())
+    }
+}

@@ -1,0 +1,127 @@
+//! The ledger's rules: how a decision becomes journal entries, whatever the policy
+//! said. Pure functions over account states; the store persists what they return.
+//!
+//! Each account (tenant, balance) has credits `available` and credits `held` by open
+//! transactions. Every movement is one journal entry with a positive `amount` whose
+//! kind fixes its effect (see [`EntryKind::effect`]), so the entries of an account
+//! always sum to its state: that is the invariant [`check_account`] asserts.
+
+mod posting;
+mod transaction;
+
+pub use posting::{AuthorizePosting, SettlePosting, post_authorize, post_expiry, post_settle};
+pub use transaction::{TransactionRecord, TransactionState};
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// What a journal entry did to its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Credits added by an operator.
+    Grant,
+    /// Credits reserved for an open transaction.
+    Hold,
+    /// Held credits spent at settle.
+    Capture,
+    /// Held credits returned at settle.
+    Release,
+    /// Available credits spent directly.
+    Charge,
+    /// Held credits returned because the transaction was never settled in time.
+    Expire,
+}
+
+impl EntryKind {
+    pub const ALL: [EntryKind; 6] = [
+        EntryKind::Grant,
+        EntryKind::Hold,
+        EntryKind::Capture,
+        EntryKind::Release,
+        EntryKind::Charge,
+        EntryKind::Expire,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Grant => "grant",
+            EntryKind::Hold => "hold",
+            EntryKind::Capture => "capture",
+            EntryKind::Release => "release",
+            EntryKind::Charge => "charge",
+            EntryKind::Expire => "expire",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// The change an entry of `amount` makes to (available, held).
+    pub fn effect(self, amount: i64) -> (i64, i64) {
+        match self {
+            EntryKind::Grant => (amount, 0),
+            EntryKind::Hold => (-amount, amount),
+            EntryKind::Capture => (0, -amount),
+            EntryKind::Release | EntryKind::Expire => (amount, -amount),
+            EntryKind::Charge => (-amount, 0),
+        }
+    }
+}
+
+/// One journal line, before the store stamps it with an id and a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub balance: String,
+    pub kind: EntryKind,
+    /// Always > 0.
+    pub amount: i64,
+}
+
+/// One account's credits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountState {
+    pub available: i64,
+    pub held: i64,
+}
+
+/// A tenant's accounts, by balance name.
+pub type Accounts = BTreeMap<String, AccountState>;
+
+/// Applies entries to account states, refusing any that would take a figure below zero
+/// or overflow: the last line of defence behind the posting rules.
+pub fn apply(accounts: &mut Accounts, entries: &[Entry]) -> Result<(), String> {
+    for entry in entries {
+        if entry.amount <= 0 {
+            return Err(format!("entry {entry:?} has a non-positive amount"));
+        }
+        let account = accounts.entry(entry.balance.clone()).or_default();
+        let (available_delta, held_delta) = entry.kind.effect(entry.amount);
+        let available = account.available.checked_add(available_delta);
+        let held = account.held.checked_add(held_delta);
+        match (available, held) {
+            (Some(available), Some(held)) if available >= 0 && held >= 0 => {
+                *account = AccountState { available, held };
+            }
+            _ => {
+                return Err(format!(
+                    "entry {entry:?} would take account {account:?} below zero or past i64"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the journal of an account sums to its state.
+pub fn check_account(state: AccountState, journal_sum: AccountState) -> Result<(), String> {
+    if state == journal_sum {
+        Ok(())
+    } else {
+        Err(format!(
+            "account state {state:?} differs from the sum of its journal {journal_sum:?}"
+        ))
+    }
+}

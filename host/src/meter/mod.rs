@@ -1,0 +1,287 @@
+//! The meter: the library's entry point. It validates requests, hands them to the
+//! sequencer thread that decides and writes them, and answers reads from the store.
+//!
+//! ```no_run
+//! use creditgate::{Meter, MeterConfig, PolicySource, model::{AuthorizeRequest, GrantRequest}};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = std::fs::read("target/wasm32-wasip2/release/smarte.wasm")?;
+//! let meter = Meter::open(MeterConfig::new("creditgate.db"), PolicySource::Component(policy))?;
+//! meter.grant(GrantRequest {
+//!     grant_id: "welcome-acme".into(),
+//!     tenant: "acme".into(),
+//!     balance: "default".into(),
+//!     amount: 10,
+//! })?;
+//! let answer = meter.authorize(AuthorizeRequest {
+//!     tenant: "acme".into(),
+//!     operation: "person.enrich".into(),
+//!     ..Default::default()
+//! })?;
+//! assert!(answer.admitted);
+//! # Ok(()) }
+//! ```
+
+mod sequencer;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::MeterError;
+use crate::model::{
+    AuthorizeRequest, Authorization, GrantRequest, JournalEntry, PolicyRef, Receipt,
+    SettleRequest, TenantBalances, TransactionView,
+};
+use crate::policy::component::{self, Limits};
+use crate::policy::native::NativeRuntime;
+use crate::policy::{MarkLookup, PolicyInfo, PolicyRuntime};
+use crate::store::{LedgerReader, sqlite};
+use sequencer::{Answer, Command, Job, RuntimeFactory, Sequencer};
+
+/// Which policy decides.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// A WebAssembly component of the `creditgate:policy` world.
+    Component(Vec<u8>),
+    /// A reference policy linked natively (no sandbox): for measuring the sandbox.
+    Native(NativePolicy),
+}
+
+/// The reference policies, linked natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativePolicy {
+    Smarte,
+    DonorAtlas,
+}
+
+/// How a meter runs. `new` gives production defaults.
+#[derive(Clone)]
+pub struct MeterConfig {
+    /// The SQLite ledger file (created if missing).
+    pub db_path: PathBuf,
+    pub limits: Limits,
+    /// Decisions per store transaction (and per fsync), at most.
+    pub batch_size_max: usize,
+    /// How long the sequencer waits for more jobs to join a batch.
+    pub batch_wait_us_max: u64,
+    /// Jobs that may wait for the sequencer before callers get `overloaded`.
+    pub queue_depth_max: usize,
+    /// How often lapsed holds are swept when no request comes to sweep them.
+    pub sweep_interval_ms: u64,
+    /// Lapsed holds released per sweep, at most.
+    pub expiry_batch_max: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl MeterConfig {
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        Self {
+            db_path: db_path.into(),
+            limits: Limits::default(),
+            batch_size_max: 256,
+            batch_wait_us_max: 0,
+            queue_depth_max: 65_536,
+            sweep_interval_ms: 1_000,
+            expiry_batch_max: 1_000,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A running meter: one ledger, one active policy.
+pub struct Meter {
+    jobs: Option<SyncSender<Job>>,
+    sequencer: Option<JoinHandle<()>>,
+    reader: Arc<dyn LedgerReader>,
+    policy: PolicyInfo,
+}
+
+impl Meter {
+    /// Opens the ledger, loads and checks the policy, and starts the sequencer.
+    pub fn open(config: MeterConfig, source: PolicySource) -> Result<Self, MeterError> {
+        let (writer, reader) = sqlite::open(&config.db_path)?;
+        let engine = component::engine()?;
+        let (make_runtime, component_bytes): (RuntimeFactory, Option<Vec<u8>>) = match source {
+            PolicySource::Component(bytes) => {
+                let compiled = sequencer::compile(&engine, &bytes, &config)?;
+                (
+                    Box::new(move |marks: Rc<dyn MarkLookup>| {
+                        Ok(Box::new(compiled.runtime(marks)) as Box<dyn PolicyRuntime>)
+                    }),
+                    Some(bytes),
+                )
+            }
+            PolicySource::Native(native) => (
+                Box::new(move |marks: Rc<dyn MarkLookup>| native_runtime(native, marks)),
+                None,
+            ),
+        };
+        let (jobs, queue) = std::sync::mpsc::sync_channel(config.queue_depth_max);
+        let (started, start_result) = std::sync::mpsc::channel();
+        let thread_config = config.clone();
+        let sequencer = std::thread::Builder::new()
+            .name("creditgate-sequencer".to_owned())
+            .spawn(move || {
+                let clock = Arc::clone(&thread_config.clock);
+                match Sequencer::start(writer, clock, thread_config, engine, make_runtime, component_bytes) {
+                    Ok((sequencer, info)) => {
+                        let _ = started.send(Ok(info));
+                        sequencer.run(queue);
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
+            })
+            .map_err(|error| MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}")))?;
+        let policy = start_result
+            .recv()
+            .map_err(|_| MeterError::ShutDown)??;
+        Ok(Self {
+            jobs: Some(jobs),
+            sequencer: Some(sequencer),
+            reader: Arc::new(reader),
+            policy,
+        })
+    }
+
+    /// The active policy.
+    pub fn policy(&self) -> &PolicyInfo {
+        &self.policy
+    }
+
+    pub fn policy_ref(&self) -> PolicyRef {
+        sequencer::policy_ref(&self.policy)
+    }
+
+    fn submit(&self, command: Command) -> Result<oneshot::Receiver<Result<Answer, MeterError>>, MeterError> {
+        let (reply, answer) = oneshot::channel();
+        let jobs = self.jobs.as_ref().ok_or(MeterError::ShutDown)?;
+        jobs.try_send(Job { command, reply }).map_err(|error| match error {
+            TrySendError::Full(_) => MeterError::Overloaded,
+            TrySendError::Disconnected(_) => MeterError::ShutDown,
+        })?;
+        Ok(answer)
+    }
+
+    fn call(&self, command: Command) -> Result<Answer, MeterError> {
+        self.submit(command)?
+            .blocking_recv()
+            .map_err(|_| MeterError::ShutDown)?
+    }
+
+    async fn call_async(&self, command: Command) -> Result<Answer, MeterError> {
+        self.submit(command)?.await.map_err(|_| MeterError::ShutDown)?
+    }
+
+    /// Decides a request and applies the verdict. Blocking: from async code use
+    /// [`Meter::authorize_async`].
+    pub fn authorize(&self, request: AuthorizeRequest) -> Result<Authorization, MeterError> {
+        authorization(self.call(Command::Authorize(request))?)
+    }
+
+    pub async fn authorize_async(&self, request: AuthorizeRequest) -> Result<Authorization, MeterError> {
+        authorization(self.call_async(Command::Authorize(request)).await?)
+    }
+
+    /// Prices an outcome on the policy version that authorized it.
+    pub fn settle(&self, request: SettleRequest) -> Result<Receipt, MeterError> {
+        receipt(self.call(Command::Settle(request))?)
+    }
+
+    pub async fn settle_async(&self, request: SettleRequest) -> Result<Receipt, MeterError> {
+        receipt(self.call_async(Command::Settle(request)).await?)
+    }
+
+    /// Tops up a balance; a repeated grant id moves nothing.
+    pub fn grant(&self, grant: GrantRequest) -> Result<TenantBalances, MeterError> {
+        balances(self.call(Command::Grant(grant))?)
+    }
+
+    pub async fn grant_async(&self, grant: GrantRequest) -> Result<TenantBalances, MeterError> {
+        balances(self.call_async(Command::Grant(grant)).await?)
+    }
+
+    /// Releases every hold whose TTL has passed; returns how many.
+    pub fn expire_due(&self) -> Result<usize, MeterError> {
+        match self.call(Command::ExpireDue)? {
+            Answer::Expired(count) => Ok(count),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// A tenant's credits; a tenant never granted anything has zeros.
+    pub fn balances(&self, tenant: &str) -> Result<TenantBalances, MeterError> {
+        validate::identifier("tenant", tenant)?;
+        self.reader.balances(tenant, &self.policy.balances)
+    }
+
+    /// A transaction with its journal entries, for audit.
+    pub fn transaction(&self, id: &str) -> Result<TransactionView, MeterError> {
+        validate::identifier("transaction_id", id)?;
+        self.reader
+            .transaction(id)?
+            .ok_or_else(|| MeterError::UnknownTransaction(id.to_owned()))
+    }
+
+    /// A tenant's journal, oldest first.
+    pub fn journal(&self, tenant: &str, limit: usize) -> Result<Vec<JournalEntry>, MeterError> {
+        validate::identifier("tenant", tenant)?;
+        self.reader.journal(tenant, limit)
+    }
+
+    /// Accounts whose state differs from the sum of their journal (empty when sound).
+    pub fn invariant_violations(&self) -> Result<Vec<String>, MeterError> {
+        self.reader.invariant_violations()
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // Closing the queue lets the sequencer finish its batch and stop.
+        drop(self.jobs.take());
+        if let Some(sequencer) = self.sequencer.take() {
+            let _ = sequencer.join();
+        }
+    }
+}
+
+fn native_runtime(native: NativePolicy, marks: Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> {
+    Ok(match native {
+        NativePolicy::Smarte => Box::new(NativeRuntime::<smarte::Smarte>::new("smarte", marks)?),
+        NativePolicy::DonorAtlas => {
+            Box::new(NativeRuntime::<donoratlas::DonorAtlas>::new("donoratlas", marks)?)
+        }
+    })
+}
+
+fn unexpected() -> MeterError {
+    MeterError::StoreUnavailable("the sequencer answered with the wrong kind of answer".to_owned())
+}
+
+fn authorization(answer: Answer) -> Result<Authorization, MeterError> {
+    match answer {
+        Answer::Authorization(authorization) => Ok(authorization),
+        _ => Err(unexpected()),
+    }
+}
+
+fn receipt(answer: Answer) -> Result<Receipt, MeterError> {
+    match answer {
+        Answer::Receipt(receipt) => Ok(receipt),
+        _ => Err(unexpected()),
+    }
+}
+
+fn balances(answer: Answer) -> Result<TenantBalances, MeterError> {
+    match answer {
+        Answer::Balances(balances) => Ok(balances),
+        _ => Err(unexpected()),
+    }
+}

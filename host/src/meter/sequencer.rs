@@ -1,0 +1,529 @@
+//! The sequencer: the one thread that decides and writes.
+//!
+//! Every decision (authorize, settle, grant, expiry) is a job on one queue. The
+//! sequencer takes the jobs queued so far (up to `batch_size_max`), opens one store
+//! transaction, runs each job in its own savepoint (the policy's view and the write
+//! are one atomic step, in one total order, so no two requests can both spend the same
+//! credit), commits once (one fsync for the whole batch), and only then answers. A job
+//! that fails rolls back to its savepoint and leaves nothing behind.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{MeterConfig, validate};
+use crate::clock::Clock;
+use crate::error::MeterError;
+use crate::ledger::{
+    self, Accounts, Entry, EntryKind, TransactionRecord, TransactionState, post_authorize,
+    post_expiry, post_settle,
+};
+use crate::model::{
+    Amounts, AuthorizeRequest, Authorization, ErrorBody, GrantRequest, PolicyRef, Receipt,
+    SettleRequest, TenantBalances,
+};
+use crate::policy::component::{self, CompiledPolicy};
+use crate::policy::{
+    AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
+};
+use crate::store::{LedgerWriter, Posting, available, available_amounts};
+
+pub(super) enum Command {
+    Authorize(AuthorizeRequest),
+    Settle(SettleRequest),
+    Grant(GrantRequest),
+    ExpireDue,
+}
+
+pub(super) enum Answer {
+    Authorization(Authorization),
+    Receipt(Receipt),
+    Balances(TenantBalances),
+    Expired(usize),
+}
+
+pub(super) struct Job {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Answer, MeterError>>,
+}
+
+/// Builds a policy runtime on the sequencer thread (runtimes are not `Send`).
+pub(super) type RuntimeFactory = Box<dyn FnOnce(Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> + Send>;
+
+pub(super) struct Sequencer<W: LedgerWriter> {
+    writer: Rc<W>,
+    clock: Arc<dyn Clock>,
+    config: MeterConfig,
+    engine: wasmtime::Engine,
+    active: PolicyDigest,
+    /// Every policy loaded so far, by digest: settles run on the authorizing one.
+    runtimes: HashMap<PolicyDigest, Box<dyn PolicyRuntime>>,
+}
+
+impl<W: LedgerWriter + 'static> Sequencer<W> {
+    pub fn start(
+        writer: W,
+        clock: Arc<dyn Clock>,
+        config: MeterConfig,
+        engine: wasmtime::Engine,
+        make_runtime: RuntimeFactory,
+        component: Option<Vec<u8>>,
+    ) -> Result<(Self, PolicyInfo), MeterError> {
+        let writer = Rc::new(writer);
+        let marks: Rc<dyn MarkLookup> = writer.clone();
+        let runtime = make_runtime(marks)?;
+        let info = runtime.info().clone();
+        writer.begin()?;
+        let saved = writer.save_policy(&info, component.as_deref(), clock.now_ms());
+        match saved {
+            Ok(()) => writer.commit()?,
+            Err(error) => {
+                writer.rollback();
+                return Err(error);
+            }
+        }
+        let sequencer = Self {
+            writer,
+            clock,
+            config,
+            engine,
+            active: info.digest.clone(),
+            runtimes: HashMap::from([(info.digest.clone(), runtime)]),
+        };
+        Ok((sequencer, info))
+    }
+
+    /// Runs until every sender is gone, sweeping lapsed holds when idle.
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        let sweep_interval = Duration::from_millis(self.config.sweep_interval_ms.max(1));
+        let mut next_sweep = Instant::now() + sweep_interval;
+        loop {
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let first = match jobs.recv_timeout(wait) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + sweep_interval;
+            }
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            let deadline = Instant::now() + Duration::from_micros(self.config.batch_wait_us_max);
+            while batch.len() < self.config.batch_size_max {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let (reply, _ignored) = oneshot::channel();
+        self.run_batch(vec![Job {
+            command: Command::ExpireDue,
+            reply,
+        }]);
+    }
+
+    /// One store transaction for the whole batch; answers only after the commit.
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        if let Err(error) = self.writer.begin() {
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let mut answered = Vec::with_capacity(batch.len());
+        for job in batch {
+            let result = self.run_in_savepoint(&job.command);
+            answered.push((job.reply, result));
+        }
+        let committed = self.writer.commit();
+        if let Err(error) = &committed {
+            tracing::error!(%error, "ledger commit failed; the batch is not acknowledged");
+            self.writer.rollback();
+        }
+        for (reply, result) in answered {
+            let result = match &committed {
+                Ok(()) => result,
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn run_in_savepoint(&mut self, command: &Command) -> Result<Answer, MeterError> {
+        self.writer.savepoint()?;
+        let result = self.execute(command);
+        match &result {
+            Ok(_) => self.writer.release_savepoint()?,
+            Err(_) => self.writer.rollback_to_savepoint()?,
+        }
+        result
+    }
+
+    fn execute(&mut self, command: &Command) -> Result<Answer, MeterError> {
+        match command {
+            Command::Authorize(request) => self.authorize(request).map(Answer::Authorization),
+            Command::Settle(request) => self.settle(request).map(Answer::Receipt),
+            Command::Grant(grant) => self.grant(grant).map(Answer::Balances),
+            Command::ExpireDue => self.expire_due(None).map(Answer::Expired),
+        }
+    }
+
+    fn runtime(&mut self, digest: &PolicyDigest) -> Result<&mut Box<dyn PolicyRuntime>, MeterError> {
+        if !self.runtimes.contains_key(digest) {
+            let stored = self.writer.policy(digest)?.ok_or_else(|| {
+                MeterError::StoreUnavailable(format!("policy {digest} is not in the ledger"))
+            })?;
+            let bytes = stored.component.ok_or_else(|| {
+                MeterError::StoreUnavailable(format!(
+                    "policy {digest} was linked natively and is not loaded in this process"
+                ))
+            })?;
+            let compiled = CompiledPolicy::compile(&self.engine, &bytes, self.config.limits)?;
+            let marks: Rc<dyn MarkLookup> = self.writer.clone();
+            self.runtimes
+                .insert(digest.clone(), Box::new(compiled.runtime(marks)));
+        }
+        self.runtimes
+            .get_mut(digest)
+            .ok_or_else(|| MeterError::StoreUnavailable(format!("policy {digest} failed to load")))
+    }
+
+    fn authorize(&mut self, request: &AuthorizeRequest) -> Result<Authorization, MeterError> {
+        let writer = Rc::clone(&self.writer);
+        validate::authorize(request)?;
+        let fingerprint = validate::fingerprint(request);
+        let id = match &request.transaction_id {
+            Some(id) => {
+                if let Some(existing) = writer.transaction(id)? {
+                    return if existing.fingerprint == fingerprint {
+                        Ok(existing.authorization)
+                    } else {
+                        Err(MeterError::TransactionConflict(id.clone()))
+                    };
+                }
+                id.clone()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let now_ms = self.clock.now_ms();
+        // Lapsed holds go back to the balance before the policy looks at it.
+        self.expire_due(Some(&request.tenant))?;
+        let active = self.active.clone();
+        let runtime = self.runtime(&active)?;
+        let info = runtime.info().clone();
+        let accounts = writer.accounts(&request.tenant, &info.balances)?;
+        let policy_request = to_policy_request(&id, request);
+        let decision = runtime.authorize(&policy_request, &available(&accounts, &info.balances))?;
+
+        let mut record = TransactionRecord {
+            id: id.clone(),
+            tenant: request.tenant.clone(),
+            state: TransactionState::Rejected,
+            fingerprint,
+            policy_digest: info.digest.to_string(),
+            request: AuthorizeRequest {
+                transaction_id: Some(id.clone()),
+                ..request.clone()
+            },
+            authorization: rejection(&id, &info, &accounts, 0, "", ""),
+            held: Amounts::new(),
+            created_at_ms: now_ms,
+            expires_at_ms: None,
+            receipt: None,
+        };
+        match decision {
+            AuthorizeDecision::Reject {
+                status,
+                code,
+                message,
+            } => {
+                record.authorization = rejection(&id, &info, &accounts, status, &code, &message);
+            }
+            AuthorizeDecision::Admit {
+                status,
+                admitted_items,
+                hold,
+                charge,
+                marks,
+                headers,
+                meta,
+            } => match post_authorize(&accounts, &hold, &charge) {
+                Err(shortfall) => {
+                    // The host's guarantee, whatever the policy said: never below zero.
+                    let message = format!(
+                        "Insufficient credits: {} needed on '{}', {} available.",
+                        shortfall.needed, shortfall.balance, shortfall.available
+                    );
+                    record.authorization =
+                        rejection(&id, &info, &accounts, 402, "insufficient_credits", &message);
+                }
+                Ok(posting) => {
+                    writer.post(Posting {
+                        transaction_id: &id,
+                        tenant: &request.tenant,
+                        policy_digest: &info.digest,
+                        entries: &posting.entries,
+                        accounts: &posting.accounts,
+                        at_ms: now_ms,
+                    })?;
+                    writer.insert_marks(&request.tenant, &id, &marks)?;
+                    record.state = TransactionState::Open;
+                    record.expires_at_ms =
+                        (!hold.is_empty()).then(|| now_ms.saturating_add(info.hold_ttl_ms));
+                    record.held = hold.clone();
+                    record.authorization = Authorization {
+                        transaction_id: id.clone(),
+                        admitted: true,
+                        status,
+                        error: None,
+                        admitted_items,
+                        held: hold,
+                        charged: charge,
+                        headers,
+                        meta,
+                        balances: available_amounts(&posting.accounts, &info.balances),
+                        policy: policy_ref(&info),
+                    };
+                }
+            },
+        }
+        writer.insert_transaction(&record)?;
+        Ok(record.authorization)
+    }
+
+    fn settle(&mut self, request: &SettleRequest) -> Result<Receipt, MeterError> {
+        let writer = Rc::clone(&self.writer);
+        validate::settle(request)?;
+        let id = &request.transaction_id;
+        let record = writer
+            .transaction(id)?
+            .ok_or_else(|| MeterError::UnknownTransaction(id.clone()))?;
+        match record.state {
+            TransactionState::Settled => {
+                return record.receipt.ok_or_else(|| {
+                    MeterError::StoreUnavailable(format!("settled transaction '{id}' has no receipt"))
+                });
+            }
+            TransactionState::Rejected => return Err(MeterError::TransactionRejected(id.clone())),
+            TransactionState::Expired => return Err(MeterError::HoldExpired(id.clone())),
+            TransactionState::Open => {}
+        }
+        let now_ms = self.clock.now_ms();
+        if record.expires_at_ms.is_some_and(|expiry| expiry <= now_ms) {
+            return Err(MeterError::HoldExpired(id.clone()));
+        }
+        let digest = PolicyDigest::from_stored(record.policy_digest.clone());
+        let runtime = self.runtime(&digest)?;
+        let info = runtime.info().clone();
+        let accounts = writer.accounts(&record.tenant, &info.balances)?;
+        let authorization = &record.authorization;
+        let admitted = sdk::Admitted {
+            request: to_policy_request(id, &record.request),
+            admitted_items: authorization.admitted_items,
+            held: to_policy_amounts(&record.held),
+            charged: to_policy_amounts(&authorization.charged),
+        };
+        let outcome = sdk::Outcome {
+            status: request.status,
+            attributes: to_pairs(&request.attributes),
+            body: request.body.clone(),
+        };
+        let SettleDecision {
+            charge,
+            marks,
+            headers,
+            meta,
+        } = runtime.settle(&admitted, &outcome, &available(&accounts, &info.balances))?;
+        let posting = post_settle(&accounts, &record.held, &charge);
+        writer.post(Posting {
+            transaction_id: id,
+            tenant: &record.tenant,
+            policy_digest: &digest,
+            entries: &posting.entries,
+            accounts: &posting.accounts,
+            at_ms: now_ms,
+        })?;
+        writer.insert_marks(&record.tenant, id, &marks)?;
+        let receipt = Receipt {
+            transaction_id: id.clone(),
+            charged: posting.charged,
+            released: posting.released,
+            uncollected: posting.uncollected,
+            headers,
+            meta,
+            balances: available_amounts(&posting.accounts, &info.balances),
+            policy: policy_ref(&info),
+        };
+        writer
+            .close_transaction(id, TransactionState::Settled, Some(&receipt))?;
+        Ok(receipt)
+    }
+
+    fn grant(&mut self, grant: &GrantRequest) -> Result<TenantBalances, MeterError> {
+        validate::grant(grant)?;
+        let active = self.active.clone();
+        let info = self.runtime(&active)?.info().clone();
+        if !info.has_balance(&grant.balance) {
+            return Err(MeterError::UnknownBalance {
+                balance: grant.balance.clone(),
+                known: info.balances.join(", "),
+            });
+        }
+        if let Some(existing) = self.writer.grant(&grant.grant_id)? {
+            if &existing != grant {
+                return Err(MeterError::GrantConflict(grant.grant_id.clone()));
+            }
+            let accounts = self.writer.accounts(&grant.tenant, &info.balances)?;
+            return Ok(tenant_balances(&grant.tenant, &accounts, &info.balances));
+        }
+        let mut accounts = self.writer.accounts(&grant.tenant, &info.balances)?;
+        let entries = [Entry {
+            balance: grant.balance.clone(),
+            kind: EntryKind::Grant,
+            amount: grant.amount,
+        }];
+        ledger::apply(&mut accounts, &entries).map_err(|_| {
+            MeterError::InvalidAmount(format!(
+                "a grant of {} would take '{}' past the largest balance ({})",
+                grant.amount,
+                grant.balance,
+                i64::MAX
+            ))
+        })?;
+        let now_ms = self.clock.now_ms();
+        self.writer.post(Posting {
+            transaction_id: &grant.grant_id,
+            tenant: &grant.tenant,
+            policy_digest: &info.digest,
+            entries: &entries,
+            accounts: &accounts,
+            at_ms: now_ms,
+        })?;
+        self.writer.insert_grant(grant, now_ms)?;
+        Ok(tenant_balances(&grant.tenant, &accounts, &info.balances))
+    }
+
+    /// Releases lapsed holds (of one tenant, or of everyone); returns how many.
+    fn expire_due(&mut self, tenant: Option<&str>) -> Result<usize, MeterError> {
+        let now_ms = self.clock.now_ms();
+        let due = self
+            .writer
+            .due_expiries(tenant, now_ms, self.config.expiry_batch_max)?;
+        for record in &due {
+            let balances: Vec<String> = record.held.keys().cloned().collect();
+            let mut accounts: Accounts = self.writer.accounts(&record.tenant, &balances)?;
+            let entries = post_expiry(&record.held);
+            ledger::apply(&mut accounts, &entries).map_err(MeterError::StoreUnavailable)?;
+            self.writer.post(Posting {
+                transaction_id: &record.id,
+                tenant: &record.tenant,
+                policy_digest: &PolicyDigest::from_stored(record.policy_digest.clone()),
+                entries: &entries,
+                accounts: &accounts,
+                at_ms: now_ms,
+            })?;
+            self.writer
+                .close_transaction(&record.id, TransactionState::Expired, None)?;
+        }
+        if !due.is_empty() {
+            tracing::info!(count = due.len(), "released lapsed holds");
+        }
+        Ok(due.len())
+    }
+}
+
+pub(super) fn policy_ref(info: &PolicyInfo) -> PolicyRef {
+    PolicyRef {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        digest: info.digest.to_string(),
+    }
+}
+
+fn rejection(
+    id: &str,
+    info: &PolicyInfo,
+    accounts: &Accounts,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Authorization {
+    Authorization {
+        transaction_id: id.to_owned(),
+        admitted: false,
+        status: Some(status),
+        error: Some(ErrorBody {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }),
+        admitted_items: 0,
+        held: Amounts::new(),
+        charged: Amounts::new(),
+        headers: Default::default(),
+        meta: serde_json::Value::Object(serde_json::Map::new()),
+        balances: available_amounts(accounts, &info.balances),
+        policy: policy_ref(info),
+    }
+}
+
+fn tenant_balances(tenant: &str, accounts: &Accounts, balances: &[String]) -> TenantBalances {
+    TenantBalances {
+        tenant: tenant.to_owned(),
+        balances: available_amounts(accounts, balances),
+        held: balances
+            .iter()
+            .map(|balance| {
+                (
+                    balance.clone(),
+                    accounts.get(balance).map_or(0, |account| account.held),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn to_policy_request(id: &str, request: &AuthorizeRequest) -> sdk::Request {
+    sdk::Request {
+        transaction_id: id.to_owned(),
+        tenant: request.tenant.clone(),
+        operation: request.operation.clone(),
+        items: request.items.clone(),
+        attributes: to_pairs(&request.attributes),
+        body: request.body.clone(),
+    }
+}
+
+fn to_pairs(attributes: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+fn to_policy_amounts(amounts: &Amounts) -> Vec<sdk::BalanceAmount> {
+    amounts
+        .iter()
+        .map(|(balance, amount)| sdk::BalanceAmount::new(balance.clone(), *amount))
+        .collect()
+}
+
+/// Compiles a component on the caller's thread (so a bad module fails `Meter::open`).
+pub(super) fn compile(
+    engine: &wasmtime::Engine,
+    bytes: &[u8],
+    config: &MeterConfig,
+) -> Result<Arc<CompiledPolicy>, MeterError> {
+    component::CompiledPolicy::compile(engine, bytes, config.limits)
+}

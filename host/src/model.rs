@@ -1,0 +1,163 @@
+//! What callers send to the meter and what it answers. The answers serialize to the
+//! JSON of the HTTP API as they are.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Credits per balance name, e.g. `{"enhancement": 3}`.
+pub type Amounts = BTreeMap<String, i64>;
+
+/// One metered call, before the work is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeRequest {
+    /// The idempotency key; generated (UUIDv7) when absent.
+    pub transaction_id: Option<String>,
+    pub tenant: String,
+    /// The gateway's name for the call, e.g. `person.enrich`.
+    pub operation: String,
+    /// Ordered batch items; the policy admits a prefix of them.
+    #[serde(default)]
+    pub items: Vec<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// The raw request body; base64 in JSON.
+    #[serde(default, rename = "body_base64", with = "base64_body")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// How the gateway's work went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleRequest {
+    pub transaction_id: String,
+    /// The HTTP status of the upstream work.
+    pub status: u16,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// The raw response body; base64 in JSON.
+    #[serde(default, rename = "body_base64", with = "base64_body")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// A top-up of one balance. Idempotent by `grant_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub grant_id: String,
+    pub tenant: String,
+    pub balance: String,
+    pub amount: i64,
+}
+
+/// Which policy decided: name and version from `describe`, and the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+}
+
+/// A stable code and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// The answer to authorize. A policy's refusal is an answer too (`admitted: false`,
+/// with the status the gateway should give its client).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authorization {
+    pub transaction_id: String,
+    pub admitted: bool,
+    /// The status for the gateway's client: the refusal's, or the policy's choice for
+    /// an admission (e.g. 202), or none.
+    pub status: Option<u16>,
+    pub error: Option<ErrorBody>,
+    pub admitted_items: u32,
+    pub held: Amounts,
+    pub charged: Amounts,
+    pub headers: BTreeMap<String, String>,
+    pub meta: serde_json::Value,
+    /// Credits available after this decision (open holds taken out).
+    pub balances: Amounts,
+    pub policy: PolicyRef,
+}
+
+/// The answer to settle: what was captured or charged, and what was released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub transaction_id: String,
+    pub charged: Amounts,
+    pub released: Amounts,
+    /// Credits the policy asked for that the balance could not cover (never negative).
+    pub uncollected: Amounts,
+    pub headers: BTreeMap<String, String>,
+    pub meta: serde_json::Value,
+    pub balances: Amounts,
+    pub policy: PolicyRef,
+}
+
+/// A tenant's credits: available now, and held by open transactions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantBalances {
+    pub tenant: String,
+    pub balances: Amounts,
+    pub held: Amounts,
+}
+
+/// One line of the append-only journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub id: i64,
+    /// The transaction (or, for a grant, the grant id) that moved the credits.
+    pub transaction_id: String,
+    pub tenant: String,
+    pub balance: String,
+    /// grant, hold, capture, release, charge or expire.
+    pub kind: String,
+    /// Always > 0; the kind says which way it moved.
+    pub amount: i64,
+    pub policy_digest: String,
+    pub at_ms: u64,
+}
+
+/// A transaction as the audit sees it: its state, its answers and its journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionView {
+    pub transaction_id: String,
+    pub tenant: String,
+    /// rejected, open, settled or expired.
+    pub state: String,
+    pub operation: String,
+    pub policy_digest: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub held: Amounts,
+    pub authorization: Authorization,
+    pub receipt: Option<Receipt>,
+    pub entries: Vec<JournalEntry>,
+}
+
+/// Bodies travel as base64 text in JSON.
+mod base64_body {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match body {
+            Some(bytes) => serializer.serialize_some(&STANDARD.encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| {
+                STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|error| serde::de::Error::custom(format!("body_base64 is not base64: {error}")))
+            })
+            .transpose()
+    }
+}

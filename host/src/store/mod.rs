@@ -1,0 +1,110 @@
+//! Where the ledger is written. The meter's sequencer drives a [`LedgerWriter`] (one
+//! writer, many decisions per store transaction: room for group commit); API reads go
+//! through a [`LedgerReader`]. The store never calls the policy and decides nothing:
+//! it persists what the ledger rules computed.
+
+pub mod sqlite;
+
+use crate::error::MeterError;
+use crate::ledger::{Accounts, Entry, TransactionRecord, TransactionState};
+use crate::model::{Amounts, GrantRequest, JournalEntry, Receipt, TenantBalances, TransactionView};
+use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
+
+pub type StoreResult<T> = Result<T, MeterError>;
+
+/// A policy the store remembers, so settles can run on the version that authorized.
+#[derive(Debug, Clone)]
+pub struct StoredPolicy {
+    pub info: PolicyInfo,
+    /// The component bytes; none for a natively linked policy.
+    pub component: Option<Vec<u8>>,
+}
+
+/// The write side, used by one thread. Every change happens inside `begin`/`commit`,
+/// and each decision inside a savepoint so that a failed one leaves no trace.
+pub trait LedgerWriter: MarkLookup {
+    fn begin(&self) -> StoreResult<()>;
+    /// Makes the batch durable; only then may its answers be sent.
+    fn commit(&self) -> StoreResult<()>;
+    fn rollback(&self);
+    fn savepoint(&self) -> StoreResult<()>;
+    fn release_savepoint(&self) -> StoreResult<()>;
+    fn rollback_to_savepoint(&self) -> StoreResult<()>;
+
+    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionRecord>>;
+    fn insert_transaction(&self, record: &TransactionRecord) -> StoreResult<()>;
+    fn close_transaction(
+        &self,
+        id: &str,
+        state: TransactionState,
+        receipt: Option<&Receipt>,
+    ) -> StoreResult<()>;
+    /// Open transactions whose hold lapsed at or before `now_ms`; of one tenant, or all.
+    fn due_expiries(
+        &self,
+        tenant: Option<&str>,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<TransactionRecord>>;
+
+    /// The tenant's accounts for `balances` (zero where none exists yet).
+    fn accounts(&self, tenant: &str, balances: &[String]) -> StoreResult<Accounts>;
+    /// Appends `entries` to the journal and stores the accounts they lead to.
+    fn post(&self, posting: Posting<'_>) -> StoreResult<()>;
+    fn insert_marks(&self, tenant: &str, transaction_id: &str, marks: &[sdk::Mark]) -> StoreResult<()>;
+
+    fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRequest>>;
+    fn insert_grant(&self, grant: &GrantRequest, at_ms: u64) -> StoreResult<()>;
+
+    fn save_policy(&self, info: &PolicyInfo, component: Option<&[u8]>, at_ms: u64) -> StoreResult<()>;
+    fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
+}
+
+/// One decision's journal lines and resulting accounts.
+#[derive(Debug, Clone, Copy)]
+pub struct Posting<'a> {
+    pub transaction_id: &'a str,
+    pub tenant: &'a str,
+    pub policy_digest: &'a PolicyDigest,
+    pub entries: &'a [Entry],
+    pub accounts: &'a Accounts,
+    pub at_ms: u64,
+}
+
+/// The read side: thread-safe, sees committed data only.
+pub trait LedgerReader: Send + Sync {
+    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances>;
+    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>>;
+    /// The tenant's journal, oldest first, at most `limit` entries.
+    fn journal(&self, tenant: &str, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    /// The most recently activated policy.
+    fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>>;
+    /// Every account whose state differs from the sum of its journal, described.
+    fn invariant_violations(&self) -> StoreResult<Vec<String>>;
+}
+
+/// Available credits per described balance, as the policy sees them.
+pub fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceAmount> {
+    balances
+        .iter()
+        .map(|balance| {
+            sdk::BalanceAmount::new(
+                balance.clone(),
+                accounts.get(balance).map_or(0, |account| account.available),
+            )
+        })
+        .collect()
+}
+
+/// Available credits per described balance, for answers.
+pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
+    balances
+        .iter()
+        .map(|balance| {
+            (
+                balance.clone(),
+                accounts.get(balance).map_or(0, |account| account.available),
+            )
+        })
+        .collect()
+}
