@@ -1,1 +1,200 @@
-pub fn placeholder() {}
+//! The HTTP sidecar: JSON in, JSON out, over the [`Meter`]. No business rules here:
+//! it parses, authenticates admin calls, and maps errors to statuses.
+//!
+//! A policy's refusal is a 200 answer with `admitted: false` and the status the
+//! gateway should give its client; 4xx and 5xx are for errors in calling the sidecar.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::MeterError;
+use crate::meter::Meter;
+use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+
+/// The largest request body the sidecar reads; larger ones get 413.
+pub const REQUEST_BYTES_MAX: usize = 2 << 20;
+
+/// What every handler shares.
+pub struct AppState {
+    pub meter: Arc<Meter>,
+    /// When set, admin calls need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+}
+
+/// The sidecar's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/authorize", post(authorize))
+        .route("/v1/settle", post(settle))
+        .route("/v1/tenants/{tenant}/grants", post(grant))
+        .route("/v1/tenants/{tenant}/balances", get(balances))
+        .route("/v1/transactions/{id}", get(transaction))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// An error answer: `{"error": {"code", "message"}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<MeterError> for ApiError {
+    fn from(error: MeterError) -> Self {
+        Self {
+            status: StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Reads a JSON body with the size cap, naming what is wrong with it.
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = to_bytes(body, REQUEST_BYTES_MAX).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {REQUEST_BYTES_MAX} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        let code = match error.classify() {
+            serde_json::error::Category::Data => "invalid_request",
+            _ => "invalid_json",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, format!("invalid request body: {error}"))
+    })
+}
+
+fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this admin call needs the header 'Authorization: Bearer <admin token>'",
+        )),
+    }
+}
+
+/// Compares secrets without an early exit that would leak their common prefix.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+fn ok<T: serde::Serialize>(value: T) -> ApiResult {
+    Ok((StatusCode::OK, Json(value)).into_response())
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
+    ok(serde_json::json!({"status": "ok", "policy": state.meter.policy_ref()}))
+}
+
+async fn authorize(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let request: AuthorizeRequest = read_json(body).await?;
+    ok(state.meter.authorize_async(request).await?)
+}
+
+async fn settle(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let request: SettleRequest = read_json(body).await?;
+    ok(state.meter.settle_async(request).await?)
+}
+
+/// The grant body. `amount` is read as any JSON number so that fractions and values
+/// beyond i64 get `invalid_amount` rather than a parse error.
+#[derive(Deserialize)]
+struct GrantBody {
+    balance: String,
+    amount: serde_json::Number,
+    grant_id: String,
+}
+
+async fn grant(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    check_admin(&state, &headers)?;
+    let grant: GrantBody = read_json(body).await?;
+    let amount = grant.amount.as_i64().ok_or_else(|| {
+        MeterError::InvalidAmount(format!(
+            "amount {} is not a whole number of credits between 1 and {}",
+            grant.amount,
+            i64::MAX
+        ))
+    })?;
+    ok(state
+        .meter
+        .grant_async(GrantRequest {
+            grant_id: grant.grant_id,
+            tenant,
+            balance: grant.balance,
+            amount,
+        })
+        .await?)
+}
+
+async fn balances(State(state): State<Arc<AppState>>, Path(tenant): Path<String>) -> ApiResult {
+    ok(state.meter.balances(&tenant)?)
+}
+
+async fn transaction(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    ok(state.meter.transaction(&id)?)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}

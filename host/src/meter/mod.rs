@@ -72,7 +72,8 @@ pub struct MeterConfig {
     pub batch_wait_us_max: u64,
     /// Jobs that may wait for the sequencer before callers get `overloaded`.
     pub queue_depth_max: usize,
-    /// How often lapsed holds are swept when no request comes to sweep them.
+    /// How often lapsed holds of all tenants are swept; 0 never (a tenant's own lapsed
+    /// holds are always released before its next authorize).
     pub sweep_interval_ms: u64,
     /// Lapsed holds released per sweep, at most.
     pub expiry_batch_max: usize,

@@ -97,20 +97,28 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         Ok((sequencer, info))
     }
 
-    /// Runs until every sender is gone, sweeping lapsed holds when idle.
+    /// Runs until every sender is gone, sweeping lapsed holds between batches.
     pub fn run(mut self, jobs: Receiver<Job>) {
-        let sweep_interval = Duration::from_millis(self.config.sweep_interval_ms.max(1));
-        let mut next_sweep = Instant::now() + sweep_interval;
+        let sweep_every = (self.config.sweep_interval_ms > 0)
+            .then(|| Duration::from_millis(self.config.sweep_interval_ms));
+        let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         loop {
-            let wait = next_sweep.saturating_duration_since(Instant::now());
-            let first = match jobs.recv_timeout(wait) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
+            let first = match next_sweep {
+                Some(at) => match jobs.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => return,
+                },
             };
-            if Instant::now() >= next_sweep {
+            if let (Some(at), Some(every)) = (next_sweep, sweep_every)
+                && Instant::now() >= at
+            {
                 self.sweep();
-                next_sweep = Instant::now() + sweep_interval;
+                next_sweep = Some(Instant::now() + every);
             }
             let Some(first) = first else { continue };
             let mut batch = vec![first];

@@ -1,0 +1,71 @@
+//! Command-line parsing and the operator commands; `serve` and `bench` have modules
+//! of their own.
+
+mod bench;
+mod operator;
+mod serve;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Where `cargo policies` puts the reference policy components.
+pub const DEFAULT_POLICY: &str = "target/wasm32-wasip2/release/smarte.wasm";
+pub const DEFAULT_DB: &str = "creditgate.db";
+
+#[derive(Parser)]
+#[command(name = "creditgate", version, about = "Meter API usage in credits with billing rules compiled to WebAssembly.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP sidecar.
+    Serve(serve::ServeArgs),
+    /// Top up a tenant's balance (idempotent by --grant-id).
+    Grant(operator::GrantArgs),
+    /// Show a tenant's balances.
+    Balance(operator::BalanceArgs),
+    /// Show a tenant's journal and check that it sums to the balances.
+    Ledger(operator::LedgerArgs),
+    /// Measure authorize+settle throughput: in process and over HTTP, wasm and native.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CREDITGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve(args) => serve::run(args),
+        Command::Grant(args) => operator::grant(args),
+        Command::Balance(args) => operator::balance(args),
+        Command::Ledger(args) => operator::ledger(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("creditgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a policy component, with a hint when the default one was never built.
+pub fn read_policy(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot read the policy component {}: {error}. Build the reference policies with \
+             `rustup target add wasm32-wasip2 && cargo policies`",
+            path.display()
+        )
+    })
+}

@@ -1,0 +1,110 @@
+//! `creditgate serve`: the HTTP sidecar.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use creditgate::api::{AppState, router};
+use creditgate::{Meter, MeterConfig, PolicySource};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The policy component (.wasm).
+    #[arg(long, default_value = super::DEFAULT_POLICY)]
+    policy: PathBuf,
+    /// The SQLite ledger file (created if missing).
+    #[arg(long, default_value = super::DEFAULT_DB)]
+    db: PathBuf,
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Token for admin calls (grants). Required on a non-loopback address.
+    #[arg(long, env = "CREDITGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && args.admin_token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {} without --admin-token: anyone on the network could grant credits",
+            args.listen
+        );
+    }
+    let component = super::read_policy(&args.policy)?;
+    let meter = Meter::open(MeterConfig::new(&args.db), PolicySource::Component(component))
+        .with_context(|| format!("cannot start with policy {}", args.policy.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        let meter = Arc::new(meter);
+        print_banner(address, &meter, &args.db, args.admin_token.is_some());
+        let app = router(Arc::new(AppState {
+            meter,
+            admin_token: args.admin_token,
+        }));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the HTTP server failed")
+    })
+}
+
+fn print_banner(address: SocketAddr, meter: &Meter, db: &std::path::Path, has_token: bool) {
+    let policy = meter.policy();
+    let balance = policy.balances.first().map_or("default", String::as_str);
+    let (operation, items) = if policy.name == "donoratlas" {
+        ("enhance", r#"["p1","p2"]"#)
+    } else {
+        ("person.enrich", r#"["jane@example.com"]"#)
+    };
+    let auth = if has_token { " -H 'authorization: Bearer $CREDITGATE_ADMIN_TOKEN'" } else { "" };
+    println!("creditgate listening on http://{address}");
+    println!(
+        "policy {} {} (sha256 {}), ledger {}",
+        policy.name,
+        policy.version,
+        policy.digest,
+        db.display()
+    );
+    println!("try it:");
+    println!(
+        "  curl -s -X POST http://{address}/v1/tenants/acme/grants{auth} -d '{{\"grant_id\":\"welcome\",\"balance\":\"{balance}\",\"amount\":10}}'"
+    );
+    println!(
+        "  curl -s -X POST http://{address}/v1/authorize -d '{{\"transaction_id\":\"demo-1\",\"tenant\":\"acme\",\"operation\":\"{operation}\",\"items\":{items}}}'"
+    );
+    println!(
+        "  curl -s -X POST http://{address}/v1/settle -d '{{\"transaction_id\":\"demo-1\",\"status\":200,\"attributes\":{{\"records\":\"1\"}}}}'"
+    );
+    println!("  curl -s http://{address}/v1/tenants/acme/balances");
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            () = terminate => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
