@@ -1,0 +1,305 @@
+//! The sidecar over real HTTP: a `creditgate serve` process on a loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::component_path;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_creditgate");
+
+/// A running `creditgate serve`; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    token: Option<String>,
+}
+
+impl Server {
+    fn start(policy: &str, db: &Path, token: Option<&str>) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .arg("--policy")
+            .arg(component_path(policy))
+            .env_remove("CREDITGATE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(token) = token {
+            command.args(["--admin-token", token]);
+        }
+        let mut child = command.spawn().expect("spawn creditgate serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first_line = String::new();
+        BufReader::new(stdout).read_line(&mut first_line).expect("banner");
+        let base = first_line
+            .trim()
+            .strip_prefix("creditgate listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner: {first_line:?}"))
+            .to_owned();
+        Self {
+            child,
+            base,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body, whatever the status.
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(body) => request.set("content-type", "application/json").send_string(body),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("{method} {path}: {error}"),
+        };
+        let status = response.status();
+        let text = response.into_string().expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(&body.to_string()))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None)
+    }
+
+    fn grant(&self, tenant: &str, balance: &str, amount: i64, grant_id: &str) {
+        let (status, body) = self.post(
+            &format!("/v1/tenants/{tenant}/grants"),
+            json!({"grant_id": grant_id, "balance": balance, "amount": amount}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
+    fn balances(&self, tenant: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/tenants/{tenant}/balances"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ledger() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("ledger.db");
+    (dir, db)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn http_authorize_then_settle_charges_a_delivered_enrichment() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    server.grant("acme", "default", 10, "welcome");
+    let (status, answer) = server.post(
+        "/v1/authorize",
+        json!({"transaction_id": "t1", "tenant": "acme", "operation": "person.enrich", "items": ["jane@example.com", "joe@example.com"]}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(answer["admitted"], json!(true));
+    assert_eq!(answer["held"], json!({"default": 2}));
+    assert_eq!(answer["balances"], json!({"default": 8}));
+    assert_eq!(answer["policy"]["name"], json!("smarte"));
+    assert_eq!(answer["policy"]["digest"].as_str().map(str::len), Some(64));
+
+    let (status, receipt) = server.post(
+        "/v1/settle",
+        json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "1"}}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(receipt["charged"], json!({"default": 1}));
+    assert_eq!(receipt["released"], json!({"default": 1}));
+    assert_eq!(receipt["headers"]["credits-deducted"], json!("1"));
+    assert_eq!(receipt["headers"]["x-transaction-id"], json!("t1"));
+    assert_eq!(server.balances("acme")["balances"], json!({"default": 9}));
+
+    let (status, again) = server.post("/v1/settle", json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}));
+    assert_eq!((status, &again), (200, &receipt), "a repeated settle must return the first receipt");
+
+    let (status, audit) = server.get("/v1/transactions/t1");
+    assert_eq!(status, 200);
+    assert_eq!(audit["state"], json!("settled"));
+    let kinds: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["hold", "capture", "release"]);
+}
+
+#[test]
+fn http_policy_refusal_is_a_200_answer_carrying_the_clients_status() {
+    let (_dir, db) = ledger();
+    let server = Server::start("donoratlas", &db, None);
+    let (status, answer) = server.post("/v1/authorize", json!({"tenant": "p", "operation": "enhance", "items": ["a"]}));
+    assert_eq!(status, 200);
+    assert_eq!(answer["admitted"], json!(false));
+    assert_eq!(answer["status"], json!(402));
+    assert_eq!(answer["error"]["code"], json!("payment_required"));
+}
+
+#[test]
+fn http_partial_enhancement_batch_reports_the_documented_meta() {
+    let (_dir, db) = ledger();
+    let server = Server::start("donoratlas", &db, None);
+    server.grant("p", "enhancement", 3, "g1");
+    let persons: Vec<String> = (0..10).map(|i| format!("person-{i}")).collect();
+    let (status, answer) = server.post("/v1/authorize", json!({"tenant": "p", "operation": "enhance", "items": persons}));
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], json!(202));
+    assert_eq!(answer["admitted_items"], json!(3));
+    assert_eq!(
+        answer["meta"],
+        json!({"requested": 10, "processed": 3, "imports_charged": 3, "imports_remaining": 0, "partial": true,
+               "partial_reason": "Only 3 credits remaining, but 10 persons requested"})
+    );
+}
+
+#[test]
+fn http_bad_input_gets_a_status_a_stable_code_and_moves_nothing() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    server.grant("acme", "default", 5, "g1");
+    let raw = |path: &str, body: &str| server.call("POST", path, Some(body));
+    let grants = "/v1/tenants/acme/grants";
+    let cases: Vec<((u16, Value), u16, &str)> = vec![
+        (raw("/v1/authorize", "{not json"), 400, "invalid_json"),
+        (raw("/v1/authorize", r#"{"operation": "person.enrich"}"#), 400, "invalid_request"),
+        (raw("/v1/authorize", r#"{"tenant": "acme", "operation": "person.enrich", "items": "x"}"#), 400, "invalid_request"),
+        (raw("/v1/authorize", r#"{"tenant": "acme", "operation": "person.enrich", "body_base64": "%%%"}"#), 400, "invalid_request"),
+        (raw(grants, r#"{"grant_id": "g2", "balance": "export", "amount": 5}"#), 400, "unknown_balance"),
+        (raw(grants, r#"{"grant_id": "g3", "balance": "default", "amount": 0}"#), 400, "invalid_amount"),
+        (raw(grants, r#"{"grant_id": "g4", "balance": "default", "amount": -3}"#), 400, "invalid_amount"),
+        (raw(grants, r#"{"grant_id": "g5", "balance": "default", "amount": 9223372036854775808}"#), 400, "invalid_amount"),
+        (raw(grants, r#"{"grant_id": "g6", "balance": "default", "amount": 1.5}"#), 400, "invalid_amount"),
+        (raw("/v1/settle", r#"{"transaction_id": "never", "status": 200}"#), 404, "unknown_transaction"),
+        (raw("/v1/authorize", &format!(r#"{{"tenant": "acme", "operation": "person.enrich", "items": ["{}"]}}"#, "x".repeat(3 << 20))), 413, "payload_too_large"),
+        (server.get("/v1/nowhere"), 404, "not_found"),
+    ];
+    for ((status, body), expected_status, expected_code) in cases {
+        assert_eq!((status, error_code(&body)), (expected_status, expected_code), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+    assert_eq!(server.balances("acme")["balances"], json!({"default": 5}));
+    assert_eq!(server.balances("acme")["held"], json!({"default": 0}));
+}
+
+#[test]
+fn http_admin_calls_need_the_token_when_one_is_set() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, Some("s3cret"));
+    let anonymous = Server { token: None, base: server.base.clone(), child: Command::new("true").spawn().unwrap() };
+    let (status, body) = anonymous.post("/v1/tenants/acme/grants", json!({"grant_id": "g", "balance": "default", "amount": 5}));
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+    let wrong = Server { token: Some("guess".into()), base: server.base.clone(), child: Command::new("true").spawn().unwrap() };
+    assert_eq!(wrong.post("/v1/tenants/acme/grants", json!({"grant_id": "g", "balance": "default", "amount": 5})).0, 401);
+    assert_eq!(server.balances("acme")["balances"], json!({"default": 0}));
+    server.grant("acme", "default", 5, "g");
+    assert_eq!(server.balances("acme")["balances"], json!({"default": 5}));
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_an_admin_token() {
+    let (_dir, db) = ledger();
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "0.0.0.0:0", "--db"])
+        .arg(&db)
+        .arg("--policy")
+        .arg(component_path("smarte"))
+        .env_remove("CREDITGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without --admin-token"), "{stderr}");
+}
+
+#[test]
+fn http_policy_trap_is_a_5xx_with_a_stable_code_and_the_server_keeps_serving() {
+    let (_dir, db) = ledger();
+    let server = Server::start("misbehaving", &db, None);
+    server.grant("acme", "default", 5, "g");
+    let (status, body) = server.post("/v1/authorize", json!({"tenant": "acme", "operation": "trap"}));
+    assert_eq!((status, error_code(&body)), (500, "policy_trap"));
+    let (status, body) = server.post("/v1/authorize", json!({"tenant": "acme", "operation": "spin"}));
+    assert_eq!((status, error_code(&body)), (500, "policy_fuel_exhausted"));
+    assert_eq!(server.get("/healthz").0, 200);
+    let (status, answer) = server.post("/v1/authorize", json!({"tenant": "acme", "operation": "flat"}));
+    assert_eq!((status, &answer["admitted"]), (200, &json!(true)));
+    assert_eq!(server.balances("acme")["balances"], json!({"default": 4}));
+}
+
+#[test]
+fn acknowledged_charges_holds_and_journal_survive_kill_9() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    server.grant("acme", "default", 100, "g");
+    for index in 0..20 {
+        let id = format!("t{index}");
+        let (status, _) = server.post("/v1/authorize", json!({"transaction_id": id, "tenant": "acme", "operation": "person.enrich", "items": ["a", "b"]}));
+        assert_eq!(status, 200);
+        if index % 2 == 0 {
+            let (status, _) = server.post("/v1/settle", json!({"transaction_id": id, "status": 200, "attributes": {"records": "1"}}));
+            assert_eq!(status, 200);
+        }
+    }
+    let before = server.balances("acme");
+    assert_eq!(before["balances"], json!({"default": 70}));
+    assert_eq!(before["held"], json!({"default": 20}));
+    let (_, audit_before) = server.get("/v1/transactions/t4");
+    server.kill();
+
+    let server = Server::start("smarte", &db, None);
+    assert_eq!(server.balances("acme"), before);
+    assert_eq!(server.get("/v1/transactions/t4").1, audit_before);
+    let (status, receipt) = server.post("/v1/settle", json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}));
+    assert_eq!(status, 200);
+    assert_eq!(receipt["charged"], json!({"default": 2}));
+    let output = Command::new(BINARY).args(["ledger", "--db"]).arg(&db).arg("acme").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("every account equals the sum of its entries"));
+}
+
+#[test]
+fn operator_commands_work_on_the_ledger_beside_a_running_server() {
+    let (_dir, db) = ledger();
+    let server = Server::start("donoratlas", &db, None);
+    let run = |args: &[&str]| {
+        let output = Command::new(BINARY).args(args).arg("--db").arg(&db).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&["grant", "partner", "export", "4", "--grant-id", "ops-1"]);
+    run(&["grant", "partner", "export", "4", "--grant-id", "ops-1"]);
+    assert_eq!(server.balances("partner")["balances"], json!({"enhancement": 0, "export": 4}));
+    let (_, answer) = server.post("/v1/authorize", json!({"tenant": "partner", "operation": "export", "items": ["d1"]}));
+    assert_eq!(answer["charged"], json!({"export": 1}));
+    assert!(run(&["balance", "partner"]).contains("partner export: 3 available, 0 held"));
+    let journal = run(&["ledger", "partner"]);
+    assert!(journal.contains("grant") && journal.contains("charge"), "{journal}");
+    let bad = Command::new(BINARY).args(["grant", "partner", "nope", "4", "--db"]).arg(&db).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not one of this policy's balances"));
+}
