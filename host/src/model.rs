@@ -144,19 +144,24 @@ mod base64_body {
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(body: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        body: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match body {
             Some(bytes) => serializer.serialize_some(&STANDARD.encode(bytes)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
         Option::<String>::deserialize(deserializer)?
             .map(|text| {
-                STANDARD
-                    .decode(text.as_bytes())
-                    .map_err(|error| serde::de::Error::custom(format!("body_base64 is not base64: {error}")))
+                STANDARD.decode(text.as_bytes()).map_err(|error| {
+                    serde::de::Error::custom(format!("body_base64 is not base64: {error}"))
+                })
             })
             .transpose()
     }

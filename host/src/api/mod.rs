@@ -64,7 +64,8 @@ impl ApiError {
 impl From<MeterError> for ApiError {
     fn from(error: MeterError) -> Self {
         Self {
-            status: StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            status: StatusCode::from_u16(error.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: error.code(),
             message: error.to_string(),
         }
@@ -94,7 +95,11 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
             serde_json::error::Category::Data => "invalid_request",
             _ => "invalid_json",
         };
-        ApiError::new(StatusCode::BAD_REQUEST, code, format!("invalid request body: {error}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("invalid request body: {error}"),
+        )
     })
 }
 
@@ -188,7 +193,11 @@ async fn transaction(State(state): State<Arc<AppState>>, Path(id): Path<String>)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README for the API")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see the README for the API",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -112,11 +112,15 @@ fn run_row(
     );
     let source = match (workload, native) {
         (Workload::Smarte, false) => PolicySource::Component(super::read_policy(&args.smarte)?),
-        (Workload::DonorAtlas, false) => PolicySource::Component(super::read_policy(&args.donoratlas)?),
+        (Workload::DonorAtlas, false) => {
+            PolicySource::Component(super::read_policy(&args.donoratlas)?)
+        }
         (Workload::Smarte, true) => PolicySource::Native(NativePolicy::Smarte),
         (Workload::DonorAtlas, true) => PolicySource::Native(NativePolicy::DonorAtlas),
     };
-    let db = args.dir.join(format!("creditgate-bench-{}.db", uuid::Uuid::now_v7()));
+    let db = args
+        .dir
+        .join(format!("creditgate-bench-{}.db", uuid::Uuid::now_v7()));
     let meter = Arc::new(Meter::open(MeterConfig::new(&db), source)?);
     grant_everyone(&meter, args.tenants, args.clients)?;
     let server = match transport {
@@ -149,7 +153,10 @@ fn run_row(
     let elapsed = started.elapsed().as_secs_f64();
     drop(server);
     let violations = meter.invariant_violations()?;
-    anyhow::ensure!(violations.is_empty(), "ledger invariants broke: {violations:?}");
+    anyhow::ensure!(
+        violations.is_empty(),
+        "ledger invariants broke: {violations:?}"
+    );
     drop(meter);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -213,7 +220,9 @@ struct HttpClient {
 impl HttpClient {
     fn new(base: String) -> Self {
         Self {
-            agent: ureq::AgentBuilder::new().max_idle_connections_per_host(4).build(),
+            agent: ureq::AgentBuilder::new()
+                .max_idle_connections_per_host(4)
+                .build(),
             authorize_url: format!("{base}/v1/authorize"),
             settle_url: format!("{base}/v1/settle"),
         }
@@ -222,7 +231,11 @@ impl HttpClient {
 
 impl Client for HttpClient {
     fn authorize(&mut self, request: &AuthorizeRequest) -> anyhow::Result<bool> {
-        let answer: serde_json::Value = self.agent.post(&self.authorize_url).send_json(request)?.into_json()?;
+        let answer: serde_json::Value = self
+            .agent
+            .post(&self.authorize_url)
+            .send_json(request)?
+            .into_json()?;
         Ok(answer["admitted"] == serde_json::Value::Bool(true))
     }
 
@@ -241,7 +254,9 @@ struct HttpServer {
 
 impl HttpServer {
     fn start(meter: Arc<Meter>) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -339,8 +354,15 @@ const SMARTE_OPERATIONS: [&str; 6] = [
 ];
 
 /// One client's loop: authorize then settle, as a gateway would, until the deadline.
-fn drive(client: &mut dyn Client, workload: Workload, client_id: usize, tenants: usize, deadline: Instant) -> Samples {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client_id as u64 + 1).wrapping_mul(0x1000_0000_01b3));
+fn drive(
+    client: &mut dyn Client,
+    workload: Workload,
+    client_id: usize,
+    tenants: usize,
+    deadline: Instant,
+) -> Samples {
+    let mut rng =
+        Rng(0x9e37_79b9_7f4a_7c15 ^ (client_id as u64 + 1).wrapping_mul(0x1000_0000_01b3));
     let mut samples = Samples::default();
     let mut sequence = 0u64;
     while Instant::now() < deadline {
@@ -351,12 +373,16 @@ fn drive(client: &mut dyn Client, workload: Workload, client_id: usize, tenants:
             Workload::Smarte => {
                 let count = 1 + rng.below(3);
                 let operation = SMARTE_OPERATIONS[rng.below(6) as usize];
-                let items = (0..count).map(|i| format!("record-{sequence}-{i}")).collect();
+                let items = (0..count)
+                    .map(|i| format!("record-{sequence}-{i}"))
+                    .collect();
                 (operation, items, count)
             }
             Workload::DonorAtlas => match rng.below(10) {
                 0..=4 => {
-                    let persons = (0..1 + rng.below(5)).map(|i| format!("person-{i}")).collect();
+                    let persons = (0..1 + rng.below(5))
+                        .map(|i| format!("person-{i}"))
+                        .collect();
                     ("enhance", persons, 0)
                 }
                 5..=7 => {
@@ -383,7 +409,9 @@ fn drive(client: &mut dyn Client, workload: Workload, client_id: usize, tenants:
                 continue;
             }
         };
-        samples.authorize_us.push(started.elapsed().as_micros() as u64);
+        samples
+            .authorize_us
+            .push(started.elapsed().as_micros() as u64);
         if !admitted {
             continue;
         }
@@ -421,7 +449,11 @@ fn print_row(row: &Row) {
 }
 
 fn print_ratios(rows: &[Row]) {
-    let rate = |name: &str| rows.iter().find(|row| row.name == name).map(|row| row.txn_per_s);
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|row| row.name == name)
+            .map(|row| row.txn_per_s)
+    };
     println!("ratios (same run):");
     for workload in ["smarte", "donoratlas"] {
         for transport in ["in-process", "http"] {
@@ -429,14 +461,20 @@ fn print_ratios(rows: &[Row]) {
                 rate(&format!("{workload} wasm {transport}")),
                 rate(&format!("{workload} native {transport}")),
             ) {
-                println!("  {workload} {transport}: wasm / native = {:.2}", wasm / native.max(f64::EPSILON));
+                println!(
+                    "  {workload} {transport}: wasm / native = {:.2}",
+                    wasm / native.max(f64::EPSILON)
+                );
             }
         }
         if let (Some(http), Some(local)) = (
             rate(&format!("{workload} wasm http")),
             rate(&format!("{workload} wasm in-process")),
         ) {
-            println!("  {workload} wasm: http / in-process = {:.2}", http / local.max(f64::EPSILON));
+            println!(
+                "  {workload} wasm: http / in-process = {:.2}",
+                http / local.max(f64::EPSILON)
+            );
         }
     }
 }

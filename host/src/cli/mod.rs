@@ -15,7 +15,11 @@ pub const DEFAULT_POLICY: &str = "target/wasm32-wasip2/release/smarte.wasm";
 pub const DEFAULT_DB: &str = "creditgate.db";
 
 #[derive(Parser)]
-#[command(name = "creditgate", version, about = "Meter API usage in credits with billing rules compiled to WebAssembly.")]
+#[command(
+    name = "creditgate",
+    version,
+    about = "Meter API usage in credits with billing rules compiled to WebAssembly."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -112,7 +112,10 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
             entry.balance,
             entry.kind,
             entry.amount,
-            entry.policy_digest.get(..12).unwrap_or(&entry.policy_digest)
+            entry
+                .policy_digest
+                .get(..12)
+                .unwrap_or(&entry.policy_digest)
         );
     }
     print_balances(&meter.balances(&args.tenant)?);
@@ -128,6 +131,9 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
 fn print_balances(balances: &creditgate::model::TenantBalances) {
     for (balance, available) in &balances.balances {
         let held = balances.held.get(balance).copied().unwrap_or(0);
-        println!("{} {balance}: {available} available, {held} held", balances.tenant);
+        println!(
+            "{} {balance}: {available} available, {held} held",
+            balances.tenant
+        );
     }
 }

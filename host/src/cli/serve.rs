@@ -34,8 +34,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let component = super::read_policy(&args.policy)?;
-    let meter = Meter::open(MeterConfig::new(&args.db), PolicySource::Component(component))
-        .with_context(|| format!("cannot start with policy {}", args.policy.display()))?;
+    let meter = Meter::open(
+        MeterConfig::new(&args.db),
+        PolicySource::Component(component),
+    )
+    .with_context(|| format!("cannot start with policy {}", args.policy.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +61,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Says where the sidecar listens and how to try it. A closed stdout (a supervisor that
+/// does not read it) must not take the server down, so write errors are ignored.
 fn print_banner(address: SocketAddr, meter: &Meter, db: &std::path::Path, has_token: bool) {
+    use std::io::Write;
     let policy = meter.policy();
     let balance = policy.balances.first().map_or("default", String::as_str);
     let (operation, items) = if policy.name == "donoratlas" {
@@ -66,26 +72,27 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &std::path::Path, has_to
     } else {
         ("person.enrich", r#"["jane@example.com"]"#)
     };
-    let auth = if has_token { " -H 'authorization: Bearer $CREDITGATE_ADMIN_TOKEN'" } else { "" };
-    println!("creditgate listening on http://{address}");
-    println!(
-        "policy {} {} (sha256 {}), ledger {}",
-        policy.name,
-        policy.version,
-        policy.digest,
-        db.display()
+    let auth = if has_token {
+        " -H \"authorization: Bearer $CREDITGATE_ADMIN_TOKEN\""
+    } else {
+        ""
+    };
+    let banner = format!(
+        "creditgate listening on http://{address}\n\
+         policy {name} {version} (sha256 {digest}), ledger {db}\n\
+         try it:\n\
+         \x20 curl -s -X POST http://{address}/v1/tenants/acme/grants{auth} -d '{{\"grant_id\":\"welcome\",\"balance\":\"{balance}\",\"amount\":10}}'\n\
+         \x20 curl -s -X POST http://{address}/v1/authorize -d '{{\"transaction_id\":\"demo-1\",\"tenant\":\"acme\",\"operation\":\"{operation}\",\"items\":{items}}}'\n\
+         \x20 curl -s -X POST http://{address}/v1/settle -d '{{\"transaction_id\":\"demo-1\",\"status\":200,\"attributes\":{{\"records\":\"1\"}}}}'\n\
+         \x20 curl -s http://{address}/v1/tenants/acme/balances\n",
+        name = policy.name,
+        version = policy.version,
+        digest = policy.digest,
+        db = db.display(),
     );
-    println!("try it:");
-    println!(
-        "  curl -s -X POST http://{address}/v1/tenants/acme/grants{auth} -d '{{\"grant_id\":\"welcome\",\"balance\":\"{balance}\",\"amount\":10}}'"
-    );
-    println!(
-        "  curl -s -X POST http://{address}/v1/authorize -d '{{\"transaction_id\":\"demo-1\",\"tenant\":\"acme\",\"operation\":\"{operation}\",\"items\":{items}}}'"
-    );
-    println!(
-        "  curl -s -X POST http://{address}/v1/settle -d '{{\"transaction_id\":\"demo-1\",\"status\":200,\"attributes\":{{\"records\":\"1\"}}}}'"
-    );
-    println!("  curl -s http://{address}/v1/tenants/acme/balances");
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,6 @@
 //! The stored record of one metered transaction, from authorize to settle.
 
-use crate::model::{Amounts, AuthorizeRequest, Authorization, Receipt};
+use crate::model::{Amounts, Authorization, AuthorizeRequest, Receipt};
 
 /// Where a transaction is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,8 +35,8 @@ use tokio::sync::oneshot;
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
 use crate::model::{
-    AuthorizeRequest, Authorization, GrantRequest, JournalEntry, PolicyRef, Receipt,
-    SettleRequest, TenantBalances, TransactionView,
+    Authorization, AuthorizeRequest, GrantRequest, JournalEntry, PolicyRef, Receipt, SettleRequest,
+    TenantBalances, TransactionView,
 };
 use crate::policy::component::{self, Limits};
 use crate::policy::native::NativeRuntime;
@@ -130,7 +130,14 @@ impl Meter {
             .name("creditgate-sequencer".to_owned())
             .spawn(move || {
                 let clock = Arc::clone(&thread_config.clock);
-                match Sequencer::start(writer, clock, thread_config, engine, make_runtime, component_bytes) {
+                match Sequencer::start(
+                    writer,
+                    clock,
+                    thread_config,
+                    engine,
+                    make_runtime,
+                    component_bytes,
+                ) {
                     Ok((sequencer, info)) => {
                         let _ = started.send(Ok(info));
                         sequencer.run(queue);
@@ -140,10 +147,10 @@ impl Meter {
                     }
                 }
             })
-            .map_err(|error| MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}")))?;
-        let policy = start_result
-            .recv()
-            .map_err(|_| MeterError::ShutDown)??;
+            .map_err(|error| {
+                MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}"))
+            })?;
+        let policy = start_result.recv().map_err(|_| MeterError::ShutDown)??;
         Ok(Self {
             jobs: Some(jobs),
             sequencer: Some(sequencer),
@@ -161,13 +168,17 @@ impl Meter {
         sequencer::policy_ref(&self.policy)
     }
 
-    fn submit(&self, command: Command) -> Result<oneshot::Receiver<Result<Answer, MeterError>>, MeterError> {
+    fn submit(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Answer, MeterError>>, MeterError> {
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(MeterError::ShutDown)?;
-        jobs.try_send(Job { command, reply }).map_err(|error| match error {
-            TrySendError::Full(_) => MeterError::Overloaded,
-            TrySendError::Disconnected(_) => MeterError::ShutDown,
-        })?;
+        jobs.try_send(Job { command, reply })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => MeterError::Overloaded,
+                TrySendError::Disconnected(_) => MeterError::ShutDown,
+            })?;
         Ok(answer)
     }
 
@@ -178,7 +189,9 @@ impl Meter {
     }
 
     async fn call_async(&self, command: Command) -> Result<Answer, MeterError> {
-        self.submit(command)?.await.map_err(|_| MeterError::ShutDown)?
+        self.submit(command)?
+            .await
+            .map_err(|_| MeterError::ShutDown)?
     }
 
     /// Decides a request and applies the verdict. Blocking: from async code use
@@ -187,7 +200,10 @@ impl Meter {
         authorization(self.call(Command::Authorize(request))?)
     }
 
-    pub async fn authorize_async(&self, request: AuthorizeRequest) -> Result<Authorization, MeterError> {
+    pub async fn authorize_async(
+        &self,
+        request: AuthorizeRequest,
+    ) -> Result<Authorization, MeterError> {
         authorization(self.call_async(Command::Authorize(request)).await?)
     }
 
@@ -253,12 +269,16 @@ impl Drop for Meter {
     }
 }
 
-fn native_runtime(native: NativePolicy, marks: Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> {
+fn native_runtime(
+    native: NativePolicy,
+    marks: Rc<dyn MarkLookup>,
+) -> Result<Box<dyn PolicyRuntime>, MeterError> {
     Ok(match native {
         NativePolicy::Smarte => Box::new(NativeRuntime::<smarte::Smarte>::new("smarte", marks)?),
-        NativePolicy::DonorAtlas => {
-            Box::new(NativeRuntime::<donoratlas::DonorAtlas>::new("donoratlas", marks)?)
-        }
+        NativePolicy::DonorAtlas => Box::new(NativeRuntime::<donoratlas::DonorAtlas>::new(
+            "donoratlas",
+            marks,
+        )?),
     })
 }
 

@@ -23,7 +23,7 @@ use crate::ledger::{
     post_expiry, post_settle,
 };
 use crate::model::{
-    Amounts, AuthorizeRequest, Authorization, ErrorBody, GrantRequest, PolicyRef, Receipt,
+    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
     SettleRequest, TenantBalances,
 };
 use crate::policy::component::{self, CompiledPolicy};
@@ -52,7 +52,8 @@ pub(super) struct Job {
 }
 
 /// Builds a policy runtime on the sequencer thread (runtimes are not `Send`).
-pub(super) type RuntimeFactory = Box<dyn FnOnce(Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> + Send>;
+pub(super) type RuntimeFactory =
+    Box<dyn FnOnce(Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> + Send>;
 
 pub(super) struct Sequencer<W: LedgerWriter> {
     writer: Rc<W>,
@@ -126,7 +127,9 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             while batch.len() < self.config.batch_size_max {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
-                    Err(TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
+                    Err(TryRecvError::Empty) if Instant::now() < deadline => {
+                        std::thread::yield_now()
+                    }
                     Err(_) => break,
                 }
             }
@@ -188,7 +191,10 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         }
     }
 
-    fn runtime(&mut self, digest: &PolicyDigest) -> Result<&mut Box<dyn PolicyRuntime>, MeterError> {
+    fn runtime(
+        &mut self,
+        digest: &PolicyDigest,
+    ) -> Result<&mut Box<dyn PolicyRuntime>, MeterError> {
         if !self.runtimes.contains_key(digest) {
             let stored = self.writer.policy(digest)?.ok_or_else(|| {
                 MeterError::StoreUnavailable(format!("policy {digest} is not in the ledger"))
@@ -321,7 +327,9 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         match record.state {
             TransactionState::Settled => {
                 return record.receipt.ok_or_else(|| {
-                    MeterError::StoreUnavailable(format!("settled transaction '{id}' has no receipt"))
+                    MeterError::StoreUnavailable(format!(
+                        "settled transaction '{id}' has no receipt"
+                    ))
                 });
             }
             TransactionState::Rejected => return Err(MeterError::TransactionRejected(id.clone())),
@@ -374,8 +382,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             balances: available_amounts(&posting.accounts, &info.balances),
             policy: policy_ref(&info),
         };
-        writer
-            .close_transaction(id, TransactionState::Settled, Some(&receipt))?;
+        writer.close_transaction(id, TransactionState::Settled, Some(&receipt))?;
         Ok(receipt)
     }
 

@@ -97,7 +97,9 @@ pub struct CompiledPolicy {
 
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledPolicy").field("info", &self.info).finish()
+        f.debug_struct("CompiledPolicy")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -106,9 +108,8 @@ impl CompiledPolicy {
     /// `creditgate:policy@0.1.0` world, and reads its `describe`.
     pub fn compile(engine: &Engine, bytes: &[u8], limits: Limits) -> Result<Arc<Self>, MeterError> {
         let digest = PolicyDigest::of(bytes);
-        let component = Component::new(engine, bytes).map_err(|error| {
-            load_error(format!("not a valid WebAssembly component: {error:#}"))
-        })?;
+        let component = Component::new(engine, bytes)
+            .map_err(|error| load_error(format!("not a valid WebAssembly component: {error:#}")))?;
         let mut linker = Linker::<HostState>::new(engine);
         for (name, _item) in component.component_type().imports(engine) {
             let known = name == LEDGER_IMPORT || name == TYPES_IMPORT;
@@ -125,13 +126,17 @@ impl CompiledPolicy {
                 )));
             }
         }
-        bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|error| load_error(format!("cannot link the ledger import: {error}")))?;
+        bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|error| load_error(format!("cannot link the ledger import: {error}")))?;
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|error| load_error(format!("cannot stub the WASI imports: {error}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
-            load_error(format!("the component does not fit the creditgate:policy world: {error:#}"))
+            load_error(format!(
+                "the component does not fit the creditgate:policy world: {error:#}"
+            ))
         })?;
         let pre = bindings::PolicyPre::new(instance_pre).map_err(|error| {
             load_error(format!(
@@ -169,7 +174,12 @@ impl CompiledPolicy {
 struct NoMarks;
 
 impl MarkLookup for NoMarks {
-    fn marked(&self, _tenant: &str, _scope: &str, _keys: &[String]) -> Result<Vec<bool>, MeterError> {
+    fn marked(
+        &self,
+        _tenant: &str,
+        _scope: &str,
+        _keys: &[String],
+    ) -> Result<Vec<bool>, MeterError> {
         Err(MeterError::PolicyInvalidVerdict(
             "describe called the ledger".to_owned(),
         ))
@@ -282,7 +292,11 @@ impl PolicyRuntime for ComponentRuntime {
                 .creditgate_policy_pricing()
                 .call_authorize(store, &wit_request, &wit_balances)
         })?;
-        check_verdict(&self.compiled.info, request.items.len(), verdict_from_wit(verdict))
+        check_verdict(
+            &self.compiled.info,
+            request.items.len(),
+            verdict_from_wit(verdict),
+        )
     }
 
     fn settle(
@@ -403,5 +417,8 @@ fn pairs_to_wit(pairs: &[(String, String)]) -> Vec<wit::Pair> {
 }
 
 fn pairs_from_wit(pairs: Vec<wit::Pair>) -> Vec<(String, String)> {
-    pairs.into_iter().map(|pair| (pair.name, pair.value)).collect()
+    pairs
+        .into_iter()
+        .map(|pair| (pair.name, pair.value))
+        .collect()
 }

@@ -130,8 +130,7 @@ pub fn check_verdict(
             {
                 return Err(invalid(format!("admit status {status} is not a 2xx")));
             }
-            if usize::try_from(admission.admitted_items).map_or(true, |admitted| admitted > items)
-            {
+            if usize::try_from(admission.admitted_items).map_or(true, |admitted| admitted > items) {
                 return Err(invalid(format!(
                     "admitted {} items of a batch of {items}",
                     admission.admitted_items
@@ -223,7 +222,9 @@ fn check_headers(headers: Vec<(String, String)>) -> Result<BTreeMap<String, Stri
             return Err(format!("header name '{name}' is not a valid HTTP token"));
         }
         if value.len() > MESSAGE_BYTES_MAX || value.bytes().any(|byte| byte.is_ascii_control()) {
-            return Err(format!("header '{name}' has a control character or is too long"));
+            return Err(format!(
+                "header '{name}' has a control character or is too long"
+            ));
         }
         checked.insert(name.to_ascii_lowercase(), value);
     }
@@ -232,7 +233,10 @@ fn check_headers(headers: Vec<(String, String)>) -> Result<BTreeMap<String, Stri
 
 fn check_meta(text: &str) -> Result<serde_json::Value, String> {
     if text.len() > META_BYTES_MAX {
-        return Err(format!("meta has {} bytes; at most {META_BYTES_MAX}", text.len()));
+        return Err(format!(
+            "meta has {} bytes; at most {META_BYTES_MAX}",
+            text.len()
+        ));
     }
     let meta: serde_json::Value = if text.is_empty() {
         serde_json::Value::Object(serde_json::Map::new())
@@ -257,7 +261,8 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 fn check_code(code: &str) -> Result<(), String> {
-    let allowed = |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"._".contains(&byte);
+    let allowed =
+        |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"._".contains(&byte);
     if code.is_empty() || code.len() > NAME_BYTES_MAX || !code.bytes().all(allowed) {
         return Err(format!(
             "reject code '{code}' must be 1..={NAME_BYTES_MAX} characters of [a-z0-9._]"

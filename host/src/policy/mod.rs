@@ -16,8 +16,8 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-pub use creditgate_policy_sdk as sdk;
 pub use contract::{AuthorizeDecision, PolicyInfo, SettleDecision};
+pub use creditgate_policy_sdk as sdk;
 
 use crate::error::MeterError;
 

@@ -51,12 +51,22 @@ pub trait LedgerWriter: MarkLookup {
     fn accounts(&self, tenant: &str, balances: &[String]) -> StoreResult<Accounts>;
     /// Appends `entries` to the journal and stores the accounts they lead to.
     fn post(&self, posting: Posting<'_>) -> StoreResult<()>;
-    fn insert_marks(&self, tenant: &str, transaction_id: &str, marks: &[sdk::Mark]) -> StoreResult<()>;
+    fn insert_marks(
+        &self,
+        tenant: &str,
+        transaction_id: &str,
+        marks: &[sdk::Mark],
+    ) -> StoreResult<()>;
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRequest>>;
     fn insert_grant(&self, grant: &GrantRequest, at_ms: u64) -> StoreResult<()>;
 
-    fn save_policy(&self, info: &PolicyInfo, component: Option<&[u8]>, at_ms: u64) -> StoreResult<()>;
+    fn save_policy(
+        &self,
+        info: &PolicyInfo,
+        component: Option<&[u8]>,
+        at_ms: u64,
+    ) -> StoreResult<()>;
     fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
 }
 

@@ -10,8 +10,7 @@ use super::{LedgerReader, LedgerWriter, Posting, StoreResult, StoredPolicy};
 use crate::error::MeterError;
 use crate::ledger::{AccountState, Accounts, EntryKind, TransactionRecord, TransactionState};
 use crate::model::{
-    Amounts, AuthorizeRequest, GrantRequest, JournalEntry, Receipt, TenantBalances,
-    TransactionView,
+    Amounts, AuthorizeRequest, GrantRequest, JournalEntry, Receipt, TenantBalances, TransactionView,
 };
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
 
@@ -265,7 +264,11 @@ impl LedgerWriter for SqliteWriter {
         let mut statement = self.connection.prepare_cached(
             "UPDATE transactions SET state = ?2, held_json = '{}', receipt_json = ?3 WHERE id = ?1",
         )?;
-        statement.execute(params![id, state.as_str(), receipt.map(to_json).transpose()?])?;
+        statement.execute(params![
+            id,
+            state.as_str(),
+            receipt.map(to_json).transpose()?
+        ])?;
         Ok(())
     }
 
@@ -354,12 +357,22 @@ impl LedgerWriter for SqliteWriter {
             let state = posting.accounts.get(balance).copied().ok_or_else(|| {
                 MeterError::StoreUnavailable(format!("posting lacks the account '{balance}'"))
             })?;
-            account.execute(params![posting.tenant, balance, state.available, state.held])?;
+            account.execute(params![
+                posting.tenant,
+                balance,
+                state.available,
+                state.held
+            ])?;
         }
         Ok(())
     }
 
-    fn insert_marks(&self, tenant: &str, transaction_id: &str, marks: &[sdk::Mark]) -> StoreResult<()> {
+    fn insert_marks(
+        &self,
+        tenant: &str,
+        transaction_id: &str,
+        marks: &[sdk::Mark],
+    ) -> StoreResult<()> {
         let mut statement = self.connection.prepare_cached(
             "INSERT OR IGNORE INTO marks (tenant, scope, key, transaction_id) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -370,9 +383,9 @@ impl LedgerWriter for SqliteWriter {
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRequest>> {
-        let mut statement = self
-            .connection
-            .prepare_cached("SELECT grant_id, tenant, balance, amount FROM grants WHERE grant_id = ?1")?;
+        let mut statement = self.connection.prepare_cached(
+            "SELECT grant_id, tenant, balance, amount FROM grants WHERE grant_id = ?1",
+        )?;
         Ok(statement
             .query_row(params![grant_id], |row| {
                 Ok(GrantRequest {
@@ -399,7 +412,12 @@ impl LedgerWriter for SqliteWriter {
         Ok(())
     }
 
-    fn save_policy(&self, info: &PolicyInfo, component: Option<&[u8]>, at_ms: u64) -> StoreResult<()> {
+    fn save_policy(
+        &self,
+        info: &PolicyInfo,
+        component: Option<&[u8]>,
+        at_ms: u64,
+    ) -> StoreResult<()> {
         let mut statement = self.connection.prepare_cached(&format!(
             "INSERT INTO policies ({POLICY_COLUMNS}, activated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (digest) DO UPDATE SET activated_at_ms = excluded.activated_at_ms"
@@ -433,7 +451,10 @@ pub struct SqliteReader {
 }
 
 impl SqliteReader {
-    fn with_connection<T>(&self, read: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+    fn with_connection<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let connection = match pooled {
             Some(connection) => connection,
@@ -464,20 +485,26 @@ fn journal_from_row(row: &Row<'_>) -> rusqlite::Result<JournalEntry> {
     })
 }
 
-const JOURNAL_COLUMNS: &str = "id, transaction_id, tenant, balance, kind, amount, policy_digest, at_ms";
+const JOURNAL_COLUMNS: &str =
+    "id, transaction_id, tenant, balance, kind, amount, policy_digest, at_ms";
 
 impl LedgerReader for SqliteReader {
     fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances> {
         self.with_connection(|connection| {
-            let mut statement = connection
-                .prepare_cached("SELECT balance, available, held FROM accounts WHERE tenant = ?1")?;
+            let mut statement = connection.prepare_cached(
+                "SELECT balance, available, held FROM accounts WHERE tenant = ?1",
+            )?;
             let mut answer = TenantBalances {
                 tenant: tenant.to_owned(),
                 balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
                 held: balances.iter().map(|name| (name.clone(), 0)).collect(),
             };
             let rows = statement.query_map(params![tenant], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
             })?;
             for row in rows {
                 let (balance, available, held) = row?;

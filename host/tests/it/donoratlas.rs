@@ -60,7 +60,10 @@ fn zero_enhancement_credits_is_402_payment_required() {
     let answer = meter.authorize("e1", TENANT, "enhance", &["p1"], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(402));
-    assert_eq!(answer.error.map(|e| e.code), Some("payment_required".to_owned()));
+    assert_eq!(
+        answer.error.map(|e| e.code),
+        Some("payment_required".to_owned())
+    );
     assert_eq!(meter.available(TENANT, "export"), 5);
 }
 
@@ -70,12 +73,18 @@ fn export_charges_each_unique_new_donor_once_and_re_export_is_free() {
     let first = meter.authorize("x1", TENANT, "export", &["d1", "d2", "d1"], &[]);
     assert!(first.admitted);
     assert_eq!(first.charged, amounts(&[("export", 2)]));
-    assert_eq!(first.meta, json!({"credits_used": 2, "exports_remaining": 3}));
+    assert_eq!(
+        first.meta,
+        json!({"credits_used": 2, "exports_remaining": 3})
+    );
 
     let again = meter.authorize("x2", TENANT, "export", &["d2", "d1"], &[]);
     assert!(again.admitted);
     assert!(again.charged.is_empty());
-    assert_eq!(again.meta, json!({"credits_used": 0, "exports_remaining": 3}));
+    assert_eq!(
+        again.meta,
+        json!({"credits_used": 0, "exports_remaining": 3})
+    );
 
     let mixed = meter.authorize("x3", TENANT, "export", &["d1", "d3"], &[]);
     assert_eq!(mixed.charged, amounts(&[("export", 1)]));
@@ -98,7 +107,10 @@ fn more_new_donors_than_export_credits_is_402_and_exports_nothing() {
     let refused = meter.authorize("x1", TENANT, "export", &["a", "b", "c"], &[]);
     assert!(!refused.admitted);
     assert_eq!(refused.status, Some(402));
-    assert_eq!(refused.error.map(|e| e.code), Some("payment_required".to_owned()));
+    assert_eq!(
+        refused.error.map(|e| e.code),
+        Some("payment_required".to_owned())
+    );
     assert_eq!(meter.available(TENANT, "export"), 2);
     // Nothing was marked exported: after a top-up, each donor costs a credit.
     meter.grant(TENANT, "export", 1);
@@ -121,18 +133,31 @@ fn re_export_after_a_refused_export_is_still_free_for_donors_exported_before() {
 #[test]
 fn search_networks_lists_and_profiles_are_free_and_move_nothing() {
     let meter = meter_with(0, 0);
-    for (index, operation) in ["search", "network.create", "network.lookup", "list.create", "list.add", "profile.get"]
-        .iter()
-        .enumerate()
+    for (index, operation) in [
+        "search",
+        "network.create",
+        "network.lookup",
+        "list.create",
+        "list.add",
+        "profile.get",
+    ]
+    .iter()
+    .enumerate()
     {
         let id = format!("f{index}");
         let answer = meter.authorize(&id, TENANT, operation, &[], &[]);
         assert!(answer.admitted, "{operation}");
-        assert!(answer.charged.is_empty() && answer.held.is_empty(), "{operation}");
+        assert!(
+            answer.charged.is_empty() && answer.held.is_empty(),
+            "{operation}"
+        );
         assert!(meter.settle(&id, 200, &[]).charged.is_empty());
     }
     let view = meter.meter.transaction("f0").expect("audit");
-    assert!(view.entries.is_empty(), "a free operation wrote journal entries");
+    assert!(
+        view.entries.is_empty(),
+        "a free operation wrote journal entries"
+    );
 }
 
 #[test]
@@ -141,5 +166,8 @@ fn unknown_operation_is_rejected_400_not_admitted_free() {
     let answer = meter.authorize("u1", TENANT, "profile.delete", &[], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(400));
-    assert_eq!(answer.error.map(|e| e.code), Some("unknown_operation".to_owned()));
+    assert_eq!(
+        answer.error.map(|e| e.code),
+        Some("unknown_operation".to_owned())
+    );
 }

@@ -27,7 +27,10 @@ fn a_transaction_id_reused_for_another_request_is_a_conflict() {
     let error = meter
         .try_authorize("t1", "acme", "person.enrich", &["a", "b"], &[])
         .unwrap_err();
-    assert_eq!((error.status(), error.code()), (409, "transaction_conflict"));
+    assert_eq!(
+        (error.status(), error.code()),
+        (409, "transaction_conflict")
+    );
     assert_eq!(meter.available("acme", "default"), 4);
 }
 
@@ -64,7 +67,12 @@ fn a_generated_transaction_id_is_returned_when_none_is_given() {
         .unwrap();
     assert!(answer.admitted);
     assert_eq!(answer.transaction_id.len(), 36);
-    assert!(meter.settle(&answer.transaction_id, 200, &[("records", "1")]).charged.contains_key("default"));
+    assert!(
+        meter
+            .settle(&answer.transaction_id, 200, &[("records", "1")])
+            .charged
+            .contains_key("default")
+    );
 }
 
 #[test]
@@ -83,7 +91,10 @@ fn a_grant_is_idempotent_by_grant_id() {
         .meter
         .grant(GrantRequest { amount: 8, ..grant })
         .unwrap_err();
-    assert_eq!((conflict.status(), conflict.code()), (409, "grant_conflict"));
+    assert_eq!(
+        (conflict.status(), conflict.code()),
+        (409, "grant_conflict")
+    );
     assert_eq!(meter.available("acme", "default"), 7);
     meter.assert_sound();
 }
@@ -112,7 +123,10 @@ fn bad_grants_are_refused_with_a_code_and_move_nothing() {
 fn a_tenant_never_granted_anything_has_zero_balances() {
     let meter = TestMeter::new("donoratlas");
     let balances = meter.meter.balances("newcomer").unwrap();
-    assert_eq!(balances.balances, amounts(&[("enhancement", 0), ("export", 0)]));
+    assert_eq!(
+        balances.balances,
+        amounts(&[("enhancement", 0), ("export", 0)])
+    );
 }
 
 #[test]
@@ -121,10 +135,28 @@ fn invalid_requests_are_refused_with_a_code_and_move_nothing() {
     meter.grant("acme", "default", 5);
     let too_many: Vec<String> = (0..10_001).map(|i| i.to_string()).collect();
     let cases = [
-        AuthorizeRequest { tenant: String::new(), operation: "person.enrich".into(), ..Default::default() },
-        AuthorizeRequest { tenant: "a/b".into(), operation: "person.enrich".into(), ..Default::default() },
-        AuthorizeRequest { tenant: "acme".into(), operation: "person.enrich".into(), items: too_many, ..Default::default() },
-        AuthorizeRequest { tenant: "acme".into(), operation: "person.enrich".into(), body: Some(vec![0; (1 << 20) + 1]), ..Default::default() },
+        AuthorizeRequest {
+            tenant: String::new(),
+            operation: "person.enrich".into(),
+            ..Default::default()
+        },
+        AuthorizeRequest {
+            tenant: "a/b".into(),
+            operation: "person.enrich".into(),
+            ..Default::default()
+        },
+        AuthorizeRequest {
+            tenant: "acme".into(),
+            operation: "person.enrich".into(),
+            items: too_many,
+            ..Default::default()
+        },
+        AuthorizeRequest {
+            tenant: "acme".into(),
+            operation: "person.enrich".into(),
+            body: Some(vec![0; (1 << 20) + 1]),
+            ..Default::default()
+        },
     ];
     for request in cases {
         let error = meter.meter.authorize(request).unwrap_err();
@@ -169,7 +201,13 @@ fn concurrent_exports_of_one_new_donor_charge_it_once() {
             let meter = Arc::clone(&meter);
             std::thread::spawn(move || {
                 meter
-                    .authorize(&format!("x{index}"), "partner", "export", &["donor-42"], &[])
+                    .authorize(
+                        &format!("x{index}"),
+                        "partner",
+                        "export",
+                        &["donor-42"],
+                        &[],
+                    )
                     .charged
                     .get("export")
                     .copied()
@@ -177,7 +215,10 @@ fn concurrent_exports_of_one_new_donor_charge_it_once() {
             })
         })
         .collect();
-    let charged: i64 = threads.into_iter().map(|thread| thread.join().unwrap()).sum();
+    let charged: i64 = threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .sum();
     assert_eq!(charged, 1);
     assert_eq!(meter.available("partner", "export"), 99);
     meter.assert_sound();
@@ -197,8 +238,14 @@ fn an_unsettled_hold_is_released_after_its_ttl() {
     assert_eq!(meter.held("acme", "default"), 0);
     let view = meter.meter.transaction("t1").unwrap();
     assert_eq!(view.state, "expired");
-    assert!(view.entries.iter().any(|entry| entry.kind == "expire" && entry.amount == 2));
-    let late = meter.try_settle("t1", 200, &[("records", "2")]).unwrap_err();
+    assert!(
+        view.entries
+            .iter()
+            .any(|entry| entry.kind == "expire" && entry.amount == 2)
+    );
+    let late = meter
+        .try_settle("t1", 200, &[("records", "2")])
+        .unwrap_err();
     assert_eq!((late.status(), late.code()), (409, "hold_expired"));
     assert_eq!(meter.available("acme", "default"), 3);
     meter.assert_sound();
@@ -209,9 +256,17 @@ fn lapsed_holds_return_before_the_tenants_next_authorize() {
     let meter = TestMeter::new("smarte");
     meter.grant("acme", "default", 1);
     meter.authorize("t1", "acme", "person.enrich", &["a"], &[]);
-    assert!(!meter.authorize("t2", "acme", "person.enrich", &["a"], &[]).admitted);
+    assert!(
+        !meter
+            .authorize("t2", "acme", "person.enrich", &["a"], &[])
+            .admitted
+    );
     meter.clock.advance_ms(smarte::HOLD_TTL_MS);
-    assert!(meter.authorize("t3", "acme", "person.enrich", &["a"], &[]).admitted);
+    assert!(
+        meter
+            .authorize("t3", "acme", "person.enrich", &["a"], &[])
+            .admitted
+    );
     meter.assert_sound();
 }
 
@@ -228,7 +283,11 @@ fn settle_runs_on_the_policy_version_that_authorized() {
     assert_eq!(receipt.charged, amounts(&[("default", 1)]));
     assert_eq!(receipt.headers["credits-deducted"], "1");
     let view = meter.meter.transaction("t1").unwrap();
-    assert!(view.entries.iter().all(|entry| entry.policy_digest == authorized.policy.digest));
+    assert!(
+        view.entries
+            .iter()
+            .all(|entry| entry.policy_digest == authorized.policy.digest)
+    );
     meter.assert_sound();
 }
 
@@ -256,9 +315,15 @@ fn balances_holds_and_journal_survive_a_restart() {
     meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
     meter.settle("t1", 200, &[("records", "1")]);
     meter.authorize("t2", "acme", "person.enrich", &["a", "b", "c"], &[]);
-    let before = (meter.meter.balances("acme").unwrap(), meter.meter.journal("acme", 100).unwrap());
+    let before = (
+        meter.meter.balances("acme").unwrap(),
+        meter.meter.journal("acme", 100).unwrap(),
+    );
     let meter = meter.reopen("smarte");
-    let after = (meter.meter.balances("acme").unwrap(), meter.meter.journal("acme", 100).unwrap());
+    let after = (
+        meter.meter.balances("acme").unwrap(),
+        meter.meter.journal("acme", 100).unwrap(),
+    );
     assert_eq!(before, after);
     assert_eq!(after.0.held, amounts(&[("default", 3)]));
     let receipt = meter.settle("t2", 200, &[("records", "3")]);
@@ -273,7 +338,11 @@ fn every_journal_entry_names_transaction_tenant_balance_kind_and_policy() {
     let answer = meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
     meter.settle("t1", 200, &[("records", "1")]);
     let view = meter.meter.transaction("t1").unwrap();
-    let kinds: Vec<(&str, i64)> = view.entries.iter().map(|entry| (entry.kind.as_str(), entry.amount)).collect();
+    let kinds: Vec<(&str, i64)> = view
+        .entries
+        .iter()
+        .map(|entry| (entry.kind.as_str(), entry.amount))
+        .collect();
     assert_eq!(kinds, [("hold", 2), ("capture", 1), ("release", 1)]);
     for entry in &view.entries {
         assert_eq!(entry.transaction_id, "t1");

@@ -34,7 +34,9 @@ impl Server {
         let mut child = command.spawn().expect("spawn creditgate serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut first_line = String::new();
-        BufReader::new(stdout).read_line(&mut first_line).expect("banner");
+        BufReader::new(stdout)
+            .read_line(&mut first_line)
+            .expect("banner");
         let base = first_line
             .trim()
             .strip_prefix("creditgate listening on ")
@@ -54,7 +56,9 @@ impl Server {
             request = request.set("authorization", &format!("Bearer {token}"));
         }
         let result = match body {
-            Some(body) => request.set("content-type", "application/json").send_string(body),
+            Some(body) => request
+                .set("content-type", "application/json")
+                .send_string(body),
             None => request.call(),
         };
         let response = match result {
@@ -64,7 +68,10 @@ impl Server {
         };
         let status = response.status();
         let text = response.into_string().expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -139,13 +146,25 @@ fn http_authorize_then_settle_charges_a_delivered_enrichment() {
     assert_eq!(receipt["headers"]["x-transaction-id"], json!("t1"));
     assert_eq!(server.balances("acme")["balances"], json!({"default": 9}));
 
-    let (status, again) = server.post("/v1/settle", json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}));
-    assert_eq!((status, &again), (200, &receipt), "a repeated settle must return the first receipt");
+    let (status, again) = server.post(
+        "/v1/settle",
+        json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}),
+    );
+    assert_eq!(
+        (status, &again),
+        (200, &receipt),
+        "a repeated settle must return the first receipt"
+    );
 
     let (status, audit) = server.get("/v1/transactions/t1");
     assert_eq!(status, 200);
     assert_eq!(audit["state"], json!("settled"));
-    let kinds: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["hold", "capture", "release"]);
 }
 
@@ -153,7 +172,10 @@ fn http_authorize_then_settle_charges_a_delivered_enrichment() {
 fn http_policy_refusal_is_a_200_answer_carrying_the_clients_status() {
     let (_dir, db) = ledger();
     let server = Server::start("donoratlas", &db, None);
-    let (status, answer) = server.post("/v1/authorize", json!({"tenant": "p", "operation": "enhance", "items": ["a"]}));
+    let (status, answer) = server.post(
+        "/v1/authorize",
+        json!({"tenant": "p", "operation": "enhance", "items": ["a"]}),
+    );
     assert_eq!(status, 200);
     assert_eq!(answer["admitted"], json!(false));
     assert_eq!(answer["status"], json!(402));
@@ -166,7 +188,10 @@ fn http_partial_enhancement_batch_reports_the_documented_meta() {
     let server = Server::start("donoratlas", &db, None);
     server.grant("p", "enhancement", 3, "g1");
     let persons: Vec<String> = (0..10).map(|i| format!("person-{i}")).collect();
-    let (status, answer) = server.post("/v1/authorize", json!({"tenant": "p", "operation": "enhance", "items": persons}));
+    let (status, answer) = server.post(
+        "/v1/authorize",
+        json!({"tenant": "p", "operation": "enhance", "items": persons}),
+    );
     assert_eq!(status, 200);
     assert_eq!(answer["status"], json!(202));
     assert_eq!(answer["admitted_items"], json!(3));
@@ -186,21 +211,100 @@ fn http_bad_input_gets_a_status_a_stable_code_and_moves_nothing() {
     let grants = "/v1/tenants/acme/grants";
     let cases: Vec<((u16, Value), u16, &str)> = vec![
         (raw("/v1/authorize", "{not json"), 400, "invalid_json"),
-        (raw("/v1/authorize", r#"{"operation": "person.enrich"}"#), 400, "invalid_request"),
-        (raw("/v1/authorize", r#"{"tenant": "acme", "operation": "person.enrich", "items": "x"}"#), 400, "invalid_request"),
-        (raw("/v1/authorize", r#"{"tenant": "acme", "operation": "person.enrich", "body_base64": "%%%"}"#), 400, "invalid_request"),
-        (raw(grants, r#"{"grant_id": "g2", "balance": "export", "amount": 5}"#), 400, "unknown_balance"),
-        (raw(grants, r#"{"grant_id": "g3", "balance": "default", "amount": 0}"#), 400, "invalid_amount"),
-        (raw(grants, r#"{"grant_id": "g4", "balance": "default", "amount": -3}"#), 400, "invalid_amount"),
-        (raw(grants, r#"{"grant_id": "g5", "balance": "default", "amount": 9223372036854775808}"#), 400, "invalid_amount"),
-        (raw(grants, r#"{"grant_id": "g6", "balance": "default", "amount": 1.5}"#), 400, "invalid_amount"),
-        (raw("/v1/settle", r#"{"transaction_id": "never", "status": 200}"#), 404, "unknown_transaction"),
-        (raw("/v1/authorize", &format!(r#"{{"tenant": "acme", "operation": "person.enrich", "items": ["{}"]}}"#, "x".repeat(3 << 20))), 413, "payload_too_large"),
+        (
+            raw("/v1/authorize", r#"{"operation": "person.enrich"}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            raw(
+                "/v1/authorize",
+                r#"{"tenant": "acme", "operation": "person.enrich", "items": "x"}"#,
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            raw(
+                "/v1/authorize",
+                r#"{"tenant": "acme", "operation": "person.enrich", "body_base64": "%%%"}"#,
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            raw(
+                grants,
+                r#"{"grant_id": "g2", "balance": "export", "amount": 5}"#,
+            ),
+            400,
+            "unknown_balance",
+        ),
+        (
+            raw(
+                grants,
+                r#"{"grant_id": "g3", "balance": "default", "amount": 0}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            raw(
+                grants,
+                r#"{"grant_id": "g4", "balance": "default", "amount": -3}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            raw(
+                grants,
+                r#"{"grant_id": "g5", "balance": "default", "amount": 9223372036854775808}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            raw(
+                grants,
+                r#"{"grant_id": "g6", "balance": "default", "amount": 1.5}"#,
+            ),
+            400,
+            "invalid_amount",
+        ),
+        (
+            raw(
+                "/v1/settle",
+                r#"{"transaction_id": "never", "status": 200}"#,
+            ),
+            404,
+            "unknown_transaction",
+        ),
+        (
+            raw(
+                "/v1/authorize",
+                &format!(
+                    r#"{{"tenant": "acme", "operation": "person.enrich", "items": ["{}"]}}"#,
+                    "x".repeat(3 << 20)
+                ),
+            ),
+            413,
+            "payload_too_large",
+        ),
         (server.get("/v1/nowhere"), 404, "not_found"),
     ];
     for ((status, body), expected_status, expected_code) in cases {
-        assert_eq!((status, error_code(&body)), (expected_status, expected_code), "{body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (expected_status, expected_code),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
     }
     assert_eq!(server.balances("acme")["balances"], json!({"default": 5}));
     assert_eq!(server.balances("acme")["held"], json!({"default": 0}));
@@ -210,11 +314,30 @@ fn http_bad_input_gets_a_status_a_stable_code_and_moves_nothing() {
 fn http_admin_calls_need_the_token_when_one_is_set() {
     let (_dir, db) = ledger();
     let server = Server::start("smarte", &db, Some("s3cret"));
-    let anonymous = Server { token: None, base: server.base.clone(), child: Command::new("true").spawn().unwrap() };
-    let (status, body) = anonymous.post("/v1/tenants/acme/grants", json!({"grant_id": "g", "balance": "default", "amount": 5}));
+    let anonymous = Server {
+        token: None,
+        base: server.base.clone(),
+        child: Command::new("true").spawn().unwrap(),
+    };
+    let (status, body) = anonymous.post(
+        "/v1/tenants/acme/grants",
+        json!({"grant_id": "g", "balance": "default", "amount": 5}),
+    );
     assert_eq!((status, error_code(&body)), (401, "unauthorized"));
-    let wrong = Server { token: Some("guess".into()), base: server.base.clone(), child: Command::new("true").spawn().unwrap() };
-    assert_eq!(wrong.post("/v1/tenants/acme/grants", json!({"grant_id": "g", "balance": "default", "amount": 5})).0, 401);
+    let wrong = Server {
+        token: Some("guess".into()),
+        base: server.base.clone(),
+        child: Command::new("true").spawn().unwrap(),
+    };
+    assert_eq!(
+        wrong
+            .post(
+                "/v1/tenants/acme/grants",
+                json!({"grant_id": "g", "balance": "default", "amount": 5})
+            )
+            .0,
+        401
+    );
     assert_eq!(server.balances("acme")["balances"], json!({"default": 0}));
     server.grant("acme", "default", 5, "g");
     assert_eq!(server.balances("acme")["balances"], json!({"default": 5}));
@@ -241,12 +364,21 @@ fn http_policy_trap_is_a_5xx_with_a_stable_code_and_the_server_keeps_serving() {
     let (_dir, db) = ledger();
     let server = Server::start("misbehaving", &db, None);
     server.grant("acme", "default", 5, "g");
-    let (status, body) = server.post("/v1/authorize", json!({"tenant": "acme", "operation": "trap"}));
+    let (status, body) = server.post(
+        "/v1/authorize",
+        json!({"tenant": "acme", "operation": "trap"}),
+    );
     assert_eq!((status, error_code(&body)), (500, "policy_trap"));
-    let (status, body) = server.post("/v1/authorize", json!({"tenant": "acme", "operation": "spin"}));
+    let (status, body) = server.post(
+        "/v1/authorize",
+        json!({"tenant": "acme", "operation": "spin"}),
+    );
     assert_eq!((status, error_code(&body)), (500, "policy_fuel_exhausted"));
     assert_eq!(server.get("/healthz").0, 200);
-    let (status, answer) = server.post("/v1/authorize", json!({"tenant": "acme", "operation": "flat"}));
+    let (status, answer) = server.post(
+        "/v1/authorize",
+        json!({"tenant": "acme", "operation": "flat"}),
+    );
     assert_eq!((status, &answer["admitted"]), (200, &json!(true)));
     assert_eq!(server.balances("acme")["balances"], json!({"default": 4}));
 }
@@ -261,7 +393,10 @@ fn acknowledged_charges_holds_and_journal_survive_kill_9() {
         let (status, _) = server.post("/v1/authorize", json!({"transaction_id": id, "tenant": "acme", "operation": "person.enrich", "items": ["a", "b"]}));
         assert_eq!(status, 200);
         if index % 2 == 0 {
-            let (status, _) = server.post("/v1/settle", json!({"transaction_id": id, "status": 200, "attributes": {"records": "1"}}));
+            let (status, _) = server.post(
+                "/v1/settle",
+                json!({"transaction_id": id, "status": 200, "attributes": {"records": "1"}}),
+            );
             assert_eq!(status, 200);
         }
     }
@@ -274,12 +409,27 @@ fn acknowledged_charges_holds_and_journal_survive_kill_9() {
     let server = Server::start("smarte", &db, None);
     assert_eq!(server.balances("acme"), before);
     assert_eq!(server.get("/v1/transactions/t4").1, audit_before);
-    let (status, receipt) = server.post("/v1/settle", json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}));
+    let (status, receipt) = server.post(
+        "/v1/settle",
+        json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}),
+    );
     assert_eq!(status, 200);
     assert_eq!(receipt["charged"], json!({"default": 2}));
-    let output = Command::new(BINARY).args(["ledger", "--db"]).arg(&db).arg("acme").output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("every account equals the sum of its entries"));
+    let output = Command::new(BINARY)
+        .args(["ledger", "--db"])
+        .arg(&db)
+        .arg("acme")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("every account equals the sum of its entries")
+    );
 }
 
 #[test]
@@ -287,19 +437,41 @@ fn operator_commands_work_on_the_ledger_beside_a_running_server() {
     let (_dir, db) = ledger();
     let server = Server::start("donoratlas", &db, None);
     let run = |args: &[&str]| {
-        let output = Command::new(BINARY).args(args).arg("--db").arg(&db).output().unwrap();
-        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        let output = Command::new(BINARY)
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     run(&["grant", "partner", "export", "4", "--grant-id", "ops-1"]);
     run(&["grant", "partner", "export", "4", "--grant-id", "ops-1"]);
-    assert_eq!(server.balances("partner")["balances"], json!({"enhancement": 0, "export": 4}));
-    let (_, answer) = server.post("/v1/authorize", json!({"tenant": "partner", "operation": "export", "items": ["d1"]}));
+    assert_eq!(
+        server.balances("partner")["balances"],
+        json!({"enhancement": 0, "export": 4})
+    );
+    let (_, answer) = server.post(
+        "/v1/authorize",
+        json!({"tenant": "partner", "operation": "export", "items": ["d1"]}),
+    );
     assert_eq!(answer["charged"], json!({"export": 1}));
     assert!(run(&["balance", "partner"]).contains("partner export: 3 available, 0 held"));
     let journal = run(&["ledger", "partner"]);
-    assert!(journal.contains("grant") && journal.contains("charge"), "{journal}");
-    let bad = Command::new(BINARY).args(["grant", "partner", "nope", "4", "--db"]).arg(&db).output().unwrap();
+    assert!(
+        journal.contains("grant") && journal.contains("charge"),
+        "{journal}"
+    );
+    let bad = Command::new(BINARY)
+        .args(["grant", "partner", "nope", "4", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not one of this policy's balances"));
 }

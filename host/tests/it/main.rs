@@ -1,6 +1,8 @@
 //! One integration-test binary, a module per concern. Every test runs the real thing:
 //! wasm components built from `policy/` and `tests/fixtures/` (run `cargo policies`
 //! first), a SQLite file on disk, and for `http`, a `creditgate serve` process.
+// Test helpers fail loudly by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod donoratlas;
 mod guarantees;

@@ -17,11 +17,25 @@ fn assert_fails_closed(meter: &TestMeter, operation: &str, status: u16, code: &s
     let error = meter
         .try_authorize(&format!("{operation}-1"), "acme", operation, &["x"], &[])
         .unwrap_err();
-    assert_eq!((error.status(), error.code()), (status, code), "{operation}: {error}");
-    assert_eq!(meter.available("acme", "default"), 5, "{operation} moved credits");
-    assert!(meter.meter.transaction(&format!("{operation}-1")).is_err(), "{operation} left a record");
+    assert_eq!(
+        (error.status(), error.code()),
+        (status, code),
+        "{operation}: {error}"
+    );
+    assert_eq!(
+        meter.available("acme", "default"),
+        5,
+        "{operation} moved credits"
+    );
+    assert!(
+        meter.meter.transaction(&format!("{operation}-1")).is_err(),
+        "{operation} left a record"
+    );
     let healthy = meter.authorize(&format!("after-{operation}"), "acme", "flat", &[], &[]);
-    assert!(healthy.admitted, "the meter stopped serving after {operation}");
+    assert!(
+        healthy.admitted,
+        "the meter stopped serving after {operation}"
+    );
     meter.settle(&format!("after-{operation}"), 200, &[]);
     meter.grant("acme", "default", 2);
     meter.assert_sound();
@@ -59,7 +73,10 @@ fn an_admission_beyond_the_balance_is_refused_by_the_host() {
     let answer = meter.authorize("o1", "acme", "overspend", &[], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(402));
-    assert_eq!(answer.error.map(|e| e.code), Some("insufficient_credits".to_owned()));
+    assert_eq!(
+        answer.error.map(|e| e.code),
+        Some("insufficient_credits".to_owned())
+    );
     assert_eq!(meter.available("acme", "default"), 5);
     meter.assert_sound();
 }
@@ -71,5 +88,10 @@ fn bytes_that_are_not_a_component_are_refused_with_a_clear_error() {
     let error = Meter::open(config, PolicySource::Component(b"not wasm".to_vec()))
         .err()
         .expect("garbage must be refused");
-    assert!(error.to_string().contains("not a valid WebAssembly component"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("not a valid WebAssembly component"),
+        "{error}"
+    );
 }

@@ -20,18 +20,33 @@ fn insufficient_credits_is_rejected_402_before_processing_and_moves_nothing() {
     let answer = meter.authorize("t1", TENANT, "person.enrich", &["a", "b", "c"], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(402));
-    assert_eq!(answer.error.as_ref().map(|e| e.code.as_str()), Some("insufficient_credits"));
+    assert_eq!(
+        answer.error.as_ref().map(|e| e.code.as_str()),
+        Some("insufficient_credits")
+    );
     assert_eq!(answer.admitted_items, 0);
     assert_eq!(meter.available(TENANT, "default"), 2);
     assert_eq!(meter.held(TENANT, "default"), 0);
-    assert_eq!(meter.try_settle("t1", 200, &[("records", "3")]).unwrap_err().code(), "transaction_rejected");
+    assert_eq!(
+        meter
+            .try_settle("t1", 200, &[("records", "3")])
+            .unwrap_err()
+            .code(),
+        "transaction_rejected"
+    );
     meter.assert_sound();
 }
 
 #[test]
 fn one_credit_short_is_rejected_and_exactly_enough_is_admitted() {
     let meter = meter_with(3);
-    let short = meter.authorize("short", TENANT, "company.enrich", &["a", "b", "c", "d"], &[]);
+    let short = meter.authorize(
+        "short",
+        TENANT,
+        "company.enrich",
+        &["a", "b", "c", "d"],
+        &[],
+    );
     assert!(!short.admitted);
     let exact = meter.authorize("exact", TENANT, "company.enrich", &["a", "b", "c"], &[]);
     assert!(exact.admitted);
@@ -74,11 +89,22 @@ fn nothing_is_charged_on_auth_validation_rate_limit_no_match_or_empty_data() {
     let meter = meter_with(5);
     for (index, (status, attributes)) in cases.iter().enumerate() {
         let id = format!("t{index}");
-        assert!(meter.authorize(&id, TENANT, "email.enrich", &["x"], &[]).admitted);
+        assert!(
+            meter
+                .authorize(&id, TENANT, "email.enrich", &["x"], &[])
+                .admitted
+        );
         let receipt = meter.settle(&id, *status, attributes);
-        assert!(receipt.charged.is_empty(), "status {status} {attributes:?} was charged");
+        assert!(
+            receipt.charged.is_empty(),
+            "status {status} {attributes:?} was charged"
+        );
         assert_eq!(receipt.released, amounts(&[("default", 1)]));
-        assert_eq!(meter.available(TENANT, "default"), 5, "after status {status}");
+        assert_eq!(
+            meter.available(TENANT, "default"),
+            5,
+            "after status {status}"
+        );
     }
     meter.assert_sound();
 }
@@ -98,7 +124,13 @@ fn every_2xx_settle_carries_credits_deducted_even_when_zero() {
 #[test]
 fn audit_only_mode_is_admitted_at_zero_balance_and_never_charged() {
     let meter = meter_with(0);
-    let answer = meter.authorize("aud", TENANT, "person.enrich", &["a", "b"], &[("mode", "AUD")]);
+    let answer = meter.authorize(
+        "aud",
+        TENANT,
+        "person.enrich",
+        &["a", "b"],
+        &[("mode", "AUD")],
+    );
     assert!(answer.admitted);
     assert!(answer.held.is_empty() && answer.charged.is_empty());
     let receipt = meter.settle("aud", 200, &[("records", "2")]);
@@ -124,8 +156,16 @@ fn every_specialized_enrichment_is_metered() {
     .enumerate()
     {
         let id = format!("t{index}");
-        assert!(meter.authorize(&id, TENANT, operation, &["x"], &[]).admitted, "{operation}");
-        assert_eq!(meter.settle(&id, 200, &[("records", "1")]).charged, amounts(&[("default", 1)]));
+        assert!(
+            meter
+                .authorize(&id, TENANT, operation, &["x"], &[])
+                .admitted,
+            "{operation}"
+        );
+        assert_eq!(
+            meter.settle(&id, 200, &[("records", "1")]).charged,
+            amounts(&[("default", 1)])
+        );
     }
     assert_eq!(meter.available(TENANT, "default"), 0);
     meter.assert_sound();
@@ -137,6 +177,9 @@ fn unknown_operation_is_rejected_400_not_admitted_free() {
     let answer = meter.authorize("t1", TENANT, "search", &[], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(400));
-    assert_eq!(answer.error.map(|e| e.code), Some("unknown_operation".to_owned()));
+    assert_eq!(
+        answer.error.map(|e| e.code),
+        Some("unknown_operation".to_owned())
+    );
     assert_eq!(meter.available(TENANT, "default"), 5);
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use creditgate::clock::ManualClock;
-use creditgate::model::{AuthorizeRequest, Authorization, GrantRequest, Receipt, SettleRequest};
+use creditgate::model::{Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest};
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
 
 /// The workspace's target directory (honouring CARGO_TARGET_DIR).
@@ -95,7 +95,12 @@ impl TestMeter {
             .expect("authorize")
     }
 
-    pub fn try_settle(&self, id: &str, status: u16, attributes: &[(&str, &str)]) -> Result<Receipt, MeterError> {
+    pub fn try_settle(
+        &self,
+        id: &str,
+        status: u16,
+        attributes: &[(&str, &str)],
+    ) -> Result<Receipt, MeterError> {
         self.meter.settle(SettleRequest {
             transaction_id: id.to_owned(),
             status,
@@ -119,7 +124,10 @@ impl TestMeter {
     /// Every account equals the sum of its journal entries.
     pub fn assert_sound(&self) {
         let violations = self.meter.invariant_violations().expect("invariant check");
-        assert!(violations.is_empty(), "ledger invariants broke: {violations:#?}");
+        assert!(
+            violations.is_empty(),
+            "ledger invariants broke: {violations:#?}"
+        );
     }
 }
 

@@ -57,11 +57,7 @@ fn enhance(request: &Request, balances: &[BalanceAmount]) -> Verdict {
     let credits = amount_of(balances, ENHANCEMENT);
     let affordable = credits / CREDITS_PER_PERSON;
     if affordable <= 0 {
-        return Verdict::reject(
-            402,
-            "payment_required",
-            "No enhancement credits remaining.",
-        );
+        return Verdict::reject(402, "payment_required", "No enhancement credits remaining.");
     }
     let processed = requested.min(affordable);
     let charged = processed * CREDITS_PER_PERSON;
@@ -188,7 +184,9 @@ mod tests {
     impl Ledger for Marks {
         fn marked(&self, scope: &str, keys: &[String]) -> Vec<bool> {
             assert_eq!(scope, EXPORTED_SCOPE);
-            keys.iter().map(|key| self.0.borrow().contains(key)).collect()
+            keys.iter()
+                .map(|key| self.0.borrow().contains(key))
+                .collect()
         }
     }
     impl Marks {
@@ -296,7 +294,10 @@ mod tests {
         assert_eq!(admitted.charge, vec![BalanceAmount::new(EXPORT, 2)]);
         assert_eq!(admitted.marks.len(), 2);
         assert_eq!(admitted.admitted_items, 3);
-        assert_eq!(admitted.meta_json, r#"{"credits_used":2,"exports_remaining":3}"#);
+        assert_eq!(
+            admitted.meta_json,
+            r#"{"credits_used":2,"exports_remaining":3}"#
+        );
     }
 
     #[test]
@@ -313,13 +314,20 @@ mod tests {
             &marks,
         ));
         assert!(again.charge.is_empty() && again.marks.is_empty());
-        assert_eq!(again.meta_json, r#"{"credits_used":0,"exports_remaining":0}"#);
+        assert_eq!(
+            again.meta_json,
+            r#"{"credits_used":0,"exports_remaining":0}"#
+        );
     }
 
     #[test]
     fn more_new_donors_than_export_credits_is_402_and_exports_nothing() {
         let marks = Marks::default();
-        let verdict = DonorAtlas::authorize(&request("export", &["a", "b", "c"]), &balances(9, 2), &marks);
+        let verdict = DonorAtlas::authorize(
+            &request("export", &["a", "b", "c"]),
+            &balances(9, 2),
+            &marks,
+        );
         assert_eq!(reject(verdict), (402, "payment_required".to_owned()));
     }
 
@@ -331,13 +339,20 @@ mod tests {
                 &balances(0, 0),
                 &Marks::default(),
             ));
-            assert!(admitted.charge.is_empty() && admitted.hold.is_empty(), "{operation}");
+            assert!(
+                admitted.charge.is_empty() && admitted.hold.is_empty(),
+                "{operation}"
+            );
         }
     }
 
     #[test]
     fn unknown_operation_is_rejected_not_admitted_free() {
-        let verdict = DonorAtlas::authorize(&request("profile.delete", &[]), &balances(9, 9), &Marks::default());
+        let verdict = DonorAtlas::authorize(
+            &request("profile.delete", &[]),
+            &balances(9, 9),
+            &Marks::default(),
+        );
         assert_eq!(reject(verdict), (400, "unknown_operation".to_owned()));
     }
 }

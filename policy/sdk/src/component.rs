@@ -79,7 +79,12 @@ pub fn settle<P: Policy>(
         attributes: pairs_from_wit(outcome.attributes),
         body: outcome.body,
     };
-    let settlement = P::settle(&admitted, &outcome, &amounts_from_wit(balances), &HostLedger);
+    let settlement = P::settle(
+        &admitted,
+        &outcome,
+        &amounts_from_wit(balances),
+        &HostLedger,
+    );
     wit::Settlement {
         charge: amounts_to_wit(settlement.charge),
         marks: marks_to_wit(settlement.marks),
@@ -130,7 +135,10 @@ fn marks_to_wit(marks: Vec<crate::Mark>) -> Vec<wit::Mark> {
 }
 
 fn pairs_from_wit(pairs: Vec<wit::Pair>) -> Vec<(String, String)> {
-    pairs.into_iter().map(|pair| (pair.name, pair.value)).collect()
+    pairs
+        .into_iter()
+        .map(|pair| (pair.name, pair.value))
+        .collect()
 }
 
 fn pairs_to_wit(pairs: Vec<(String, String)>) -> Vec<wit::Pair> {

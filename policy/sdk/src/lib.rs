@@ -56,10 +56,34 @@ pub trait Policy {
 /// world. Expands to nothing when not compiling for wasm, so the crate stays a plain
 /// library natively.
 ///
-/// ```ignore
-/// struct MyPolicy;
-/// impl creditgate_policy_sdk::Policy for MyPolicy { /* ... */ }
-/// creditgate_policy_sdk::export_policy!(MyPolicy);
+/// ```
+/// use creditgate_policy_sdk::{
+///     Admission, Admitted, BalanceAmount, Description, Ledger, Outcome, Policy, Request,
+///     Settlement, Verdict,
+/// };
+///
+/// /// Admits everything and charges nothing.
+/// pub struct Free;
+///
+/// impl Policy for Free {
+///     fn describe() -> Description {
+///         Description {
+///             name: "free".into(),
+///             version: "1.0.0".into(),
+///             balances: vec![],
+///             hold_ttl_ms: 60_000,
+///         }
+///     }
+///     fn authorize(request: &Request, _: &[BalanceAmount], _: &dyn Ledger) -> Verdict {
+///         let admitted_items = u32::try_from(request.items.len()).unwrap_or(u32::MAX);
+///         Verdict::Admit(Admission { admitted_items, ..Admission::default() })
+///     }
+///     fn settle(_: &Admitted, _: &Outcome, _: &[BalanceAmount], _: &dyn Ledger) -> Settlement {
+///         Settlement::default()
+///     }
+/// }
+///
+/// creditgate_policy_sdk::export_policy!(Free);
 /// ```
 #[macro_export]
 macro_rules! export_policy {
@@ -87,7 +111,7 @@ macro_rules! export_policy {
                     $crate::component::settle::<$policy>(admitted, outcome, balances)
                 }
             }
-            $crate::component::export_bindings!(Component with_types_in $crate::component);
+    $crate::component::export_bindings!(Component with_types_in $crate::component);
         };
     };
 }

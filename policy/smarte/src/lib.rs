@@ -13,8 +13,8 @@
 //!   settle carries `x-transaction-id`.
 
 use creditgate_policy_sdk::{
-    Admission, Admitted, BalanceAmount, Description, JsonObject, Ledger, Outcome, Policy,
-    Request, Settlement, Verdict, amount_of,
+    Admission, Admitted, BalanceAmount, Description, JsonObject, Ledger, Outcome, Policy, Request,
+    Settlement, Verdict, amount_of,
 };
 
 /// The one balance this policy spends.
@@ -114,7 +114,10 @@ impl Policy for Smarte {
             return Verdict::reject(
                 400,
                 "unknown_operation",
-                format!("Operation '{}' is not metered by this policy.", request.operation),
+                format!(
+                    "Operation '{}' is not metered by this policy.",
+                    request.operation
+                ),
             );
         }
         let admitted_items = u32::try_from(request.items.len()).unwrap_or(u32::MAX);
@@ -185,6 +188,8 @@ impl Policy for Smarte {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Attributes<'a> = &'a [(&'a str, &'a str)];
 
     struct NoMarks;
     impl Ledger for NoMarks {
@@ -320,7 +325,7 @@ mod tests {
 
     #[test]
     fn failures_and_empty_answers_are_never_charged() {
-        let cases: [(u16, &[(&str, &str)], &str); 9] = [
+        let cases: [(u16, Attributes<'_>, &str); 9] = [
             (401, &[("records", "1")], "authentication_failed"),
             (403, &[("records", "1")], "authentication_failed"),
             (400, &[], "validation_failed"),
@@ -357,6 +362,9 @@ mod tests {
         let Verdict::Reject(rejection) = verdict else {
             unreachable!("unknown operation must reject");
         };
-        assert_eq!((rejection.status, rejection.code.as_str()), (400, "unknown_operation"));
+        assert_eq!(
+            (rejection.status, rejection.code.as_str()),
+            (400, "unknown_operation")
+        );
     }
 }
