@@ -31,3 +31,8 @@ pub mod store;
 
 pub use error::MeterError;
 pub use meter::{Meter, MeterConfig, NativePolicy, PolicySource};
+
+/// The README's Rust examples, compiled as doctests so the README cannot lie.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
