@@ -185,11 +185,22 @@ async fn grant(
 }
 
 async fn balances(State(state): State<Arc<AppState>>, Path(tenant): Path<String>) -> ApiResult {
-    ok(state.meter.balances(&tenant)?)
+    ok(read_blocking(state, move |meter| meter.balances(&tenant)).await?)
 }
 
 async fn transaction(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
-    ok(state.meter.transaction(&id)?)
+    ok(read_blocking(state, move |meter| meter.transaction(&id)).await?)
+}
+
+/// Store reads block on disk: keep them off the async workers.
+async fn read_blocking<T: Send + 'static>(
+    state: Arc<AppState>,
+    read: impl FnOnce(&Meter) -> Result<T, MeterError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || read(&state.meter))
+        .await
+        .map_err(|error| MeterError::StoreUnavailable(format!("the read task failed: {error}")))?
+        .map_err(ApiError::from)
 }
 
 async fn not_found() -> ApiError {

@@ -175,6 +175,11 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
     fn run_in_savepoint(&mut self, command: &Command) -> Result<Answer, MeterError> {
         self.writer.savepoint()?;
         let result = self.execute(command);
+        if let Err(error) = &result
+            && error.status() >= 500
+        {
+            tracing::warn!(code = error.code(), %error, "a decision failed closed");
+        }
         match &result {
             Ok(_) => self.writer.release_savepoint()?,
             Err(_) => self.writer.rollback_to_savepoint()?,
@@ -241,30 +246,17 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         let policy_request = to_policy_request(&id, request);
         let decision = runtime.authorize(&policy_request, &available(&accounts, &info.balances))?;
 
-        let mut record = TransactionRecord {
-            id: id.clone(),
-            tenant: request.tenant.clone(),
-            state: TransactionState::Rejected,
-            fingerprint,
-            policy_digest: info.digest.to_string(),
-            request: AuthorizeRequest {
-                transaction_id: Some(id.clone()),
-                ..request.clone()
-            },
-            authorization: rejection(&id, &info, &accounts, 0, "", ""),
-            held: Amounts::new(),
-            created_at_ms: now_ms,
-            expires_at_ms: None,
-            receipt: None,
-        };
-        match decision {
+        // The outcome: (state, what stays held, the answer).
+        let (state, held, authorization) = match decision {
             AuthorizeDecision::Reject {
                 status,
                 code,
                 message,
-            } => {
-                record.authorization = rejection(&id, &info, &accounts, status, &code, &message);
-            }
+            } => (
+                TransactionState::Rejected,
+                Amounts::new(),
+                rejection(&id, &info, &accounts, status, &code, &message),
+            ),
             AuthorizeDecision::Admit {
                 status,
                 admitted_items,
@@ -280,8 +272,11 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
                         "Insufficient credits: {} needed on '{}', {} available.",
                         shortfall.needed, shortfall.balance, shortfall.available
                     );
-                    record.authorization =
-                        rejection(&id, &info, &accounts, 402, "insufficient_credits", &message);
+                    (
+                        TransactionState::Rejected,
+                        Amounts::new(),
+                        rejection(&id, &info, &accounts, 402, "insufficient_credits", &message),
+                    )
                 }
                 Ok(posting) => {
                     writer.post(Posting {
@@ -293,26 +288,39 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
                         at_ms: now_ms,
                     })?;
                     writer.insert_marks(&request.tenant, &id, &marks)?;
-                    record.state = TransactionState::Open;
-                    record.expires_at_ms =
-                        (!hold.is_empty()).then(|| now_ms.saturating_add(info.hold_ttl_ms));
-                    record.held = hold.clone();
-                    record.authorization = Authorization {
+                    let authorization = Authorization {
                         transaction_id: id.clone(),
                         admitted: true,
                         status,
                         error: None,
                         admitted_items,
-                        held: hold,
+                        held: hold.clone(),
                         charged: charge,
                         headers,
                         meta,
                         balances: available_amounts(&posting.accounts, &info.balances),
                         policy: policy_ref(&info),
                     };
+                    (TransactionState::Open, hold, authorization)
                 }
             },
-        }
+        };
+        let record = TransactionRecord {
+            id: id.clone(),
+            tenant: request.tenant.clone(),
+            state,
+            fingerprint,
+            policy_digest: info.digest.to_string(),
+            request: AuthorizeRequest {
+                transaction_id: Some(id.clone()),
+                ..request.clone()
+            },
+            authorization,
+            expires_at_ms: (!held.is_empty()).then(|| now_ms.saturating_add(info.hold_ttl_ms)),
+            held,
+            created_at_ms: now_ms,
+            receipt: None,
+        };
         writer.insert_transaction(&record)?;
         Ok(record.authorization)
     }
