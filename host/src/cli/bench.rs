@@ -344,15 +344,6 @@ impl Rng {
     }
 }
 
-const SMARTE_OPERATIONS: [&str; 6] = [
-    "person.enrich",
-    "company.enrich",
-    "email.enrich",
-    "mobile.enrich",
-    "technographics.enrich",
-    "funding.enrich",
-];
-
 /// One client's loop: authorize then settle, as a gateway would, until the deadline.
 fn drive(
     client: &mut dyn Client,
@@ -372,7 +363,8 @@ fn drive(
         let (operation, items, records) = match workload {
             Workload::Smarte => {
                 let count = 1 + rng.below(3);
-                let operation = SMARTE_OPERATIONS[rng.below(6) as usize];
+                let operation =
+                    smarte::OPERATIONS[rng.below(smarte::OPERATIONS.len() as u64) as usize];
                 let items = (0..count)
                     .map(|i| format!("record-{sequence}-{i}"))
                     .collect();

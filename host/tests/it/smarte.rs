@@ -144,17 +144,7 @@ fn audit_only_mode_is_admitted_at_zero_balance_and_never_charged() {
 #[test]
 fn every_specialized_enrichment_is_metered() {
     let meter = meter_with(6);
-    for (index, operation) in [
-        "person.enrich",
-        "company.enrich",
-        "email.enrich",
-        "mobile.enrich",
-        "technographics.enrich",
-        "funding.enrich",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (index, operation) in smarte::OPERATIONS.iter().enumerate() {
         let id = format!("t{index}");
         assert!(
             meter
