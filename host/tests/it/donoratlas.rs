@@ -2,24 +2,24 @@
 
 use serde_json::json;
 
-use crate::support::{TestMeter, amounts};
+use crate::support::{Gate, amounts};
 
 const TENANT: &str = "partner";
 
-fn meter_with(enhancement: i64, export: i64) -> TestMeter {
-    let meter = TestMeter::new("donoratlas");
+crate::rules_both_ways!("donoratlas": enhancement_charges_one_credit_per_person_at_acceptance_whatever_the_outcome, a_batch_larger_than_the_balance_admits_the_first_n_as_partial, zero_enhancement_credits_is_402_payment_required, export_charges_each_unique_new_donor_once_and_re_export_is_free, exports_are_tracked_per_tenant, more_new_donors_than_export_credits_is_402_and_exports_nothing, re_export_after_a_refused_export_is_still_free_for_donors_exported_before, search_networks_lists_and_profiles_are_free_and_move_nothing, unknown_operation_is_rejected_400_not_admitted_free);
+
+/// Grants the test tenant its enhancement and export credits (zeros are skipped).
+fn fund(meter: &dyn Gate, enhancement: i64, export: i64) {
     if enhancement > 0 {
         meter.grant(TENANT, "enhancement", enhancement);
     }
     if export > 0 {
         meter.grant(TENANT, "export", export);
     }
-    meter
 }
 
-#[test]
-fn enhancement_charges_one_credit_per_person_at_acceptance_whatever_the_outcome() {
-    let meter = meter_with(5, 0);
+fn enhancement_charges_one_credit_per_person_at_acceptance_whatever_the_outcome(meter: &dyn Gate) {
+    fund(meter, 5, 0);
     let answer = meter.authorize("e1", TENANT, "enhance", &["p1", "p2"], &[]);
     assert!(answer.admitted);
     assert_eq!(answer.status, Some(202));
@@ -34,9 +34,8 @@ fn enhancement_charges_one_credit_per_person_at_acceptance_whatever_the_outcome(
     meter.assert_sound();
 }
 
-#[test]
-fn a_batch_larger_than_the_balance_admits_the_first_n_as_partial() {
-    let meter = meter_with(3, 0);
+fn a_batch_larger_than_the_balance_admits_the_first_n_as_partial(meter: &dyn Gate) {
+    fund(meter, 3, 0);
     let persons = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"];
     let answer = meter.authorize("e1", TENANT, "enhance", &persons, &[]);
     assert!(answer.admitted);
@@ -54,9 +53,8 @@ fn a_batch_larger_than_the_balance_admits_the_first_n_as_partial() {
     meter.assert_sound();
 }
 
-#[test]
-fn zero_enhancement_credits_is_402_payment_required() {
-    let meter = meter_with(0, 5);
+fn zero_enhancement_credits_is_402_payment_required(meter: &dyn Gate) {
+    fund(meter, 0, 5);
     let answer = meter.authorize("e1", TENANT, "enhance", &["p1"], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(402));
@@ -67,9 +65,8 @@ fn zero_enhancement_credits_is_402_payment_required() {
     assert_eq!(meter.available(TENANT, "export"), 5);
 }
 
-#[test]
-fn export_charges_each_unique_new_donor_once_and_re_export_is_free() {
-    let meter = meter_with(0, 5);
+fn export_charges_each_unique_new_donor_once_and_re_export_is_free(meter: &dyn Gate) {
+    fund(meter, 0, 5);
     let first = meter.authorize("x1", TENANT, "export", &["d1", "d2", "d1"], &[]);
     assert!(first.admitted);
     assert_eq!(first.charged, amounts(&[("export", 2)]));
@@ -92,18 +89,16 @@ fn export_charges_each_unique_new_donor_once_and_re_export_is_free() {
     meter.assert_sound();
 }
 
-#[test]
-fn exports_are_tracked_per_tenant() {
-    let meter = meter_with(0, 5);
+fn exports_are_tracked_per_tenant(meter: &dyn Gate) {
+    fund(meter, 0, 5);
     meter.grant("other", "export", 5);
     meter.authorize("x1", TENANT, "export", &["d1"], &[]);
     let other = meter.authorize("x2", "other", "export", &["d1"], &[]);
     assert_eq!(other.charged, amounts(&[("export", 1)]));
 }
 
-#[test]
-fn more_new_donors_than_export_credits_is_402_and_exports_nothing() {
-    let meter = meter_with(0, 2);
+fn more_new_donors_than_export_credits_is_402_and_exports_nothing(meter: &dyn Gate) {
+    fund(meter, 0, 2);
     let refused = meter.authorize("x1", TENANT, "export", &["a", "b", "c"], &[]);
     assert!(!refused.admitted);
     assert_eq!(refused.status, Some(402));
@@ -119,9 +114,8 @@ fn more_new_donors_than_export_credits_is_402_and_exports_nothing() {
     meter.assert_sound();
 }
 
-#[test]
-fn re_export_after_a_refused_export_is_still_free_for_donors_exported_before() {
-    let meter = meter_with(0, 1);
+fn re_export_after_a_refused_export_is_still_free_for_donors_exported_before(meter: &dyn Gate) {
+    fund(meter, 0, 1);
     meter.authorize("x1", TENANT, "export", &["a"], &[]);
     let refused = meter.authorize("x2", TENANT, "export", &["a", "b"], &[]);
     assert!(!refused.admitted);
@@ -130,9 +124,8 @@ fn re_export_after_a_refused_export_is_still_free_for_donors_exported_before() {
     assert!(re_export.charged.is_empty());
 }
 
-#[test]
-fn search_networks_lists_and_profiles_are_free_and_move_nothing() {
-    let meter = meter_with(0, 0);
+fn search_networks_lists_and_profiles_are_free_and_move_nothing(meter: &dyn Gate) {
+    fund(meter, 0, 0);
     for (index, operation) in [
         "search",
         "network.create",
@@ -153,16 +146,15 @@ fn search_networks_lists_and_profiles_are_free_and_move_nothing() {
         );
         assert!(meter.settle(&id, 200, &[]).charged.is_empty());
     }
-    let view = meter.meter.transaction("f0").expect("audit");
+    let view = meter.transaction("f0").expect("audit");
     assert!(
         view.entries.is_empty(),
         "a free operation wrote journal entries"
     );
 }
 
-#[test]
-fn unknown_operation_is_rejected_400_not_admitted_free() {
-    let meter = meter_with(5, 5);
+fn unknown_operation_is_rejected_400_not_admitted_free(meter: &dyn Gate) {
+    fund(meter, 5, 5);
     let answer = meter.authorize("u1", TENANT, "profile.delete", &[], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(400));

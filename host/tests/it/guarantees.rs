@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use creditgate::model::{AuthorizeRequest, GrantRequest};
 
-use crate::support::{TestMeter, amounts};
+use crate::support::{Gate, TestMeter, amounts};
 
 #[test]
 fn a_repeated_authorize_returns_the_first_answer_and_moves_nothing_twice() {

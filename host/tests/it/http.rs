@@ -1,113 +1,11 @@
 //! The sidecar over real HTTP: a `creditgate serve` process on a loopback port.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::component_path;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_creditgate");
-
-/// A running `creditgate serve`; killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    token: Option<String>,
-}
-
-impl Server {
-    fn start(policy: &str, db: &Path, token: Option<&str>) -> Self {
-        let mut command = Command::new(BINARY);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .arg("--policy")
-            .arg(component_path(policy))
-            .env_remove("CREDITGATE_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(token) = token {
-            command.args(["--admin-token", token]);
-        }
-        let mut child = command.spawn().expect("spawn creditgate serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut first_line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first_line)
-            .expect("banner");
-        let base = first_line
-            .trim()
-            .strip_prefix("creditgate listening on ")
-            .unwrap_or_else(|| panic!("unexpected banner: {first_line:?}"))
-            .to_owned();
-        Self {
-            child,
-            base,
-            token: token.map(str::to_owned),
-        }
-    }
-
-    /// Sends a request; returns the status and the JSON body, whatever the status.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let mut request = ureq::request(method, &format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.set("authorization", &format!("Bearer {token}"));
-        }
-        let result = match body {
-            Some(body) => request
-                .set("content-type", "application/json")
-                .send_string(body),
-            None => request.call(),
-        };
-        let response = match result {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => panic!("{method} {path}: {error}"),
-        };
-        let status = response.status();
-        let text = response.into_string().expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call("POST", path, Some(&body.to_string()))
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        self.call("GET", path, None)
-    }
-
-    fn grant(&self, tenant: &str, balance: &str, amount: i64, grant_id: &str) {
-        let (status, body) = self.post(
-            &format!("/v1/tenants/{tenant}/grants"),
-            json!({"grant_id": grant_id, "balance": balance, "amount": amount}),
-        );
-        assert_eq!(status, 200, "{body}");
-    }
-
-    fn balances(&self, tenant: &str) -> Value {
-        let (status, body) = self.get(&format!("/v1/tenants/{tenant}/balances"));
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{BINARY, Server, component_path};
 
 fn ledger() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -314,21 +212,13 @@ fn http_bad_input_gets_a_status_a_stable_code_and_moves_nothing() {
 fn http_admin_calls_need_the_token_when_one_is_set() {
     let (_dir, db) = ledger();
     let server = Server::start("smarte", &db, Some("s3cret"));
-    let anonymous = Server {
-        token: None,
-        base: server.base.clone(),
-        child: Command::new("true").spawn().unwrap(),
-    };
+    let anonymous = server.with_token(None);
     let (status, body) = anonymous.post(
         "/v1/tenants/acme/grants",
         json!({"grant_id": "g", "balance": "default", "amount": 5}),
     );
     assert_eq!((status, error_code(&body)), (401, "unauthorized"));
-    let wrong = Server {
-        token: Some("guess".into()),
-        base: server.base.clone(),
-        child: Command::new("true").spawn().unwrap(),
-    };
+    let wrong = server.with_token(Some("guess"));
     assert_eq!(
         wrong
             .post(

@@ -4,7 +4,7 @@
 
 use creditgate::{Meter, MeterConfig, PolicySource};
 
-use crate::support::TestMeter;
+use crate::support::{Gate, TestMeter};
 
 fn meter() -> TestMeter {
     let meter = TestMeter::new("misbehaving");

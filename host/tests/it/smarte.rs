@@ -2,21 +2,21 @@
 
 use serde_json::json;
 
-use crate::support::{TestMeter, amounts};
+use crate::support::{Gate, amounts};
 
 const TENANT: &str = "acme";
 
-fn meter_with(credits: i64) -> TestMeter {
-    let meter = TestMeter::new("smarte");
+crate::rules_both_ways!("smarte": insufficient_credits_is_rejected_402_before_processing_and_moves_nothing, one_credit_short_is_rejected_and_exactly_enough_is_admitted, authorize_holds_one_credit_per_requested_record_and_settle_charges_delivered_records, nothing_is_charged_on_auth_validation_rate_limit_no_match_or_empty_data, every_2xx_settle_carries_credits_deducted_even_when_zero, audit_only_mode_is_admitted_at_zero_balance_and_never_charged, every_specialized_enrichment_is_metered, unknown_operation_is_rejected_400_not_admitted_free);
+
+/// Grants `credits` (if any) to the test tenant.
+fn fund(meter: &dyn Gate, credits: i64) {
     if credits > 0 {
         meter.grant(TENANT, "default", credits);
     }
-    meter
 }
 
-#[test]
-fn insufficient_credits_is_rejected_402_before_processing_and_moves_nothing() {
-    let meter = meter_with(2);
+fn insufficient_credits_is_rejected_402_before_processing_and_moves_nothing(meter: &dyn Gate) {
+    fund(meter, 2);
     let answer = meter.authorize("t1", TENANT, "person.enrich", &["a", "b", "c"], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(402));
@@ -37,9 +37,8 @@ fn insufficient_credits_is_rejected_402_before_processing_and_moves_nothing() {
     meter.assert_sound();
 }
 
-#[test]
-fn one_credit_short_is_rejected_and_exactly_enough_is_admitted() {
-    let meter = meter_with(3);
+fn one_credit_short_is_rejected_and_exactly_enough_is_admitted(meter: &dyn Gate) {
+    fund(meter, 3);
     let short = meter.authorize(
         "short",
         TENANT,
@@ -55,9 +54,10 @@ fn one_credit_short_is_rejected_and_exactly_enough_is_admitted() {
     meter.assert_sound();
 }
 
-#[test]
-fn authorize_holds_one_credit_per_requested_record_and_settle_charges_delivered_records() {
-    let meter = meter_with(10);
+fn authorize_holds_one_credit_per_requested_record_and_settle_charges_delivered_records(
+    meter: &dyn Gate,
+) {
+    fund(meter, 10);
     let answer = meter.authorize("t1", TENANT, "person.enrich", &["a", "b", "c"], &[]);
     assert!(answer.admitted);
     assert_eq!(answer.held, amounts(&[("default", 3)]));
@@ -74,8 +74,7 @@ fn authorize_holds_one_credit_per_requested_record_and_settle_charges_delivered_
     meter.assert_sound();
 }
 
-#[test]
-fn nothing_is_charged_on_auth_validation_rate_limit_no_match_or_empty_data() {
+fn nothing_is_charged_on_auth_validation_rate_limit_no_match_or_empty_data(meter: &dyn Gate) {
     let cases: [(u16, &[(&str, &str)]); 8] = [
         (401, &[("records", "1")]),
         (403, &[("records", "1")]),
@@ -86,7 +85,7 @@ fn nothing_is_charged_on_auth_validation_rate_limit_no_match_or_empty_data() {
         (200, &[("records", "0")]),
         (200, &[("records", "1"), ("fields", "0")]),
     ];
-    let meter = meter_with(5);
+    fund(meter, 5);
     for (index, (status, attributes)) in cases.iter().enumerate() {
         let id = format!("t{index}");
         assert!(
@@ -109,9 +108,8 @@ fn nothing_is_charged_on_auth_validation_rate_limit_no_match_or_empty_data() {
     meter.assert_sound();
 }
 
-#[test]
-fn every_2xx_settle_carries_credits_deducted_even_when_zero() {
-    let meter = meter_with(5);
+fn every_2xx_settle_carries_credits_deducted_even_when_zero(meter: &dyn Gate) {
+    fund(meter, 5);
     meter.authorize("t1", TENANT, "mobile.enrich", &["x"], &[]);
     let receipt = meter.settle("t1", 200, &[("records", "0")]);
     assert_eq!(receipt.headers["credits-deducted"], "0");
@@ -121,9 +119,8 @@ fn every_2xx_settle_carries_credits_deducted_even_when_zero() {
     assert!(!failed.headers.contains_key("credits-deducted"));
 }
 
-#[test]
-fn audit_only_mode_is_admitted_at_zero_balance_and_never_charged() {
-    let meter = meter_with(0);
+fn audit_only_mode_is_admitted_at_zero_balance_and_never_charged(meter: &dyn Gate) {
+    fund(meter, 0);
     let answer = meter.authorize(
         "aud",
         TENANT,
@@ -141,9 +138,8 @@ fn audit_only_mode_is_admitted_at_zero_balance_and_never_charged() {
     meter.assert_sound();
 }
 
-#[test]
-fn every_specialized_enrichment_is_metered() {
-    let meter = meter_with(6);
+fn every_specialized_enrichment_is_metered(meter: &dyn Gate) {
+    fund(meter, 6);
     for (index, operation) in smarte::OPERATIONS.iter().enumerate() {
         let id = format!("t{index}");
         assert!(
@@ -161,9 +157,8 @@ fn every_specialized_enrichment_is_metered() {
     meter.assert_sound();
 }
 
-#[test]
-fn unknown_operation_is_rejected_400_not_admitted_free() {
-    let meter = meter_with(5);
+fn unknown_operation_is_rejected_400_not_admitted_free(meter: &dyn Gate) {
+    fund(meter, 5);
     let answer = meter.authorize("t1", TENANT, "search", &[], &[]);
     assert!(!answer.admitted);
     assert_eq!(answer.status, Some(400));

@@ -1,11 +1,19 @@
-//! Shared test helpers: locating the built components and driving a meter.
+//! Shared test helpers: locating the built components, and driving a meter through the
+//! library ([`TestMeter`]) or over HTTP ([`HttpGate`]) behind one [`Gate`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use creditgate::clock::ManualClock;
-use creditgate::model::{Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest};
+use creditgate::model::{
+    Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest, TenantBalances,
+    TransactionView,
+};
+use creditgate::store::{LedgerReader, sqlite};
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
+use serde_json::{Value, json};
 
 /// The workspace's target directory (honouring CARGO_TARGET_DIR).
 pub fn target_dir() -> PathBuf {
@@ -39,6 +47,10 @@ pub struct TestMeter {
 pub const START_MS: u64 = 1_700_000_000_000;
 
 impl TestMeter {
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("ledger.db")
+    }
+
     pub fn new(policy: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::starting_at(START_MS);
@@ -53,11 +65,13 @@ impl TestMeter {
         let meter = open_meter(&dir, &clock, policy);
         Self { meter, clock, dir }
     }
+}
 
-    pub fn grant(&self, tenant: &str, balance: &str, amount: i64) {
+impl Gate for TestMeter {
+    fn grant(&self, tenant: &str, balance: &str, amount: i64) {
         self.meter
             .grant(GrantRequest {
-                grant_id: format!("grant-{tenant}-{balance}-{amount}-{}", uuid()),
+                grant_id: format!("grant-{}", uuid()),
                 tenant: tenant.to_owned(),
                 balance: balance.to_owned(),
                 amount,
@@ -65,69 +79,48 @@ impl TestMeter {
             .expect("grant");
     }
 
-    pub fn try_authorize(
+    fn try_authorize(
         &self,
         id: &str,
         tenant: &str,
         operation: &str,
         items: &[&str],
         attributes: &[(&str, &str)],
-    ) -> Result<Authorization, MeterError> {
-        self.meter.authorize(AuthorizeRequest {
+    ) -> Result<Authorization, Failure> {
+        Ok(self.meter.authorize(AuthorizeRequest {
             transaction_id: Some(id.to_owned()),
             tenant: tenant.to_owned(),
             operation: operation.to_owned(),
             items: items.iter().map(|item| (*item).to_owned()).collect(),
             attributes: pairs(attributes),
             body: None,
-        })
+        })?)
     }
 
-    pub fn authorize(
-        &self,
-        id: &str,
-        tenant: &str,
-        operation: &str,
-        items: &[&str],
-        attributes: &[(&str, &str)],
-    ) -> Authorization {
-        self.try_authorize(id, tenant, operation, items, attributes)
-            .expect("authorize")
-    }
-
-    pub fn try_settle(
+    fn try_settle(
         &self,
         id: &str,
         status: u16,
         attributes: &[(&str, &str)],
-    ) -> Result<Receipt, MeterError> {
-        self.meter.settle(SettleRequest {
+    ) -> Result<Receipt, Failure> {
+        Ok(self.meter.settle(SettleRequest {
             transaction_id: id.to_owned(),
             status,
             attributes: pairs(attributes),
             body: None,
-        })
+        })?)
     }
 
-    pub fn settle(&self, id: &str, status: u16, attributes: &[(&str, &str)]) -> Receipt {
-        self.try_settle(id, status, attributes).expect("settle")
+    fn balances(&self, tenant: &str) -> TenantBalances {
+        self.meter.balances(tenant).expect("balances")
     }
 
-    pub fn available(&self, tenant: &str, balance: &str) -> i64 {
-        self.meter.balances(tenant).expect("balances").balances[balance]
+    fn transaction(&self, id: &str) -> Result<TransactionView, Failure> {
+        Ok(self.meter.transaction(id)?)
     }
 
-    pub fn held(&self, tenant: &str, balance: &str) -> i64 {
-        self.meter.balances(tenant).expect("balances").held[balance]
-    }
-
-    /// Every account equals the sum of its journal entries.
-    pub fn assert_sound(&self) {
-        let violations = self.meter.invariant_violations().expect("invariant check");
-        assert!(
-            violations.is_empty(),
-            "ledger invariants broke: {violations:#?}"
-        );
+    fn assert_sound(&self) {
+        assert_ledger_sound(&self.db_path());
     }
 }
 
@@ -154,4 +147,309 @@ pub fn amounts(entries: &[(&str, i64)]) -> BTreeMap<String, i64> {
 
 pub fn uuid() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// A refused call, through the library or over HTTP: its status and stable code.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl From<MeterError> for Failure {
+    fn from(error: MeterError) -> Self {
+        Self {
+            status: error.status(),
+            code: error.code().to_owned(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// One way into a meter: the library or the HTTP sidecar. Rule tests run both ways.
+pub trait Gate {
+    fn grant(&self, tenant: &str, balance: &str, amount: i64);
+    fn try_authorize(
+        &self,
+        id: &str,
+        tenant: &str,
+        operation: &str,
+        items: &[&str],
+        attributes: &[(&str, &str)],
+    ) -> Result<Authorization, Failure>;
+    fn try_settle(
+        &self,
+        id: &str,
+        status: u16,
+        attributes: &[(&str, &str)],
+    ) -> Result<Receipt, Failure>;
+    fn balances(&self, tenant: &str) -> TenantBalances;
+    fn transaction(&self, id: &str) -> Result<TransactionView, Failure>;
+    /// Every account equals the sum of its journal entries.
+    fn assert_sound(&self);
+
+    fn authorize(
+        &self,
+        id: &str,
+        tenant: &str,
+        operation: &str,
+        items: &[&str],
+        attributes: &[(&str, &str)],
+    ) -> Authorization {
+        self.try_authorize(id, tenant, operation, items, attributes)
+            .unwrap_or_else(|failure| panic!("authorize {id}: {failure}"))
+    }
+
+    fn settle(&self, id: &str, status: u16, attributes: &[(&str, &str)]) -> Receipt {
+        self.try_settle(id, status, attributes)
+            .unwrap_or_else(|failure| panic!("settle {id}: {failure}"))
+    }
+
+    fn available(&self, tenant: &str, balance: &str) -> i64 {
+        self.balances(tenant).balances[balance]
+    }
+
+    fn held(&self, tenant: &str, balance: &str) -> i64 {
+        self.balances(tenant).held[balance]
+    }
+}
+
+/// Reads the ledger file directly and checks its invariants.
+pub fn assert_ledger_sound(db: &Path) {
+    let (_writer, reader) = sqlite::open(db).expect("open ledger");
+    let violations = reader.invariant_violations().expect("invariant check");
+    assert!(
+        violations.is_empty(),
+        "ledger invariants broke: {violations:#?}"
+    );
+}
+
+/// Generates, for each rule `fn rule(meter: &dyn Gate)`, one test through the library
+/// and one over HTTP against a `creditgate serve` process.
+#[macro_export]
+macro_rules! rules_both_ways {
+    ($policy:literal: $($rule:ident),* $(,)?) => {
+        mod library {
+            $(#[test]
+            fn $rule() {
+                super::$rule(&$crate::support::TestMeter::new($policy));
+            })*
+        }
+        mod http {
+            $(#[test]
+            fn $rule() {
+                super::$rule(&$crate::support::HttpGate::start($policy));
+            })*
+        }
+    };
+}
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_creditgate");
+
+/// A running `creditgate serve`; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Server {
+    pub fn start(policy: &str, db: &Path, token: Option<&str>) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .arg("--policy")
+            .arg(component_path(policy))
+            .env_remove("CREDITGATE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(token) = token {
+            command.args(["--admin-token", token]);
+        }
+        let mut child = command.spawn().expect("spawn creditgate serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
+        let mut first_line = String::new();
+        stdout.read_line(&mut first_line).expect("banner");
+        // Keep reading, as a supervisor would, so the server never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let base = first_line
+            .trim()
+            .strip_prefix("creditgate listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner: {first_line:?}"))
+            .to_owned();
+        Self {
+            child: Some(child),
+            base,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// A client of the same server presenting another token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Self {
+        Self {
+            child: None,
+            base: self.base.clone(),
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body, whatever the status.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(body) => request
+                .set("content-type", "application/json")
+                .send_string(body),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("{method} {path}: {error}"),
+        };
+        let status = response.status();
+        let text = response.into_string().expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(&body.to_string()))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None)
+    }
+
+    pub fn grant(&self, tenant: &str, balance: &str, amount: i64, grant_id: &str) {
+        let (status, body) = self.post(
+            &format!("/v1/tenants/{tenant}/grants"),
+            json!({"grant_id": grant_id, "balance": balance, "amount": amount}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub fn balances(&self, tenant: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/tenants/{tenant}/balances"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// An answer of 200 as `T`; any other as its status and code.
+    fn typed<T: serde::de::DeserializeOwned>((status, body): (u16, Value)) -> Result<T, Failure> {
+        if status == 200 {
+            Ok(serde_json::from_value(body).expect("answer shape"))
+        } else {
+            Err(Failure {
+                status,
+                code: body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                message: body["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+        }
+    }
+
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The HTTP sidecar as a [`Gate`], on a fresh ledger file.
+pub struct HttpGate {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl HttpGate {
+    pub fn start(policy: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = Server::start(policy, &dir.path().join("ledger.db"), None);
+        Self { server, dir }
+    }
+}
+
+impl Gate for HttpGate {
+    fn grant(&self, tenant: &str, balance: &str, amount: i64) {
+        self.server
+            .grant(tenant, balance, amount, &format!("grant-{}", uuid()));
+    }
+
+    fn try_authorize(
+        &self,
+        id: &str,
+        tenant: &str,
+        operation: &str,
+        items: &[&str],
+        attributes: &[(&str, &str)],
+    ) -> Result<Authorization, Failure> {
+        Server::typed(self.server.post(
+            "/v1/authorize",
+            json!({"transaction_id": id, "tenant": tenant, "operation": operation, "items": items, "attributes": pairs(attributes)}),
+        ))
+    }
+
+    fn try_settle(
+        &self,
+        id: &str,
+        status: u16,
+        attributes: &[(&str, &str)],
+    ) -> Result<Receipt, Failure> {
+        Server::typed(self.server.post(
+            "/v1/settle",
+            json!({"transaction_id": id, "status": status, "attributes": pairs(attributes)}),
+        ))
+    }
+
+    fn balances(&self, tenant: &str) -> TenantBalances {
+        Server::typed(self.server.get(&format!("/v1/tenants/{tenant}/balances"))).expect("balances")
+    }
+
+    fn transaction(&self, id: &str) -> Result<TransactionView, Failure> {
+        Server::typed(self.server.get(&format!("/v1/transactions/{id}")))
+    }
+
+    fn assert_sound(&self) {
+        assert_ledger_sound(&self.dir.path().join("ledger.db"));
+    }
 }
