@@ -19,9 +19,11 @@
 //! - [`meter`]: the entry point, [`Meter`]; one sequencer thread gives every decision
 //!   one total order and batches them into one store transaction each.
 //! - [`api`]: the HTTP sidecar (axum), no business rules.
+//! - [`conformance`]: the checks any policy module must pass before it prices a call.
 
 pub mod api;
 pub mod clock;
+pub mod conformance;
 pub mod error;
 pub mod ledger;
 pub mod meter;

@@ -2,6 +2,8 @@
 //! of their own.
 
 mod bench;
+mod check;
+mod new_policy;
 mod operator;
 mod serve;
 
@@ -35,19 +37,32 @@ enum Command {
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
     Ledger(operator::LedgerArgs),
+    /// Run the conformance suite against a policy module.
+    Check(check::CheckArgs),
+    /// Start a new policy crate from a template, with an example case.
+    NewPolicy(new_policy::NewPolicyArgs),
     /// Measure authorize+settle throughput: in process and over HTTP, wasm and native.
     Bench(bench::BenchArgs),
 }
 
 pub fn run() -> ExitCode {
+    let command = Cli::parse().command;
+    // `check` reports every failure in its table; its meter's own warnings would repeat them.
+    let default_level = if matches!(command, Command::Check(_)) { "error" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CREDITGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let result = match command {
+        Command::Check(args) => match check::run(args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::NewPolicy(args) => new_policy::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Grant(args) => operator::grant(args),
         Command::Balance(args) => operator::balance(args),

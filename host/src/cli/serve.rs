@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use creditgate::api::{AppState, router};
+use creditgate::policy::component::Limits;
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
@@ -34,6 +35,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let component = super::read_policy(&args.policy)?;
+    let report = creditgate::conformance::check_contract(&component, Limits::default());
+    if !report.ok() {
+        eprint!("{}", report.render());
+        anyhow::bail!(
+            "refusing to serve {}: it fails the contract checks above",
+            args.policy.display()
+        );
+    }
     let meter = Meter::open(
         MeterConfig::new(&args.db),
         PolicySource::Component(component),

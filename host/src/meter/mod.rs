@@ -253,6 +253,11 @@ impl Meter {
         self.reader.journal(tenant, limit)
     }
 
+    /// Every tenant's journal entries after entry `after_id`, oldest first.
+    pub fn journal_after(&self, after_id: i64, limit: usize) -> Result<Vec<JournalEntry>, MeterError> {
+        self.reader.journal_after(after_id, limit)
+    }
+
     /// Accounts whose state differs from the sum of their journal (empty when sound).
     pub fn invariant_violations(&self) -> Result<Vec<String>, MeterError> {
         self.reader.invariant_violations()

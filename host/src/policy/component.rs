@@ -113,16 +113,16 @@ impl CompiledPolicy {
         let mut linker = Linker::<HostState>::new(engine);
         for (name, _item) in component.component_type().imports(engine) {
             let known = name == LEDGER_IMPORT || name == TYPES_IMPORT;
+            if name.starts_with("creditgate:") && !known {
+                return Err(load_error(format!(
+                    "the component was built against '{name}'; this host implements \
+                     creditgate:policy@0.1.0 (rebuild the policy against wit/policy.wit)"
+                )));
+            }
             if !known && !name.starts_with(TRAPPED_IMPORT_PREFIX) {
                 return Err(load_error(format!(
                     "the component imports '{name}', which the host does not provide; \
                      policies may import only {LEDGER_IMPORT}"
-                )));
-            }
-            if name.starts_with("creditgate:") && !known {
-                return Err(load_error(format!(
-                    "the component was built against '{name}'; this host implements \
-                     creditgate:policy@0.1.0"
                 )));
             }
         }
@@ -144,9 +144,11 @@ impl CompiledPolicy {
             ))
         })?;
         let mut probe = Instance::new(engine, &pre, limits, Rc::new(NoMarks))?;
-        let description = probe.call(limits, |bindings, store| {
-            bindings.creditgate_policy_pricing().call_describe(store)
-        })?;
+        let description = probe
+            .call(limits, |bindings, store| {
+                bindings.creditgate_policy_pricing().call_describe(store)
+            })
+            .map_err(|error| load_error(format!("describe failed: {error}")))?;
         let info = PolicyInfo::from_description(description_from_wit(description), digest)?;
         Ok(Arc::new(Self {
             engine: engine.clone(),
@@ -229,12 +231,24 @@ impl Instance {
             .set_fuel(limits.fuel_per_call)
             .map_err(|error| MeterError::PolicyTrap(error.to_string()))?;
         call(&self.bindings, &mut self.store).map_err(|error| {
-            if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
-                MeterError::PolicyFuelExhausted {
+            tracing::debug!(error = format!("{error:?}"), "policy call failed");
+            match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => MeterError::PolicyFuelExhausted {
                     fuel: limits.fuel_per_call,
+                },
+                // One line for the client; the wasm backtrace goes to the debug log.
+                Some(trap) => MeterError::PolicyTrap(format!("wasm trap: {trap}")),
+                None => {
+                    let cause = error.root_cause().to_string();
+                    if cause.contains("unknown import") {
+                        MeterError::PolicyTrap(format!(
+                            "{cause}: policies get no WASI (files, environment, clock, \
+                             randomness); note that a Rust panic reads the environment first"
+                        ))
+                    } else {
+                        MeterError::PolicyTrap(cause)
+                    }
                 }
-            } else {
-                MeterError::PolicyTrap(format!("{error:#}"))
             }
         })
     }

@@ -87,6 +87,8 @@ pub trait LedgerReader: Send + Sync {
     fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>>;
     /// The tenant's journal, oldest first, at most `limit` entries.
     fn journal(&self, tenant: &str, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    /// Journal entries of every tenant with an id above `after_id`, oldest first.
+    fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
     /// The most recently activated policy.
     fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>>;
     /// Every account whose state differs from the sum of its journal, described.

@@ -562,6 +562,20 @@ impl LedgerReader for SqliteReader {
         })
     }
 
+    fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>> {
+        self.with_connection(|connection| {
+            Ok(connection
+                .prepare_cached(&format!(
+                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(
+                    params![after_id, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    journal_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>> {
         self.with_connection(|connection| {
             Ok(connection

@@ -1,0 +1,45 @@
+//! `creditgate check`: the conformance suite against one module.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use creditgate::conformance::{self, case};
+use creditgate::policy::component::Limits;
+
+/// Where the repository keeps its conformance cases.
+pub const DEFAULT_CASES: &str = "tests/conformance/cases";
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The policy component to check (.wasm).
+    module: PathBuf,
+    /// The directory of case files (searched recursively).
+    #[arg(long, default_value = DEFAULT_CASES)]
+    cases: PathBuf,
+    /// Run the cases of this profile; defaults to the module's describe name.
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+/// Exit status 0 when every must-check passed, 1 otherwise.
+pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
+    let module = super::read_policy(&args.module)?;
+    let cases = if args.cases.is_dir() {
+        case::load_dir(&args.cases).map_err(anyhow::Error::msg)?
+    } else if args.cases.as_os_str() == DEFAULT_CASES {
+        Vec::new()
+    } else {
+        anyhow::bail!("the cases directory {} does not exist", args.cases.display());
+    };
+    // `swap_policy` steps name sibling modules: look for NAME.wasm beside the module.
+    let beside = args.module.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = move |name: &str| {
+        let path = beside.join(format!("{}.wasm", name.replace('-', "_")));
+        std::fs::read(&path).map_err(|error| format!("cannot read module '{name}' at {}: {error}", path.display()))
+    };
+    println!("creditgate check {}", args.module.display());
+    let report = conformance::check_module(&module, &cases, args.profile.as_deref(), Limits::default(), &resolve);
+    print!("{}", report.render());
+    Ok(report.ok())
+}

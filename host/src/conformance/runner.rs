@@ -1,0 +1,241 @@
+//! Runs one case against a module on a fresh temporary ledger, with a hand-driven clock.
+
+use std::sync::Arc;
+
+use super::case::{Action, Case, Expect, ExpectedEntry};
+use crate::clock::ManualClock;
+use crate::error::MeterError;
+use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use crate::{Meter, MeterConfig, PolicySource};
+
+/// Finds another module by name, for `swap_policy` steps.
+pub type ModuleResolver<'a> = &'a dyn Fn(&str) -> Result<Vec<u8>, String>;
+
+/// The clock every case starts at (2023-11-14T22:13:20Z).
+pub const CASE_START_MS: u64 = 1_700_000_000_000;
+
+/// What a step answered.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Authorization(serde_json::Value),
+    Receipt(serde_json::Value),
+    Grant,
+    Expired(usize),
+    Swapped,
+    Error { status: u16, code: String },
+}
+
+struct Ledger {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    meter: Meter,
+    /// The last journal entry seen, so each step's own entries can be told apart.
+    journal_seen: i64,
+}
+
+fn open_meter(dir: &tempfile::TempDir, clock: &ManualClock, module: Vec<u8>) -> Result<Meter, String> {
+    let mut config = MeterConfig::new(dir.path().join("ledger.db"));
+    config.clock = Arc::new(clock.clone());
+    config.sweep_interval_ms = 0;
+    Meter::open(config, PolicySource::Component(module))
+        .map_err(|error| format!("the module did not load: {error}"))
+}
+
+/// Runs the case; `Err` describes the first step that did not go as expected.
+pub fn run_case(case: &Case, module: &[u8], resolve: ModuleResolver<'_>) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|error| format!("cannot make a temporary ledger: {error}"))?;
+    let clock = ManualClock::starting_at(CASE_START_MS);
+    let meter = open_meter(&dir, &clock, module.to_vec())?;
+    let mut ledger = Ledger {
+        dir,
+        clock,
+        meter,
+        journal_seen: 0,
+    };
+    let mut answers: Vec<Answer> = Vec::with_capacity(case.steps.len());
+    for (index, step) in case.steps.iter().enumerate() {
+        let (label, answer) = match &step.action {
+            Action::Repeat(earlier) => {
+                let original = case
+                    .steps
+                    .get(*earlier)
+                    .filter(|_| *earlier < index)
+                    .ok_or_else(|| format!("step {index} repeats step {earlier}, which does not come before it"))?;
+                let answer = perform(&mut ledger, &original.action, resolve)?;
+                if Some(&answer) != answers.get(*earlier) {
+                    return Err(format!(
+                        "step {index} (repeat of step {earlier}): a repeated call must return the first answer; first {:?}, then {answer:?}",
+                        answers.get(*earlier)
+                    ));
+                }
+                (format!("repeat of step {earlier}"), answer)
+            }
+            action => (describe(action), perform(&mut ledger, action, resolve)?),
+        };
+        let repeat_moves_nothing = matches!(step.action, Action::Repeat(_)) && step.expect.journal.is_none();
+        check(&ledger, &answer, &step.expect, repeat_moves_nothing)
+            .map_err(|mismatch| format!("step {index} ({label}): {mismatch}"))?;
+        ledger.journal_seen = ledger
+            .meter
+            .journal_after(ledger.journal_seen, usize::MAX)
+            .map_err(|error| error.to_string())?
+            .last()
+            .map_or(ledger.journal_seen, |entry| entry.id);
+        answers.push(answer);
+    }
+    let violations = ledger.meter.invariant_violations().map_err(|error| error.to_string())?;
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("ledger invariants broke: {}", violations.join("; ")))
+    }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Grant { tenant, balance, amount, .. } => format!("grant {amount} {balance} to {tenant}"),
+        Action::Authorize { transaction_id, operation, .. } => format!("authorize {transaction_id} {operation}"),
+        Action::Settle { transaction_id, status, .. } => format!("settle {transaction_id} {status}"),
+        Action::Repeat(step) => format!("repeat of step {step}"),
+        Action::AdvanceMs(ms) => format!("advance {ms} ms"),
+        Action::SwapPolicy(name) => format!("swap to {name}"),
+    }
+}
+
+fn failed(error: MeterError) -> Answer {
+    Answer::Error {
+        status: error.status(),
+        code: error.code().to_owned(),
+    }
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(value).map_err(|error| error.to_string())
+}
+
+fn perform(ledger: &mut Ledger, action: &Action, resolve: ModuleResolver<'_>) -> Result<Answer, String> {
+    let meter = &ledger.meter;
+    Ok(match action {
+        Action::Grant { tenant, balance, amount, grant_id } => match meter.grant(GrantRequest {
+            grant_id: grant_id
+                .clone()
+                .unwrap_or_else(|| format!("grant-{tenant}-{balance}-{amount}")),
+            tenant: tenant.clone(),
+            balance: balance.clone(),
+            amount: *amount,
+        }) {
+            Ok(_) => Answer::Grant,
+            Err(error) => failed(error),
+        },
+        Action::Authorize { transaction_id, tenant, operation, items, attributes } => {
+            match meter.authorize(AuthorizeRequest {
+                transaction_id: Some(transaction_id.clone()),
+                tenant: tenant.clone(),
+                operation: operation.clone(),
+                items: items.clone(),
+                attributes: attributes.clone(),
+                body: None,
+            }) {
+                Ok(answer) => Answer::Authorization(to_value(&answer)?),
+                Err(error) => failed(error),
+            }
+        }
+        Action::Settle { transaction_id, status, attributes } => match meter.settle(SettleRequest {
+            transaction_id: transaction_id.clone(),
+            status: *status,
+            attributes: attributes.clone(),
+            body: None,
+        }) {
+            Ok(receipt) => Answer::Receipt(to_value(&receipt)?),
+            Err(error) => failed(error),
+        },
+        Action::AdvanceMs(ms) => {
+            ledger.clock.advance_ms(*ms);
+            match meter.expire_due() {
+                Ok(count) => Answer::Expired(count),
+                Err(error) => failed(error),
+            }
+        }
+        Action::SwapPolicy(name) => {
+            // The same ledger file, restarted on another module.
+            ledger.meter = open_meter(&ledger.dir, &ledger.clock, resolve(name)?)?;
+            Answer::Swapped
+        }
+        Action::Repeat(_) => return Err("a repeat cannot repeat a repeat".to_owned()),
+    })
+}
+
+/// Compares one expected field; `name` names it in the mismatch.
+fn same<T: PartialEq + std::fmt::Debug>(name: &str, expected: &Option<T>, actual: T) -> Result<(), String> {
+    match expected {
+        Some(expected) if *expected != actual => {
+            Err(format!("{name}: expected {expected:?}, got {actual:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn field<T: serde::de::DeserializeOwned>(answer: &serde_json::Value, name: &str) -> Result<T, String> {
+    serde_json::from_value(answer[name].clone()).map_err(|error| format!("{name}: cannot read the answer: {error}"))
+}
+
+fn check(ledger: &Ledger, answer: &Answer, expect: &Expect, must_move_nothing: bool) -> Result<(), String> {
+    match (answer, &expect.error) {
+        (Answer::Error { status, code }, Some(expected)) => {
+            same("error", &Some((expected.status, expected.code.clone())), (*status, code.clone()))?;
+        }
+        (Answer::Error { status, code }, None) => {
+            return Err(format!("unexpected error {status} {code}"));
+        }
+        (other, Some(expected)) => {
+            return Err(format!("expected error {} {}, got {other:?}", expected.status, expected.code));
+        }
+        (Answer::Authorization(value), None) => {
+            same("admitted", &expect.admitted, field::<bool>(value, "admitted")?)?;
+            same("status", &expect.status, field::<Option<u16>>(value, "status")?)?;
+            let code = value["error"]["code"].as_str().map(str::to_owned);
+            same("code", &expect.code, code)?;
+            same("admitted_items", &expect.admitted_items, field::<u32>(value, "admitted_items")?)?;
+            same("held", &expect.held, field(value, "held")?)?;
+            same("charged", &expect.charged, field(value, "charged")?)?;
+            same("headers", &expect.headers, field(value, "headers")?)?;
+            same("meta", &expect.meta, value["meta"].clone())?;
+        }
+        (Answer::Receipt(value), None) => {
+            same("charged", &expect.charged, field(value, "charged")?)?;
+            same("released", &expect.released, field(value, "released")?)?;
+            same("uncollected", &expect.uncollected, field(value, "uncollected")?)?;
+            same("headers", &expect.headers, field(value, "headers")?)?;
+            same("meta", &expect.meta, value["meta"].clone())?;
+        }
+        (Answer::Expired(count), None) => same("expired", &expect.expired, *count)?,
+        (Answer::Grant | Answer::Swapped, None) => {}
+    }
+    for (tenant, expected) in expect.balances.iter().flatten() {
+        let actual = ledger.meter.balances(tenant).map_err(|error| error.to_string())?;
+        same(&format!("balances of {tenant}"), &Some(expected.clone()), actual.balances)?;
+    }
+    for (tenant, expected) in expect.holds.iter().flatten() {
+        let actual = ledger.meter.balances(tenant).map_err(|error| error.to_string())?;
+        same(&format!("holds of {tenant}"), &Some(expected.clone()), actual.held)?;
+    }
+    let written: Vec<ExpectedEntry> = ledger
+        .meter
+        .journal_after(ledger.journal_seen, usize::MAX)
+        .map_err(|error| error.to_string())?
+        .into_iter()
+        .map(|entry| ExpectedEntry {
+            tenant: entry.tenant,
+            balance: entry.balance,
+            kind: entry.kind,
+            amount: entry.amount,
+        })
+        .collect();
+    let expected_journal = match (&expect.journal, must_move_nothing) {
+        (Some(journal), _) => Some(journal.clone()),
+        (None, true) => Some(Vec::new()),
+        (None, false) => None,
+    };
+    same("journal", &expected_journal, written)?;
+    Ok(())
+}
