@@ -30,16 +30,30 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
     } else if args.cases.as_os_str() == DEFAULT_CASES {
         Vec::new()
     } else {
-        anyhow::bail!("the cases directory {} does not exist", args.cases.display());
+        anyhow::bail!(
+            "the cases directory {} does not exist",
+            args.cases.display()
+        );
     };
     // `swap_policy` steps name sibling modules: look for NAME.wasm beside the module.
-    let beside = args.module.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = args
+        .module
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let resolve = move |name: &str| {
         let path = beside.join(format!("{}.wasm", name.replace('-', "_")));
-        std::fs::read(&path).map_err(|error| format!("cannot read module '{name}' at {}: {error}", path.display()))
+        std::fs::read(&path)
+            .map_err(|error| format!("cannot read module '{name}' at {}: {error}", path.display()))
     };
     println!("creditgate check {}", args.module.display());
-    let report = conformance::check_module(&module, &cases, args.profile.as_deref(), Limits::default(), &resolve);
+    let report = conformance::check_module(
+        &module,
+        &cases,
+        args.profile.as_deref(),
+        Limits::default(),
+        &resolve,
+    );
     print!("{}", report.render());
     Ok(report.ok())
 }

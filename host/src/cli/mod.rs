@@ -48,7 +48,11 @@ enum Command {
 pub fn run() -> ExitCode {
     let command = Cli::parse().command;
     // `check` reports every failure in its table; its meter's own warnings would repeat them.
-    let default_level = if matches!(command, Command::Check(_)) { "error" } else { "warn" };
+    let default_level = if matches!(command, Command::Check(_)) {
+        "error"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CREDITGATE_LOG")

@@ -20,17 +20,25 @@ pub struct NewPolicyArgs {
 pub fn run(args: NewPolicyArgs) -> anyhow::Result<()> {
     let name = &args.name;
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    anyhow::ensure!(valid, "'{name}' is not a valid policy name: use lowercase letters, digits and dashes, starting with a letter");
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    anyhow::ensure!(
+        valid,
+        "'{name}' is not a valid policy name: use lowercase letters, digits and dashes, starting with a letter"
+    );
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
     let sdk = match args.sdk {
         Some(sdk) => sdk,
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/sdk"),
     };
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("cannot find the policy SDK at {}; pass --sdk PATH", sdk.display()))?;
+    let sdk = sdk.canonicalize().with_context(|| {
+        format!(
+            "cannot find the policy SDK at {}; pass --sdk PATH",
+            sdk.display()
+        )
+    })?;
     let type_name: String = name
         .split('-')
         .map(|part| {
@@ -44,20 +52,35 @@ pub fn run(args: NewPolicyArgs) -> anyhow::Result<()> {
     let files = [
         ("Cargo.toml", cargo_toml(name, &sdk)),
         ("src/lib.rs", lib_rs(name, &type_name)),
-        (&format!("cases/{name}/one-credit-per-call.json") as &str, case_json(name)),
+        (
+            &format!("cases/{name}/one-credit-per-call.json") as &str,
+            case_json(name),
+        ),
     ];
     for (path, contents) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let module = format!("{}/target/wasm32-wasip2/release/{}.wasm", dir.display(), name.replace('-', "_"));
+    let module = format!(
+        "{}/target/wasm32-wasip2/release/{}.wasm",
+        dir.display(),
+        name.replace('-', "_")
+    );
     println!("created the policy crate {}", dir.display());
     println!("build and check it:");
-    println!("  cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml", dir.display());
-    println!("  creditgate check {module} --cases {}/cases", dir.display());
+    println!(
+        "  cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml",
+        dir.display()
+    );
+    println!(
+        "  creditgate check {module} --cases {}/cases",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -73,7 +73,12 @@ impl Report {
         if let Some(module) = &self.module {
             let _ = writeln!(out, "module {module}, profile {}", self.profile);
         }
-        let width = self.rows.iter().map(|row| row.name.len()).max().unwrap_or(0);
+        let width = self
+            .rows
+            .iter()
+            .map(|row| row.name.len())
+            .max()
+            .unwrap_or(0);
         for row in &self.rows {
             let verdict = match (&row.failure, row.tier) {
                 (None, _) => "PASS",
@@ -97,7 +102,9 @@ impl Report {
 
 /// Runs the contract checks only (what activation requires).
 pub fn check_contract(module: &[u8], limits: Limits) -> Report {
-    check_module(module, &[], None, limits, &|name| Err(format!("no module named '{name}' here")))
+    check_module(module, &[], None, limits, &|name| {
+        Err(format!("no module named '{name}' here"))
+    })
 }
 
 /// Runs the contract checks, then every case whose profile matches `profile` (by
@@ -131,7 +138,9 @@ pub fn check_module(
         Ok((info, checks)) => {
             report.rows.push(Row {
                 name: "contract/loads-and-describes".to_owned(),
-                rule: "the module is a creditgate:policy@0.1.0 component with a well-formed describe".to_owned(),
+                rule:
+                    "the module is a creditgate:policy@0.1.0 component with a well-formed describe"
+                        .to_owned(),
                 tier: Tier::Must,
                 failure: None,
             });
@@ -148,7 +157,10 @@ pub fn check_module(
             return report;
         }
     };
-    report.module = Some(format!("{} {} (sha256 {})", info.name, info.version, info.digest));
+    report.module = Some(format!(
+        "{} {} (sha256 {})",
+        info.name, info.version, info.digest
+    ));
     report.profile = profile.unwrap_or(&info.name).to_owned();
     for loaded in cases {
         let row = match &loaded.case {
@@ -174,7 +186,8 @@ pub fn check_module(
 fn load_failure(problem: String) -> Row {
     Row {
         name: "contract/loads-and-describes".to_owned(),
-        rule: "the module is a creditgate:policy@0.1.0 component with a well-formed describe".to_owned(),
+        rule: "the module is a creditgate:policy@0.1.0 component with a well-formed describe"
+            .to_owned(),
         tier: Tier::Must,
         failure: Some(problem),
     }

@@ -38,8 +38,16 @@ const MARKED_PREFIX: &str = "seen";
 struct ProbeMarks;
 
 impl MarkLookup for ProbeMarks {
-    fn marked(&self, _tenant: &str, _scope: &str, keys: &[String]) -> Result<Vec<bool>, MeterError> {
-        Ok(keys.iter().map(|key| key.starts_with(MARKED_PREFIX)).collect())
+    fn marked(
+        &self,
+        _tenant: &str,
+        _scope: &str,
+        keys: &[String],
+    ) -> Result<Vec<bool>, MeterError> {
+        Ok(keys
+            .iter()
+            .map(|key| key.starts_with(MARKED_PREFIX))
+            .collect())
     }
 }
 
@@ -95,9 +103,20 @@ pub fn check_contract(
                         .collect();
                     let first = runtime.authorize(&request, &balances);
                     let second = runtime.authorize(&request, &balances);
-                    let context = || format!("authorize {operation} items={} attributes={attributes:?} balances={amount}", items.len());
+                    let context = || {
+                        format!(
+                            "authorize {operation} items={} attributes={attributes:?} balances={amount}",
+                            items.len()
+                        )
+                    };
                     findings.record(&first, &second, context);
-                    let Ok(AuthorizeDecision::Admit { admitted_items, hold, charge, .. }) = first else {
+                    let Ok(AuthorizeDecision::Admit {
+                        admitted_items,
+                        hold,
+                        charge,
+                        ..
+                    }) = first
+                    else {
                         continue;
                     };
                     let admitted = sdk::Admitted {
@@ -117,7 +136,11 @@ pub fn check_contract(
                         };
                         let first = runtime.settle(&admitted, &outcome, &balances);
                         let second = runtime.settle(&admitted, &outcome, &balances);
-                        let context = || format!("settle {operation} status {status} {attributes:?} balances={amount}");
+                        let context = || {
+                            format!(
+                                "settle {operation} status {status} {attributes:?} balances={amount}"
+                            )
+                        };
                         findings.record(&first, &second, context);
                     }
                 }
@@ -168,10 +191,8 @@ impl Findings {
             }
         }
         if first != second && self.nondeterministic.is_none() {
-            self.nondeterministic = Some(format!(
-                "{}: first {first:?}, then {second:?}",
-                context()
-            ));
+            self.nondeterministic =
+                Some(format!("{}: first {first:?}, then {second:?}", context()));
         }
     }
 

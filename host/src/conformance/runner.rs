@@ -33,7 +33,11 @@ struct Ledger {
     journal_seen: i64,
 }
 
-fn open_meter(dir: &tempfile::TempDir, clock: &ManualClock, module: Vec<u8>) -> Result<Meter, String> {
+fn open_meter(
+    dir: &tempfile::TempDir,
+    clock: &ManualClock,
+    module: Vec<u8>,
+) -> Result<Meter, String> {
     let mut config = MeterConfig::new(dir.path().join("ledger.db"));
     config.clock = Arc::new(clock.clone());
     config.sweep_interval_ms = 0;
@@ -43,7 +47,8 @@ fn open_meter(dir: &tempfile::TempDir, clock: &ManualClock, module: Vec<u8>) -> 
 
 /// Runs the case; `Err` describes the first step that did not go as expected.
 pub fn run_case(case: &Case, module: &[u8], resolve: ModuleResolver<'_>) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|error| format!("cannot make a temporary ledger: {error}"))?;
+    let dir =
+        tempfile::tempdir().map_err(|error| format!("cannot make a temporary ledger: {error}"))?;
     let clock = ManualClock::starting_at(CASE_START_MS);
     let meter = open_meter(&dir, &clock, module.to_vec())?;
     let mut ledger = Ledger {
@@ -60,7 +65,11 @@ pub fn run_case(case: &Case, module: &[u8], resolve: ModuleResolver<'_>) -> Resu
                     .steps
                     .get(*earlier)
                     .filter(|_| *earlier < index)
-                    .ok_or_else(|| format!("step {index} repeats step {earlier}, which does not come before it"))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "step {index} repeats step {earlier}, which does not come before it"
+                        )
+                    })?;
                 let answer = perform(&mut ledger, &original.action, resolve)?;
                 if Some(&answer) != answers.get(*earlier) {
                     return Err(format!(
@@ -72,7 +81,8 @@ pub fn run_case(case: &Case, module: &[u8], resolve: ModuleResolver<'_>) -> Resu
             }
             action => (describe(action), perform(&mut ledger, action, resolve)?),
         };
-        let repeat_moves_nothing = matches!(step.action, Action::Repeat(_)) && step.expect.journal.is_none();
+        let repeat_moves_nothing =
+            matches!(step.action, Action::Repeat(_)) && step.expect.journal.is_none();
         check(&ledger, &answer, &step.expect, repeat_moves_nothing)
             .map_err(|mismatch| format!("step {index} ({label}): {mismatch}"))?;
         ledger.journal_seen = ledger
@@ -83,19 +93,38 @@ pub fn run_case(case: &Case, module: &[u8], resolve: ModuleResolver<'_>) -> Resu
             .map_or(ledger.journal_seen, |entry| entry.id);
         answers.push(answer);
     }
-    let violations = ledger.meter.invariant_violations().map_err(|error| error.to_string())?;
+    let violations = ledger
+        .meter
+        .invariant_violations()
+        .map_err(|error| error.to_string())?;
     if violations.is_empty() {
         Ok(())
     } else {
-        Err(format!("ledger invariants broke: {}", violations.join("; ")))
+        Err(format!(
+            "ledger invariants broke: {}",
+            violations.join("; ")
+        ))
     }
 }
 
 fn describe(action: &Action) -> String {
     match action {
-        Action::Grant { tenant, balance, amount, .. } => format!("grant {amount} {balance} to {tenant}"),
-        Action::Authorize { transaction_id, operation, .. } => format!("authorize {transaction_id} {operation}"),
-        Action::Settle { transaction_id, status, .. } => format!("settle {transaction_id} {status}"),
+        Action::Grant {
+            tenant,
+            balance,
+            amount,
+            ..
+        } => format!("grant {amount} {balance} to {tenant}"),
+        Action::Authorize {
+            transaction_id,
+            operation,
+            ..
+        } => format!("authorize {transaction_id} {operation}"),
+        Action::Settle {
+            transaction_id,
+            status,
+            ..
+        } => format!("settle {transaction_id} {status}"),
         Action::Repeat(step) => format!("repeat of step {step}"),
         Action::AdvanceMs(ms) => format!("advance {ms} ms"),
         Action::SwapPolicy(name) => format!("swap to {name}"),
@@ -113,10 +142,19 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, String>
     serde_json::to_value(value).map_err(|error| error.to_string())
 }
 
-fn perform(ledger: &mut Ledger, action: &Action, resolve: ModuleResolver<'_>) -> Result<Answer, String> {
+fn perform(
+    ledger: &mut Ledger,
+    action: &Action,
+    resolve: ModuleResolver<'_>,
+) -> Result<Answer, String> {
     let meter = &ledger.meter;
     Ok(match action {
-        Action::Grant { tenant, balance, amount, grant_id } => match meter.grant(GrantRequest {
+        Action::Grant {
+            tenant,
+            balance,
+            amount,
+            grant_id,
+        } => match meter.grant(GrantRequest {
             grant_id: grant_id
                 .clone()
                 .unwrap_or_else(|| format!("grant-{tenant}-{balance}-{amount}")),
@@ -127,7 +165,13 @@ fn perform(ledger: &mut Ledger, action: &Action, resolve: ModuleResolver<'_>) ->
             Ok(_) => Answer::Grant,
             Err(error) => failed(error),
         },
-        Action::Authorize { transaction_id, tenant, operation, items, attributes } => {
+        Action::Authorize {
+            transaction_id,
+            tenant,
+            operation,
+            items,
+            attributes,
+        } => {
             match meter.authorize(AuthorizeRequest {
                 transaction_id: Some(transaction_id.clone()),
                 tenant: tenant.clone(),
@@ -140,7 +184,11 @@ fn perform(ledger: &mut Ledger, action: &Action, resolve: ModuleResolver<'_>) ->
                 Err(error) => failed(error),
             }
         }
-        Action::Settle { transaction_id, status, attributes } => match meter.settle(SettleRequest {
+        Action::Settle {
+            transaction_id,
+            status,
+            attributes,
+        } => match meter.settle(SettleRequest {
             transaction_id: transaction_id.clone(),
             status: *status,
             attributes: attributes.clone(),
@@ -166,7 +214,11 @@ fn perform(ledger: &mut Ledger, action: &Action, resolve: ModuleResolver<'_>) ->
 }
 
 /// Compares one expected field; `name` names it in the mismatch.
-fn same<T: PartialEq + std::fmt::Debug>(name: &str, expected: &Option<T>, actual: T) -> Result<(), String> {
+fn same<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    expected: &Option<T>,
+    actual: T,
+) -> Result<(), String> {
     match expected {
         Some(expected) if *expected != actual => {
             Err(format!("{name}: expected {expected:?}, got {actual:?}"))
@@ -175,27 +227,55 @@ fn same<T: PartialEq + std::fmt::Debug>(name: &str, expected: &Option<T>, actual
     }
 }
 
-fn field<T: serde::de::DeserializeOwned>(answer: &serde_json::Value, name: &str) -> Result<T, String> {
-    serde_json::from_value(answer[name].clone()).map_err(|error| format!("{name}: cannot read the answer: {error}"))
+fn field<T: serde::de::DeserializeOwned>(
+    answer: &serde_json::Value,
+    name: &str,
+) -> Result<T, String> {
+    serde_json::from_value(answer[name].clone())
+        .map_err(|error| format!("{name}: cannot read the answer: {error}"))
 }
 
-fn check(ledger: &Ledger, answer: &Answer, expect: &Expect, must_move_nothing: bool) -> Result<(), String> {
+fn check(
+    ledger: &Ledger,
+    answer: &Answer,
+    expect: &Expect,
+    must_move_nothing: bool,
+) -> Result<(), String> {
     match (answer, &expect.error) {
         (Answer::Error { status, code }, Some(expected)) => {
-            same("error", &Some((expected.status, expected.code.clone())), (*status, code.clone()))?;
+            same(
+                "error",
+                &Some((expected.status, expected.code.clone())),
+                (*status, code.clone()),
+            )?;
         }
         (Answer::Error { status, code }, None) => {
             return Err(format!("unexpected error {status} {code}"));
         }
         (other, Some(expected)) => {
-            return Err(format!("expected error {} {}, got {other:?}", expected.status, expected.code));
+            return Err(format!(
+                "expected error {} {}, got {other:?}",
+                expected.status, expected.code
+            ));
         }
         (Answer::Authorization(value), None) => {
-            same("admitted", &expect.admitted, field::<bool>(value, "admitted")?)?;
-            same("status", &expect.status, field::<Option<u16>>(value, "status")?)?;
+            same(
+                "admitted",
+                &expect.admitted,
+                field::<bool>(value, "admitted")?,
+            )?;
+            same(
+                "status",
+                &expect.status,
+                field::<Option<u16>>(value, "status")?,
+            )?;
             let code = value["error"]["code"].as_str().map(str::to_owned);
             same("code", &expect.code, code)?;
-            same("admitted_items", &expect.admitted_items, field::<u32>(value, "admitted_items")?)?;
+            same(
+                "admitted_items",
+                &expect.admitted_items,
+                field::<u32>(value, "admitted_items")?,
+            )?;
             same("held", &expect.held, field(value, "held")?)?;
             same("charged", &expect.charged, field(value, "charged")?)?;
             same("headers", &expect.headers, field(value, "headers")?)?;
@@ -204,7 +284,11 @@ fn check(ledger: &Ledger, answer: &Answer, expect: &Expect, must_move_nothing: b
         (Answer::Receipt(value), None) => {
             same("charged", &expect.charged, field(value, "charged")?)?;
             same("released", &expect.released, field(value, "released")?)?;
-            same("uncollected", &expect.uncollected, field(value, "uncollected")?)?;
+            same(
+                "uncollected",
+                &expect.uncollected,
+                field(value, "uncollected")?,
+            )?;
             same("headers", &expect.headers, field(value, "headers")?)?;
             same("meta", &expect.meta, value["meta"].clone())?;
         }
@@ -212,12 +296,26 @@ fn check(ledger: &Ledger, answer: &Answer, expect: &Expect, must_move_nothing: b
         (Answer::Grant | Answer::Swapped, None) => {}
     }
     for (tenant, expected) in expect.balances.iter().flatten() {
-        let actual = ledger.meter.balances(tenant).map_err(|error| error.to_string())?;
-        same(&format!("balances of {tenant}"), &Some(expected.clone()), actual.balances)?;
+        let actual = ledger
+            .meter
+            .balances(tenant)
+            .map_err(|error| error.to_string())?;
+        same(
+            &format!("balances of {tenant}"),
+            &Some(expected.clone()),
+            actual.balances,
+        )?;
     }
     for (tenant, expected) in expect.holds.iter().flatten() {
-        let actual = ledger.meter.balances(tenant).map_err(|error| error.to_string())?;
-        same(&format!("holds of {tenant}"), &Some(expected.clone()), actual.held)?;
+        let actual = ledger
+            .meter
+            .balances(tenant)
+            .map_err(|error| error.to_string())?;
+        same(
+            &format!("holds of {tenant}"),
+            &Some(expected.clone()),
+            actual.held,
+        )?;
     }
     let written: Vec<ExpectedEntry> = ledger
         .meter

@@ -254,7 +254,11 @@ impl Meter {
     }
 
     /// Every tenant's journal entries after entry `after_id`, oldest first.
-    pub fn journal_after(&self, after_id: i64, limit: usize) -> Result<Vec<JournalEntry>, MeterError> {
+    pub fn journal_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, MeterError> {
         self.reader.journal_after(after_id, limit)
     }
 

@@ -4,6 +4,7 @@
 // Test helpers fail loudly by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod conformance;
 mod donoratlas;
 mod guarantees;
 mod http;

@@ -1,0 +1,272 @@
+//! The conformance suite: every case file is valid, both reference policies pass it,
+//! and it bites: each deliberately broken module fails, naming the broken rule.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use creditgate::conformance::case::{self, LoadedCase};
+use creditgate::conformance::{Report, check_module};
+use creditgate::policy::component::Limits;
+
+use crate::support::{BINARY, component, component_path};
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance/cases")
+}
+
+fn cases() -> Vec<LoadedCase> {
+    case::load_dir(&cases_dir()).expect("cases directory")
+}
+
+fn check(module: &str) -> Report {
+    let resolve = |name: &str| Ok(component(&name.replace('-', "_")));
+    check_module(
+        &component(module),
+        &cases(),
+        None,
+        Limits::default(),
+        &resolve,
+    )
+}
+
+/// The rows that failed, by name.
+fn failures(report: &Report) -> Vec<&str> {
+    report
+        .rows
+        .iter()
+        .filter(|row| row.failure.is_some())
+        .map(|row| row.name.as_str())
+        .collect()
+}
+
+#[test]
+fn every_case_file_validates_against_the_schema() {
+    let cases = cases();
+    assert!(cases.len() >= 40, "only {} case files", cases.len());
+    for loaded in &cases {
+        if let Err(problem) = &loaded.case {
+            panic!("{}: {problem}", loaded.path.display());
+        }
+    }
+}
+
+#[test]
+fn a_case_file_that_breaks_the_schema_is_reported_with_its_name_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"description": "x", "profile": "smarte", "rule": "r", "steps": [{"authorize": {"tenant": "a"}}]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("not-json.json"), "{").unwrap();
+    let loaded = case::load_dir(dir.path()).unwrap();
+    let problems: Vec<(&str, String)> = loaded
+        .iter()
+        .map(|case| (case.name.as_str(), case.case.as_ref().unwrap_err().clone()))
+        .collect();
+    assert_eq!(problems[0].0, "bad");
+    assert!(
+        problems[0].1.contains("breaks the case schema")
+            && problems[0].1.contains("transaction_id"),
+        "{problems:?}"
+    );
+    assert_eq!(problems[1].0, "not-json");
+    assert!(problems[1].1.contains("not JSON"), "{problems:?}");
+}
+
+fn assert_passes_every_case_of_its_profile(module: &str, profile: &str) {
+    let report = check(module);
+    assert!(report.ok(), "{}", report.render());
+    let profile_cases = cases()
+        .iter()
+        .filter(|loaded| {
+            loaded
+                .case
+                .as_ref()
+                .is_ok_and(|case| case.profile == profile)
+        })
+        .count();
+    let case_rows = report
+        .rows
+        .iter()
+        .filter(|row| !row.name.starts_with("contract/"))
+        .count();
+    assert_eq!(case_rows, profile_cases, "{}", report.render());
+    assert!(
+        profile_cases >= 14,
+        "{profile} has only {profile_cases} cases"
+    );
+}
+
+#[test]
+fn smarte_passes_the_conformance_suite() {
+    assert_passes_every_case_of_its_profile("smarte", "smarte");
+}
+
+#[test]
+fn donoratlas_passes_the_conformance_suite() {
+    assert_passes_every_case_of_its_profile("donoratlas", "donoratlas");
+}
+
+#[test]
+fn the_host_keeps_its_guarantees_against_a_misbehaving_policy() {
+    let report = check("misbehaving");
+    let failed = failures(&report);
+    assert!(
+        failed.iter().all(|name| name.starts_with("contract/")),
+        "{}",
+        report.render()
+    );
+    assert!(
+        report
+            .rows
+            .iter()
+            .filter(|row| row.name.starts_with("misbehaving/"))
+            .count()
+            >= 6
+    );
+    // It does break the contract, and the probes say how.
+    for check in [
+        "contract/answers-keep-the-contract",
+        "contract/within-cpu-budget",
+        "contract/no-traps",
+    ] {
+        assert!(
+            failed.contains(&check),
+            "{check} not reported: {}",
+            report.render()
+        );
+    }
+}
+
+#[test]
+fn the_suite_catches_a_policy_that_charges_on_429() {
+    let report = check("charges_on_429");
+    assert_eq!(
+        failures(&report),
+        ["smarte/no-charge-on-429"],
+        "{}",
+        report.render()
+    );
+    let row = report
+        .rows
+        .iter()
+        .find(|row| row.failure.is_some())
+        .unwrap();
+    assert!(row.rule.contains("rate limited"));
+}
+
+#[test]
+fn the_suite_catches_a_policy_that_charges_re_exports() {
+    let report = check("charges_re_exports");
+    let failed = failures(&report);
+    assert!(
+        failed.contains(&"donoratlas/re-export-is-free"),
+        "{}",
+        report.render()
+    );
+    assert!(!report.ok());
+}
+
+#[test]
+fn the_suite_catches_a_policy_that_ignores_partial_batches() {
+    let report = check("ignores_partial");
+    assert_eq!(
+        failures(&report),
+        ["donoratlas/partial-batch-admits-the-first-n"],
+        "{}",
+        report.render()
+    );
+}
+
+#[test]
+fn the_contract_checks_catch_a_nondeterministic_policy() {
+    let report = check("nondeterministic");
+    assert_eq!(
+        failures(&report),
+        ["contract/deterministic"],
+        "{}",
+        report.render()
+    );
+}
+
+#[test]
+fn modules_that_cannot_load_are_reported_never_panicking() {
+    let cases = [
+        ("describe_traps", "describe failed"),
+        ("other_wit_version", "creditgate:policy/ledger@0.2.0"),
+    ];
+    for (module, expected) in cases {
+        let report = check(module);
+        let [row] = report.rows.as_slice() else {
+            panic!("{module}: {}", report.render());
+        };
+        assert_eq!(row.name, "contract/loads-and-describes");
+        assert!(
+            row.failure.as_deref().unwrap_or("").contains(expected),
+            "{module}: {}",
+            report.render()
+        );
+    }
+    let garbage = check_module(b"\0asm garbage", &[], None, Limits::default(), &|_| {
+        Err(String::new())
+    });
+    assert!(!garbage.ok());
+    assert!(
+        garbage
+            .render()
+            .contains("not a valid WebAssembly component")
+    );
+}
+
+#[test]
+fn check_prints_the_table_and_exits_non_zero_on_any_failure() {
+    let run = |module: &str| {
+        Command::new(BINARY)
+            .arg("check")
+            .arg(component_path(module))
+            .arg("--cases")
+            .arg(cases_dir())
+            .output()
+            .unwrap()
+    };
+    let good = run("smarte");
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+    assert!(stdout.contains("PASS  smarte/no-charge-on-429"));
+
+    let bad = run("charges_on_429");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  smarte/no-charge-on-429"), "{stdout}");
+    assert!(
+        stdout.contains("charged: expected {}, got {\"default\": 1}"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .ends_with(" passed, 1 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_module_that_fails_the_contract_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("ledger.db"))
+        .arg("--policy")
+        .arg(component_path("nondeterministic"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FAIL  contract/deterministic"), "{stderr}");
+    assert!(stderr.contains("fails the contract checks"), "{stderr}");
+}
