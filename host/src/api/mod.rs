@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
+use axum::body::to_bytes;
+use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -81,15 +82,27 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Reads a JSON body with the size cap, naming what is wrong with it.
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = to_bytes(body, REQUEST_BYTES_MAX).await.map_err(|_| {
+/// Reads a JSON body with the size cap, naming what is wrong with it. A declared
+/// Content-Length over the cap is refused before a byte of the body is read.
+async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the request body is larger than {REQUEST_BYTES_MAX} bytes"),
         )
-    })?;
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > REQUEST_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let bytes = to_bytes(request.into_body(), REQUEST_BYTES_MAX)
+        .await
+        .map_err(|_| too_large())?;
     serde_json::from_slice(&bytes).map_err(|error| {
         let code = match error.classify() {
             serde_json::error::Category::Data => "invalid_request",
@@ -139,12 +152,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
     ok(serde_json::json!({"status": "ok", "policy": state.meter.policy_ref()}))
 }
 
-async fn authorize(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
     let request: AuthorizeRequest = read_json(body).await?;
     ok(state.meter.authorize_async(request).await?)
 }
 
-async fn settle(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+async fn settle(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
     let request: SettleRequest = read_json(body).await?;
     ok(state.meter.settle_async(request).await?)
 }
@@ -162,7 +175,7 @@ async fn grant(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Body,
+    body: Request,
 ) -> ApiResult {
     check_admin(&state, &headers)?;
     let grant: GrantBody = read_json(body).await?;

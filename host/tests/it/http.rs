@@ -178,17 +178,6 @@ fn http_bad_input_gets_a_status_a_stable_code_and_moves_nothing() {
             404,
             "unknown_transaction",
         ),
-        (
-            raw(
-                "/v1/authorize",
-                &format!(
-                    r#"{{"tenant": "acme", "operation": "person.enrich", "items": ["{}"]}}"#,
-                    "x".repeat(3 << 20)
-                ),
-            ),
-            413,
-            "payload_too_large",
-        ),
         (server.get("/v1/nowhere"), 404, "not_found"),
     ];
     for ((status, body), expected_status, expected_code) in cases {
@@ -206,6 +195,26 @@ fn http_bad_input_gets_a_status_a_stable_code_and_moves_nothing() {
     }
     assert_eq!(server.balances("acme")["balances"], json!({"default": 5}));
     assert_eq!(server.balances("acme")["held"], json!({"default": 0}));
+}
+
+#[test]
+fn http_a_body_over_the_cap_is_refused_413_before_it_is_read() {
+    use std::io::{Read, Write};
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let declared = 3 << 20;
+    write!(
+        stream,
+        "POST /v1/authorize HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+    assert_eq!(server.get("/healthz").0, 200);
 }
 
 #[test]
