@@ -33,6 +33,13 @@ pub enum MeterError {
     /// The transaction's hold expired before settle; its credits were released.
     #[error("the hold of transaction '{0}' expired before settle and was released")]
     HoldExpired(String),
+    /// A policy module was refused: not a component, another contract version, a
+    /// `describe` that fails, or failed contract checks. The active policy stays.
+    #[error("the policy module was refused: {0}")]
+    InvalidPolicy(String),
+    /// There is no earlier policy to roll back to.
+    #[error("no earlier policy to roll back to")]
+    NoPreviousPolicy,
     /// The policy trapped; the request fails closed and nothing was written.
     #[error("the policy failed: {0}")]
     PolicyTrap(String),
@@ -61,6 +68,8 @@ impl MeterError {
             | MeterError::UnknownBalance { .. }
             | MeterError::InvalidAmount(_) => 400,
             MeterError::UnknownTransaction(_) => 404,
+            MeterError::InvalidPolicy(_) => 422,
+            MeterError::NoPreviousPolicy => 409,
             MeterError::TransactionConflict(_)
             | MeterError::GrantConflict(_)
             | MeterError::TransactionRejected(_)
@@ -79,6 +88,8 @@ impl MeterError {
             MeterError::UnknownBalance { .. } => "unknown_balance",
             MeterError::InvalidAmount(_) => "invalid_amount",
             MeterError::UnknownTransaction(_) => "unknown_transaction",
+            MeterError::InvalidPolicy(_) => "invalid_policy",
+            MeterError::NoPreviousPolicy => "no_previous_policy",
             MeterError::TransactionConflict(_) => "transaction_conflict",
             MeterError::GrantConflict(_) => "grant_conflict",
             MeterError::TransactionRejected(_) => "transaction_rejected",

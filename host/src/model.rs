@@ -105,6 +105,28 @@ pub struct TenantBalances {
     pub held: Amounts,
 }
 
+/// One entry of the policy history: which policy became active, when, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyActivation {
+    pub id: i64,
+    pub digest: String,
+    pub name: String,
+    pub version: String,
+    /// How it was activated: `start`, `http`, `watch`, `rollback`, `library`...
+    pub via: String,
+    pub activated_at_ms: u64,
+}
+
+/// The active policy, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivePolicy {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub balances: Vec<String>,
+    pub hold_ttl_ms: u64,
+}
+
 /// One line of the append-only journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {

@@ -22,6 +22,8 @@ use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
 
 /// The largest request body the sidecar reads; larger ones get 413.
 pub const REQUEST_BYTES_MAX: usize = 2 << 20;
+/// The largest policy component `PUT /v1/policy` accepts.
+pub const POLICY_BYTES_MAX: usize = 32 << 20;
 
 /// What every handler shares.
 pub struct AppState {
@@ -39,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants/{tenant}/grants", post(grant))
         .route("/v1/tenants/{tenant}/balances", get(balances))
         .route("/v1/transactions/{id}", get(transaction))
+        .route("/v1/policy", get(policy).put(activate_policy))
+        .route("/v1/policy/rollback", post(rollback_policy))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -82,14 +86,14 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Reads a JSON body with the size cap, naming what is wrong with it. A declared
-/// Content-Length over the cap is refused before a byte of the body is read.
-async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+/// Reads a body of at most `cap` bytes; a declared Content-Length over it is refused
+/// before a byte of the body is read.
+async fn read_bytes(request: Request, cap: usize) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is larger than {REQUEST_BYTES_MAX} bytes"),
+            format!("the request body is larger than {cap} bytes"),
         )
     };
     let declared = request
@@ -97,12 +101,17 @@ async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError>
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > REQUEST_BYTES_MAX as u64) {
+    if declared.is_some_and(|length| length > cap as u64) {
         return Err(too_large());
     }
-    let bytes = to_bytes(request.into_body(), REQUEST_BYTES_MAX)
+    to_bytes(request.into_body(), cap)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|_| too_large())
+}
+
+/// Reads a JSON body with the size cap, naming what is wrong with it.
+async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    let bytes = read_bytes(request, REQUEST_BYTES_MAX).await?;
     serde_json::from_slice(&bytes).map_err(|error| {
         let code = match error.classify() {
             serde_json::error::Category::Data => "invalid_request",
@@ -214,6 +223,40 @@ async fn read_blocking<T: Send + 'static>(
         .await
         .map_err(|error| MeterError::StoreUnavailable(format!("the read task failed: {error}")))?
         .map_err(ApiError::from)
+}
+
+async fn policy(State(state): State<Arc<AppState>>) -> ApiResult {
+    let history = read_blocking(Arc::clone(&state), |meter| meter.policy_history(100)).await?;
+    ok(serde_json::json!({"active": state.meter.active_policy(), "history": history}))
+}
+
+/// `PUT /v1/policy` (admin): the body is the component's bytes. Compiling and
+/// checking take tens of milliseconds, so they run off the async workers.
+async fn activate_policy(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Request,
+) -> ApiResult {
+    check_admin(&state, &headers)?;
+    let component = read_bytes(body, POLICY_BYTES_MAX).await?.to_vec();
+    let meter = Arc::clone(&state.meter);
+    tokio::task::spawn_blocking(move || meter.activate(component, "http"))
+        .await
+        .map_err(|error| {
+            MeterError::StoreUnavailable(format!("the activation task failed: {error}"))
+        })??;
+    ok(serde_json::json!({"active": state.meter.active_policy()}))
+}
+
+async fn rollback_policy(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    check_admin(&state, &headers)?;
+    let meter = Arc::clone(&state.meter);
+    tokio::task::spawn_blocking(move || meter.rollback())
+        .await
+        .map_err(|error| {
+            MeterError::StoreUnavailable(format!("the rollback task failed: {error}"))
+        })??;
+    ok(serde_json::json!({"active": state.meter.active_policy()}))
 }
 
 async fn not_found() -> ApiError {

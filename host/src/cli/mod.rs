@@ -5,6 +5,7 @@ mod bench;
 mod check;
 mod new_policy;
 mod operator;
+mod policy;
 mod serve;
 
 use std::path::Path;
@@ -37,6 +38,8 @@ enum Command {
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
     Ledger(operator::LedgerArgs),
+    /// Activate, roll back or show the policy of a running sidecar.
+    Policy(policy::PolicyArgs),
     /// Run the conformance suite against a policy module.
     Check(check::CheckArgs),
     /// Start a new policy crate from a template, with an example case.
@@ -67,6 +70,7 @@ pub fn run() -> ExitCode {
             Err(error) => Err(error),
         },
         Command::NewPolicy(args) => new_policy::run(args),
+        Command::Policy(args) => policy::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Grant(args) => operator::grant(args),
         Command::Balance(args) => operator::balance(args),

@@ -9,13 +9,18 @@ use clap::Args;
 
 use creditgate::api::{AppState, router};
 use creditgate::policy::component::Limits;
+use creditgate::store::{LedgerReader, sqlite};
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The policy component (.wasm).
-    #[arg(long, default_value = super::DEFAULT_POLICY)]
-    policy: PathBuf,
+    /// The policy component (.wasm). Default: the policy this ledger last ran, or else
+    /// the SMARTe reference policy.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Activate the policy file again whenever it changes (requires --policy).
+    #[arg(long, requires = "policy")]
+    watch: bool,
     /// The SQLite ledger file (created if missing).
     #[arg(long, default_value = super::DEFAULT_DB)]
     db: PathBuf,
@@ -34,20 +39,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let component = super::read_policy(&args.policy)?;
+    let (component, source) = policy_to_start_with(&args)?;
     let report = creditgate::conformance::check_contract(&component, Limits::default());
     if !report.ok() {
         eprint!("{}", report.render());
-        anyhow::bail!(
-            "refusing to serve {}: it fails the contract checks above",
-            args.policy.display()
-        );
+        anyhow::bail!("refusing to serve {source}: it fails the contract checks above");
     }
     let meter = Meter::open(
         MeterConfig::new(&args.db),
         PolicySource::Component(component),
     )
-    .with_context(|| format!("cannot start with policy {}", args.policy.display()))?;
+    .with_context(|| format!("cannot start with policy {source}"))?;
+    let meter = Arc::new(meter);
+    if let (true, Some(path)) = (args.watch, &args.policy) {
+        watch(Arc::clone(&meter), path.clone());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,7 +63,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
-        let meter = Arc::new(meter);
         print_banner(address, &meter, &args.db, args.admin_token.is_some());
         let app = router(Arc::new(AppState {
             meter,
@@ -102,6 +107,55 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &std::path::Path, has_to
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(banner.as_bytes());
     let _ = stdout.flush();
+}
+
+/// The policy to start on: `--policy`, else the one the ledger last ran (a restart
+/// resumes where it was), else the SMARTe reference policy.
+fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(Vec<u8>, String)> {
+    if let Some(path) = &args.policy {
+        return Ok((super::read_policy(path)?, path.display().to_string()));
+    }
+    if args.db.exists() {
+        let (_writer, reader) = sqlite::open(&args.db)?;
+        if let Some(stored) = reader.latest_policy()?
+            && let Some(component) = stored.component
+        {
+            let source = format!(
+                "{} {} (resumed from {})",
+                stored.info.name,
+                stored.info.version,
+                args.db.display()
+            );
+            return Ok((component, source));
+        }
+    }
+    let path = PathBuf::from(super::DEFAULT_POLICY);
+    Ok((super::read_policy(&path)?, path.display().to_string()))
+}
+
+/// Polls the policy file and activates it again whenever its contents change. A
+/// module that fails its checks is reported and the active policy stays.
+fn watch(meter: Arc<Meter>, path: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("creditgate-watch".to_owned())
+        .spawn(move || {
+            let mut last = std::fs::read(&path).ok();
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let Ok(current) = std::fs::read(&path) else { continue };
+                if last.as_ref() == Some(&current) {
+                    continue;
+                }
+                match meter.activate(current.clone(), "watch") {
+                    Ok(info) => tracing::warn!(policy = %info.name, digest = %info.digest, "activated the changed policy file"),
+                    Err(error) => tracing::error!(%error, "the changed policy file was refused; the active policy stays"),
+                }
+                last = Some(current);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot watch the policy file");
+    }
 }
 
 async fn shutdown_signal() {

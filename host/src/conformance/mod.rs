@@ -18,11 +18,12 @@ pub mod runner;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use case::{Action, LoadedCase, Tier};
 use runner::ModuleResolver;
 
-use crate::policy::component::{self, Limits};
+use crate::policy::component::{self, CompiledPolicy, Limits};
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -107,6 +108,23 @@ pub fn check_contract(module: &[u8], limits: Limits) -> Report {
     })
 }
 
+/// The contract checks of a module the caller already compiled (activation).
+pub fn check_compiled(compiled: &Arc<CompiledPolicy>) -> Report {
+    let info = compiled.info();
+    let mut report = Report {
+        module: Some(format!(
+            "{} {} (sha256 {})",
+            info.name, info.version, info.digest
+        )),
+        profile: info.name.clone(),
+        rows: vec![loaded_row(None)],
+    };
+    report
+        .rows
+        .extend(contract_rows(probe::probe(compiled, &BTreeSet::new())));
+    report
+}
+
 /// Runs the contract checks, then every case whose profile matches `profile` (by
 /// default the module's own `describe` name). A case file that could not be read is a
 /// failed row naming the file and the problem.
@@ -121,7 +139,7 @@ pub fn check_module(
     let engine = match component::engine() {
         Ok(engine) => engine,
         Err(error) => {
-            report.rows.push(load_failure(error.to_string()));
+            report.rows.push(loaded_row(Some(error.to_string())));
             return report;
         }
     };
@@ -136,24 +154,12 @@ pub fn check_module(
         .collect();
     let info = match probe::check_contract(&engine, module, limits, &operations) {
         Ok((info, checks)) => {
-            report.rows.push(Row {
-                name: "contract/loads-and-describes".to_owned(),
-                rule:
-                    "the module is a creditgate:policy@0.1.0 component with a well-formed describe"
-                        .to_owned(),
-                tier: Tier::Must,
-                failure: None,
-            });
-            report.rows.extend(checks.into_iter().map(|check| Row {
-                name: check.name.to_owned(),
-                rule: check.rule.to_owned(),
-                tier: Tier::Must,
-                failure: check.failure,
-            }));
+            report.rows.push(loaded_row(None));
+            report.rows.extend(contract_rows(checks));
             info
         }
         Err(error) => {
-            report.rows.push(load_failure(error.to_string()));
+            report.rows.push(loaded_row(Some(error.to_string())));
             return report;
         }
     };
@@ -183,12 +189,21 @@ pub fn check_module(
     report
 }
 
-fn load_failure(problem: String) -> Row {
+fn loaded_row(failure: Option<String>) -> Row {
     Row {
         name: "contract/loads-and-describes".to_owned(),
         rule: "the module is a creditgate:policy@0.1.0 component with a well-formed describe"
             .to_owned(),
         tier: Tier::Must,
-        failure: Some(problem),
+        failure,
     }
+}
+
+fn contract_rows(checks: Vec<probe::ContractCheck>) -> impl Iterator<Item = Row> {
+    checks.into_iter().map(|check| Row {
+        name: check.name.to_owned(),
+        rule: check.rule.to_owned(),
+        tier: Tier::Must,
+        failure: check.failure,
+    })
 }

@@ -59,7 +59,13 @@ pub fn check_contract(
     limits: Limits,
     operations: &BTreeSet<String>,
 ) -> Result<(PolicyInfo, Vec<ContractCheck>), MeterError> {
-    let compiled: Arc<CompiledPolicy> = CompiledPolicy::compile(engine, module, limits)?;
+    let compiled = CompiledPolicy::compile(engine, module, limits)?;
+    let checks = probe(&compiled, operations);
+    Ok((compiled.info().clone(), checks))
+}
+
+/// Runs the probe corpus through an already compiled module.
+pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> Vec<ContractCheck> {
     let info = compiled.info().clone();
     let mut runtime = compiled.runtime(Rc::new(ProbeMarks));
     let mut findings = Findings::default();
@@ -73,7 +79,7 @@ pub fn check_contract(
         vec![format!("{MARKED_PREFIX}-1"), "new-1".into()],
     ];
     let attribute_sets: [Vec<(String, String)>; 2] = [vec![], vec![("mode".into(), "AUD".into())]];
-    let amounts = [0, 1, 5, 1_000_000, i64::MAX];
+    let amounts = [0, 5, i64::MAX];
     let outcomes: [(u16, &[(&str, &str)]); 6] = [
         (200, &[("records", "1")]),
         (200, &[("records", "0")]),
@@ -147,7 +153,7 @@ pub fn check_contract(
             }
         }
     }
-    Ok((info, findings.into_checks()))
+    findings.into_checks()
 }
 
 fn to_amounts(amounts: &crate::model::Amounts) -> Vec<sdk::BalanceAmount> {

@@ -26,14 +26,15 @@ pub mod validate;
 
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
+use crate::model::{ActivePolicy, PolicyActivation};
 use crate::model::{
     Authorization, AuthorizeRequest, GrantRequest, JournalEntry, PolicyRef, Receipt, SettleRequest,
     TenantBalances, TransactionView,
@@ -100,7 +101,12 @@ pub struct Meter {
     jobs: Option<SyncSender<Job>>,
     sequencer: Option<JoinHandle<()>>,
     reader: Arc<dyn LedgerReader>,
-    policy: PolicyInfo,
+    /// The active policy; replaced whole on activation.
+    policy: RwLock<Arc<PolicyInfo>>,
+    engine: wasmtime::Engine,
+    limits: Limits,
+    /// One activation at a time: its checks run outside the sequencer, its switch inside.
+    activation: Mutex<()>,
 }
 
 impl Meter {
@@ -108,6 +114,8 @@ impl Meter {
     pub fn open(config: MeterConfig, source: PolicySource) -> Result<Self, MeterError> {
         let (writer, reader) = sqlite::open(&config.db_path)?;
         let engine = component::engine()?;
+        let sequencer_engine = engine.clone();
+        let limits = config.limits;
         let (make_runtime, component_bytes): (RuntimeFactory, Option<Vec<u8>>) = match source {
             PolicySource::Component(bytes) => {
                 let compiled = sequencer::compile(&engine, &bytes, &config)?;
@@ -134,7 +142,7 @@ impl Meter {
                     writer,
                     clock,
                     thread_config,
-                    engine,
+                    sequencer_engine,
                     make_runtime,
                     component_bytes,
                 ) {
@@ -155,17 +163,85 @@ impl Meter {
             jobs: Some(jobs),
             sequencer: Some(sequencer),
             reader: Arc::new(reader),
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
+            engine,
+            limits,
+            activation: Mutex::new(()),
         })
     }
 
     /// The active policy.
-    pub fn policy(&self) -> &PolicyInfo {
-        &self.policy
+    pub fn policy(&self) -> Arc<PolicyInfo> {
+        match self.policy.read() {
+            Ok(policy) => Arc::clone(&policy),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     pub fn policy_ref(&self) -> PolicyRef {
-        sequencer::policy_ref(&self.policy)
+        sequencer::policy_ref(&self.policy())
+    }
+
+    /// The active policy as the API shows it.
+    pub fn active_policy(&self) -> ActivePolicy {
+        let info = self.policy();
+        ActivePolicy {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            digest: info.digest.to_string(),
+            balances: info.balances.clone(),
+            hold_ttl_ms: info.hold_ttl_ms,
+        }
+    }
+
+    /// Makes `component` the active policy while traffic flows: compiled and put
+    /// through the contract checks here, off the request path, then switched
+    /// atomically between two decisions. On any failure the active policy stays and
+    /// the error says why. `via` is recorded in the history.
+    pub fn activate(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
+        let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
+        let compiled = component::CompiledPolicy::compile(&self.engine, &component, self.limits)?;
+        let report = crate::conformance::check_compiled(&compiled);
+        if !report.ok() {
+            return Err(MeterError::InvalidPolicy(format!(
+                "it fails the contract checks:\n{}",
+                report.render()
+            )));
+        }
+        let info = match self.call(Command::Activate {
+            compiled,
+            component,
+            via: via.to_owned(),
+        })? {
+            Answer::Activated(info) => info,
+            _ => return Err(unexpected()),
+        };
+        if let Ok(mut policy) = self.policy.write() {
+            *policy = Arc::new(info.clone());
+        }
+        Ok(info)
+    }
+
+    /// Re-activates the policy that was active before the current one.
+    pub fn rollback(&self) -> Result<PolicyInfo, MeterError> {
+        let current = self.policy().digest.to_string();
+        let previous = self
+            .reader
+            .activations(1_000)?
+            .into_iter()
+            .find(|activation| activation.digest != current)
+            .ok_or(MeterError::NoPreviousPolicy)?;
+        let component = self
+            .reader
+            .stored_policy(&previous.digest)?
+            .and_then(|stored| stored.component)
+            .ok_or(MeterError::NoPreviousPolicy)?;
+        self.activate(component, "rollback")
+    }
+
+    /// The activation history, newest first.
+    pub fn policy_history(&self, limit: usize) -> Result<Vec<PolicyActivation>, MeterError> {
+        self.reader.activations(limit)
     }
 
     fn submit(
@@ -236,7 +312,7 @@ impl Meter {
     /// A tenant's credits; a tenant never granted anything has zeros.
     pub fn balances(&self, tenant: &str) -> Result<TenantBalances, MeterError> {
         validate::identifier("tenant", tenant)?;
-        self.reader.balances(tenant, &self.policy.balances)
+        self.reader.balances(tenant, &self.policy().balances)
     }
 
     /// A transaction with its journal entries, for audit.

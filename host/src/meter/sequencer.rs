@@ -37,6 +37,12 @@ pub(super) enum Command {
     Settle(SettleRequest),
     Grant(GrantRequest),
     ExpireDue,
+    /// Make a compiled, checked policy the active one, between two batches' decisions.
+    Activate {
+        compiled: Arc<CompiledPolicy>,
+        component: Vec<u8>,
+        via: String,
+    },
 }
 
 pub(super) enum Answer {
@@ -44,6 +50,7 @@ pub(super) enum Answer {
     Receipt(Receipt),
     Balances(TenantBalances),
     Expired(usize),
+    Activated(PolicyInfo),
 }
 
 pub(super) struct Job {
@@ -79,9 +86,12 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         let runtime = make_runtime(marks)?;
         let info = runtime.info().clone();
         writer.begin()?;
-        let saved = writer.save_policy(&info, component.as_deref(), clock.now_ms());
+        let now_ms = clock.now_ms();
+        let saved = writer
+            .save_policy(&info, component.as_deref(), now_ms)
+            .and_then(|()| writer.record_activation(&info.digest, "start", now_ms));
         match saved {
-            Ok(()) => writer.commit()?,
+            Ok(_) => writer.commit()?,
             Err(error) => {
                 writer.rollback();
                 return Err(error);
@@ -193,6 +203,13 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             Command::Settle(request) => self.settle(request).map(Answer::Receipt),
             Command::Grant(grant) => self.grant(grant).map(Answer::Balances),
             Command::ExpireDue => self.expire_due(None).map(Answer::Expired),
+            Command::Activate {
+                compiled,
+                component,
+                via,
+            } => self
+                .activate(compiled, component, via)
+                .map(Answer::Activated),
         }
     }
 
@@ -217,6 +234,28 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         self.runtimes
             .get_mut(digest)
             .ok_or_else(|| MeterError::StoreUnavailable(format!("policy {digest} failed to load")))
+    }
+
+    /// Switches the active policy. Requests decided before this job ran used the old
+    /// one; those after use the new one; settles keep using whichever authorized.
+    fn activate(
+        &mut self,
+        compiled: &Arc<CompiledPolicy>,
+        component: &[u8],
+        via: &str,
+    ) -> Result<PolicyInfo, MeterError> {
+        let info = compiled.info().clone();
+        let now_ms = self.clock.now_ms();
+        self.writer.save_policy(&info, Some(component), now_ms)?;
+        self.writer.record_activation(&info.digest, via, now_ms)?;
+        if !self.runtimes.contains_key(&info.digest) {
+            let marks: Rc<dyn MarkLookup> = self.writer.clone();
+            self.runtimes
+                .insert(info.digest.clone(), Box::new(compiled.runtime(marks)));
+        }
+        self.active = info.digest.clone();
+        tracing::info!(policy = %info.name, version = %info.version, digest = %info.digest, via, "policy activated");
+        Ok(info)
     }
 
     fn authorize(&mut self, request: &AuthorizeRequest) -> Result<Authorization, MeterError> {

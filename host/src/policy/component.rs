@@ -66,7 +66,7 @@ pub fn engine() -> Result<Engine, MeterError> {
 }
 
 fn load_error(message: String) -> MeterError {
-    MeterError::InvalidRequest(message)
+    MeterError::InvalidPolicy(message)
 }
 
 /// What a policy call's store carries: its resource limits, and the ledger view.

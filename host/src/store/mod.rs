@@ -7,7 +7,9 @@ pub mod sqlite;
 
 use crate::error::MeterError;
 use crate::ledger::{Accounts, Entry, TransactionRecord, TransactionState};
-use crate::model::{Amounts, GrantRequest, JournalEntry, Receipt, TenantBalances, TransactionView};
+use crate::model::{
+    Amounts, GrantRequest, JournalEntry, PolicyActivation, Receipt, TenantBalances, TransactionView,
+};
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
 
 pub type StoreResult<T> = Result<T, MeterError>;
@@ -68,6 +70,9 @@ pub trait LedgerWriter: MarkLookup {
         at_ms: u64,
     ) -> StoreResult<()>;
     fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
+    /// Appends to the activation history, unless `digest` is already the latest;
+    /// returns whether it did.
+    fn record_activation(&self, digest: &PolicyDigest, via: &str, at_ms: u64) -> StoreResult<bool>;
 }
 
 /// One decision's journal lines and resulting accounts.
@@ -91,6 +96,10 @@ pub trait LedgerReader: Send + Sync {
     fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
     /// The most recently activated policy.
     fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>>;
+    /// The activation history, newest first.
+    fn activations(&self, limit: usize) -> StoreResult<Vec<PolicyActivation>>;
+    /// A policy the ledger has seen, by digest.
+    fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>>;
     /// Every account whose state differs from the sum of its journal, described.
     fn invariant_violations(&self) -> StoreResult<Vec<String>>;
 }

@@ -9,13 +9,15 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{LedgerReader, LedgerWriter, Posting, StoreResult, StoredPolicy};
 use crate::error::MeterError;
 use crate::ledger::{AccountState, Accounts, EntryKind, TransactionRecord, TransactionState};
+use crate::model::PolicyActivation;
 use crate::model::{
     Amounts, AuthorizeRequest, GrantRequest, JournalEntry, Receipt, TenantBalances, TransactionView,
 };
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
 
 /// Schema migrations, applied in order at open; `PRAGMA user_version` counts them.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     tenant    TEXT NOT NULL,
     balance   TEXT NOT NULL,
@@ -80,7 +82,18 @@ CREATE TABLE policies (
     component       BLOB,
     activated_at_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE policy_activations (
+    id              INTEGER PRIMARY KEY,
+    digest          TEXT NOT NULL REFERENCES policies (digest),
+    via             TEXT NOT NULL,
+    activated_at_ms INTEGER NOT NULL
+);
+INSERT INTO policy_activations (digest, via, activated_at_ms)
+    SELECT digest, 'migration', activated_at_ms FROM policies ORDER BY activated_at_ms;
+"#,
+];
 
 fn open_connection(path: &Path) -> StoreResult<Connection> {
     let connection = Connection::open(path).map_err(|error| {
@@ -434,6 +447,23 @@ impl LedgerWriter for SqliteWriter {
         Ok(())
     }
 
+    fn record_activation(&self, digest: &PolicyDigest, via: &str, at_ms: u64) -> StoreResult<bool> {
+        let current: Option<String> = self
+            .connection
+            .prepare_cached("SELECT digest FROM policy_activations ORDER BY id DESC LIMIT 1")?
+            .query_row([], |row| row.get(0))
+            .optional()?;
+        if current.as_deref() == Some(digest.as_str()) {
+            return Ok(false);
+        }
+        self.connection
+            .prepare_cached(
+                "INSERT INTO policy_activations (digest, via, activated_at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![digest.as_str(), via, to_i64(at_ms)])?;
+        Ok(true)
+    }
+
     fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
         let mut statement = self.connection.prepare_cached(&format!(
             "SELECT {POLICY_COLUMNS} FROM policies WHERE digest = ?1"
@@ -579,10 +609,45 @@ impl LedgerReader for SqliteReader {
     fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>> {
         self.with_connection(|connection| {
             Ok(connection
-                .prepare_cached(&format!(
-                    "SELECT {POLICY_COLUMNS} FROM policies ORDER BY activated_at_ms DESC, rowid DESC LIMIT 1"
-                ))?
+                .prepare_cached(
+                    "SELECT p.digest, p.name, p.version, p.balances_json, p.hold_ttl_ms, p.component \
+                     FROM policy_activations a JOIN policies p ON p.digest = a.digest \
+                     ORDER BY a.id DESC LIMIT 1",
+                )?
                 .query_row([], policy_from_row)
+                .optional()?)
+        })
+    }
+
+    fn activations(&self, limit: usize) -> StoreResult<Vec<PolicyActivation>> {
+        self.with_connection(|connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT a.id, a.digest, p.name, p.version, a.via, a.activated_at_ms \
+                     FROM policy_activations a JOIN policies p ON p.digest = a.digest \
+                     ORDER BY a.id DESC LIMIT ?1",
+                )?
+                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                    Ok(PolicyActivation {
+                        id: row.get(0)?,
+                        digest: row.get(1)?,
+                        name: row.get(2)?,
+                        version: row.get(3)?,
+                        via: row.get(4)?,
+                        activated_at_ms: to_u64(row.get(5)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>> {
+        self.with_connection(|connection| {
+            Ok(connection
+                .prepare_cached(&format!(
+                    "SELECT {POLICY_COLUMNS} FROM policies WHERE digest = ?1"
+                ))?
+                .query_row(params![digest], policy_from_row)
                 .optional()?)
         })
     }

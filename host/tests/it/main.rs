@@ -8,6 +8,7 @@ mod conformance;
 mod donoratlas;
 mod guarantees;
 mod http;
+mod lifecycle;
 mod sandbox;
 mod smarte;
 mod support;
