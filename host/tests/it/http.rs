@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{BINARY, Server, component_path};
+use crate::support::{BINARY, Server, component, component_path};
 
 fn ledger() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -373,4 +373,182 @@ fn operator_commands_work_on_the_ledger_beside_a_running_server() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not one of this policy's balances"));
+}
+
+#[test]
+fn http_put_policy_activates_a_checked_module_and_rollback_returns() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    server.grant("acme", "default", 10, "g");
+    let (_, first) = server.post("/v1/authorize", json!({"transaction_id": "t1", "tenant": "acme", "operation": "person.enrich", "items": ["a", "b"]}));
+    let smarte_digest = first["policy"]["digest"].clone();
+
+    let (status, body) = server.put_bytes("/v1/policy", &component("misbehaving"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"]["name"], json!("misbehaving"));
+    let (_, second) = server.post(
+        "/v1/authorize",
+        json!({"transaction_id": "t2", "tenant": "acme", "operation": "person.enrich"}),
+    );
+    assert_eq!(second["policy"]["name"], json!("misbehaving"));
+    let (_, receipt) = server.post(
+        "/v1/settle",
+        json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "1"}}),
+    );
+    assert_eq!(
+        (&receipt["policy"]["digest"], &receipt["charged"]),
+        (&smarte_digest, &json!({"default": 1}))
+    );
+
+    for (module, reason) in [
+        (b"garbage".to_vec(), "not a valid WebAssembly component"),
+        (component("nondeterministic"), "contract/deterministic"),
+    ] {
+        let (status, body) = server.put_bytes("/v1/policy", &module);
+        assert_eq!(
+            (status, error_code(&body)),
+            (422, "invalid_policy"),
+            "{body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(reason),
+            "{body}"
+        );
+    }
+    let (status, body) = server.post("/v1/policy/rollback", json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"]["digest"], smarte_digest);
+    let (_, shown) = server.get("/v1/policy");
+    let vias: Vec<String> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["name"].as_str().unwrap(),
+                a["via"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        vias,
+        ["smarte/rollback", "misbehaving/http", "smarte/start"]
+    );
+    assert_eq!(server.get("/healthz").0, 200);
+}
+
+#[test]
+fn http_policy_changes_need_the_admin_token() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, Some("s3cret"));
+    let anonymous = server.with_token(None);
+    assert_eq!(
+        anonymous
+            .put_bytes("/v1/policy", &component("donoratlas"))
+            .0,
+        401
+    );
+    assert_eq!(anonymous.post("/v1/policy/rollback", json!({})).0, 401);
+    assert_eq!(
+        anonymous.get("/v1/policy").1["active"]["name"],
+        json!("smarte")
+    );
+    assert_eq!(
+        server.put_bytes("/v1/policy", &component("donoratlas")).0,
+        200
+    );
+}
+
+#[test]
+fn http_a_restart_resumes_the_last_policy_and_settles_open_holds_on_their_version() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    server.grant("acme", "default", 10, "g");
+    let (_, held) = server.post("/v1/authorize", json!({"transaction_id": "t1", "tenant": "acme", "operation": "person.enrich", "items": ["a", "b"]}));
+    let output = Command::new(BINARY)
+        .args(["policy", "activate", "--server", &server.base])
+        .arg(component_path("misbehaving"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("misbehaving"));
+    server.kill();
+
+    let server = Server::start_with(None, &db, None);
+    assert_eq!(
+        server.get("/v1/policy").1["active"]["name"],
+        json!("misbehaving")
+    );
+    assert_eq!(server.balances("acme")["held"], json!({"default": 2}));
+    let (status, receipt) = server.post(
+        "/v1/settle",
+        json!({"transaction_id": "t1", "status": 200, "attributes": {"records": "2"}}),
+    );
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["policy"]["digest"], held["policy"]["digest"]);
+    assert_eq!(receipt["charged"], json!({"default": 2}));
+    assert_eq!(receipt["headers"]["credits-deducted"], json!("2"));
+}
+
+#[test]
+fn serve_watch_activates_the_policy_file_when_it_changes_and_keeps_it_when_refused() {
+    let (dir, db) = ledger();
+    let policy = dir.path().join("policy.wasm");
+    std::fs::write(&policy, component("smarte")).unwrap();
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--watch", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .arg("--policy")
+        .arg(&policy)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut banner,
+    )
+    .unwrap();
+    let base = banner
+        .trim()
+        .trim_start_matches("creditgate listening on ")
+        .to_owned();
+    let active = || -> String {
+        let body: Value = ureq::get(&format!("{base}/v1/policy"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        body["active"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let wait_for = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while active() != name && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        active()
+    };
+    assert_eq!(active(), "smarte");
+    std::fs::write(&policy, component("donoratlas")).unwrap();
+    assert_eq!(wait_for("donoratlas"), "donoratlas");
+    std::fs::write(&policy, b"not a component").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        active(),
+        "donoratlas",
+        "a refused file must leave the active policy"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

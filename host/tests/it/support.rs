@@ -272,15 +272,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(policy: &str, db: &Path, token: Option<&str>) -> Self {
+        Self::start_with(Some(policy), db, token)
+    }
+
+    /// Starts with `--policy` when given; without it, serve resumes the ledger's last policy.
+    pub fn start_with(policy: Option<&str>, db: &Path, token: Option<&str>) -> Self {
         let mut command = Command::new(BINARY);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
-            .arg("--policy")
-            .arg(component_path(policy))
             .env_remove("CREDITGATE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(policy) = policy {
+            command.arg("--policy").arg(component_path(policy));
+        }
         if let Some(token) = token {
             command.args(["--admin-token", token]);
         }
@@ -335,6 +341,20 @@ impl Server {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// PUTs raw bytes (a policy component).
+    pub fn put_bytes(&self, path: &str, bytes: &[u8]) -> (u16, Value) {
+        let mut request = ureq::put(&format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        let response = match request.send_bytes(bytes) {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("PUT {path}: {error}"),
+        };
+        let status = response.status();
+        (status, response.into_json().unwrap_or(Value::Null))
     }
 
     pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
