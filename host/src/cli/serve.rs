@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
+    /// Where precompiled policy components are cached (default: the ledger file's name
+    /// with `.cache`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Token for admin calls (grants). Required on a non-loopback address.
     #[arg(long, env = "CREDITGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -45,11 +49,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprint!("{}", report.render());
         anyhow::bail!("refusing to serve {source}: it fails the contract checks above");
     }
-    let meter = Meter::open(
-        MeterConfig::new(&args.db),
-        PolicySource::Component(component),
-    )
-    .with_context(|| format!("cannot start with policy {source}"))?;
+    let mut config = MeterConfig::new(&args.db);
+    config.compile_cache_dir = Some(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(|| args.db.with_extension("cache")),
+    );
+    let meter = Meter::open(config, PolicySource::Component(component))
+        .with_context(|| format!("cannot start with policy {source}"))?;
     let meter = Arc::new(meter);
     if let (true, Some(path)) = (args.watch, &args.policy) {
         watch(Arc::clone(&meter), path.clone());

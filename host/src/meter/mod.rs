@@ -66,6 +66,8 @@ pub enum NativePolicy {
 pub struct MeterConfig {
     /// The SQLite ledger file (created if missing).
     pub db_path: PathBuf,
+    /// Where precompiled policy components are cached; none compiles every time.
+    pub compile_cache_dir: Option<PathBuf>,
     pub limits: Limits,
     /// Decisions per store transaction (and per fsync), at most.
     pub batch_size_max: usize,
@@ -85,6 +87,7 @@ impl MeterConfig {
     pub fn new(db_path: impl Into<PathBuf>) -> Self {
         Self {
             db_path: db_path.into(),
+            compile_cache_dir: None,
             limits: Limits::default(),
             batch_size_max: 256,
             batch_wait_us_max: 0,
@@ -105,6 +108,7 @@ pub struct Meter {
     policy: RwLock<Arc<PolicyInfo>>,
     engine: wasmtime::Engine,
     limits: Limits,
+    compile_cache_dir: Option<PathBuf>,
     /// One activation at a time: its checks run outside the sequencer, its switch inside.
     activation: Mutex<()>,
 }
@@ -118,7 +122,12 @@ impl Meter {
         let limits = config.limits;
         let (make_runtime, component_bytes): (RuntimeFactory, Option<Vec<u8>>) = match source {
             PolicySource::Component(bytes) => {
-                let compiled = sequencer::compile(&engine, &bytes, &config)?;
+                let compiled = component::CompiledPolicy::load(
+                    &engine,
+                    &bytes,
+                    config.limits,
+                    config.compile_cache_dir.as_deref(),
+                )?;
                 (
                     Box::new(move |marks: Rc<dyn MarkLookup>| {
                         Ok(Box::new(compiled.runtime(marks)) as Box<dyn PolicyRuntime>)
@@ -166,6 +175,7 @@ impl Meter {
             policy: RwLock::new(Arc::new(policy)),
             engine,
             limits,
+            compile_cache_dir: config.compile_cache_dir.clone(),
             activation: Mutex::new(()),
         })
     }
@@ -200,7 +210,12 @@ impl Meter {
     /// the error says why. `via` is recorded in the history.
     pub fn activate(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
         let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
-        let compiled = component::CompiledPolicy::compile(&self.engine, &component, self.limits)?;
+        let compiled = component::CompiledPolicy::load(
+            &self.engine,
+            &component,
+            self.limits,
+            self.compile_cache_dir.as_deref(),
+        )?;
         let report = crate::conformance::check_compiled(&compiled);
         if !report.ok() {
             return Err(MeterError::InvalidPolicy(format!(

@@ -26,7 +26,7 @@ use crate::model::{
     Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
     SettleRequest, TenantBalances,
 };
-use crate::policy::component::{self, CompiledPolicy};
+use crate::policy::component::CompiledPolicy;
 use crate::policy::{
     AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
 };
@@ -226,7 +226,12 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
                     "policy {digest} was linked natively and is not loaded in this process"
                 ))
             })?;
-            let compiled = CompiledPolicy::compile(&self.engine, &bytes, self.config.limits)?;
+            let compiled = CompiledPolicy::load(
+                &self.engine,
+                &bytes,
+                self.config.limits,
+                self.config.compile_cache_dir.as_deref(),
+            )?;
             let marks: Rc<dyn MarkLookup> = self.writer.clone();
             self.runtimes
                 .insert(digest.clone(), Box::new(compiled.runtime(marks)));
@@ -579,13 +584,4 @@ fn to_policy_amounts(amounts: &Amounts) -> Vec<sdk::BalanceAmount> {
         .iter()
         .map(|(balance, amount)| sdk::BalanceAmount::new(balance.clone(), *amount))
         .collect()
-}
-
-/// Compiles a component on the caller's thread (so a bad module fails `Meter::open`).
-pub(super) fn compile(
-    engine: &wasmtime::Engine,
-    bytes: &[u8],
-    config: &MeterConfig,
-) -> Result<Arc<CompiledPolicy>, MeterError> {
-    component::CompiledPolicy::compile(engine, bytes, config.limits)
 }

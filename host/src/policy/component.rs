@@ -10,6 +10,8 @@
 //!   CPU accounting: the same call always costs the same) and at most
 //!   [`Limits::memory_bytes_max`] of linear memory.
 
+use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -107,9 +109,19 @@ impl CompiledPolicy {
     /// Compiles component bytes, checks its imports and exports against the
     /// `creditgate:policy@0.1.0` world, and reads its `describe`.
     pub fn compile(engine: &Engine, bytes: &[u8], limits: Limits) -> Result<Arc<Self>, MeterError> {
+        Self::load(engine, bytes, limits, None)
+    }
+
+    /// As [`CompiledPolicy::compile`], reusing (and filling) a directory of
+    /// precompiled components so that a restart or a re-activation does not recompile.
+    pub fn load(
+        engine: &Engine,
+        bytes: &[u8],
+        limits: Limits,
+        cache_dir: Option<&Path>,
+    ) -> Result<Arc<Self>, MeterError> {
         let digest = PolicyDigest::of(bytes);
-        let component = Component::new(engine, bytes)
-            .map_err(|error| load_error(format!("not a valid WebAssembly component: {error:#}")))?;
+        let component = component_from(engine, bytes, &digest, cache_dir)?;
         let mut linker = Linker::<HostState>::new(engine);
         for (name, _item) in component.component_type().imports(engine) {
             let known = name == LEDGER_IMPORT || name == TYPES_IMPORT;
@@ -170,6 +182,61 @@ impl CompiledPolicy {
             instance: None,
         }
     }
+}
+
+fn compile_component(engine: &Engine, bytes: &[u8]) -> Result<Component, MeterError> {
+    Component::new(engine, bytes)
+        .map_err(|error| load_error(format!("not a valid WebAssembly component: {error:#}")))
+}
+
+/// The component for `bytes`: deserialized from the cache when a precompiled copy for
+/// this digest and this engine is there (about 60 µs), compiled otherwise (tens of ms)
+/// and then cached. A cache that cannot be read or written only costs a compile.
+fn component_from(
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &PolicyDigest,
+    cache_dir: Option<&Path>,
+) -> Result<Component, MeterError> {
+    let Some(dir) = cache_dir else {
+        return compile_component(engine, bytes);
+    };
+    let mut engine_hash = std::hash::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
+    if let Ok(precompiled) = std::fs::read(&path) {
+        // SAFETY: `Component::deserialize` trusts its input to be the output of
+        // `Component::serialize` from a compatible engine. Only this function writes
+        // this directory (whole files, renamed into place), naming each file after the
+        // digest of the source bytes and the engine's compatibility hash; wasmtime
+        // itself also refuses artifacts of another engine configuration or version.
+        // Whoever can write this directory can run code in the host, as with the
+        // binary itself: keep it as private as the ledger file.
+        #[allow(unsafe_code)]
+        let deserialized = unsafe { Component::deserialize(engine, &precompiled) };
+        match deserialized {
+            Ok(component) => return Ok(component),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unusable precompiled component")
+            }
+        }
+    }
+    let component = compile_component(engine, bytes)?;
+    let cached = component
+        .serialize()
+        .map_err(|error| error.to_string())
+        .and_then(|serialized| {
+            std::fs::create_dir_all(dir).map_err(|error| error.to_string())?;
+            let partial = path.with_extension("cwasm.partial");
+            std::fs::write(&partial, serialized).map_err(|error| error.to_string())?;
+            std::fs::rename(&partial, &path).map_err(|error| error.to_string())
+        });
+    if let Err(error) = cached {
+        tracing::warn!(path = %path.display(), %error, "cannot cache the precompiled component");
+    }
+    Ok(component)
 }
 
 /// `describe` may not look at marks: it has no tenant.

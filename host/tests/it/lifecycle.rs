@@ -169,3 +169,55 @@ fn a_hundred_swaps_under_eight_clients_fail_no_request_and_pin_every_settle() {
     }
     meter.assert_sound();
 }
+
+#[test]
+fn precompiled_components_are_cached_by_digest_and_a_bad_cache_only_costs_a_compile() {
+    use creditgate::{Meter, MeterConfig, PolicySource};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let open = || {
+        let mut config = MeterConfig::new(dir.path().join("ledger.db"));
+        config.compile_cache_dir = Some(cache.clone());
+        Meter::open(config, PolicySource::Component(component("smarte"))).unwrap()
+    };
+    let meter = open();
+    let digest = meter.policy().digest.to_string();
+    drop(meter);
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let name = cached[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(&digest) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+    let modified = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();
+
+    // A restart deserializes the cached copy instead of compiling (the file is untouched).
+    let meter = open();
+    assert_eq!(
+        std::fs::metadata(&cached[0]).unwrap().modified().unwrap(),
+        modified
+    );
+    meter
+        .grant(creditgate::model::GrantRequest {
+            grant_id: "g".into(),
+            tenant: "acme".into(),
+            balance: "default".into(),
+            amount: 1,
+        })
+        .unwrap();
+    drop(meter);
+
+    // A corrupted cache entry is ignored and replaced.
+    std::fs::write(&cached[0], b"corrupt").unwrap();
+    let meter = open();
+    assert_eq!(meter.balances("acme").unwrap().balances["default"], 1);
+    assert!(std::fs::read(&cached[0]).unwrap().len() > 1000);
+}
