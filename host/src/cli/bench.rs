@@ -33,6 +33,13 @@ pub struct BenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A second build of the SMARTe rules (another digest) to swap with while measuring
+    /// latency during activations.
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/charges_on_429.wasm"
+    )]
+    swap_with: PathBuf,
     /// Where the temporary ledgers go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
@@ -77,13 +84,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for workload in [Workload::Smarte, Workload::DonorAtlas] {
         for native in [false, true] {
             for transport in [Transport::InProcess, Transport::Http] {
-                let row = run_row(&args, workload, native, transport, duration)?;
+                let row = run_row(&args, workload, native, transport, duration, None)?;
                 print_row(&row);
                 rows.push(row);
             }
         }
     }
+    let swaps = [
+        super::read_policy(&args.swap_with)?,
+        super::read_policy(&args.smarte)?,
+    ];
+    let during_swaps = run_row(
+        &args,
+        Workload::Smarte,
+        false,
+        Transport::InProcess,
+        duration,
+        Some(swaps),
+    )?;
+    print_row(&during_swaps);
+    rows.push(during_swaps);
     print_ratios(&rows);
+    print_activation(&args)?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&rows)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -97,9 +119,10 @@ fn run_row(
     native: bool,
     transport: Transport,
     duration: Duration,
+    swap_between: Option<[Vec<u8>; 2]>,
 ) -> anyhow::Result<Row> {
     let name = format!(
-        "{} {} {}",
+        "{} {} {}{}",
         match workload {
             Workload::Smarte => "smarte",
             Workload::DonorAtlas => "donoratlas",
@@ -108,6 +131,11 @@ fn run_row(
         match transport {
             Transport::InProcess => "in-process",
             Transport::Http => "http",
+        },
+        if swap_between.is_some() {
+            " during swaps"
+        } else {
+            ""
         }
     );
     let source = match (workload, native) {
@@ -143,6 +171,19 @@ fn run_row(
             })
         })
         .collect();
+    // Activations every SWAP_EVERY, alternating two builds, while the clients run.
+    let swapper = swap_between.map(|modules| {
+        let meter = Arc::clone(&meter);
+        std::thread::spawn(move || -> anyhow::Result<usize> {
+            let mut swaps = 0;
+            while Instant::now() < deadline {
+                std::thread::sleep(SWAP_EVERY);
+                meter.activate(modules[swaps % 2].clone(), "bench")?;
+                swaps += 1;
+            }
+            Ok(swaps)
+        })
+    });
     let mut totals = Samples::default();
     for worker in workers {
         let samples = worker
@@ -151,6 +192,12 @@ fn run_row(
         totals.merge(samples);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(swapper) = swapper {
+        let swaps = swapper
+            .join()
+            .map_err(|_| anyhow::anyhow!("the swapper panicked"))??;
+        anyhow::ensure!(swaps > 0, "no swap happened during the row");
+    }
     drop(server);
     let violations = meter.invariant_violations()?;
     anyhow::ensure!(
@@ -440,6 +487,45 @@ fn print_row(row: &Row) {
     );
 }
 
+/// How often the "during swaps" row activates the other build.
+const SWAP_EVERY: Duration = Duration::from_millis(100);
+
+/// Activation time of a module never seen (compile + checks + switch) next to one
+/// found precompiled in the cache (deserialize + checks + switch); medians of 5.
+fn print_activation(args: &BenchArgs) -> anyhow::Result<()> {
+    let smarte = super::read_policy(&args.smarte)?;
+    let donoratlas = super::read_policy(&args.donoratlas)?;
+    let (mut fresh, mut precompiled) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let dir = args
+            .dir
+            .join(format!("creditgate-bench-{}", uuid::Uuid::now_v7()));
+        let mut config = MeterConfig::new(dir.join("ledger.db"));
+        std::fs::create_dir_all(&dir)?;
+        config.compile_cache_dir = Some(dir.join("cache"));
+        let meter = Meter::open(config, PolicySource::Component(smarte.clone()))?;
+        let started = Instant::now();
+        meter.activate(donoratlas.clone(), "bench")?;
+        fresh.push(started.elapsed());
+        meter.activate(smarte.clone(), "bench")?;
+        let started = Instant::now();
+        meter.activate(donoratlas.clone(), "bench")?;
+        precompiled.push(started.elapsed());
+        drop(meter);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    fresh.sort();
+    precompiled.sort();
+    let (fresh, precompiled) = (fresh[2], precompiled[2]);
+    println!(
+        "activation (median of 5): new module {:.1} ms, precompiled {:.1} ms (new / precompiled = {:.1})",
+        fresh.as_secs_f64() * 1e3,
+        precompiled.as_secs_f64() * 1e3,
+        fresh.as_secs_f64() / precompiled.as_secs_f64().max(f64::EPSILON)
+    );
+    Ok(())
+}
+
 fn print_ratios(rows: &[Row]) {
     let rate = |name: &str| {
         rows.iter()
@@ -468,5 +554,20 @@ fn print_ratios(rows: &[Row]) {
                 http / local.max(f64::EPSILON)
             );
         }
+    }
+    let row = |name: &str| rows.iter().find(|row| row.name == name);
+    if let (Some(steady), Some(swapping)) = (
+        row("smarte wasm in-process"),
+        row("smarte wasm in-process during swaps"),
+    ) {
+        println!(
+            "  smarte wasm in-process, a swap every {} ms: authorize p50 {} -> {} µs, p99 {} -> {} µs; txn/s ratio {:.2}",
+            SWAP_EVERY.as_millis(),
+            steady.authorize_p50_us,
+            swapping.authorize_p50_us,
+            steady.authorize_p99_us,
+            swapping.authorize_p99_us,
+            swapping.txn_per_s / steady.txn_per_s.max(f64::EPSILON)
+        );
     }
 }
