@@ -40,6 +40,9 @@ pub enum MeterError {
     /// There is no earlier policy to roll back to.
     #[error("no earlier policy to roll back to")]
     NoPreviousPolicy,
+    /// No shadow policy is being evaluated.
+    #[error("no shadow policy is being evaluated; load one with PUT /v1/policy?mode=shadow")]
+    NoShadow,
     /// The policy trapped; the request fails closed and nothing was written.
     #[error("the policy failed: {0}")]
     PolicyTrap(String),
@@ -70,6 +73,7 @@ impl MeterError {
             MeterError::UnknownTransaction(_) => 404,
             MeterError::InvalidPolicy(_) => 422,
             MeterError::NoPreviousPolicy => 409,
+            MeterError::NoShadow => 404,
             MeterError::TransactionConflict(_)
             | MeterError::GrantConflict(_)
             | MeterError::TransactionRejected(_)
@@ -90,6 +94,7 @@ impl MeterError {
             MeterError::UnknownTransaction(_) => "unknown_transaction",
             MeterError::InvalidPolicy(_) => "invalid_policy",
             MeterError::NoPreviousPolicy => "no_previous_policy",
+            MeterError::NoShadow => "no_shadow",
             MeterError::TransactionConflict(_) => "transaction_conflict",
             MeterError::GrantConflict(_) => "grant_conflict",
             MeterError::TransactionRejected(_) => "transaction_rejected",

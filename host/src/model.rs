@@ -49,7 +49,7 @@ pub struct GrantRequest {
 }
 
 /// Which policy decided: name and version from `describe`, and the sha256 of its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
     pub name: String,
     pub version: String,
@@ -125,6 +125,46 @@ pub struct ActivePolicy {
     pub digest: String,
     pub balances: Vec<String>,
     pub hold_ttl_ms: u64,
+}
+
+/// What a shadow candidate would have done differently from the active policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub shadow: PolicyRef,
+    pub since_ms: u64,
+    pub authorizes_compared: u64,
+    pub settles_compared: u64,
+    pub authorize_differences: u64,
+    pub settle_differences: u64,
+    /// Differences by kind: `admit_vs_reject`, `admitted_items`, `charges`, `shadow_failed`.
+    pub by_kind: BTreeMap<String, u64>,
+    /// Credits the shadow would have held or charged at authorize, minus the active's.
+    pub authorize_charge_delta: Amounts,
+    /// Credits the shadow would have charged at settle, minus the active's.
+    pub settle_charge_delta: Amounts,
+    pub by_tenant: BTreeMap<String, TenantDifferences>,
+    /// Tenants with differences beyond the itemized limit.
+    pub tenants_not_itemized: u64,
+    pub examples: Vec<ShadowExample>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantDifferences {
+    pub authorize: u64,
+    pub settle: u64,
+    /// Shadow minus active, authorize and settle together.
+    pub charge_delta: Amounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowExample {
+    pub transaction_id: String,
+    pub tenant: String,
+    pub operation: String,
+    /// `authorize` or `settle`.
+    pub step: String,
+    pub active: String,
+    pub shadow: String,
 }
 
 /// One line of the append-only journal.

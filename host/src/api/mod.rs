@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::to_bytes;
 use axum::extract::Request;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +43,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/transactions/{id}", get(transaction))
         .route("/v1/policy", get(policy).put(activate_policy))
         .route("/v1/policy/rollback", post(rollback_policy))
+        .route("/v1/policy/shadow", get(shadow_report).delete(clear_shadow))
+        .route("/v1/policy/shadow/promote", post(promote_shadow))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -230,32 +232,78 @@ async fn policy(State(state): State<Arc<AppState>>) -> ApiResult {
     ok(serde_json::json!({"active": state.meter.active_policy(), "history": history}))
 }
 
+/// How `PUT /v1/policy` applies the module.
+#[derive(Deserialize)]
+struct ActivationQuery {
+    /// `shadow` evaluates the module beside the active one instead of activating it.
+    mode: Option<String>,
+}
+
 /// `PUT /v1/policy` (admin): the body is the component's bytes. Compiling and
 /// checking take tens of milliseconds, so they run off the async workers.
 async fn activate_policy(
     State(state): State<Arc<AppState>>,
+    Query(query): Query<ActivationQuery>,
     headers: HeaderMap,
     body: Request,
 ) -> ApiResult {
     check_admin(&state, &headers)?;
+    let shadow = match query.mode.as_deref() {
+        None | Some("active") => false,
+        Some("shadow") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("mode '{other}' is not one of: active, shadow"),
+            ));
+        }
+    };
     let component = read_bytes(body, POLICY_BYTES_MAX).await?.to_vec();
     let meter = Arc::clone(&state.meter);
-    tokio::task::spawn_blocking(move || meter.activate(component, "http"))
+    if shadow {
+        let report = blocking(move || meter.set_shadow(component)).await?;
+        return ok(
+            serde_json::json!({"active": state.meter.active_policy(), "shadow": report.shadow}),
+        );
+    }
+    blocking(move || meter.activate(component, "http")).await?;
+    ok(serde_json::json!({"active": state.meter.active_policy()}))
+}
+
+/// Runs a slow meter call (compiling, checking) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, MeterError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(call)
         .await
-        .map_err(|error| {
-            MeterError::StoreUnavailable(format!("the activation task failed: {error}"))
-        })??;
+        .map_err(|error| MeterError::StoreUnavailable(format!("the task failed: {error}")))?
+        .map_err(ApiError::from)
+}
+
+async fn shadow_report(State(state): State<Arc<AppState>>) -> ApiResult {
+    let meter = Arc::clone(&state.meter);
+    ok(blocking(move || meter.shadow_report()).await?)
+}
+
+async fn clear_shadow(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    check_admin(&state, &headers)?;
+    let meter = Arc::clone(&state.meter);
+    blocking(move || meter.clear_shadow()).await?;
+    ok(serde_json::json!({"active": state.meter.active_policy(), "shadow": null}))
+}
+
+async fn promote_shadow(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    check_admin(&state, &headers)?;
+    let meter = Arc::clone(&state.meter);
+    blocking(move || meter.promote_shadow()).await?;
     ok(serde_json::json!({"active": state.meter.active_policy()}))
 }
 
 async fn rollback_policy(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     check_admin(&state, &headers)?;
     let meter = Arc::clone(&state.meter);
-    tokio::task::spawn_blocking(move || meter.rollback())
-        .await
-        .map_err(|error| {
-            MeterError::StoreUnavailable(format!("the rollback task failed: {error}"))
-        })??;
+    blocking(move || meter.rollback()).await?;
     ok(serde_json::json!({"active": state.meter.active_policy()}))
 }
 

@@ -22,6 +22,7 @@
 //! ```
 
 mod sequencer;
+mod shadow;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
-use crate::model::{ActivePolicy, PolicyActivation};
+use crate::model::{ActivePolicy, PolicyActivation, ShadowReport};
 use crate::model::{
     Authorization, AuthorizeRequest, GrantRequest, JournalEntry, PolicyRef, Receipt, SettleRequest,
     TenantBalances, TransactionView,
@@ -210,19 +211,7 @@ impl Meter {
     /// the error says why. `via` is recorded in the history.
     pub fn activate(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
         let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
-        let compiled = component::CompiledPolicy::load(
-            &self.engine,
-            &component,
-            self.limits,
-            self.compile_cache_dir.as_deref(),
-        )?;
-        let report = crate::conformance::check_compiled(&compiled);
-        if !report.ok() {
-            return Err(MeterError::InvalidPolicy(format!(
-                "it fails the contract checks:\n{}",
-                report.render()
-            )));
-        }
+        let compiled = self.compile_checked(&component)?;
         let info = match self.call(Command::Activate {
             compiled,
             component,
@@ -235,6 +224,68 @@ impl Meter {
             *policy = Arc::new(info.clone());
         }
         Ok(info)
+    }
+
+    /// Compiles and checks `component` like [`Meter::activate`], then evaluates it beside
+    /// the active policy on every authorize and settle, moving no credit. Replaces any
+    /// earlier shadow (and its report).
+    pub fn set_shadow(&self, component: Vec<u8>) -> Result<ShadowReport, MeterError> {
+        let compiled = self.compile_checked(&component)?;
+        match self.call(Command::SetShadow {
+            compiled,
+            component,
+        })? {
+            Answer::Shadow(Some(report)) => Ok(report),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// What the shadow would have done differently so far.
+    pub fn shadow_report(&self) -> Result<ShadowReport, MeterError> {
+        match self.call(Command::ShadowReport)? {
+            Answer::Shadow(report) => report.ok_or(MeterError::NoShadow),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Stops the shadow evaluation.
+    pub fn clear_shadow(&self) -> Result<(), MeterError> {
+        match self.call(Command::TakeShadow)? {
+            Answer::ShadowTaken(Some(_)) => Ok(()),
+            Answer::ShadowTaken(None) => Err(MeterError::NoShadow),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Makes the shadow the active policy (and stops shadowing).
+    pub fn promote_shadow(&self) -> Result<PolicyInfo, MeterError> {
+        match self.call(Command::TakeShadow)? {
+            Answer::ShadowTaken(Some(component)) => self.activate(component, "shadow-promotion"),
+            Answer::ShadowTaken(None) => Err(MeterError::NoShadow),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Compiles (or loads precompiled) and runs the contract checks.
+    fn compile_checked(
+        &self,
+        component: &[u8],
+    ) -> Result<Arc<component::CompiledPolicy>, MeterError> {
+        let compiled = component::CompiledPolicy::load(
+            &self.engine,
+            component,
+            self.limits,
+            self.compile_cache_dir.as_deref(),
+        )?;
+        let report = crate::conformance::check_compiled(&compiled);
+        if report.ok() {
+            Ok(compiled)
+        } else {
+            Err(MeterError::InvalidPolicy(format!(
+                "it fails the contract checks:\n{}",
+                report.render()
+            )))
+        }
     }
 
     /// Re-activates the policy that was active before the current one.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::shadow::Shadow;
 use super::{MeterConfig, validate};
 use crate::clock::Clock;
 use crate::error::MeterError;
@@ -24,7 +25,7 @@ use crate::ledger::{
 };
 use crate::model::{
     Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
-    SettleRequest, TenantBalances,
+    SettleRequest, ShadowReport, TenantBalances,
 };
 use crate::policy::component::CompiledPolicy;
 use crate::policy::{
@@ -37,6 +38,15 @@ pub(super) enum Command {
     Settle(SettleRequest),
     Grant(GrantRequest),
     ExpireDue,
+    /// Evaluate a candidate beside the active policy from now on, moving no credit.
+    SetShadow {
+        compiled: Arc<CompiledPolicy>,
+        component: Vec<u8>,
+    },
+    /// The shadow's report so far, if there is a shadow.
+    ShadowReport,
+    /// Stop shadowing; answers the candidate's bytes (to promote them).
+    TakeShadow,
     /// Make a compiled, checked policy the active one, between two batches' decisions.
     Activate {
         compiled: Arc<CompiledPolicy>,
@@ -51,6 +61,8 @@ pub(super) enum Answer {
     Balances(TenantBalances),
     Expired(usize),
     Activated(PolicyInfo),
+    Shadow(Option<ShadowReport>),
+    ShadowTaken(Option<Vec<u8>>),
 }
 
 pub(super) struct Job {
@@ -70,6 +82,7 @@ pub(super) struct Sequencer<W: LedgerWriter> {
     active: PolicyDigest,
     /// Every policy loaded so far, by digest: settles run on the authorizing one.
     runtimes: HashMap<PolicyDigest, Box<dyn PolicyRuntime>>,
+    shadow: Option<Shadow>,
 }
 
 impl<W: LedgerWriter + 'static> Sequencer<W> {
@@ -104,6 +117,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             engine,
             active: info.digest.clone(),
             runtimes: HashMap::from([(info.digest.clone(), runtime)]),
+            shadow: None,
         };
         Ok((sequencer, info))
     }
@@ -210,6 +224,26 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             } => self
                 .activate(compiled, component, via)
                 .map(Answer::Activated),
+            Command::SetShadow {
+                compiled,
+                component,
+            } => {
+                let marks: Rc<dyn MarkLookup> = self.writer.clone();
+                let shadow = Shadow::new(
+                    Box::new(compiled.runtime(marks)),
+                    component.clone(),
+                    self.clock.now_ms(),
+                );
+                let report = shadow.report.clone();
+                self.shadow = Some(shadow);
+                Ok(Answer::Shadow(Some(report)))
+            }
+            Command::ShadowReport => Ok(Answer::Shadow(
+                self.shadow.as_ref().map(|shadow| shadow.report.clone()),
+            )),
+            Command::TakeShadow => Ok(Answer::ShadowTaken(
+                self.shadow.take().map(|shadow| shadow.component),
+            )),
         }
     }
 
@@ -288,7 +322,19 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         let info = runtime.info().clone();
         let accounts = writer.accounts(&request.tenant, &info.balances)?;
         let policy_request = to_policy_request(&id, request);
-        let decision = runtime.authorize(&policy_request, &available(&accounts, &info.balances))?;
+        let balances = available(&accounts, &info.balances);
+        let decision = runtime.authorize(&policy_request, &balances)?;
+        if let Some(shadow) = &mut self.shadow {
+            // The candidate sees exactly what the active policy saw; its verdict is only counted.
+            let candidate = shadow.runtime.authorize(&policy_request, &balances);
+            shadow.observe_authorize(
+                &id,
+                &request.tenant,
+                &request.operation,
+                &decision,
+                candidate,
+            );
+        }
 
         // The outcome: (state, what stays held, the answer).
         let (state, held, authorization) = match decision {
@@ -414,6 +460,25 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             headers,
             meta,
         } = runtime.settle(&admitted, &outcome, &available(&accounts, &info.balances))?;
+        if let Some(shadow) = &mut self.shadow {
+            let candidate_balances = available(&accounts, &shadow.runtime.info().balances);
+            let candidate = shadow
+                .runtime
+                .settle(&admitted, &outcome, &candidate_balances);
+            let applied = SettleDecision {
+                charge: charge.clone(),
+                marks: marks.clone(),
+                headers: headers.clone(),
+                meta: meta.clone(),
+            };
+            shadow.observe_settle(
+                id,
+                &record.tenant,
+                &record.request.operation,
+                &applied,
+                candidate,
+            );
+        }
         let posting = post_settle(&accounts, &record.held, &charge);
         writer.post(Posting {
             transaction_id: id,

@@ -552,3 +552,46 @@ fn serve_watch_activates_the_policy_file_when_it_changes_and_keeps_it_when_refus
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn http_shadow_mode_reports_differences_and_promotes() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    server.grant("acme", "default", 10, "g");
+    assert_eq!(error_code(&server.get("/v1/policy/shadow").1), "no_shadow");
+    let (status, body) = server.put_bytes("/v1/policy?mode=shadow", &component("pricier_funding"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["active"]["name"], &body["shadow"]["version"]),
+        (&json!("smarte"), &json!("1.1.0-funding"))
+    );
+    assert_eq!(
+        server
+            .put_bytes("/v1/policy?mode=sideways", &component("smarte"))
+            .0,
+        400
+    );
+    server.post("/v1/authorize", json!({"transaction_id": "f1", "tenant": "acme", "operation": "funding.enrich", "items": ["a"]}));
+    server.post(
+        "/v1/settle",
+        json!({"transaction_id": "f1", "status": 200, "attributes": {"records": "1"}}),
+    );
+    let (status, report) = server.get("/v1/policy/shadow");
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (
+            report["authorize_differences"].as_u64(),
+            report["settle_differences"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(report["settle_charge_delta"], json!({"default": 1}));
+    assert_eq!(server.balances("acme")["balances"], json!({"default": 9}));
+    let (status, promoted) = server.post("/v1/policy/shadow/promote", json!({}));
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(promoted["active"]["version"], json!("1.1.0-funding"));
+    assert_eq!(
+        server.get("/v1/policy").1["history"][0]["via"],
+        json!("shadow-promotion")
+    );
+}

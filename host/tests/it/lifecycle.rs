@@ -221,3 +221,74 @@ fn precompiled_components_are_cached_by_digest_and_a_bad_cache_only_costs_a_comp
     assert_eq!(meter.balances("acme").unwrap().balances["default"], 1);
     assert!(std::fs::read(&cached[0]).unwrap().len() > 1000);
 }
+
+#[test]
+fn shadow_mode_reports_the_exact_differences_of_a_candidate_and_moves_no_credit() {
+    let meter = TestMeter::new("smarte");
+    meter.grant("acme", "default", 100);
+    meter.grant("beta", "default", 100);
+    assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
+    let report = meter
+        .meter
+        .set_shadow(component("pricier_funding"))
+        .unwrap();
+    assert_eq!(report.shadow.version, "1.1.0-funding");
+    // 3 funding enrichments for acme (2 records each, 2 delivered), 1 for beta (1 record,
+    // none delivered), and 4 person enrichments that both policies price alike.
+    let mut id = 0;
+    let mut run = |tenant: &str, operation: &str, items: &[&str], records: &str| {
+        id += 1;
+        let tid = format!("t{id}");
+        assert!(
+            meter
+                .authorize(&tid, tenant, operation, items, &[])
+                .admitted
+        );
+        meter.settle(&tid, 200, &[("records", records)]);
+    };
+    for _ in 0..3 {
+        run("acme", "funding.enrich", &["a", "b"], "2");
+    }
+    run("beta", "funding.enrich", &["a"], "0");
+    for _ in 0..4 {
+        run("acme", "person.enrich", &["a"], "1");
+    }
+    let report = meter.meter.shadow_report().unwrap();
+    assert_eq!(
+        (report.authorizes_compared, report.settles_compared),
+        (8, 8)
+    );
+    assert_eq!(
+        (report.authorize_differences, report.settle_differences),
+        (4, 3)
+    );
+    assert_eq!(report.by_kind, [("charges".to_owned(), 7)].into());
+    // Holds: 3 x (4 - 2) + (2 - 1) = 7 more; charges at settle: 3 x (4 - 2) = 6 more.
+    assert_eq!(report.authorize_charge_delta, amounts(&[("default", 7)]));
+    assert_eq!(report.settle_charge_delta, amounts(&[("default", 6)]));
+    assert_eq!(report.by_tenant["acme"].authorize, 3);
+    assert_eq!(report.by_tenant["acme"].settle, 3);
+    assert_eq!(
+        report.by_tenant["acme"].charge_delta,
+        amounts(&[("default", 12)])
+    );
+    assert_eq!(
+        report.by_tenant["beta"].charge_delta,
+        amounts(&[("default", 1)])
+    );
+    assert!(
+        report
+            .examples
+            .iter()
+            .all(|example| example.operation == "funding.enrich")
+    );
+    // The shadow moved nothing: the balances are smarte's alone (6 + 0 + 4 charged).
+    assert_eq!(meter.available("acme", "default"), 100 - 6 - 4);
+    assert_eq!(meter.available("beta", "default"), 100);
+    meter.assert_sound();
+
+    let promoted = meter.meter.promote_shadow().unwrap();
+    assert_eq!(promoted.version, "1.1.0-funding");
+    assert_eq!(meter.meter.policy().version, "1.1.0-funding");
+    assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
+}

@@ -1,0 +1,198 @@
+//! Shadow evaluation: a candidate policy decides every authorize and settle beside the
+//! active one, moving no credit; the differences are counted per kind and per tenant,
+//! with examples (Envoy's shadow rules, for billing).
+
+use crate::error::MeterError;
+use crate::model::{Amounts, PolicyRef, ShadowExample, ShadowReport, TenantDifferences};
+use crate::policy::{AuthorizeDecision, PolicyRuntime, SettleDecision};
+
+/// Bounds on what a report keeps (TigerBeetle: a limit on everything).
+const EXAMPLES_MAX: usize = 20;
+const TENANTS_MAX: usize = 10_000;
+
+/// The candidate and what it has disagreed on so far.
+pub(super) struct Shadow {
+    pub runtime: Box<dyn PolicyRuntime>,
+    pub component: Vec<u8>,
+    pub report: ShadowReport,
+}
+
+impl Shadow {
+    pub fn new(runtime: Box<dyn PolicyRuntime>, component: Vec<u8>, since_ms: u64) -> Self {
+        let info = runtime.info();
+        let report = ShadowReport {
+            shadow: PolicyRef {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                digest: info.digest.to_string(),
+            },
+            since_ms,
+            ..ShadowReport::default()
+        };
+        Self {
+            runtime,
+            component,
+            report,
+        }
+    }
+
+    /// Compares the candidate's verdict with the active one's for the same request.
+    pub fn observe_authorize(
+        &mut self,
+        transaction_id: &str,
+        tenant: &str,
+        operation: &str,
+        active: &AuthorizeDecision,
+        shadow: Result<AuthorizeDecision, MeterError>,
+    ) {
+        self.report.authorizes_compared += 1;
+        let (active_admitted, active_items, active_moved) = summary(active);
+        let (kind, moved_delta, shadow_text) = match &shadow {
+            Err(error) => (Some("shadow_failed"), Amounts::new(), error.to_string()),
+            Ok(decision) => {
+                let (admitted, items, moved) = summary(decision);
+                let kind = if admitted != active_admitted {
+                    Some("admit_vs_reject")
+                } else if items != active_items {
+                    Some("admitted_items")
+                } else if moved != active_moved {
+                    Some("charges")
+                } else {
+                    None
+                };
+                (kind, delta(&active_moved, &moved), describe(decision))
+            }
+        };
+        let Some(kind) = kind else { return };
+        self.report.authorize_differences += 1;
+        *self.report.by_kind.entry(kind.to_owned()).or_insert(0) += 1;
+        add(&mut self.report.authorize_charge_delta, &moved_delta);
+        if let Some(entry) = self.tenant(tenant) {
+            entry.authorize += 1;
+            add(&mut entry.charge_delta, &moved_delta);
+        }
+        self.example(
+            transaction_id,
+            tenant,
+            operation,
+            "authorize",
+            describe(active),
+            shadow_text,
+        );
+    }
+
+    /// Compares the candidate's settlement with the one that was applied.
+    pub fn observe_settle(
+        &mut self,
+        transaction_id: &str,
+        tenant: &str,
+        operation: &str,
+        active: &SettleDecision,
+        shadow: Result<SettleDecision, MeterError>,
+    ) {
+        self.report.settles_compared += 1;
+        let (kind, charge_delta, shadow_text) = match &shadow {
+            Err(error) => (Some("shadow_failed"), Amounts::new(), error.to_string()),
+            Ok(decision) if decision.charge != active.charge => (
+                Some("charges"),
+                delta(&active.charge, &decision.charge),
+                format!("charge {:?}", decision.charge),
+            ),
+            Ok(_) => (None, Amounts::new(), String::new()),
+        };
+        let Some(kind) = kind else { return };
+        self.report.settle_differences += 1;
+        *self.report.by_kind.entry(kind.to_owned()).or_insert(0) += 1;
+        add(&mut self.report.settle_charge_delta, &charge_delta);
+        if let Some(entry) = self.tenant(tenant) {
+            entry.settle += 1;
+            add(&mut entry.charge_delta, &charge_delta);
+        }
+        let active_text = format!("charge {:?}", active.charge);
+        self.example(
+            transaction_id,
+            tenant,
+            operation,
+            "settle",
+            active_text,
+            shadow_text,
+        );
+    }
+
+    fn tenant(&mut self, tenant: &str) -> Option<&mut TenantDifferences> {
+        let by_tenant = &mut self.report.by_tenant;
+        if by_tenant.len() >= TENANTS_MAX && !by_tenant.contains_key(tenant) {
+            self.report.tenants_not_itemized += 1;
+            return None;
+        }
+        Some(by_tenant.entry(tenant.to_owned()).or_default())
+    }
+
+    fn example(
+        &mut self,
+        transaction_id: &str,
+        tenant: &str,
+        operation: &str,
+        step: &str,
+        active: String,
+        shadow: String,
+    ) {
+        if self.report.examples.len() < EXAMPLES_MAX {
+            self.report.examples.push(ShadowExample {
+                transaction_id: transaction_id.to_owned(),
+                tenant: tenant.to_owned(),
+                operation: operation.to_owned(),
+                step: step.to_owned(),
+                active,
+                shadow,
+            });
+        }
+    }
+}
+
+/// (admitted, admitted items, credits moved now: hold + charge per balance).
+fn summary(decision: &AuthorizeDecision) -> (bool, u32, Amounts) {
+    match decision {
+        AuthorizeDecision::Reject { .. } => (false, 0, Amounts::new()),
+        AuthorizeDecision::Admit {
+            admitted_items,
+            hold,
+            charge,
+            ..
+        } => {
+            let mut moved = hold.clone();
+            add(&mut moved, charge);
+            (true, *admitted_items, moved)
+        }
+    }
+}
+
+fn describe(decision: &AuthorizeDecision) -> String {
+    match decision {
+        AuthorizeDecision::Reject { status, code, .. } => format!("reject {status} {code}"),
+        AuthorizeDecision::Admit {
+            admitted_items,
+            hold,
+            charge,
+            ..
+        } => format!("admit {admitted_items} items, hold {hold:?}, charge {charge:?}"),
+    }
+}
+
+/// Per balance, shadow minus active.
+fn delta(active: &Amounts, shadow: &Amounts) -> Amounts {
+    let mut difference: Amounts = shadow.clone();
+    for (balance, amount) in active {
+        let entry = difference.entry(balance.clone()).or_insert(0);
+        *entry = entry.saturating_sub(*amount);
+    }
+    difference.retain(|_, amount| *amount != 0);
+    difference
+}
+
+fn add(total: &mut Amounts, amounts: &Amounts) {
+    for (balance, amount) in amounts {
+        let entry = total.entry(balance.clone()).or_insert(0);
+        *entry = entry.saturating_add(*amount);
+    }
+}
