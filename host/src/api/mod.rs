@@ -188,8 +188,8 @@ async fn grant(
     headers: HeaderMap,
     body: Request,
 ) -> ApiResult {
-    check_admin(&state, &headers)?;
     let grant: GrantBody = read_json(body).await?;
+    check_admin(&state, &headers)?;
     let amount = grant.amount.as_i64().ok_or_else(|| {
         MeterError::InvalidAmount(format!(
             "amount {} is not a whole number of credits between 1 and {}",
@@ -229,7 +229,10 @@ async fn read_blocking<T: Send + 'static>(
 
 async fn policy(State(state): State<Arc<AppState>>) -> ApiResult {
     let history = read_blocking(Arc::clone(&state), |meter| meter.policy_history(100)).await?;
-    ok(serde_json::json!({"active": state.meter.active_policy(), "history": history}))
+    let loaded = read_blocking(Arc::clone(&state), |meter| meter.loaded_policies()).await?;
+    ok(
+        serde_json::json!({"active": state.meter.active_policy(), "history": history, "loaded": loaded}),
+    )
 }
 
 /// How `PUT /v1/policy` applies the module.
@@ -247,6 +250,9 @@ async fn activate_policy(
     headers: HeaderMap,
     body: Request,
 ) -> ApiResult {
+    // Read the (bounded) body before answering anything, so that a refusal reaches a
+    // client still sending its upload instead of a reset connection.
+    let component = read_bytes(body, POLICY_BYTES_MAX).await?.to_vec();
     check_admin(&state, &headers)?;
     let shadow = match query.mode.as_deref() {
         None | Some("active") => false,
@@ -259,7 +265,6 @@ async fn activate_policy(
             ));
         }
     };
-    let component = read_bytes(body, POLICY_BYTES_MAX).await?.to_vec();
     let meter = Arc::clone(&state.meter);
     if shadow {
         let report = blocking(move || meter.set_shadow(component)).await?;

@@ -305,6 +305,15 @@ impl Meter {
         self.activate(component, "rollback")
     }
 
+    /// The digests of the policy versions loaded now: the active one, and those that
+    /// authorized a transaction still open.
+    pub fn loaded_policies(&self) -> Result<Vec<String>, MeterError> {
+        match self.call(Command::LoadedPolicies)? {
+            Answer::Loaded(loaded) => Ok(loaded),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// The activation history, newest first.
     pub fn policy_history(&self, limit: usize) -> Result<Vec<PolicyActivation>, MeterError> {
         self.reader.activations(limit)
@@ -367,7 +376,8 @@ impl Meter {
         balances(self.call_async(Command::Grant(grant)).await?)
     }
 
-    /// Releases every hold whose TTL has passed; returns how many.
+    /// Releases every hold whose TTL has passed, and unloads the policy versions no open
+    /// transaction needs; returns how many holds were released.
     pub fn expire_due(&self) -> Result<usize, MeterError> {
         match self.call(Command::ExpireDue)? {
             Answer::Expired(count) => Ok(count),

@@ -47,6 +47,8 @@ pub(super) enum Command {
     ShadowReport,
     /// Stop shadowing; answers the candidate's bytes (to promote them).
     TakeShadow,
+    /// The digests of the policies loaded now.
+    LoadedPolicies,
     /// Make a compiled, checked policy the active one, between two batches' decisions.
     Activate {
         compiled: Arc<CompiledPolicy>,
@@ -63,6 +65,7 @@ pub(super) enum Answer {
     Activated(PolicyInfo),
     Shadow(Option<ShadowReport>),
     ShadowTaken(Option<Vec<u8>>),
+    Loaded(Vec<String>),
 }
 
 pub(super) struct Job {
@@ -216,7 +219,17 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             Command::Authorize(request) => self.authorize(request).map(Answer::Authorization),
             Command::Settle(request) => self.settle(request).map(Answer::Receipt),
             Command::Grant(grant) => self.grant(grant).map(Answer::Balances),
-            Command::ExpireDue => self.expire_due(None).map(Answer::Expired),
+            Command::ExpireDue => {
+                let expired = self.expire_due(None)?;
+                self.unload_unused()?;
+                Ok(Answer::Expired(expired))
+            }
+            Command::LoadedPolicies => {
+                let mut loaded: Vec<String> =
+                    self.runtimes.keys().map(ToString::to_string).collect();
+                loaded.sort();
+                Ok(Answer::Loaded(loaded))
+            }
             Command::Activate {
                 compiled,
                 component,
@@ -545,6 +558,20 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         })?;
         self.writer.insert_grant(grant, now_ms)?;
         Ok(tenant_balances(&grant.tenant, &accounts, &info.balances))
+    }
+
+    /// Drops the runtimes no open transaction needs, keeping the active one: a version
+    /// stays loaded while a hold it authorized may still be settled.
+    fn unload_unused(&mut self) -> Result<(), MeterError> {
+        if self.runtimes.len() <= 1 {
+            return Ok(());
+        }
+        let needed: std::collections::HashSet<String> =
+            self.writer.open_policy_digests()?.into_iter().collect();
+        let active = self.active.clone();
+        self.runtimes
+            .retain(|digest, _| *digest == active || needed.contains(digest.as_str()));
+        Ok(())
     }
 
     /// Releases lapsed holds (of one tenant, or of everyone); returns how many.

@@ -70,6 +70,8 @@ pub trait LedgerWriter: MarkLookup {
         at_ms: u64,
     ) -> StoreResult<()>;
     fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
+    /// The policies that authorized a transaction still open (they must stay loaded).
+    fn open_policy_digests(&self) -> StoreResult<Vec<String>>;
     /// Appends to the activation history, unless `digest` is already the latest;
     /// returns whether it did.
     fn record_activation(&self, digest: &PolicyDigest, via: &str, at_ms: u64) -> StoreResult<bool>;

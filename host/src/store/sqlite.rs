@@ -447,6 +447,15 @@ impl LedgerWriter for SqliteWriter {
         Ok(())
     }
 
+    fn open_policy_digests(&self) -> StoreResult<Vec<String>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT DISTINCT policy_digest FROM transactions WHERE state = 'open'",
+        )?;
+        Ok(statement
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
     fn record_activation(&self, digest: &PolicyDigest, via: &str, at_ms: u64) -> StoreResult<bool> {
         let current: Option<String> = self
             .connection

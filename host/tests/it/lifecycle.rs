@@ -292,3 +292,28 @@ fn shadow_mode_reports_the_exact_differences_of_a_candidate_and_moves_no_credit(
     assert_eq!(meter.meter.policy().version, "1.1.0-funding");
     assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
 }
+
+#[test]
+fn an_old_version_stays_loaded_while_an_open_hold_needs_it_and_is_unloaded_after() {
+    let meter = TestMeter::new("smarte");
+    meter.grant("acme", "default", 10);
+    let smarte = meter.meter.policy().digest.to_string();
+    meter.authorize("t1", "acme", "person.enrich", &["a"], &[]);
+    let donoratlas = meter
+        .meter
+        .activate(component("donoratlas"), "test")
+        .unwrap()
+        .digest
+        .to_string();
+    meter.meter.expire_due().unwrap();
+    let mut both = vec![smarte.clone(), donoratlas.clone()];
+    both.sort();
+    assert_eq!(
+        meter.meter.loaded_policies().unwrap(),
+        both,
+        "smarte must stay: t1 is open"
+    );
+    meter.settle("t1", 200, &[("records", "1")]);
+    meter.meter.expire_due().unwrap();
+    assert_eq!(meter.meter.loaded_policies().unwrap(), [donoratlas]);
+}
