@@ -209,27 +209,17 @@ async fn grant(
 }
 
 async fn balances(State(state): State<Arc<AppState>>, Path(tenant): Path<String>) -> ApiResult {
-    ok(read_blocking(state, move |meter| meter.balances(&tenant)).await?)
+    ok(blocking(move || state.meter.balances(&tenant)).await?)
 }
 
 async fn transaction(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
-    ok(read_blocking(state, move |meter| meter.transaction(&id)).await?)
-}
-
-/// Store reads block on disk: keep them off the async workers.
-async fn read_blocking<T: Send + 'static>(
-    state: Arc<AppState>,
-    read: impl FnOnce(&Meter) -> Result<T, MeterError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || read(&state.meter))
-        .await
-        .map_err(|error| MeterError::StoreUnavailable(format!("the read task failed: {error}")))?
-        .map_err(ApiError::from)
+    ok(blocking(move || state.meter.transaction(&id)).await?)
 }
 
 async fn policy(State(state): State<Arc<AppState>>) -> ApiResult {
-    let history = read_blocking(Arc::clone(&state), |meter| meter.policy_history(100)).await?;
-    let loaded = read_blocking(Arc::clone(&state), |meter| meter.loaded_policies()).await?;
+    let meter = Arc::clone(&state.meter);
+    let (history, loaded) =
+        blocking(move || Ok((meter.policy_history(100)?, meter.loaded_policies()?))).await?;
     ok(
         serde_json::json!({"active": state.meter.active_policy(), "history": history, "loaded": loaded}),
     )
@@ -276,7 +266,8 @@ async fn activate_policy(
     ok(serde_json::json!({"active": state.meter.active_policy()}))
 }
 
-/// Runs a slow meter call (compiling, checking) on the blocking pool.
+/// Runs a meter call that blocks (store reads, compiling, checking, waiting on the
+/// sequencer) on the blocking pool, off the async workers.
 async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, MeterError> + Send + 'static,
 ) -> Result<T, ApiError> {
