@@ -180,6 +180,8 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             }
             return;
         }
+        // An activation switches `active` in memory; undone if its write does not commit.
+        let active_before = self.active.clone();
         let mut answered = Vec::with_capacity(batch.len());
         for job in batch {
             let result = self.run_in_savepoint(&job.command);
@@ -189,6 +191,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         if let Err(error) = &committed {
             tracing::error!(%error, "ledger commit failed; the batch is not acknowledged");
             self.writer.rollback();
+            self.active = active_before;
         }
         for (reply, result) in answered {
             let result = match &committed {
@@ -201,6 +204,16 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
 
     fn run_in_savepoint(&mut self, command: &Command) -> Result<Answer, MeterError> {
         self.writer.savepoint()?;
+        let active_before = self.active.clone();
+        let result = self.closed_savepoint(command);
+        if result.is_err() {
+            self.active = active_before;
+        }
+        result
+    }
+
+    /// Runs one job and closes its savepoint: released on success, rolled back on error.
+    fn closed_savepoint(&mut self, command: &Command) -> Result<Answer, MeterError> {
         let result = self.execute(command);
         if let Err(error) = &result
             && error.status() >= 500
