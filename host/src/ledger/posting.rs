@@ -81,6 +81,7 @@ pub fn post_settle(accounts: &Accounts, held: &Amounts, charge: &Amounts) -> Set
         push(&mut posting.entries, balance, EntryKind::Capture, captured);
         push(&mut posting.entries, balance, EntryKind::Release, released);
         push(&mut posting.entries, balance, EntryKind::Charge, direct);
+        // captured + direct <= asked: no overflow.
         insert_positive(&mut posting.charged, balance, captured + direct);
         insert_positive(&mut posting.released, balance, released);
         insert_positive(&mut posting.uncollected, balance, excess - direct);

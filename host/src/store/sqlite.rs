@@ -684,9 +684,12 @@ impl LedgerReader for SqliteReader {
                     continue;
                 };
                 let (available, held) = kind.effect(amount);
+                let label = format!("{tenant}/{balance}");
                 let sum = sums.entry((tenant, balance)).or_default();
-                sum.available += available;
-                sum.held += held;
+                match (sum.available.checked_add(available), sum.held.checked_add(held)) {
+                    (Some(available), Some(held)) => *sum = AccountState { available, held },
+                    _ => violations.push(format!("{label}: the journal sums past i64")),
+                }
             }
             let mut accounts = connection.prepare("SELECT tenant, balance, available, held FROM accounts")?;
             let rows = accounts.query_map([], |row| {
