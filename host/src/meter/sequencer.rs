@@ -2,15 +2,18 @@
 //!
 //! Every decision (authorize, settle, grant, expiry) is a job on one queue. The
 //! sequencer takes the jobs queued so far (up to `batch_size_max`), opens one store
-//! transaction, runs each job in its own savepoint (the policy's view and the write
-//! are one atomic step, in one total order, so no two requests can both spend the same
-//! credit), commits once (one fsync for the whole batch), and only then answers. A job
-//! that fails rolls back to its savepoint and leaves nothing behind.
+//! transaction, runs the jobs one after another (the policy's view and the write are
+//! one step, in one total order, so no two requests can both spend the same credit),
+//! commits once (group commit), and hands the answers to the fsync thread, which sends
+//! them once the log is on disk while the next batch is being decided.
+//! Every check that can refuse a job runs before its first write, so a refused job
+//! leaves nothing behind; a failed write fails the batch, which is rolled back whole.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -31,7 +34,7 @@ use crate::policy::component::CompiledPolicy;
 use crate::policy::{
     AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
 };
-use crate::store::{LedgerWriter, Posting, available, available_amounts};
+use crate::store::{LedgerWriter, LogSync, Posting, available, available_amounts};
 
 pub(super) enum Command {
     Authorize(AuthorizeRequest),
@@ -77,8 +80,19 @@ pub(super) struct Job {
 pub(super) type RuntimeFactory =
     Box<dyn FnOnce(Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> + Send>;
 
+/// Answers of a committed batch, waiting for its log to reach the disk.
+type Answered = Vec<(
+    oneshot::Sender<Result<Answer, MeterError>>,
+    Result<Answer, MeterError>,
+)>;
+
 pub(super) struct Sequencer<W: LedgerWriter> {
     writer: Rc<W>,
+    /// Syncs the log of committed batches, then answers them; taken by `run`.
+    log: Option<Box<dyn LogSync>>,
+    durable: Option<mpsc::Sender<Answered>>,
+    /// Set when a sync failed: nothing is acknowledged any more.
+    log_failed: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     config: MeterConfig,
     engine: wasmtime::Engine,
@@ -113,8 +127,13 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
                 return Err(error);
             }
         }
+        let mut log = writer.log_sync()?;
+        log.sync()?;
         let sequencer = Self {
             writer,
+            log: Some(log),
+            durable: None,
+            log_failed: Arc::new(AtomicBool::new(false)),
             clock,
             config,
             engine,
@@ -127,6 +146,23 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
 
     /// Runs until every sender is gone, sweeping lapsed holds between batches.
     pub fn run(mut self, jobs: Receiver<Job>) {
+        let syncer = self.log.take().map(|log| {
+            let (durable, committed) = mpsc::channel();
+            self.durable = Some(durable);
+            let failed = Arc::clone(&self.log_failed);
+            std::thread::Builder::new()
+                .name("creditgate-fsync".to_owned())
+                .spawn(move || sync_and_answer(log, committed, &failed))
+        });
+        self.decide(jobs);
+        // Every committed batch is answered before the meter's thread ends.
+        self.durable = None;
+        if let Some(Ok(syncer)) = syncer {
+            let _ = syncer.join();
+        }
+    }
+
+    fn decide(&mut self, jobs: Receiver<Job>) {
         let sweep_every = (self.config.sweep_interval_ms > 0)
             .then(|| Duration::from_millis(self.config.sweep_interval_ms));
         let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
@@ -172,8 +208,19 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         }]);
     }
 
-    /// One store transaction for the whole batch; answers only after the commit.
+    /// One store transaction for the whole batch; answers only after the commit. A
+    /// job refused by the rules or the contract has written nothing, and the batch goes
+    /// on; a failed store write rolls the whole batch back and every job in it fails.
     fn run_batch(&mut self, batch: Vec<Job>) {
+        if self.log_failed.load(Ordering::Acquire) {
+            let error = MeterError::StoreUnavailable(
+                "the ledger's log could not be synced to disk; nothing is acknowledged until creditgate restarts".to_owned(),
+            );
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
         if let Err(error) = self.writer.begin() {
             for job in batch {
                 let _ = job.reply.send(Err(error.clone()));
@@ -183,46 +230,48 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         // An activation switches `active` in memory; undone if its write does not commit.
         let active_before = self.active.clone();
         let mut answered = Vec::with_capacity(batch.len());
+        let mut store_failure = None;
         for job in batch {
-            let result = self.run_in_savepoint(&job.command);
+            let result = match &store_failure {
+                Some(error) => Err(MeterError::clone(error)),
+                None => self.execute_logged(&job.command),
+            };
+            if let Err(error @ MeterError::StoreUnavailable(_)) = &result {
+                store_failure.get_or_insert_with(|| error.clone());
+            }
             answered.push((job.reply, result));
         }
-        let committed = self.writer.commit();
-        if let Err(error) = &committed {
-            tracing::error!(%error, "ledger commit failed; the batch is not acknowledged");
-            self.writer.rollback();
-            self.active = active_before;
-        }
-        for (reply, result) in answered {
-            let result = match &committed {
-                Ok(()) => result,
-                Err(error) => Err(error.clone()),
-            };
-            let _ = reply.send(result);
+        let committed = match store_failure {
+            Some(error) => Err(error),
+            None => self.writer.commit(),
+        };
+        match committed {
+            Ok(()) => {
+                let unsent = match &self.durable {
+                    Some(durable) => durable.send(answered).err().map(|unsent| unsent.0),
+                    None => Some(answered),
+                };
+                // No syncer (it stopped): answer only what a sync of our own made durable.
+                if let Some(answered) = unsent {
+                    let synced = self.writer.log_sync().and_then(|mut log| log.sync());
+                    answer(answered, &synced);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "ledger write failed; the batch is rolled back and not acknowledged");
+                self.writer.rollback();
+                self.active = active_before;
+                answer(answered, &Err(error));
+            }
         }
     }
 
-    fn run_in_savepoint(&mut self, command: &Command) -> Result<Answer, MeterError> {
-        self.writer.savepoint()?;
-        let active_before = self.active.clone();
-        let result = self.closed_savepoint(command);
-        if result.is_err() {
-            self.active = active_before;
-        }
-        result
-    }
-
-    /// Runs one job and closes its savepoint: released on success, rolled back on error.
-    fn closed_savepoint(&mut self, command: &Command) -> Result<Answer, MeterError> {
+    fn execute_logged(&mut self, command: &Command) -> Result<Answer, MeterError> {
         let result = self.execute(command);
         if let Err(error) = &result
             && error.status() >= 500
         {
             tracing::warn!(code = error.code(), %error, "a decision failed closed");
-        }
-        match &result {
-            Ok(_) => self.writer.release_savepoint()?,
-            Err(_) => self.writer.rollback_to_savepoint()?,
         }
         result
     }
@@ -613,6 +662,43 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             tracing::info!(count = due.len(), "released lapsed holds");
         }
         Ok(due.len())
+    }
+}
+
+/// Sends each answer, or the error in place of every answer.
+fn answer(answered: Answered, outcome: &Result<(), MeterError>) {
+    for (reply, result) in answered {
+        let _ = reply.send(match outcome {
+            Ok(()) => result,
+            Err(error) => Err(error.clone()),
+        });
+    }
+}
+
+/// The syncer's loop: takes every batch committed so far, syncs the log once for all
+/// of them, then answers them. A failed sync fails them and every batch after.
+fn sync_and_answer(
+    mut log: Box<dyn LogSync>,
+    committed: mpsc::Receiver<Answered>,
+    failed: &AtomicBool,
+) {
+    while let Ok(first) = committed.recv() {
+        let mut batches = vec![first];
+        batches.extend(committed.try_iter());
+        let synced = if failed.load(Ordering::Acquire) {
+            Err(MeterError::StoreUnavailable(
+                "the ledger's log could not be synced to disk".to_owned(),
+            ))
+        } else {
+            log.sync()
+        };
+        if let Err(error) = &synced {
+            tracing::error!(%error, "syncing the ledger's log failed; committed batches are not acknowledged");
+            failed.store(true, Ordering::Release);
+        }
+        for answered in batches {
+            answer(answered, &synced);
+        }
     }
 }
 

@@ -22,16 +22,26 @@ pub struct StoredPolicy {
     pub component: Option<Vec<u8>>,
 }
 
-/// The write side, used by one thread. Every change happens inside `begin`/`commit`,
-/// and each decision inside a savepoint so that a failed one leaves no trace.
+/// Makes committed batches durable, from a thread of its own: the writer commits
+/// without waiting for the disk and goes on deciding the next batch, while the answers
+/// of the committed ones wait for this (group commit across batches).
+pub trait LogSync: Send {
+    /// When it returns, everything committed before the call is on disk.
+    fn sync(&mut self) -> StoreResult<()>;
+}
+
+/// The write side, used by one thread. Every change happens between `begin` and
+/// `commit`, many decisions per store transaction (group commit). A decision refused
+/// for any reason but the store's writes nothing; a failed write fails the whole batch.
 pub trait LedgerWriter: MarkLookup {
     fn begin(&self) -> StoreResult<()>;
-    /// Makes the batch durable; only then may its answers be sent.
+    /// Commits the batch. It is durable, and its answers may be sent, once a
+    /// [`LogSync`] from [`LedgerWriter::log_sync`] has synced after this returned.
     fn commit(&self) -> StoreResult<()>;
+    /// A handle that makes the commits so far durable.
+    fn log_sync(&self) -> StoreResult<Box<dyn LogSync>>;
+    /// Undoes the open batch, if any, and forgets what the writer remembered of it.
     fn rollback(&self);
-    fn savepoint(&self) -> StoreResult<()>;
-    fn release_savepoint(&self) -> StoreResult<()>;
-    fn rollback_to_savepoint(&self) -> StoreResult<()>;
 
     fn transaction(&self, id: &str) -> StoreResult<Option<TransactionRecord>>;
     fn insert_transaction(&self, record: &TransactionRecord) -> StoreResult<()>;

@@ -1,0 +1,772 @@
+//! `creditgate bench`: one run that puts creditgate beside what users would build
+//! instead (Redis + Lua, naive PostgreSQL) and beside the HTTP framework's ceiling, on
+//! one workload, and checks the figures against the speed targets.
+
+mod stats;
+mod systems;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use creditgate::model::GrantRequest;
+use creditgate::{Meter, MeterConfig, NativePolicy, PolicySource};
+
+use stats::{Measure, Row, Samples};
+use systems::{Client, HttpServer, PostgresSystem, RedisSystem};
+use workload::{Generator, Product, tenant_name};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "target/wasm32-wasip2/release/smarte.wasm")]
+    smarte: PathBuf,
+    #[arg(long, default_value = "target/wasm32-wasip2/release/donoratlas.wasm")]
+    donoratlas: PathBuf,
+    /// Concurrent clients, each sending authorize then settle, one request at a time.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Tenants per product in every row but the large one.
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+    /// Tenants per product in the large row.
+    #[arg(long, default_value_t = 1_000_000)]
+    tenants_large: usize,
+    /// How long each repetition runs.
+    #[arg(long, default_value_t = 3000)]
+    duration_ms: u64,
+    /// Repetitions per row; the table shows their medians.
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Short repetitions and 10,000 tenants in the large row: checks that it runs.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the rows and targets as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A second build of the SMARTe rules (another digest) to swap with.
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/charges_on_429.wasm"
+    )]
+    swap_with: PathBuf,
+    /// The Redis of the Redis + Lua row.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    redis: String,
+    /// The PostgreSQL of the naive PostgreSQL row (a schema of its own, dropped after).
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )]
+    postgres: String,
+    /// Where the temporary ledgers go.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+}
+
+/// How the run is shaped, after `--quick`.
+struct Plan {
+    clients: usize,
+    tenants: usize,
+    tenants_large: usize,
+    duration: Duration,
+    repetitions: usize,
+}
+
+const IN_PROCESS: &str = "creditgate in-process, wasm";
+const NATIVE: &str = "creditgate in-process, native rules";
+const HTTP: &str = "creditgate HTTP sidecar, wasm";
+const BARE_AXUM: &str = "bare axum endpoint (does nothing)";
+const REDIS: &str = "Redis + Lua (in memory, not durable)";
+const POSTGRES: &str = "naive PostgreSQL (a txn per call)";
+const HALF_PEAK: &str = "creditgate in-process, wasm, at half peak";
+const SWAPS: &str = "creditgate in-process, wasm, a swap every 100 ms";
+
+/// How often the swap row activates the other build.
+const SWAP_EVERY: Duration = Duration::from_millis(100);
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args, cores))
+}
+
+async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
+    let plan = Plan {
+        clients: args.clients.max(1),
+        tenants: args.tenants.max(1),
+        tenants_large: if args.quick {
+            10_000
+        } else {
+            args.tenants_large.max(1)
+        },
+        duration: Duration::from_millis(if args.quick { 300 } else { args.duration_ms }),
+        repetitions: args.repetitions.max(1),
+    };
+    let large = format!(
+        "creditgate in-process, wasm, {} tenants",
+        thousands(plan.tenants_large)
+    );
+    println!(
+        "creditgate bench, {}: {cores} cores, {} clients, {} tenants per product (large row: {}), \
+         {} repetitions of {} ms per row, medians shown",
+        today(),
+        plan.clients,
+        thousands(plan.tenants),
+        thousands(plan.tenants_large),
+        plan.repetitions,
+        plan.duration.as_millis()
+    );
+    println!(
+        "workload: SMARTe and DonorAtlas operations half and half, 1-5 items a request; \
+         creditgate keeps one durable SQLite ledger (synchronous=FULL) per product"
+    );
+    print_header();
+    let mut rows: Vec<Row> = Vec::new();
+
+    record(
+        &mut rows,
+        creditgate_row(&args, &plan, IN_PROCESS, Variant::default()).await,
+    );
+    record(
+        &mut rows,
+        creditgate_row(
+            &args,
+            &plan,
+            NATIVE,
+            Variant {
+                native: true,
+                ..Variant::default()
+            },
+        )
+        .await,
+    );
+    record(
+        &mut rows,
+        creditgate_row(
+            &args,
+            &plan,
+            HTTP,
+            Variant {
+                http: true,
+                ..Variant::default()
+            },
+        )
+        .await,
+    );
+    record(&mut rows, bare_axum_row(&plan).await);
+    record(&mut rows, redis_row(&args, &plan).await);
+    record(&mut rows, postgres_row(&args, &plan).await);
+    record(
+        &mut rows,
+        creditgate_row(
+            &args,
+            &plan,
+            &large,
+            Variant {
+                tenants: Some(plan.tenants_large),
+                ..Variant::default()
+            },
+        )
+        .await,
+    );
+    let peak = rows
+        .iter()
+        .find(|row| row.name == IN_PROCESS)
+        .map_or(0.0, |row| row.txn_per_s);
+    record(
+        &mut rows,
+        creditgate_row(
+            &args,
+            &plan,
+            HALF_PEAK,
+            Variant {
+                rate: Some(peak / 2.0),
+                ..Variant::default()
+            },
+        )
+        .await,
+    );
+    record(
+        &mut rows,
+        creditgate_row(
+            &args,
+            &plan,
+            SWAPS,
+            Variant {
+                swaps: true,
+                ..Variant::default()
+            },
+        )
+        .await,
+    );
+
+    let targets = targets(&rows, &large);
+    print_targets(&targets);
+    let activation = tokio::task::spawn_blocking({
+        let smarte = args.smarte.clone();
+        let donoratlas = args.donoratlas.clone();
+        let dir = args.dir.clone();
+        move || activation_times(&smarte, &donoratlas, &dir)
+    })
+    .await??;
+    println!(
+        "policy activation (median of 5): new module {:.1} ms, precompiled {:.1} ms",
+        activation.0, activation.1
+    );
+    if let Some(path) = &args.json {
+        let report = Report {
+            date: today(),
+            cores,
+            clients: plan.clients,
+            tenants: plan.tenants,
+            tenants_large: plan.tenants_large,
+            duration_ms: plan.duration.as_millis() as u64,
+            repetitions: plan.repetitions,
+            rows: &rows,
+            targets: &targets,
+            activation_new_ms: activation.0,
+            activation_precompiled_ms: activation.1,
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let failed: Vec<&Row> = rows
+        .iter()
+        .filter(|row| {
+            row.failures > 0 || (row.error.is_some() && row.name.starts_with("creditgate"))
+        })
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "creditgate rows failed: {}",
+        failed
+            .iter()
+            .map(|row| row.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    date: String,
+    cores: usize,
+    clients: usize,
+    tenants: usize,
+    tenants_large: usize,
+    duration_ms: u64,
+    repetitions: usize,
+    rows: &'a [Row],
+    targets: &'a [Target],
+    activation_new_ms: f64,
+    activation_precompiled_ms: f64,
+}
+
+/// How a creditgate row differs from the default (in process, wasm, durable).
+#[derive(Default, Clone, Copy)]
+struct Variant {
+    native: bool,
+    http: bool,
+    tenants: Option<usize>,
+    /// Paced: this many transactions a second in all, instead of as fast as it goes.
+    rate: Option<f64>,
+    swaps: bool,
+}
+
+async fn creditgate_row(args: &BenchArgs, plan: &Plan, name: &str, variant: Variant) -> Row {
+    stats::reset_peak_rss();
+    match run_creditgate(args, plan, variant).await {
+        Ok(measures) => Row::from_measures(name.to_owned(), &measures, stats::peak_rss_bytes()),
+        Err(error) => Row::unavailable(name.to_owned(), &error),
+    }
+}
+
+async fn run_creditgate(
+    args: &BenchArgs,
+    plan: &Plan,
+    variant: Variant,
+) -> anyhow::Result<Vec<Measure>> {
+    let tenants = variant.tenants.unwrap_or(plan.tenants);
+    let dir = tempfile::Builder::new()
+        .prefix("creditgate-bench-")
+        .tempdir_in(&args.dir)?;
+    let mut meters = Vec::new();
+    for product in Product::ALL {
+        let source = match (product, variant.native) {
+            (Product::Smarte, false) => PolicySource::Component(super::read_policy(&args.smarte)?),
+            (Product::DonorAtlas, false) => {
+                PolicySource::Component(super::read_policy(&args.donoratlas)?)
+            }
+            (Product::Smarte, true) => PolicySource::Native(NativePolicy::Smarte),
+            (Product::DonorAtlas, true) => PolicySource::Native(NativePolicy::DonorAtlas),
+        };
+        let config = MeterConfig::new(dir.path().join(format!("ledger-{}.db", product.index())));
+        let meter = tokio::task::spawn_blocking(move || Meter::open(config, source)).await??;
+        meters.push(Arc::new(meter));
+    }
+    let meters: [Arc<Meter>; 2] = [Arc::clone(&meters[0]), Arc::clone(&meters[1])];
+    grant_everyone(&meters, tenants).await?;
+    let servers = if variant.http {
+        Some([
+            HttpServer::sidecar(Arc::clone(&meters[0])).await?,
+            HttpServer::sidecar(Arc::clone(&meters[1])).await?,
+        ])
+    } else {
+        None
+    };
+    let mut clients = Vec::with_capacity(plan.clients);
+    for _ in 0..plan.clients {
+        clients.push(match &servers {
+            Some([smarte, donoratlas]) => Client::Http([
+                systems::http_connect(smarte.address).await?,
+                systems::http_connect(donoratlas.address).await?,
+            ]),
+            None => Client::InProcess(meters.clone()),
+        });
+    }
+    let swapper = if variant.swaps {
+        Some(Swapper::start(
+            Arc::clone(&meters[0]),
+            [
+                super::read_policy(&args.swap_with)?,
+                super::read_policy(&args.smarte)?,
+            ],
+        ))
+    } else {
+        None
+    };
+    let measures = measure_all(&mut clients, plan, tenants, variant.rate).await;
+    if let Some(swapper) = swapper {
+        let swaps = swapper.stop().await?;
+        anyhow::ensure!(swaps > 0, "no swap happened during the row");
+    }
+    drop(clients);
+    drop(servers);
+    for meter in meters {
+        let violations =
+            tokio::task::spawn_blocking(move || meter.invariant_violations()).await??;
+        anyhow::ensure!(
+            violations.is_empty(),
+            "ledger invariants broke: {violations:?}"
+        );
+    }
+    measures
+}
+
+/// Grants every tenant of both products, many grants in flight so they share commits.
+async fn grant_everyone(meters: &[Arc<Meter>; 2], tenants: usize) -> anyhow::Result<()> {
+    const IN_FLIGHT: usize = 256;
+    let mut tasks = tokio::task::JoinSet::new();
+    for stripe in 0..IN_FLIGHT {
+        let meters = meters.clone();
+        tasks.spawn(async move {
+            for meter in &meters {
+                let balances = meter.policy().balances.clone();
+                for tenant in (stripe..tenants).step_by(IN_FLIGHT) {
+                    for balance in &balances {
+                        meter
+                            .grant_async(GrantRequest {
+                                grant_id: format!("bench-{tenant}-{balance}"),
+                                tenant: tenant_name(tenant),
+                                balance: balance.clone(),
+                                amount: systems::GRANT,
+                            })
+                            .await?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(granted) = tasks.join_next().await {
+        granted??;
+    }
+    Ok(())
+}
+
+/// Activates two builds in turn on a meter, off the clients' threads.
+struct Swapper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: tokio::task::JoinHandle<anyhow::Result<usize>>,
+}
+
+impl Swapper {
+    fn start(meter: Arc<Meter>, modules: [Vec<u8>; 2]) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = tokio::task::spawn_blocking(move || {
+            let mut swaps = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(SWAP_EVERY);
+                meter.activate(modules[swaps % 2].clone(), "bench")?;
+                swaps += 1;
+            }
+            Ok(swaps)
+        });
+        Self { stop, thread }
+    }
+
+    async fn stop(self) -> anyhow::Result<usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.await?
+    }
+}
+
+async fn bare_axum_row(plan: &Plan) -> Row {
+    let run = async {
+        let server = HttpServer::bare_axum().await?;
+        let mut clients = Vec::with_capacity(plan.clients);
+        for _ in 0..plan.clients {
+            clients.push(Client::Http([
+                systems::http_connect(server.address).await?,
+                systems::http_connect(server.address).await?,
+            ]));
+        }
+        measure_all(&mut clients, plan, plan.tenants, None).await
+    };
+    match run.await {
+        Ok(measures) => Row::from_measures(BARE_AXUM.to_owned(), &measures, None),
+        Err(error) => Row::unavailable(BARE_AXUM.to_owned(), &error),
+    }
+}
+
+async fn redis_row(args: &BenchArgs, plan: &Plan) -> Row {
+    let run = async {
+        let system = RedisSystem::start(&args.redis, plan.tenants).await?;
+        let mut clients = Vec::with_capacity(plan.clients);
+        for _ in 0..plan.clients {
+            clients.push(system.client().await?);
+        }
+        let measures = measure_all(&mut clients, plan, plan.tenants, None).await;
+        system.clean().await?;
+        measures
+    };
+    match run.await {
+        Ok(measures) => Row::from_measures(REDIS.to_owned(), &measures, None),
+        Err(error) => Row::unavailable(REDIS.to_owned(), &error),
+    }
+}
+
+async fn postgres_row(args: &BenchArgs, plan: &Plan) -> Row {
+    let run = async {
+        let system = PostgresSystem::start(&args.postgres, plan.tenants).await?;
+        let mut clients = Vec::with_capacity(plan.clients);
+        for _ in 0..plan.clients {
+            clients.push(system.client().await?);
+        }
+        let measures = measure_all(&mut clients, plan, plan.tenants, None).await;
+        drop(clients);
+        system.clean().await?;
+        measures
+    };
+    match run.await {
+        Ok(measures) => Row::from_measures(POSTGRES.to_owned(), &measures, None),
+        Err(error) => Row::unavailable(POSTGRES.to_owned(), &error),
+    }
+}
+
+/// The repetitions of one row, on the same clients.
+async fn measure_all(
+    clients: &mut Vec<Client>,
+    plan: &Plan,
+    tenants: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Vec<Measure>> {
+    let mut measures = Vec::with_capacity(plan.repetitions);
+    for repetition in 0..plan.repetitions {
+        measures.push(measure(clients, plan.duration, tenants, repetition, rate).await?);
+    }
+    Ok(measures)
+}
+
+/// Every client runs transactions until the deadline; one repetition's figures.
+async fn measure(
+    clients: &mut Vec<Client>,
+    duration: Duration,
+    tenants: usize,
+    repetition: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Measure> {
+    let count = clients.len();
+    // Paced clients start spread over one interval, so the load arrives evenly.
+    let interval = rate
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| Duration::from_secs_f64(count as f64 / rate));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = clients
+        .drain(..)
+        .enumerate()
+        .map(|(index, mut client)| {
+            let generator = Generator::new(index, tenants, repetition);
+            let offset = interval.map(|interval| interval.mul_f64(index as f64 / count as f64));
+            tokio::spawn(async move {
+                let samples = drive(&mut client, generator, deadline, interval, offset).await;
+                (client, samples)
+            })
+        })
+        .collect();
+    let mut totals = Samples::default();
+    for task in tasks {
+        let (client, samples) = task.await.context("a bench client panicked")?;
+        clients.push(client);
+        totals.merge(samples);
+    }
+    if let Some(error) = &totals.first_error {
+        tracing::warn!(failures = totals.failures, %error, "requests failed during the bench");
+    }
+    Ok(totals.measure(started.elapsed().as_secs_f64()))
+}
+
+/// One client's loop: authorize, then settle what was admitted, as a gateway would.
+async fn drive(
+    client: &mut Client,
+    mut generator: Generator,
+    deadline: Instant,
+    interval: Option<Duration>,
+    offset: Option<Duration>,
+) -> Samples {
+    let started = Instant::now() + offset.unwrap_or_default();
+    let mut samples = Samples::default();
+    let mut scheduled = 0u32;
+    while Instant::now() < deadline {
+        if let Some(interval) = interval {
+            let at = started + interval * scheduled;
+            scheduled += 1;
+            if at >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let transaction = generator.next_transaction();
+        let begun = Instant::now();
+        match client.authorize(&transaction).await {
+            Ok(admitted) => {
+                samples
+                    .authorize_us
+                    .push(begun.elapsed().as_micros() as u64);
+                if !admitted {
+                    continue;
+                }
+            }
+            Err(error) => {
+                samples.fail(&error);
+                continue;
+            }
+        }
+        let begun = Instant::now();
+        match client.settle(&transaction).await {
+            Ok(()) => {
+                samples.settle_us.push(begun.elapsed().as_micros() as u64);
+                samples.transactions += 1;
+            }
+            Err(error) => samples.fail(&error),
+        }
+    }
+    samples
+}
+
+/// A target of the speed issue, checked on this run's figures.
+#[derive(Serialize)]
+struct Target {
+    name: &'static str,
+    goal: String,
+    reached: Option<f64>,
+    met: bool,
+}
+
+fn targets(rows: &[Row], large: &str) -> Vec<Target> {
+    let find = |name: &str| {
+        rows.iter()
+            .find(|row| row.name == name && row.error.is_none())
+    };
+    let rate = |name: &str| find(name).map(|row| row.txn_per_s);
+    let ratio = |over: &str, under: &str| match (rate(over), rate(under)) {
+        (Some(over), Some(under)) if under > 0.0 => Some(over / under),
+        _ => None,
+    };
+    let at_least = |name: &'static str, goal: String, reached: Option<f64>, bound: f64| Target {
+        name,
+        goal,
+        met: reached.is_some_and(|reached| reached >= bound),
+        reached,
+    };
+    let half_peak_p99 = find(HALF_PEAK).map(|row| row.authorize_p99_us as f64);
+    vec![
+        at_least(
+            "durable throughput",
+            "(1) >= 100,000 txn/s".to_owned(),
+            rate(IN_PROCESS),
+            100_000.0,
+        ),
+        at_least(
+            "against Redis + Lua",
+            "(1) / (4) >= 3".to_owned(),
+            ratio(IN_PROCESS, REDIS),
+            3.0,
+        ),
+        at_least(
+            "against naive PostgreSQL",
+            "(1) / (5) >= 20".to_owned(),
+            ratio(IN_PROCESS, POSTGRES),
+            20.0,
+        ),
+        at_least(
+            "price of wasm",
+            "(1) / (2) >= 0.7".to_owned(),
+            ratio(IN_PROCESS, NATIVE),
+            0.7,
+        ),
+        Target {
+            name: "latency at half peak",
+            goal: "authorize p99 <= 2000 µs".to_owned(),
+            met: half_peak_p99.is_some_and(|p99| p99 <= 2000.0),
+            reached: half_peak_p99,
+        },
+        at_least(
+            "HTTP sidecar",
+            "(3) / bare axum >= 0.5".to_owned(),
+            ratio(HTTP, BARE_AXUM),
+            0.5,
+        ),
+        at_least(
+            "many tenants",
+            "(6) large / (1) >= 0.8".to_owned(),
+            ratio(large, IN_PROCESS),
+            0.8,
+        ),
+    ]
+}
+
+fn record(rows: &mut Vec<Row>, row: Row) {
+    print_row(&row);
+    rows.push(row);
+}
+
+fn print_header() {
+    println!(
+        "{:<50} {:>9}   {:>22}   {:>22}   {:>9}",
+        "row", "txn/s", "authorize p50/p99/p999", "settle p50/p99/p999", "peak RSS"
+    );
+}
+
+fn print_row(row: &Row) {
+    if let Some(error) = &row.error {
+        println!("{:<50} unavailable: {error}", row.name);
+        return;
+    }
+    let rss = row.rss_bytes.map_or_else(
+        || "-".to_owned(),
+        |bytes| format!("{} MiB", bytes / (1024 * 1024)),
+    );
+    println!(
+        "{:<50} {:>9.0}   {:>19} µs   {:>19} µs   {:>9}{}",
+        row.name,
+        row.txn_per_s,
+        format!(
+            "{}/{}/{}",
+            row.authorize_p50_us, row.authorize_p99_us, row.authorize_p999_us
+        ),
+        format!(
+            "{}/{}/{}",
+            row.settle_p50_us, row.settle_p99_us, row.settle_p999_us
+        ),
+        rss,
+        if row.failures > 0 {
+            format!("   failures {}", row.failures)
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn print_targets(targets: &[Target]) {
+    println!("targets (this run):");
+    for target in targets {
+        let reached = target
+            .reached
+            .map_or_else(|| "not measured".to_owned(), |value| format!("{value:.2}"));
+        println!(
+            "  {:<6} {:<26} {:<28} reached {reached}",
+            if target.met { "met" } else { "MISSED" },
+            target.name,
+            target.goal
+        );
+    }
+}
+
+/// Activation time of a module never seen (compile + checks + switch) next to one
+/// found precompiled in the cache (deserialize + checks + switch), in ms; medians of 5.
+fn activation_times(
+    smarte: &std::path::Path,
+    donoratlas: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
+    let smarte = super::read_policy(smarte)?;
+    let donoratlas = super::read_policy(donoratlas)?;
+    let (mut fresh, mut precompiled) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let dir = tempfile::Builder::new()
+            .prefix("creditgate-bench-")
+            .tempdir_in(dir)?;
+        let mut config = MeterConfig::new(dir.path().join("ledger.db"));
+        config.compile_cache_dir = Some(dir.path().join("cache"));
+        let meter = Meter::open(config, PolicySource::Component(smarte.clone()))?;
+        let started = Instant::now();
+        meter.activate(donoratlas.clone(), "bench")?;
+        fresh.push(started.elapsed());
+        meter.activate(smarte.clone(), "bench")?;
+        let started = Instant::now();
+        meter.activate(donoratlas.clone(), "bench")?;
+        precompiled.push(started.elapsed());
+    }
+    fresh.sort();
+    precompiled.sort();
+    Ok((
+        fresh[2].as_secs_f64() * 1e3,
+        precompiled[2].as_secs_f64() * 1e3,
+    ))
+}
+
+fn thousands(value: usize) -> String {
+    let digits = value.to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the civil calendar of the Unix epoch.
+fn today() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let days = (seconds / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}

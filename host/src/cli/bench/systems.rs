@@ -1,0 +1,441 @@
+//! The systems under test, each behind the same client: creditgate in process and over
+//! its HTTP sidecar, a bare axum endpoint, Redis with Lua scripts, naive PostgreSQL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use creditgate::Meter;
+use creditgate::api::{AppState, router};
+
+use super::workload::{Product, Transaction, tenant_name};
+
+/// One connection (or handle) per client; each client sends one request at a time.
+pub enum Client {
+    InProcess([Arc<Meter>; 2]),
+    /// One HTTP/1.1 keep-alive connection per product's endpoint.
+    Http([SendRequest<Full<Bytes>>; 2]),
+    Redis(Box<RedisClient>),
+    Postgres(Box<PostgresClient>),
+}
+
+impl Client {
+    /// Authorizes; answers whether the transaction was admitted.
+    pub async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
+        match self {
+            Client::InProcess(meters) => Ok(meters[transaction.product.index()]
+                .authorize_async(transaction.authorize.clone())
+                .await?
+                .admitted),
+            Client::Http(connections) => {
+                let body = serde_json::to_vec(&transaction.authorize)?;
+                let answer = post(
+                    &mut connections[transaction.product.index()],
+                    "/v1/authorize",
+                    body,
+                )
+                .await?;
+                Ok(serde_json::from_slice::<AdmittedField>(&answer)?.admitted)
+            }
+            Client::Redis(client) => client.authorize(transaction).await,
+            Client::Postgres(client) => client.authorize(transaction).await,
+        }
+    }
+
+    pub async fn settle(&mut self, transaction: &Transaction) -> anyhow::Result<()> {
+        match self {
+            Client::InProcess(meters) => {
+                meters[transaction.product.index()]
+                    .settle_async(transaction.settle.clone())
+                    .await?;
+                Ok(())
+            }
+            Client::Http(connections) => {
+                let body = serde_json::to_vec(&transaction.settle)?;
+                post(
+                    &mut connections[transaction.product.index()],
+                    "/v1/settle",
+                    body,
+                )
+                .await?;
+                Ok(())
+            }
+            Client::Redis(client) => client.settle(transaction).await,
+            Client::Postgres(client) => client.settle(transaction).await,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AdmittedField {
+    admitted: bool,
+}
+
+pub async fn http_connect(address: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn post(
+    sender: &mut SendRequest<Full<Bytes>>,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Bytes> {
+    sender.ready().await?;
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "{path} answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(body)
+}
+
+/// An HTTP server on a loopback port, on the bench's runtime, stopped when dropped.
+pub struct HttpServer {
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HttpServer {
+    pub async fn start(app: axum::Router) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            address,
+            stop: Some(stop),
+        })
+    }
+
+    /// The creditgate sidecar's routes over `meter`, no admin token.
+    pub async fn sidecar(meter: Arc<Meter>) -> anyhow::Result<Self> {
+        Self::start(router(Arc::new(AppState {
+            meter,
+            admin_token: None,
+        })))
+        .await
+    }
+
+    /// The framework ceiling: the same routes, reading the body and doing nothing.
+    pub async fn bare_axum() -> anyhow::Result<Self> {
+        async fn nothing(_body: Bytes) -> axum::Json<serde_json::Value> {
+            axum::Json(serde_json::json!({ "admitted": true }))
+        }
+        let app = axum::Router::new()
+            .route("/v1/authorize", axum::routing::post(nothing))
+            .route("/v1/settle", axum::routing::post(nothing));
+        Self::start(app).await
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Check-and-hold, then charge-and-release, each one Lua script run atomically by
+/// Redis. Kept in memory only (as Redis runs here: no AOF, no snapshots).
+const REDIS_AUTHORIZE: &str = r"
+local available = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if available < amount then return 0 end
+redis.call('DECRBY', KEYS[1], amount)
+redis.call('SET', KEYS[2], amount, 'PX', ARGV[2])
+return 1
+";
+
+const REDIS_SETTLE: &str = r"
+local held = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if held < 0 then return -1 end
+redis.call('DEL', KEYS[2])
+local charge = math.min(tonumber(ARGV[1]), held)
+redis.call('INCRBY', KEYS[1], held - charge)
+return charge
+";
+
+/// A hold's lifetime in Redis, as SMARTe's (five minutes).
+const REDIS_HOLD_TTL_MS: u64 = 5 * 60 * 1000;
+
+pub struct RedisSystem {
+    client: redis::Client,
+    prefix: String,
+    tenants: usize,
+}
+
+impl RedisSystem {
+    /// Connects and grants every tenant of both products under a fresh key prefix.
+    pub async fn start(url: &str, tenants: usize) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("cannot reach Redis at {url}"))?;
+        let prefix = format!("creditgate-bench:{}", uuid::Uuid::now_v7());
+        for chunk in (0..tenants).collect::<Vec<_>>().chunks(10_000) {
+            let mut pipeline = redis::pipe();
+            for tenant in chunk {
+                for product in Product::ALL {
+                    pipeline
+                        .set(balance_key(&prefix, product, &tenant_name(*tenant)), GRANT)
+                        .ignore();
+                }
+            }
+            pipeline
+                .query_async::<()>(&mut connection)
+                .await
+                .context("granting in Redis")?;
+        }
+        Ok(Self {
+            client,
+            prefix,
+            tenants,
+        })
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::Redis(Box::new(RedisClient {
+            connection: self.client.get_multiplexed_async_connection().await?,
+            prefix: self.prefix.clone(),
+            authorize: redis::Script::new(REDIS_AUTHORIZE),
+            settle: redis::Script::new(REDIS_SETTLE),
+        })))
+    }
+
+    /// Deletes the balances this run wrote (holds left open lapse by themselves).
+    pub async fn clean(&self) -> anyhow::Result<()> {
+        let mut connection = self.client.get_multiplexed_async_connection().await?;
+        for chunk in (0..self.tenants).collect::<Vec<_>>().chunks(10_000) {
+            let mut unlink = redis::cmd("UNLINK");
+            for tenant in chunk {
+                for product in Product::ALL {
+                    unlink.arg(balance_key(&self.prefix, product, &tenant_name(*tenant)));
+                }
+            }
+            unlink.query_async::<()>(&mut connection).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Credits granted to every tenant of every system: enough never to run out.
+pub const GRANT: i64 = 1_000_000_000_000;
+
+fn balance_key(prefix: &str, product: Product, tenant: &str) -> String {
+    format!("{prefix}:{}:{tenant}", product.index())
+}
+
+pub struct RedisClient {
+    connection: redis::aio::MultiplexedConnection,
+    prefix: String,
+    authorize: redis::Script,
+    settle: redis::Script,
+}
+
+impl RedisClient {
+    async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
+        let (hold, _) = transaction.baseline_amounts();
+        let admitted: i64 = self
+            .authorize
+            .key(balance_key(
+                &self.prefix,
+                transaction.product,
+                &transaction.authorize.tenant,
+            ))
+            .key(format!(
+                "{}:hold:{}",
+                self.prefix, transaction.settle.transaction_id
+            ))
+            .arg(hold)
+            .arg(REDIS_HOLD_TTL_MS)
+            .invoke_async(&mut self.connection)
+            .await?;
+        Ok(admitted == 1)
+    }
+
+    async fn settle(&mut self, transaction: &Transaction) -> anyhow::Result<()> {
+        let (_, charge) = transaction.baseline_amounts();
+        let charged: i64 = self
+            .settle
+            .key(balance_key(
+                &self.prefix,
+                transaction.product,
+                &transaction.authorize.tenant,
+            ))
+            .key(format!(
+                "{}:hold:{}",
+                self.prefix, transaction.settle.transaction_id
+            ))
+            .arg(charge)
+            .invoke_async(&mut self.connection)
+            .await?;
+        anyhow::ensure!(
+            charged >= 0,
+            "no hold for {}",
+            transaction.settle.transaction_id
+        );
+        Ok(())
+    }
+}
+
+/// What a team writes with PostgreSQL alone: one transaction per authorize (a
+/// conditional `UPDATE … WHERE available >= n` and a hold row) and one per settle.
+pub struct PostgresSystem {
+    config: String,
+    schema: String,
+}
+
+impl PostgresSystem {
+    /// Creates a schema of its own and grants every tenant of both products.
+    pub async fn start(config: &str, tenants: usize) -> anyhow::Result<Self> {
+        let schema = format!("creditgate_bench_{}", uuid::Uuid::now_v7().simple());
+        let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("cannot reach PostgreSQL at '{config}'"))?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.accounts (
+                     product SMALLINT NOT NULL, tenant TEXT NOT NULL,
+                     available BIGINT NOT NULL CHECK (available >= 0),
+                     held BIGINT NOT NULL CHECK (held >= 0),
+                     PRIMARY KEY (product, tenant));
+                 CREATE TABLE {schema}.holds (
+                     id TEXT PRIMARY KEY, product SMALLINT NOT NULL, tenant TEXT NOT NULL,
+                     amount BIGINT NOT NULL);"
+            ))
+            .await?;
+        let tenants = i64::try_from(tenants)?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.accounts
+                     SELECT product, 'tenant-' || n, $2, 0
+                     FROM generate_series(0, 1) product, generate_series(0, $1::bigint - 1) n"
+                ),
+                &[&tenants, &GRANT],
+            )
+            .await?;
+        Ok(Self {
+            config: config.to_owned(),
+            schema,
+        })
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.config, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let schema = &self.schema;
+        let hold = client
+            .prepare(&format!(
+                "UPDATE {schema}.accounts SET available = available - $3, held = held + $3
+                 WHERE product = $1 AND tenant = $2 AND available >= $3"
+            ))
+            .await?;
+        let insert_hold = client
+            .prepare(&format!(
+                "INSERT INTO {schema}.holds (id, product, tenant, amount) VALUES ($1, $2, $3, $4)"
+            ))
+            .await?;
+        let take_hold = client
+            .prepare(&format!(
+                "DELETE FROM {schema}.holds WHERE id = $1 RETURNING product, tenant, amount"
+            ))
+            .await?;
+        let charge = client
+            .prepare(&format!(
+                "UPDATE {schema}.accounts SET held = held - $3, available = available + $3 - $4
+                 WHERE product = $1 AND tenant = $2"
+            ))
+            .await?;
+        Ok(Client::Postgres(Box::new(PostgresClient {
+            client,
+            hold,
+            insert_hold,
+            take_hold,
+            charge,
+        })))
+    }
+
+    pub async fn clean(&self) -> anyhow::Result<()> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.config, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await?;
+        Ok(())
+    }
+}
+
+pub struct PostgresClient {
+    client: tokio_postgres::Client,
+    hold: tokio_postgres::Statement,
+    insert_hold: tokio_postgres::Statement,
+    take_hold: tokio_postgres::Statement,
+    charge: tokio_postgres::Statement,
+}
+
+impl PostgresClient {
+    async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
+        let (hold, _) = transaction.baseline_amounts();
+        let product = transaction.product.index() as i16;
+        let tenant = &transaction.authorize.tenant;
+        let database = self.client.transaction().await?;
+        let admitted = database
+            .execute(&self.hold, &[&product, tenant, &hold])
+            .await?
+            == 1;
+        if admitted {
+            database
+                .execute(
+                    &self.insert_hold,
+                    &[&transaction.settle.transaction_id, &product, tenant, &hold],
+                )
+                .await?;
+        }
+        database.commit().await?;
+        Ok(admitted)
+    }
+
+    async fn settle(&mut self, transaction: &Transaction) -> anyhow::Result<()> {
+        let (_, charge) = transaction.baseline_amounts();
+        let database = self.client.transaction().await?;
+        let hold = database
+            .query_one(&self.take_hold, &[&transaction.settle.transaction_id])
+            .await?;
+        let (product, tenant, held): (i16, String, i64) = (hold.get(0), hold.get(1), hold.get(2));
+        database
+            .execute(&self.charge, &[&product, &tenant, &held, &charge.min(held)])
+            .await?;
+        database.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! The workload every row runs: one gateway selling both reference products. Each
+//! transaction picks a product, a tenant and an operation of that product, with as many
+//! items as the seeds' requests carry, and is settled with a 200 outcome.
+
+use creditgate::model::{AuthorizeRequest, SettleRequest};
+use creditgate_policy_sdk::{self as sdk, BalanceAmount, Ledger, Policy, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    Smarte,
+    DonorAtlas,
+}
+
+impl Product {
+    pub const ALL: [Product; 2] = [Product::Smarte, Product::DonorAtlas];
+
+    pub fn index(self) -> usize {
+        match self {
+            Product::Smarte => 0,
+            Product::DonorAtlas => 1,
+        }
+    }
+}
+
+/// One authorize + settle, as a gateway would send them.
+pub struct Transaction {
+    pub product: Product,
+    pub authorize: AuthorizeRequest,
+    pub settle: SettleRequest,
+}
+
+impl Transaction {
+    /// What the rules hold at authorize and finally charge, summed over balances, for
+    /// the baselines (one counter per tenant and product, no unique-item marks).
+    pub fn baseline_amounts(&self) -> (i64, i64) {
+        let request = sdk::Request {
+            transaction_id: self.settle.transaction_id.clone(),
+            tenant: self.authorize.tenant.clone(),
+            operation: self.authorize.operation.clone(),
+            items: self.authorize.items.clone(),
+            attributes: Vec::new(),
+            body: None,
+        };
+        let outcome = sdk::Outcome {
+            status: self.settle.status,
+            attributes: self
+                .settle
+                .attributes
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+            body: None,
+        };
+        match self.product {
+            Product::Smarte => amounts::<smarte::Smarte>(request, &outcome),
+            Product::DonorAtlas => amounts::<donoratlas::DonorAtlas>(request, &outcome),
+        }
+    }
+}
+
+/// A ledger where nothing was ever marked: the baselines keep no marks.
+struct NothingMarked;
+
+impl Ledger for NothingMarked {
+    fn marked(&self, _scope: &str, keys: &[String]) -> Vec<bool> {
+        vec![false; keys.len()]
+    }
+}
+
+fn amounts<P: Policy>(request: sdk::Request, outcome: &sdk::Outcome) -> (i64, i64) {
+    let balances: Vec<BalanceAmount> = P::describe()
+        .balances
+        .into_iter()
+        .map(|balance| BalanceAmount::new(balance, i64::MAX / 4))
+        .collect();
+    let Verdict::Admit(admission) = P::authorize(&request, &balances, &NothingMarked) else {
+        return (0, 0);
+    };
+    let sum = |amounts: &[BalanceAmount]| amounts.iter().map(|amount| amount.amount).sum::<i64>();
+    let held = sum(&admission.hold);
+    let charged_now = sum(&admission.charge);
+    let admitted = sdk::Admitted {
+        request,
+        admitted_items: admission.admitted_items,
+        held: admission.hold,
+        charged: admission.charge,
+    };
+    let settled = sum(&P::settle(&admitted, outcome, &balances, &NothingMarked).charge);
+    (held + charged_now, charged_now + settled.min(held))
+}
+
+/// A small deterministic generator (xorshift64*): reproducible workloads, no dependency.
+pub struct Generator {
+    state: u64,
+    client: usize,
+    tenants: usize,
+    sequence: u64,
+    /// Distinguishes the repetitions of a row: ids never repeat within one ledger.
+    run: usize,
+}
+
+impl Generator {
+    pub fn new(client: usize, tenants: usize, run: usize) -> Self {
+        Self {
+            state: 0x9e37_79b9_7f4a_7c15
+                ^ ((client as u64 + 1) << 20 | run as u64).wrapping_mul(0x1000_0000_01b3),
+            client,
+            tenants,
+            sequence: 0,
+            run,
+        }
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
+    }
+
+    pub fn next_transaction(&mut self) -> Transaction {
+        self.sequence += 1;
+        let sequence = self.sequence;
+        let product = Product::ALL[self.below(2) as usize];
+        let tenant = tenant_name(self.below(self.tenants as u64) as usize);
+        let transaction_id = format!("r{}-c{}-{sequence}", self.run, self.client);
+        // Items per request as in the seeds: SMARTe enriches 1 to 3 records a call;
+        // DonorAtlas enhances 1 to 5 people, exports 1 to 3 donors, searches for free.
+        let (operation, items, records) = match product {
+            Product::Smarte => {
+                let count = 1 + self.below(3);
+                let operation =
+                    smarte::OPERATIONS[self.below(smarte::OPERATIONS.len() as u64) as usize];
+                let items = (0..count)
+                    .map(|item| format!("record-{sequence}-{item}"))
+                    .collect();
+                (operation, items, count)
+            }
+            Product::DonorAtlas => match self.below(10) {
+                0..=4 => {
+                    let persons = (0..1 + self.below(5))
+                        .map(|person| format!("person-{person}"))
+                        .collect();
+                    ("enhance", persons, 0)
+                }
+                5..=7 => {
+                    let donors = (0..1 + self.below(3))
+                        .map(|_| format!("donor-{}", self.below(10_000)))
+                        .collect();
+                    ("export", donors, 0)
+                }
+                _ => ("search", Vec::new(), 0),
+            },
+        };
+        Transaction {
+            product,
+            authorize: AuthorizeRequest {
+                transaction_id: Some(transaction_id.clone()),
+                tenant,
+                operation: operation.to_owned(),
+                items,
+                ..AuthorizeRequest::default()
+            },
+            settle: SettleRequest {
+                transaction_id,
+                status: 200,
+                attributes: [("records".to_owned(), records.to_string())].into(),
+                body: None,
+            },
+        }
+    }
+}
+
+pub fn tenant_name(index: usize) -> String {
+    format!("tenant-{index}")
+}
