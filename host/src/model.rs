@@ -228,3 +228,14 @@ mod base64_body {
             .transpose()
     }
 }
+
+/// How the meter's decisions were grouped into commits since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// Store transactions committed (each one write of the log, synced before answers).
+    pub batches: u64,
+    /// Jobs (authorize, settle, grant, sweep, activation...) in those batches.
+    pub decisions: u64,
+    /// The most jobs one batch held: never above `batch_size_max`.
+    pub largest_batch: u64,
+}

@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
-use crate::model::{ActivePolicy, PolicyActivation, ShadowReport};
+use crate::model::{ActivePolicy, BatchStats, PolicyActivation, ShadowReport};
 use crate::model::{
     Authorization, AuthorizeRequest, GrantRequest, JournalEntry, PolicyRef, Receipt, SettleRequest,
     TenantBalances, TransactionView,
@@ -44,7 +44,7 @@ use crate::policy::component::{self, Limits};
 use crate::policy::native::NativeRuntime;
 use crate::policy::{MarkLookup, PolicyInfo, PolicyRuntime};
 use crate::store::{LedgerReader, sqlite};
-use sequencer::{Answer, Command, Job, RuntimeFactory, Sequencer};
+use sequencer::{Answer, BatchCounters, Command, Job, RuntimeFactory, Sequencer};
 
 /// Which policy decides.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ impl MeterConfig {
             db_path: db_path.into(),
             compile_cache_dir: None,
             limits: Limits::default(),
-            batch_size_max: 256,
+            batch_size_max: 1024,
             batch_wait_us_max: 0,
             queue_depth_max: 65_536,
             sweep_interval_ms: 1_000,
@@ -112,6 +112,7 @@ pub struct Meter {
     compile_cache_dir: Option<PathBuf>,
     /// One activation at a time: its checks run outside the sequencer, its switch inside.
     activation: Mutex<()>,
+    counters: Arc<BatchCounters>,
 }
 
 impl Meter {
@@ -144,6 +145,8 @@ impl Meter {
         let (jobs, queue) = std::sync::mpsc::sync_channel(config.queue_depth_max);
         let (started, start_result) = std::sync::mpsc::channel();
         let thread_config = config.clone();
+        let counters = Arc::new(BatchCounters::default());
+        let thread_counters = Arc::clone(&counters);
         let sequencer = std::thread::Builder::new()
             .name("creditgate-sequencer".to_owned())
             .spawn(move || {
@@ -155,6 +158,7 @@ impl Meter {
                     sequencer_engine,
                     make_runtime,
                     component_bytes,
+                    thread_counters,
                 ) {
                     Ok((sequencer, info)) => {
                         let _ = started.send(Ok(info));
@@ -178,7 +182,13 @@ impl Meter {
             limits,
             compile_cache_dir: config.compile_cache_dir.clone(),
             activation: Mutex::new(()),
+            counters,
         })
+    }
+
+    /// How decisions have been grouped into commits since the meter opened.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.counters.snapshot()
     }
 
     /// The active policy.

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use crate::ledger::{
     post_expiry, post_settle,
 };
 use crate::model::{
-    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
+    Amounts, Authorization, AuthorizeRequest, BatchStats, ErrorBody, GrantRequest, PolicyRef, Receipt,
     SettleRequest, ShadowReport, TenantBalances,
 };
 use crate::policy::component::CompiledPolicy;
@@ -80,6 +80,30 @@ pub(super) struct Job {
 pub(super) type RuntimeFactory =
     Box<dyn FnOnce(Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> + Send>;
 
+/// Batches committed so far, shared with the meter for [`crate::Meter::batch_stats`].
+#[derive(Default)]
+pub(super) struct BatchCounters {
+    batches: AtomicU64,
+    decisions: AtomicU64,
+    largest: AtomicU64,
+}
+
+impl BatchCounters {
+    fn count(&self, size: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.decisions.fetch_add(size, Ordering::Relaxed);
+        self.largest.fetch_max(size, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> BatchStats {
+        BatchStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            decisions: self.decisions.load(Ordering::Relaxed),
+            largest_batch: self.largest.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Answers of a committed batch, waiting for its log to reach the disk.
 type Answered = Vec<(
     oneshot::Sender<Result<Answer, MeterError>>,
@@ -93,6 +117,7 @@ pub(super) struct Sequencer<W: LedgerWriter> {
     durable: Option<mpsc::Sender<Answered>>,
     /// Set when a sync failed: nothing is acknowledged any more.
     log_failed: Arc<AtomicBool>,
+    counters: Arc<BatchCounters>,
     clock: Arc<dyn Clock>,
     config: MeterConfig,
     engine: wasmtime::Engine,
@@ -110,6 +135,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         engine: wasmtime::Engine,
         make_runtime: RuntimeFactory,
         component: Option<Vec<u8>>,
+        counters: Arc<BatchCounters>,
     ) -> Result<(Self, PolicyInfo), MeterError> {
         let writer = Rc::new(writer);
         let marks: Rc<dyn MarkLookup> = writer.clone();
@@ -134,6 +160,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             log: Some(log),
             durable: None,
             log_failed: Arc::new(AtomicBool::new(false)),
+            counters,
             clock,
             config,
             engine,
@@ -188,12 +215,18 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             let mut batch = vec![first];
             let deadline = Instant::now() + Duration::from_micros(self.config.batch_wait_us_max);
             while batch.len() < self.config.batch_size_max {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(TryRecvError::Empty) if Instant::now() < deadline => {
-                        std::thread::yield_now()
+                let waited = match jobs.try_recv() {
+                    Err(TryRecvError::Empty) => {
+                        match deadline.checked_duration_since(Instant::now()) {
+                            Some(left) if !left.is_zero() => jobs.recv_timeout(left).ok(),
+                            _ => None,
+                        }
                     }
-                    Err(_) => break,
+                    received => received.ok(),
+                };
+                match waited {
+                    Some(job) => batch.push(job),
+                    None => break,
                 }
             }
             self.run_batch(batch);
@@ -212,6 +245,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
     /// job refused by the rules or the contract has written nothing, and the batch goes
     /// on; a failed store write rolls the whole batch back and every job in it fails.
     fn run_batch(&mut self, batch: Vec<Job>) {
+        let size = batch.len() as u64;
         if self.log_failed.load(Ordering::Acquire) {
             let error = MeterError::StoreUnavailable(
                 "the ledger's log could not be synced to disk; nothing is acknowledged until creditgate restarts".to_owned(),
@@ -247,6 +281,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         };
         match committed {
             Ok(()) => {
+                self.counters.count(size);
                 let unsent = match &self.durable {
                     Some(durable) => durable.send(answered).err().map(|unsent| unsent.0),
                     None => Some(answered),

@@ -2,11 +2,13 @@
 //! serializable decisions per tenant, hold expiry, settle on the authorizing version,
 //! durability across restarts.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 
 use creditgate::model::{AuthorizeRequest, GrantRequest};
+use creditgate::store::LedgerReader;
+use creditgate::{Meter, MeterConfig, PolicySource};
 
-use crate::support::{Gate, TestMeter, amounts};
+use crate::support::{Gate, TestMeter, amounts, assert_ledger_sound, component};
 
 #[test]
 fn a_repeated_authorize_returns_the_first_answer_and_moves_nothing_twice() {
@@ -350,4 +352,87 @@ fn every_journal_entry_names_transaction_tenant_balance_kind_and_policy() {
         assert_eq!(entry.balance, "default");
         assert_eq!(entry.policy_digest, answer.policy.digest);
     }
+}
+
+#[test]
+fn concurrent_decisions_share_commits_never_above_batch_size_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = MeterConfig::new(dir.path().join("ledger.db"));
+    config.batch_size_max = 16;
+    config.batch_wait_us_max = 200_000;
+    config.sweep_interval_ms = 0;
+    let meter =
+        Arc::new(Meter::open(config, PolicySource::Component(component("smarte"))).unwrap());
+    meter
+        .grant(GrantRequest {
+            grant_id: "g".to_owned(),
+            tenant: "acme".to_owned(),
+            balance: "default".to_owned(),
+            amount: 1_000,
+        })
+        .unwrap();
+    let before = meter.batch_stats();
+    let start = Arc::new(Barrier::new(64));
+    let clients: Vec<_> = (0..64)
+        .map(|client| {
+            let (meter, start) = (Arc::clone(&meter), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                meter
+                    .authorize(AuthorizeRequest {
+                        transaction_id: Some(format!("t{client}")),
+                        tenant: "acme".to_owned(),
+                        operation: "person.enrich".to_owned(),
+                        items: vec!["a".to_owned()],
+                        ..AuthorizeRequest::default()
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(client.join().unwrap().admitted);
+    }
+    let after = meter.batch_stats();
+    let batches = after.batches - before.batches;
+    assert_eq!(after.decisions - before.decisions, 64);
+    assert!(after.largest_batch <= 16, "{after:?}");
+    assert!(
+        (4..=32).contains(&batches),
+        "64 concurrent decisions took {batches} commits"
+    );
+    let db = dir.path().join("ledger.db");
+    drop(meter);
+    let (_writer, reader) = creditgate::store::sqlite::open(&db).unwrap();
+    let balances = reader.balances("acme", &["default".to_owned()]).unwrap();
+    assert_eq!(balances.held["default"], 64);
+    assert_ledger_sound(&db);
+}
+
+#[test]
+fn a_grant_by_another_writer_of_the_file_is_seen_by_a_running_meter() {
+    let meter = TestMeter::new("smarte");
+    meter.grant("acme", "default", 2);
+    meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
+    assert_eq!(meter.available("acme", "default"), 0);
+    // As `creditgate grant` does beside a running server: its own connection.
+    let mut config = MeterConfig::new(meter.db_path());
+    config.sweep_interval_ms = 0;
+    let operator = Meter::open(config, PolicySource::Component(component("smarte"))).unwrap();
+    operator
+        .grant(GrantRequest {
+            grant_id: "top-up".to_owned(),
+            tenant: "acme".to_owned(),
+            balance: "default".to_owned(),
+            amount: 5,
+        })
+        .unwrap();
+    drop(operator);
+    let second = meter.authorize("t2", "acme", "person.enrich", &["a", "b", "c"], &[]);
+    assert!(second.admitted);
+    assert_eq!(meter.available("acme", "default"), 2);
+    let receipt = meter.settle("t1", 200, &[("records", "2")]);
+    assert_eq!(receipt.charged, amounts(&[("default", 2)]));
+    assert_eq!(meter.balances("acme").held, amounts(&[("default", 3)]));
+    meter.assert_sound();
 }

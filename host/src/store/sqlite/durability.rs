@@ -52,3 +52,25 @@ impl LogSync for WalSync {
         })
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn it_syncs_the_very_log_sqlite_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ledger.db");
+        let (writer, _reader) = crate::store::sqlite::open(&path).expect("open ledger");
+        let mut log = WalSync::open(&path).expect("open the log");
+        let synced = log.log.metadata().expect("log metadata").ino();
+        let written = std::fs::metadata(log_path(&path))
+            .expect("SQLite's log")
+            .ino();
+        assert_eq!(synced, written);
+        log.sync().expect("sync");
+        drop(writer);
+    }
+}
