@@ -27,8 +27,8 @@ use crate::ledger::{
     post_expiry, post_settle,
 };
 use crate::model::{
-    Amounts, Authorization, AuthorizeRequest, BatchStats, ErrorBody, GrantRequest, PolicyRef, Receipt,
-    SettleRequest, ShadowReport, TenantBalances,
+    Amounts, Authorization, AuthorizeRequest, BatchStats, ErrorBody, GrantRequest, PolicyRef,
+    Receipt, SettleRequest, ShadowReport, TenantBalances,
 };
 use crate::policy::component::CompiledPolicy;
 use crate::policy::{

@@ -48,7 +48,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(sorted: &[u64]) -> Self {
+    pub fn of(sorted: &[u64]) -> Self {
         Self {
             p50: percentile(sorted, 0.50),
             p99: percentile(sorted, 0.99),

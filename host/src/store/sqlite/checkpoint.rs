@@ -11,9 +11,6 @@ use crate::store::StoreResult;
 /// How often the log is copied back.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
-/// Log frames (pages) past which the log is restarted from its beginning.
-const RESTART_AFTER_FRAMES: i64 = 4096;
-
 /// Stops (after a last checkpoint) when dropped.
 pub struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
@@ -52,17 +49,11 @@ impl Checkpointer {
     }
 }
 
-/// Copies what it can without waiting (PASSIVE). A busy writer keeps appending, so the
-/// log never drains by itself: past `RESTART_AFTER_FRAMES`, one RESTART checkpoint
-/// waits for the writer between two batches, copies the few frames left and lets the
-/// next batch write the log from its start.
+/// Copies what it can without waiting for the writer or readers (PASSIVE). A busy
+/// writer keeps appending, so the log does not drain by itself: the writer's own
+/// checkpoint at `WAL_PAGES_MAX` then finds most frames copied and restarts the log.
 fn checkpoint(connection: &rusqlite::Connection) -> rusqlite::Result<()> {
-    let frames: i64 =
-        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
-    if frames > RESTART_AFTER_FRAMES {
-        connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
-    }
-    Ok(())
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 impl Drop for Checkpointer {
