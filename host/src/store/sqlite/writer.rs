@@ -16,6 +16,10 @@ use crate::model::{GrantRequest, Receipt};
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
 use crate::store::{LedgerWriter, LogSync, Posting, StoreResult, StoredPolicy};
 
+/// The policies of open transactions: read through `transactions_open_by_policy`.
+const OPEN_POLICY_DIGESTS: &str =
+    "SELECT DISTINCT policy_digest FROM transactions WHERE state = 'open'";
+
 /// The single writer. Not `Sync`: it lives on the meter's sequencer thread.
 pub struct SqliteWriter {
     connection: Connection,
@@ -362,9 +366,7 @@ impl LedgerWriter for SqliteWriter {
     }
 
     fn open_policy_digests(&self) -> StoreResult<Vec<String>> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT DISTINCT policy_digest FROM transactions WHERE state = 'open'",
-        )?;
+        let mut statement = self.connection.prepare_cached(OPEN_POLICY_DIGESTS)?;
         Ok(statement
             .query_map([], |row| row.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?)
@@ -394,5 +396,29 @@ impl LedgerWriter for SqliteWriter {
         Ok(statement
             .query_row(params![digest.as_str()], policy_from_row)
             .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPEN_POLICY_DIGESTS;
+
+    #[test]
+    fn the_policies_of_open_transactions_are_found_without_a_table_scan() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (writer, _reader) =
+            crate::store::sqlite::open(dir.path().join("ledger.db")).expect("open ledger");
+        let plan: Vec<String> = writer
+            .connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {OPEN_POLICY_DIGESTS}"))
+            .expect("plan")
+            .query_map([], |row| row.get(3))
+            .expect("plan rows")
+            .collect::<Result<_, _>>()
+            .expect("plan text");
+        assert!(
+            plan.len() == 1 && plan[0].ends_with("INDEX transactions_open_by_policy"),
+            "{plan:?}"
+        );
     }
 }
