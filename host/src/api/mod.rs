@@ -160,7 +160,11 @@ fn ok<T: serde::Serialize>(value: T) -> ApiResult {
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
-    ok(serde_json::json!({"status": "ok", "policy": state.meter.policy_ref()}))
+    ok(serde_json::json!({
+        "status": "ok",
+        "policy": state.meter.policy_ref(),
+        "batches": state.meter.batch_stats(),
+    }))
 }
 
 async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {

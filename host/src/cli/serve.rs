@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// Token for admin calls (grants). Required on a non-loopback address.
     #[arg(long, env = "CREDITGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Decisions committed together, at most (group commit).
+    #[arg(long, default_value_t = MeterConfig::BATCH_SIZE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size_max: u32,
+    /// How long a batch may wait for more decisions, in µs (0: take what is queued).
+    #[arg(long, default_value_t = 0)]
+    batch_wait_us_max: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -50,6 +56,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("refusing to serve {source}: it fails the contract checks above");
     }
     let mut config = MeterConfig::new(&args.db);
+    config.batch_size_max = args.batch_size_max as usize;
+    config.batch_wait_us_max = args.batch_wait_us_max;
     config.compile_cache_dir = Some(
         args.cache_dir
             .clone()

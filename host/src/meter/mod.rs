@@ -85,12 +85,15 @@ pub struct MeterConfig {
 }
 
 impl MeterConfig {
+    /// The default `batch_size_max`.
+    pub const BATCH_SIZE_MAX: u32 = 1024;
+
     pub fn new(db_path: impl Into<PathBuf>) -> Self {
         Self {
             db_path: db_path.into(),
             compile_cache_dir: None,
             limits: Limits::default(),
-            batch_size_max: 1024,
+            batch_size_max: Self::BATCH_SIZE_MAX as usize,
             batch_wait_us_max: 0,
             queue_depth_max: 65_536,
             sweep_interval_ms: 1_000,

@@ -595,3 +595,48 @@ fn http_shadow_mode_reports_differences_and_promotes() {
         json!("shadow-promotion")
     );
 }
+
+#[test]
+fn serve_bounds_its_batches_as_told_and_reports_them() {
+    let (_dir, db) = ledger();
+    let server = Server::start_with_args(
+        Some("smarte"),
+        &db,
+        None,
+        &["--batch-size-max", "4", "--batch-wait-us-max", "200000"],
+    );
+    server.grant("acme", "default", 100, "welcome");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(16));
+    let clients: Vec<_> = (0..16)
+        .map(|client| {
+            let (server, start) = (server.with_token(None), std::sync::Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                server.post(
+                    "/v1/authorize",
+                    json!({"transaction_id": format!("t{client}"), "tenant": "acme",
+                           "operation": "person.enrich", "items": ["a"]}),
+                )
+            })
+        })
+        .collect();
+    for client in clients {
+        let (status, answer) = client.join().unwrap();
+        assert_eq!(
+            (status, &answer["admitted"]),
+            (200, &json!(true)),
+            "{answer}"
+        );
+    }
+    let (status, health) = server.get("/healthz");
+    assert_eq!(status, 200);
+    let stats = &health["batches"];
+    let count = |name: &str| stats[name].as_u64().unwrap_or_default();
+    assert!(count("largest_batch") <= 4, "{stats}");
+    assert!(count("decisions") >= 17, "{stats}");
+    assert!(
+        (5..=14).contains(&count("batches")),
+        "17 decisions in {} batches: {stats}",
+        count("batches")
+    );
+}

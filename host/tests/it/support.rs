@@ -277,10 +277,21 @@ impl Server {
 
     /// Starts with `--policy` when given; without it, serve resumes the ledger's last policy.
     pub fn start_with(policy: Option<&str>, db: &Path, token: Option<&str>) -> Self {
+        Self::start_with_args(policy, db, token, &[])
+    }
+
+    /// As [`Server::start_with`], with more arguments for `serve`.
+    pub fn start_with_args(
+        policy: Option<&str>,
+        db: &Path,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let mut command = Command::new(BINARY);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
+            .args(extra)
             .env_remove("CREDITGATE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
