@@ -433,8 +433,20 @@ impl Swapper {
     }
 }
 
+/// A row of a system other than creditgate: unavailable, with the reason, when it
+/// cannot run.
+async fn baseline_row(
+    name: &str,
+    run: impl std::future::Future<Output = anyhow::Result<Vec<Measure>>>,
+) -> Row {
+    match run.await {
+        Ok(measures) => Row::from_measures(name.to_owned(), &measures, None),
+        Err(error) => Row::unavailable(name.to_owned(), &error),
+    }
+}
+
 async fn bare_axum_row(plan: &Plan) -> Row {
-    let run = async {
+    baseline_row(BARE_AXUM, async {
         let server = HttpServer::bare_axum().await?;
         let mut clients = Vec::with_capacity(plan.clients);
         for _ in 0..plan.clients {
@@ -444,15 +456,12 @@ async fn bare_axum_row(plan: &Plan) -> Row {
             ]));
         }
         measure_all(&mut clients, plan, plan.tenants, None).await
-    };
-    match run.await {
-        Ok(measures) => Row::from_measures(BARE_AXUM.to_owned(), &measures, None),
-        Err(error) => Row::unavailable(BARE_AXUM.to_owned(), &error),
-    }
+    })
+    .await
 }
 
 async fn redis_row(args: &BenchArgs, plan: &Plan) -> Row {
-    let run = async {
+    baseline_row(REDIS, async {
         let system = RedisSystem::start(&args.redis, plan.tenants).await?;
         let mut clients = Vec::with_capacity(plan.clients);
         for _ in 0..plan.clients {
@@ -461,15 +470,12 @@ async fn redis_row(args: &BenchArgs, plan: &Plan) -> Row {
         let measures = measure_all(&mut clients, plan, plan.tenants, None).await;
         system.clean().await?;
         measures
-    };
-    match run.await {
-        Ok(measures) => Row::from_measures(REDIS.to_owned(), &measures, None),
-        Err(error) => Row::unavailable(REDIS.to_owned(), &error),
-    }
+    })
+    .await
 }
 
 async fn postgres_row(args: &BenchArgs, plan: &Plan) -> Row {
-    let run = async {
+    baseline_row(POSTGRES, async {
         let system = PostgresSystem::start(&args.postgres, plan.tenants).await?;
         let mut clients = Vec::with_capacity(plan.clients);
         for _ in 0..plan.clients {
@@ -479,11 +485,8 @@ async fn postgres_row(args: &BenchArgs, plan: &Plan) -> Row {
         drop(clients);
         system.clean().await?;
         measures
-    };
-    match run.await {
-        Ok(measures) => Row::from_measures(POSTGRES.to_owned(), &measures, None),
-        Err(error) => Row::unavailable(POSTGRES.to_owned(), &error),
-    }
+    })
+    .await
 }
 
 /// The repetitions of one row, on the same clients.
@@ -519,7 +522,7 @@ async fn measure(
         .drain(..)
         .enumerate()
         .map(|(index, mut client)| {
-            let generator = Generator::new(index, tenants, repetition);
+            let generator = Generator::new(index, tenants, repetition, client.is_baseline());
             let offset = interval.map(|interval| interval.mul_f64(index as f64 / count as f64));
             tokio::spawn(async move {
                 let samples = drive(&mut client, generator, deadline, interval, offset).await;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use creditgate::Meter;
 use creditgate::api::{AppState, router};
 
-use super::workload::{Product, Transaction, tenant_name};
+use super::workload::{BaselineAmounts, Product, Transaction, tenant_name};
 
 /// One connection (or handle) per client; each client sends one request at a time.
 pub enum Client {
@@ -26,6 +26,11 @@ pub enum Client {
 }
 
 impl Client {
+    /// Whether the client is a baseline, pricing transactions with the rules itself.
+    pub fn is_baseline(&self) -> bool {
+        matches!(self, Client::Redis(_) | Client::Postgres(_))
+    }
+
     /// Authorizes; answers whether the transaction was admitted.
     pub async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
         match self {
@@ -258,20 +263,25 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
-        let (hold, _) = transaction.baseline_amounts();
-        let admitted: i64 = self
-            .authorize
-            .key(balance_key(
+    /// The tenant's balance key and the transaction's hold key.
+    fn keys(&self, transaction: &Transaction) -> (String, String) {
+        (
+            balance_key(
                 &self.prefix,
                 transaction.product,
                 &transaction.authorize.tenant,
-            ))
-            .key(format!(
-                "{}:hold:{}",
-                self.prefix, transaction.settle.transaction_id
-            ))
-            .arg(hold)
+            ),
+            format!("{}:hold:{}", self.prefix, transaction.settle.transaction_id),
+        )
+    }
+
+    async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
+        let (balance, hold) = self.keys(transaction);
+        let admitted: i64 = self
+            .authorize
+            .key(balance)
+            .key(hold)
+            .arg(priced(transaction)?.hold)
             .arg(REDIS_HOLD_TTL_MS)
             .invoke_async(&mut self.connection)
             .await?;
@@ -279,19 +289,12 @@ impl RedisClient {
     }
 
     async fn settle(&mut self, transaction: &Transaction) -> anyhow::Result<()> {
-        let (_, charge) = transaction.baseline_amounts();
+        let (balance, hold) = self.keys(transaction);
         let charged: i64 = self
             .settle
-            .key(balance_key(
-                &self.prefix,
-                transaction.product,
-                &transaction.authorize.tenant,
-            ))
-            .key(format!(
-                "{}:hold:{}",
-                self.prefix, transaction.settle.transaction_id
-            ))
-            .arg(charge)
+            .key(balance)
+            .key(hold)
+            .arg(priced(transaction)?.charge)
             .invoke_async(&mut self.connection)
             .await?;
         anyhow::ensure!(
@@ -301,6 +304,13 @@ impl RedisClient {
         );
         Ok(())
     }
+}
+
+/// The amounts a baseline needs, priced when the transaction was generated.
+fn priced(transaction: &Transaction) -> anyhow::Result<BaselineAmounts> {
+    transaction
+        .baseline
+        .ok_or_else(|| anyhow::anyhow!("a baseline was given an unpriced transaction"))
 }
 
 /// What a team writes with PostgreSQL alone: one transaction per authorize (a
@@ -405,7 +415,7 @@ pub struct PostgresClient {
 
 impl PostgresClient {
     async fn authorize(&mut self, transaction: &Transaction) -> anyhow::Result<bool> {
-        let (hold, _) = transaction.baseline_amounts();
+        let hold = priced(transaction)?.hold;
         let product = transaction.product.index() as i16;
         let tenant = &transaction.authorize.tenant;
         let database = self.client.transaction().await?;
@@ -426,7 +436,7 @@ impl PostgresClient {
     }
 
     async fn settle(&mut self, transaction: &Transaction) -> anyhow::Result<()> {
-        let (_, charge) = transaction.baseline_amounts();
+        let charge = priced(transaction)?.charge;
         let database = self.client.transaction().await?;
         let hold = database
             .query_one(&self.take_hold, &[&transaction.settle.transaction_id])

@@ -27,12 +27,21 @@ pub struct Transaction {
     pub product: Product,
     pub authorize: AuthorizeRequest,
     pub settle: SettleRequest,
+    /// What the baselines hold and then charge; priced when generated, outside the
+    /// timed calls, and only for the baselines.
+    pub baseline: Option<BaselineAmounts>,
+}
+
+/// Credits summed over balances: the baselines keep one counter per tenant and product.
+#[derive(Debug, Clone, Copy)]
+pub struct BaselineAmounts {
+    pub hold: i64,
+    pub charge: i64,
 }
 
 impl Transaction {
-    /// What the rules hold at authorize and finally charge, summed over balances, for
-    /// the baselines (one counter per tenant and product, no unique-item marks).
-    pub fn baseline_amounts(&self) -> (i64, i64) {
+    /// What the rules hold at authorize and finally charge (no unique-item marks).
+    fn baseline_amounts(&self) -> BaselineAmounts {
         let request = sdk::Request {
             transaction_id: self.settle.transaction_id.clone(),
             tenant: self.authorize.tenant.clone(),
@@ -67,14 +76,14 @@ impl Ledger for NothingMarked {
     }
 }
 
-fn amounts<P: Policy>(request: sdk::Request, outcome: &sdk::Outcome) -> (i64, i64) {
+fn amounts<P: Policy>(request: sdk::Request, outcome: &sdk::Outcome) -> BaselineAmounts {
     let balances: Vec<BalanceAmount> = P::describe()
         .balances
         .into_iter()
         .map(|balance| BalanceAmount::new(balance, i64::MAX / 4))
         .collect();
     let Verdict::Admit(admission) = P::authorize(&request, &balances, &NothingMarked) else {
-        return (0, 0);
+        return BaselineAmounts { hold: 0, charge: 0 };
     };
     let sum = |amounts: &[BalanceAmount]| amounts.iter().map(|amount| amount.amount).sum::<i64>();
     let held = sum(&admission.hold);
@@ -86,7 +95,10 @@ fn amounts<P: Policy>(request: sdk::Request, outcome: &sdk::Outcome) -> (i64, i6
         charged: admission.charge,
     };
     let settled = sum(&P::settle(&admitted, outcome, &balances, &NothingMarked).charge);
-    (held + charged_now, charged_now + settled.min(held))
+    BaselineAmounts {
+        hold: held + charged_now,
+        charge: charged_now + settled.min(held),
+    }
 }
 
 /// A small deterministic generator (xorshift64*): reproducible workloads, no dependency.
@@ -97,10 +109,12 @@ pub struct Generator {
     sequence: u64,
     /// Distinguishes the repetitions of a row: ids never repeat within one ledger.
     run: usize,
+    /// Whether transactions carry [`BaselineAmounts`].
+    priced: bool,
 }
 
 impl Generator {
-    pub fn new(client: usize, tenants: usize, run: usize) -> Self {
+    pub fn new(client: usize, tenants: usize, run: usize, priced: bool) -> Self {
         Self {
             state: 0x9e37_79b9_7f4a_7c15
                 ^ ((client as u64 + 1) << 20 | run as u64).wrapping_mul(0x1000_0000_01b3),
@@ -108,6 +122,7 @@ impl Generator {
             tenants,
             sequence: 0,
             run,
+            priced,
         }
     }
 
@@ -152,8 +167,9 @@ impl Generator {
                 _ => ("search", Vec::new(), 0),
             },
         };
-        Transaction {
+        let mut transaction = Transaction {
             product,
+            baseline: None,
             authorize: AuthorizeRequest {
                 transaction_id: Some(transaction_id.clone()),
                 tenant,
@@ -167,7 +183,11 @@ impl Generator {
                 attributes: [("records".to_owned(), records.to_string())].into(),
                 body: None,
             },
+        };
+        if self.priced {
+            transaction.baseline = Some(transaction.baseline_amounts());
         }
+        transaction
     }
 }
 
