@@ -114,3 +114,14 @@ impl From<rusqlite::Error> for MeterError {
         MeterError::StoreUnavailable(error.to_string())
     }
 }
+
+impl From<postgres::Error> for MeterError {
+    fn from(error: postgres::Error) -> Self {
+        let detail = match (error.as_db_error(), std::error::Error::source(&error)) {
+            (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+            (None, Some(source)) => format!("{error}: {source}"),
+            (None, None) => error.to_string(),
+        };
+        MeterError::StoreUnavailable(format!("PostgreSQL: {detail}"))
+    }
+}

@@ -7,14 +7,14 @@ use anyhow::Context;
 use clap::Args;
 
 use creditgate::model::GrantRequest;
-use creditgate::store::{LedgerReader, sqlite};
+use creditgate::store::{StoreLocation, open_reader};
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
 pub struct LedgerFile {
-    /// The SQLite ledger file.
+    /// The ledger: a SQLite file, or `postgres://...`.
     #[arg(long, default_value = super::DEFAULT_DB)]
-    db: PathBuf,
+    db: StoreLocation,
     /// The policy naming the balances; defaults to the last one this ledger ran.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -26,19 +26,18 @@ impl LedgerFile {
         let component = match &self.policy {
             Some(path) => super::read_policy(path)?,
             None => {
-                let (_writer, reader) = sqlite::open(&self.db)?;
-                reader
+                open_reader(&self.db)?
                     .latest_policy()?
                     .and_then(|stored| stored.component)
                     .with_context(|| {
                         format!(
                             "{} has never run a policy component; pass --policy FILE.wasm",
-                            self.db.display()
+                            self.db.describe()
                         )
                     })?
             }
         };
-        let mut config = MeterConfig::new(&self.db);
+        let mut config = MeterConfig::new(self.db.clone());
         // An operator command must not release anyone's holds behind the server's back.
         config.sweep_interval_ms = 0;
         Ok(Meter::open(config, PolicySource::Component(component))?)

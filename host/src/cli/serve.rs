@@ -9,7 +9,7 @@ use clap::Args;
 
 use creditgate::api::{AppState, router};
 use creditgate::policy::component::Limits;
-use creditgate::store::{LedgerReader, sqlite};
+use creditgate::store::{StoreLocation, open_reader};
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
@@ -21,14 +21,15 @@ pub struct ServeArgs {
     /// Activate the policy file again whenever it changes (requires --policy).
     #[arg(long, requires = "policy")]
     watch: bool,
-    /// The SQLite ledger file (created if missing).
+    /// The ledger: a SQLite file (created if missing; `sqlite://PATH` also works), or
+    /// `postgres://...` for a database several gateway processes share.
     #[arg(long, default_value = super::DEFAULT_DB)]
-    db: PathBuf,
+    db: StoreLocation,
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
-    /// Where precompiled policy components are cached (default: the ledger file's name
-    /// with `.cache`).
+    /// Where precompiled policy components are cached (default: the SQLite ledger
+    /// file's name with `.cache`; none for PostgreSQL).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// Token for admin calls (grants). Required on a non-loopback address.
@@ -55,14 +56,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprint!("{}", report.render());
         anyhow::bail!("refusing to serve {source}: it fails the contract checks above");
     }
-    let mut config = MeterConfig::new(&args.db);
+    let mut config = MeterConfig::new(args.db.clone());
     config.batch_size_max = args.batch_size_max as usize;
     config.batch_wait_us_max = args.batch_wait_us_max;
-    config.compile_cache_dir = Some(
-        args.cache_dir
-            .clone()
-            .unwrap_or_else(|| args.db.with_extension("cache")),
-    );
+    config.compile_cache_dir = match (&args.cache_dir, &args.db) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, StoreLocation::Sqlite(path)) => Some(path.with_extension("cache")),
+        (None, StoreLocation::Postgres(_)) => None,
+    };
     let meter = Meter::open(config, PolicySource::Component(component))
         .with_context(|| format!("cannot start with policy {source}"))?;
     let meter = Arc::new(meter);
@@ -78,7 +79,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
-        print_banner(address, &meter, &args.db, args.admin_token.is_some());
+        print_banner(address, &meter, &args.db.describe(), args.admin_token.is_some());
         let app = router(Arc::new(AppState {
             meter,
             admin_token: args.admin_token,
@@ -92,7 +93,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Says where the sidecar listens and how to try it. A closed stdout (a supervisor that
 /// does not read it) must not take the server down, so write errors are ignored.
-fn print_banner(address: SocketAddr, meter: &Meter, db: &std::path::Path, has_token: bool) {
+fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
     use std::io::Write;
     let policy = meter.policy();
     let balance = policy.balances.first().map_or("default", String::as_str);
@@ -117,7 +118,6 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &std::path::Path, has_to
         name = policy.name,
         version = policy.version,
         digest = policy.digest,
-        db = db.display(),
     );
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(banner.as_bytes());
@@ -130,16 +130,26 @@ fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(Vec<u8>, String)> {
     if let Some(path) = &args.policy {
         return Ok((super::read_policy(path)?, path.display().to_string()));
     }
-    if args.db.exists() {
-        let (_writer, reader) = sqlite::open(&args.db)?;
-        if let Some(stored) = reader.latest_policy()?
+    let ledger_exists = match &args.db {
+        StoreLocation::Sqlite(path) => path.exists(),
+        StoreLocation::Postgres(_) => true,
+    };
+    if ledger_exists {
+        let reader = open_reader(&args.db)?;
+        let latest = reader.latest_policy().with_context(|| {
+            format!(
+                "cannot read which policy {} last ran; start its database, or pass --policy",
+                args.db.describe()
+            )
+        })?;
+        if let Some(stored) = latest
             && let Some(component) = stored.component
         {
             let source = format!(
                 "{} {} (resumed from {})",
                 stored.info.name,
                 stored.info.version,
-                args.db.display()
+                args.db.describe()
             );
             return Ok((component, source));
         }

@@ -43,7 +43,7 @@ use crate::model::{
 use crate::policy::component::{self, Limits};
 use crate::policy::native::NativeRuntime;
 use crate::policy::{MarkLookup, PolicyInfo, PolicyRuntime};
-use crate::store::{LedgerReader, sqlite};
+use crate::store::{LedgerReader, LedgerWriter, StoreLocation, postgres, sqlite};
 use sequencer::{Answer, BatchCounters, Command, Job, RuntimeFactory, Sequencer};
 
 /// Which policy decides.
@@ -65,8 +65,9 @@ pub enum NativePolicy {
 /// How a meter runs. `new` gives production defaults.
 #[derive(Clone)]
 pub struct MeterConfig {
-    /// The SQLite ledger file (created if missing).
-    pub db_path: PathBuf,
+    /// Where the ledger lives: a SQLite file (created if missing), or a PostgreSQL
+    /// database shared with other gateway processes.
+    pub store: StoreLocation,
     /// Where precompiled policy components are cached; none compiles every time.
     pub compile_cache_dir: Option<PathBuf>,
     pub limits: Limits,
@@ -88,9 +89,9 @@ impl MeterConfig {
     /// The default `batch_size_max`.
     pub const BATCH_SIZE_MAX: u32 = 1024;
 
-    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+    pub fn new(store: impl Into<StoreLocation>) -> Self {
         Self {
-            db_path: db_path.into(),
+            store: store.into(),
             compile_cache_dir: None,
             limits: Limits::default(),
             batch_size_max: Self::BATCH_SIZE_MAX as usize,
@@ -121,7 +122,6 @@ pub struct Meter {
 impl Meter {
     /// Opens the ledger, loads and checks the policy, and starts the sequencer.
     pub fn open(config: MeterConfig, source: PolicySource) -> Result<Self, MeterError> {
-        let (writer, reader) = sqlite::open(&config.db_path)?;
         let engine = component::engine()?;
         let sequencer_engine = engine.clone();
         let limits = config.limits;
@@ -146,40 +146,32 @@ impl Meter {
             ),
         };
         let (jobs, queue) = std::sync::mpsc::sync_channel(config.queue_depth_max);
-        let (started, start_result) = std::sync::mpsc::channel();
-        let thread_config = config.clone();
         let counters = Arc::new(BatchCounters::default());
-        let thread_counters = Arc::clone(&counters);
-        let sequencer = std::thread::Builder::new()
-            .name("creditgate-sequencer".to_owned())
-            .spawn(move || {
-                let clock = Arc::clone(&thread_config.clock);
-                match Sequencer::start(
-                    writer,
-                    clock,
-                    thread_config,
-                    sequencer_engine,
-                    make_runtime,
-                    component_bytes,
-                    thread_counters,
-                ) {
-                    Ok((sequencer, info)) => {
-                        let _ = started.send(Ok(info));
-                        sequencer.run(queue);
-                    }
-                    Err(error) => {
-                        let _ = started.send(Err(error));
-                    }
-                }
-            })
-            .map_err(|error| {
-                MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}"))
-            })?;
+        let start = SequencerStart {
+            config: config.clone(),
+            engine: sequencer_engine,
+            make_runtime,
+            component: component_bytes,
+            counters: Arc::clone(&counters),
+        };
+        let (sequencer, start_result, reader): (_, _, Arc<dyn LedgerReader>) = match &config.store
+        {
+            StoreLocation::Sqlite(path) => {
+                let (writer, reader) = sqlite::open(path)?;
+                let (thread, started) = start.spawn(writer, queue)?;
+                (thread, started, Arc::new(reader))
+            }
+            StoreLocation::Postgres(url) => {
+                let (writer, reader) = postgres::open(url)?;
+                let (thread, started) = start.spawn(writer, queue)?;
+                (thread, started, Arc::new(reader))
+            }
+        };
         let policy = start_result.recv().map_err(|_| MeterError::ShutDown)??;
         Ok(Self {
             jobs: Some(jobs),
             sequencer: Some(sequencer),
-            reader: Arc::new(reader),
+            reader,
             policy: RwLock::new(Arc::new(policy)),
             engine,
             limits,
@@ -440,6 +432,55 @@ impl Drop for Meter {
         if let Some(sequencer) = self.sequencer.take() {
             let _ = sequencer.join();
         }
+    }
+}
+
+/// What the sequencer thread needs to start, whichever store it writes.
+struct SequencerStart {
+    config: MeterConfig,
+    engine: wasmtime::Engine,
+    make_runtime: RuntimeFactory,
+    component: Option<Vec<u8>>,
+    counters: Arc<BatchCounters>,
+}
+
+type Started = std::sync::mpsc::Receiver<Result<PolicyInfo, MeterError>>;
+
+impl SequencerStart {
+    /// Starts the sequencer on a thread of its own; the receiver gets the active
+    /// policy once it runs, or why it could not start.
+    fn spawn<W: LedgerWriter + Send + 'static>(
+        self,
+        writer: W,
+        queue: std::sync::mpsc::Receiver<Job>,
+    ) -> Result<(JoinHandle<()>, Started), MeterError> {
+        let (started, start_result) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("creditgate-sequencer".to_owned())
+            .spawn(move || {
+                let clock = Arc::clone(&self.config.clock);
+                match Sequencer::start(
+                    writer,
+                    clock,
+                    self.config,
+                    self.engine,
+                    self.make_runtime,
+                    self.component,
+                    self.counters,
+                ) {
+                    Ok((sequencer, info)) => {
+                        let _ = started.send(Ok(info));
+                        sequencer.run(queue);
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
+            })
+            .map_err(|error| {
+                MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}"))
+            })?;
+        Ok((thread, start_result))
     }
 }
 

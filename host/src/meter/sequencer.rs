@@ -34,7 +34,7 @@ use crate::policy::component::CompiledPolicy;
 use crate::policy::{
     AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
 };
-use crate::store::{LedgerWriter, LogSync, Posting, available, available_amounts};
+use crate::store::{BatchClaims, LedgerWriter, LogSync, Posting, available, available_amounts};
 
 pub(super) enum Command {
     Authorize(AuthorizeRequest),
@@ -112,6 +112,9 @@ type Answered = Vec<(
 
 pub(super) struct Sequencer<W: LedgerWriter> {
     writer: Rc<W>,
+    /// The starting policy's bytes (none: linked natively), until its activation is
+    /// in the ledger: at start, or in the first batch the store accepts.
+    unregistered: Option<Option<Vec<u8>>>,
     /// Syncs the log of committed batches, then answers them; taken by `run`.
     log: Option<Box<dyn LogSync>>,
     durable: Option<mpsc::Sender<Answered>>,
@@ -141,22 +144,10 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         let marks: Rc<dyn MarkLookup> = writer.clone();
         let runtime = make_runtime(marks)?;
         let info = runtime.info().clone();
-        writer.begin()?;
-        let now_ms = clock.now_ms();
-        let saved = writer
-            .save_policy(&info, component.as_deref(), now_ms)
-            .and_then(|()| writer.record_activation(&info.digest, "start", now_ms));
-        match saved {
-            Ok(_) => writer.commit()?,
-            Err(error) => {
-                writer.rollback();
-                return Err(error);
-            }
-        }
-        let mut log = writer.log_sync()?;
-        log.sync()?;
-        let sequencer = Self {
+        let log = writer.log_sync()?;
+        let mut sequencer = Self {
             writer,
+            unregistered: Some(component),
             log: Some(log),
             durable: None,
             log_failed: Arc::new(AtomicBool::new(false)),
@@ -168,7 +159,50 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             runtimes: HashMap::from([(info.digest.clone(), runtime)]),
             shadow: None,
         };
+        match sequencer.register_alone() {
+            Ok(()) => {}
+            Err(error @ MeterError::StoreUnavailable(_)) => tracing::error!(
+                %error,
+                "the ledger is unavailable; every decision fails closed until it is back"
+            ),
+            Err(error) => return Err(error),
+        }
         Ok((sequencer, info))
+    }
+
+    /// Saves the starting policy and its activation in a store transaction of its own,
+    /// durably: before any batch, when the store is up at start.
+    fn register_alone(&mut self) -> Result<(), MeterError> {
+        self.writer.begin()?;
+        if let Err(error) = self.register_start() {
+            self.writer.rollback();
+            return Err(error);
+        }
+        self.writer.commit()?;
+        self.unregistered = None;
+        self.writer.log_sync()?.sync()
+    }
+
+    /// Saves the starting policy and its activation into the open store transaction,
+    /// if not done yet (the store was down at start).
+    fn register_start(&self) -> Result<(), MeterError> {
+        let Some(component) = &self.unregistered else {
+            return Ok(());
+        };
+        let now_ms = self.clock.now_ms();
+        let info = self.active_info()?;
+        self.writer
+            .save_policy(&info, component.as_deref(), now_ms)?;
+        self.writer
+            .record_activation(&info.digest, "start", now_ms)?;
+        Ok(())
+    }
+
+    fn active_info(&self) -> Result<PolicyInfo, MeterError> {
+        self.runtimes
+            .get(&self.active)
+            .map(|runtime| runtime.info().clone())
+            .ok_or_else(|| MeterError::StoreUnavailable("the active policy is not loaded".to_owned()))
     }
 
     /// Runs until every sender is gone, sweeping lapsed holds between batches.
@@ -255,7 +289,13 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             }
             return;
         }
-        if let Err(error) = self.writer.begin() {
+        let prepared = self.writer.begin().and_then(|()| {
+            self.writer.claim(&claims(&batch), self.clock.now_ms())?;
+            self.register_start()
+        });
+        if let Err(error) = prepared {
+            tracing::error!(%error, "the ledger is unavailable; the batch fails closed");
+            self.writer.rollback();
             for job in batch {
                 let _ = job.reply.send(Err(error.clone()));
             }
@@ -281,6 +321,7 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         };
         match committed {
             Ok(()) => {
+                self.unregistered = None;
                 self.counters.count(size);
                 let unsent = match &self.durable {
                     Some(durable) => durable.send(answered).err().map(|unsent| unsent.0),
@@ -698,6 +739,35 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         }
         Ok(due.len())
     }
+}
+
+/// What the batch's decisions will touch, for a store shared with other processes.
+fn claims(batch: &[Job]) -> BatchClaims {
+    let mut claims = BatchClaims::default();
+    for job in batch {
+        match &job.command {
+            Command::Authorize(request) => {
+                claims.tenants.insert(request.tenant.clone());
+                if let Some(id) = &request.transaction_id {
+                    claims.transaction_ids.insert(id.clone());
+                }
+            }
+            Command::Settle(request) => {
+                claims.settled_ids.insert(request.transaction_id.clone());
+            }
+            Command::Grant(grant) => {
+                claims.tenants.insert(grant.tenant.clone());
+                claims.grant_ids.insert(grant.grant_id.clone());
+            }
+            Command::Activate { .. } => claims.activation = true,
+            Command::ExpireDue
+            | Command::SetShadow { .. }
+            | Command::ShadowReport
+            | Command::TakeShadow
+            | Command::LoadedPolicies => {}
+        }
+    }
+    claims
 }
 
 /// Sends each answer, or the error in place of every answer.

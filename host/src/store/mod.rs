@@ -2,17 +2,100 @@
 //! writer, many decisions per store transaction: room for group commit); API reads go
 //! through a [`LedgerReader`]. The store never calls the policy and decides nothing:
 //! it persists what the ledger rules computed.
+//!
+//! Two stores implement them: [`sqlite`], the embedded default (one process owns the
+//! file), and [`postgres`], shared by replicas (every batch locks what it touches).
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
 use crate::error::MeterError;
-use crate::ledger::{Accounts, Entry, TransactionRecord, TransactionState};
+use crate::ledger::{AccountState, Accounts, Entry, EntryKind, TransactionRecord, TransactionState};
 use crate::model::{
     Amounts, GrantRequest, JournalEntry, PolicyActivation, Receipt, TenantBalances, TransactionView,
 };
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
 
 pub type StoreResult<T> = Result<T, MeterError>;
+
+/// Where a ledger lives: a SQLite file, or a PostgreSQL database several gateway
+/// processes share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    /// A libpq-style URL (`postgres://user@host:port/database?options=...`).
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// `postgres://` and `postgresql://` URLs name PostgreSQL; `sqlite://PATH` and any
+    /// other text name a SQLite file.
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            StoreLocation::Postgres(text.to_owned())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(text.strip_prefix("sqlite://").unwrap_or(text)))
+        }
+    }
+
+    /// How logs and errors name it: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => path.display().to_string(),
+            StoreLocation::Postgres(url) => postgres::redact(url),
+        }
+    }
+}
+
+impl From<PathBuf> for StoreLocation {
+    fn from(path: PathBuf) -> Self {
+        StoreLocation::Sqlite(path)
+    }
+}
+
+impl From<&std::path::Path> for StoreLocation {
+    fn from(path: &std::path::Path) -> Self {
+        StoreLocation::Sqlite(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for StoreLocation {
+    fn from(path: &PathBuf) -> Self {
+        StoreLocation::Sqlite(path.clone())
+    }
+}
+
+impl From<&str> for StoreLocation {
+    fn from(text: &str) -> Self {
+        StoreLocation::parse(text)
+    }
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(StoreLocation::parse(text))
+    }
+}
+
+/// What one batch's decisions will touch, known before any of them runs, so a store
+/// shared by several processes can lock all of it at once and in one global order
+/// (no two batches can then wait on each other).
+#[derive(Debug, Default, Clone)]
+pub struct BatchClaims {
+    pub tenants: BTreeSet<String>,
+    /// Ids given to authorize: a retry on another process must wait for the first.
+    pub transaction_ids: BTreeSet<String>,
+    /// Ids to settle: their tenants are looked up by the store.
+    pub settled_ids: BTreeSet<String>,
+    pub grant_ids: BTreeSet<String>,
+    /// The batch switches the active policy.
+    pub activation: bool,
+}
 
 /// A policy the store remembers, so settles can run on the version that authorized.
 #[derive(Debug, Clone)]
@@ -35,6 +118,12 @@ pub trait LogSync: Send {
 /// for any reason but the store's writes nothing; a failed write fails the whole batch.
 pub trait LedgerWriter: MarkLookup {
     fn begin(&self) -> StoreResult<()>;
+    /// Called once after `begin`, before the batch's decisions: a store other processes
+    /// write too locks what the batch will touch and reads it ahead; the embedded store
+    /// needs nothing (`begin` took the file's write lock).
+    fn claim(&self, _claims: &BatchClaims, _now_ms: u64) -> StoreResult<()> {
+        Ok(())
+    }
     /// Commits the batch. It is durable, and its answers may be sent, once a
     /// [`LogSync`] from [`LedgerWriter::log_sync`] has synced after this returned.
     fn commit(&self) -> StoreResult<()>;
@@ -140,4 +229,80 @@ pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
             )
         })
         .collect()
+}
+
+/// How the audit shows a transaction: its record and its journal lines.
+pub fn transaction_view(record: TransactionRecord, entries: Vec<JournalEntry>) -> TransactionView {
+    TransactionView {
+        transaction_id: record.id,
+        tenant: record.tenant,
+        state: record.state.as_str().to_owned(),
+        operation: record.request.operation.clone(),
+        policy_digest: record.policy_digest,
+        created_at_ms: record.created_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        held: record.held,
+        authorization: record.authorization,
+        receipt: record.receipt,
+        entries,
+    }
+}
+
+/// The journal's total of one kind of entry on one account.
+pub struct JournalSum {
+    pub tenant: String,
+    pub balance: String,
+    pub kind: String,
+    pub amount: i64,
+}
+
+/// Every account whose state differs from the sum of its journal, described; the
+/// same check whichever store the rows come from.
+pub fn invariant_violations(
+    journal_sums: impl IntoIterator<Item = JournalSum>,
+    accounts: impl IntoIterator<Item = ((String, String), AccountState)>,
+) -> Vec<String> {
+    let mut sums: std::collections::BTreeMap<(String, String), AccountState> =
+        std::collections::BTreeMap::new();
+    let mut violations = Vec::new();
+    for JournalSum {
+        tenant,
+        balance,
+        kind,
+        amount,
+    } in journal_sums
+    {
+        let Some(kind) = EntryKind::parse(&kind) else {
+            violations.push(format!("{tenant}/{balance}: unknown entry kind '{kind}'"));
+            continue;
+        };
+        let (available, held) = kind.effect(amount);
+        let label = format!("{tenant}/{balance}");
+        let sum = sums.entry((tenant, balance)).or_default();
+        match (sum.available.checked_add(available), sum.held.checked_add(held)) {
+            (Some(available), Some(held)) => *sum = AccountState { available, held },
+            _ => violations.push(format!("{label}: the journal sums past i64")),
+        }
+    }
+    for (key, state) in accounts {
+        let sum = sums.remove(&key).unwrap_or_default();
+        if let Err(why) = crate::ledger::check_account(state, sum) {
+            violations.push(format!("{}/{}: {why}", key.0, key.1));
+        }
+    }
+    for ((tenant, balance), sum) in sums {
+        if sum != AccountState::default() {
+            violations.push(format!("{tenant}/{balance}: journal {sum:?} but no account"));
+        }
+    }
+    violations
+}
+
+/// A reader of the ledger at `location` (created, or its schema brought up to date, if
+/// needed), for commands that only read it.
+pub fn open_reader(location: &StoreLocation) -> StoreResult<Box<dyn LedgerReader>> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Box::new(sqlite::open(path)?.1),
+        StoreLocation::Postgres(url) => Box::new(postgres::open_reader(url)?),
+    })
 }

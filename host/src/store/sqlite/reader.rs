@@ -7,9 +7,11 @@ use super::{
     POLICY_COLUMNS, TRANSACTION_COLUMNS, open_connection, policy_from_row, to_u64,
     transaction_from_row,
 };
-use crate::ledger::{AccountState, EntryKind};
+use crate::ledger::AccountState;
 use crate::model::{JournalEntry, PolicyActivation, TenantBalances, TransactionView};
-use crate::store::{LedgerReader, StoreResult, StoredPolicy};
+use crate::store::{
+    JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations, transaction_view,
+};
 
 /// Read-only connections, pooled; WAL lets them read while the writer writes.
 pub struct SqliteReader {
@@ -106,19 +108,7 @@ impl LedgerReader for SqliteReader {
                 ))?
                 .query_map(params![id], journal_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some(TransactionView {
-                transaction_id: record.id,
-                tenant: record.tenant,
-                state: record.state.as_str().to_owned(),
-                operation: record.request.operation.clone(),
-                policy_digest: record.policy_digest,
-                created_at_ms: record.created_at_ms,
-                expires_at_ms: record.expires_at_ms,
-                held: record.held,
-                authorization: record.authorization,
-                receipt: record.receipt,
-                entries,
-            }))
+            Ok(Some(transaction_view(record, entries)))
         })
     }
 
@@ -198,57 +188,32 @@ impl LedgerReader for SqliteReader {
 
     fn invariant_violations(&self) -> StoreResult<Vec<String>> {
         self.with_connection(|connection| {
-            let mut sums: std::collections::BTreeMap<(String, String), AccountState> =
-                std::collections::BTreeMap::new();
-            let mut entries = connection.prepare(
-                "SELECT tenant, balance, kind, SUM(amount) FROM journal GROUP BY tenant, balance, kind",
-            )?;
-            let rows = entries.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })?;
-            let mut violations = Vec::new();
-            for row in rows {
-                let (tenant, balance, kind, amount) = row?;
-                let Some(kind) = EntryKind::parse(&kind) else {
-                    violations.push(format!("{tenant}/{balance}: unknown entry kind '{kind}'"));
-                    continue;
-                };
-                let (available, held) = kind.effect(amount);
-                let label = format!("{tenant}/{balance}");
-                let sum = sums.entry((tenant, balance)).or_default();
-                match (sum.available.checked_add(available), sum.held.checked_add(held)) {
-                    (Some(available), Some(held)) => *sum = AccountState { available, held },
-                    _ => violations.push(format!("{label}: the journal sums past i64")),
-                }
-            }
-            let mut accounts = connection.prepare("SELECT tenant, balance, available, held FROM accounts")?;
-            let rows = accounts.query_map([], |row| {
-                Ok((
-                    (row.get::<_, String>(0)?, row.get::<_, String>(1)?),
-                    AccountState {
-                        available: row.get(2)?,
-                        held: row.get(3)?,
-                    },
-                ))
-            })?;
-            for row in rows {
-                let (key, state) = row?;
-                let sum = sums.remove(&key).unwrap_or_default();
-                if let Err(why) = crate::ledger::check_account(state, sum) {
-                    violations.push(format!("{}/{}: {why}", key.0, key.1));
-                }
-            }
-            for ((tenant, balance), sum) in sums {
-                if sum != AccountState::default() {
-                    violations.push(format!("{tenant}/{balance}: journal {sum:?} but no account"));
-                }
-            }
-            Ok(violations)
+            let journal_sums = connection
+                .prepare(
+                    "SELECT tenant, balance, kind, SUM(amount) FROM journal GROUP BY tenant, balance, kind",
+                )?
+                .query_map([], |row| {
+                    Ok(JournalSum {
+                        tenant: row.get(0)?,
+                        balance: row.get(1)?,
+                        kind: row.get(2)?,
+                        amount: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let accounts = connection
+                .prepare("SELECT tenant, balance, available, held FROM accounts")?
+                .query_map([], |row| {
+                    Ok((
+                        (row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+                        AccountState {
+                            available: row.get(2)?,
+                            held: row.get(3)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(invariant_violations(journal_sums, accounts))
         })
     }
 }

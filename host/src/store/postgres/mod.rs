@@ -1,0 +1,311 @@
+//! PostgreSQL, the store several gateway processes share. One tenant's credits are one
+//! set of rows; every batch locks, in one global order, the tenants, transaction ids
+//! and grant ids its decisions touch (transaction-scoped advisory locks), reads them
+//! under the locks, and writes back in a handful of statements at commit. A commit is
+//! durable when it returns (`synchronous_commit` as the server sets it, on by default),
+//! so answers wait for nothing more.
+
+/// The columns `transaction_from_row` reads, in its order.
+macro_rules! transaction_columns {
+    () => {
+        "id, tenant, state, fingerprint, policy_digest, request_json, authorization_json, \
+         held_json, created_at_ms, expires_at_ms, receipt_json"
+    };
+}
+
+/// The columns `policy_from_row` reads, in its order.
+macro_rules! policy_columns {
+    () => {
+        "digest, name, version, balances_json, hold_ttl_ms, component"
+    };
+}
+
+mod batch;
+mod reader;
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls, Row};
+use sha2::{Digest, Sha256};
+
+pub use reader::PostgresReader;
+pub use writer::PostgresWriter;
+
+use super::{StoreResult, StoredPolicy};
+use crate::error::MeterError;
+use crate::ledger::{TransactionRecord, TransactionState};
+use crate::model::{Amounts, AuthorizeRequest, Receipt};
+use crate::policy::{PolicyDigest, PolicyInfo};
+
+/// Schema migrations, applied in order at connect; `creditgate_schema` lists those
+/// applied. One process migrates at a time (an advisory lock), the others wait.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    tenant    TEXT NOT NULL,
+    balance   TEXT NOT NULL,
+    available BIGINT NOT NULL CHECK (available >= 0),
+    held      BIGINT NOT NULL CHECK (held >= 0),
+    PRIMARY KEY (tenant, balance)
+);
+
+CREATE TABLE transactions (
+    id                 TEXT PRIMARY KEY,
+    tenant             TEXT NOT NULL,
+    state              TEXT NOT NULL,
+    fingerprint        TEXT NOT NULL,
+    policy_digest      TEXT NOT NULL,
+    request_json       TEXT NOT NULL,
+    authorization_json TEXT NOT NULL,
+    held_json          TEXT NOT NULL,
+    created_at_ms      BIGINT NOT NULL,
+    expires_at_ms      BIGINT,
+    receipt_json       TEXT
+);
+CREATE INDEX transactions_open_by_expiry ON transactions (expires_at_ms)
+    WHERE state = 'open' AND expires_at_ms IS NOT NULL;
+CREATE INDEX transactions_open_by_tenant ON transactions (tenant, expires_at_ms)
+    WHERE state = 'open' AND expires_at_ms IS NOT NULL;
+CREATE INDEX transactions_open_by_policy ON transactions (policy_digest) WHERE state = 'open';
+
+CREATE TABLE journal (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    tenant         TEXT NOT NULL,
+    balance        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    amount         BIGINT NOT NULL CHECK (amount > 0),
+    policy_digest  TEXT NOT NULL,
+    at_ms          BIGINT NOT NULL
+);
+CREATE INDEX journal_by_transaction ON journal (transaction_id);
+CREATE INDEX journal_by_account ON journal (tenant, balance);
+
+CREATE TABLE marks (
+    tenant         TEXT NOT NULL,
+    scope          TEXT NOT NULL,
+    key            TEXT NOT NULL,
+    transaction_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, scope, key)
+);
+
+CREATE TABLE grants (
+    grant_id TEXT PRIMARY KEY,
+    tenant   TEXT NOT NULL,
+    balance  TEXT NOT NULL,
+    amount   BIGINT NOT NULL,
+    at_ms    BIGINT NOT NULL
+);
+
+CREATE TABLE policies (
+    digest          TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    balances_json   TEXT NOT NULL,
+    hold_ttl_ms     BIGINT NOT NULL,
+    component       BYTEA,
+    activated_at_ms BIGINT NOT NULL
+);
+
+CREATE TABLE policy_activations (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    digest          TEXT NOT NULL REFERENCES policies (digest),
+    via             TEXT NOT NULL,
+    activated_at_ms BIGINT NOT NULL
+);
+"#];
+
+/// How long connecting may take when the URL does not say (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The parsed URL, with creditgate's defaults where it is silent.
+fn config(url: &str) -> StoreResult<Config> {
+    let mut config = Config::from_str(url).map_err(|error| {
+        MeterError::InvalidRequest(format!(
+            "'{}' is not a PostgreSQL URL: {error}",
+            redact(url)
+        ))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("creditgate");
+    }
+    Ok(config)
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Opens the ledger in the database at `url`: its writer and its reader. Neither needs
+/// the database to be up yet: the writer connects (and migrates) at its first batch and
+/// again after any lost connection; until then every decision fails `store_unavailable`.
+pub fn open(url: &str) -> StoreResult<(PostgresWriter, PostgresReader)> {
+    let config = config(url)?;
+    let writer = PostgresWriter::new(config.clone(), redact(url));
+    if let Err(error) = writer.connect() {
+        tracing::warn!(%error, "PostgreSQL is not reachable yet; decisions fail closed until it is");
+    }
+    Ok((writer, PostgresReader::new(config)))
+}
+
+/// A reader of the ledger at `url`, once its schema is up to date: the database must
+/// be reachable.
+pub fn open_reader(url: &str) -> StoreResult<PostgresReader> {
+    let config = config(url)?;
+    connect(&config).map_err(|error| {
+        MeterError::StoreUnavailable(format!("cannot reach {}: {error}", redact(url)))
+    })?;
+    Ok(PostgresReader::new(config))
+}
+
+/// Connects and brings the schema up to date.
+fn connect(config: &Config) -> StoreResult<Client> {
+    let mut client = config.connect(NoTls)?;
+    migrate(&mut client)?;
+    Ok(client)
+}
+
+/// Serializes migrations of one database across processes.
+const MIGRATION_LOCK: i64 = 0x6372_6564_6974_6701;
+
+fn migrate(client: &mut Client) -> StoreResult<()> {
+    let mut transaction = client.transaction()?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    transaction.batch_execute(
+        "CREATE TABLE IF NOT EXISTS creditgate_schema (
+             version    INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )?;
+    let applied: i32 = transaction
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM creditgate_schema", &[])?
+        .get(0);
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(MeterError::StoreUnavailable(format!(
+            "the database has schema version {applied}, newer than this build's {}; upgrade creditgate",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        transaction.batch_execute(migration)?;
+        let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        transaction.execute(
+            "INSERT INTO creditgate_schema (version) VALUES ($1)",
+            &[&version],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// The advisory lock that stands for one tenant, transaction id or grant id: the first
+/// 8 bytes of a sha256 of its kind and name. Two names sharing a key only wait on each
+/// other more than they need to.
+fn lock_key(kind: &str, name: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(kind.as_bytes())
+        .chain_update([0])
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+fn tenant_lock(tenant: &str) -> i64 {
+    lock_key("tenant", tenant)
+}
+
+/// Taken by every activation, so the history gets one entry per switch.
+const ACTIVATION_LOCK: i64 = 0x6372_6564_6974_6702;
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value)
+        .map_err(|error| MeterError::StoreUnavailable(format!("cannot encode a record: {error}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|error| {
+        MeterError::StoreUnavailable(format!("a stored record does not parse: {error}"))
+    })
+}
+
+fn transaction_from_row(row: &Row) -> StoreResult<TransactionRecord> {
+    let state: String = row.try_get(2)?;
+    let receipt: Option<String> = row.try_get(10)?;
+    Ok(TransactionRecord {
+        id: row.try_get(0)?,
+        tenant: row.try_get(1)?,
+        state: TransactionState::parse(&state).ok_or_else(|| {
+            MeterError::StoreUnavailable(format!("unknown transaction state '{state}'"))
+        })?,
+        fingerprint: row.try_get(3)?,
+        policy_digest: row.try_get(4)?,
+        request: from_json::<AuthorizeRequest>(row.try_get(5)?)?,
+        authorization: from_json(row.try_get(6)?)?,
+        held: from_json::<Amounts>(row.try_get(7)?)?,
+        created_at_ms: to_u64(row.try_get(8)?),
+        expires_at_ms: row.try_get::<_, Option<i64>>(9)?.map(to_u64),
+        receipt: receipt.as_deref().map(from_json::<Receipt>).transpose()?,
+    })
+}
+
+fn policy_from_row(row: &Row) -> StoreResult<StoredPolicy> {
+    Ok(StoredPolicy {
+        info: PolicyInfo {
+            digest: PolicyDigest::from_stored(row.try_get(0)?),
+            name: row.try_get(1)?,
+            version: row.try_get(2)?,
+            balances: from_json(row.try_get(3)?)?,
+            hold_ttl_ms: to_u64(row.try_get(4)?),
+        },
+        component: row.try_get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lock_key, redact};
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.internal:5432/ledger"),
+            "postgres://app@db.internal:5432/ledger"
+        );
+        assert_eq!(
+            redact("postgres://127.0.0.1/test"),
+            "postgres://127.0.0.1/test"
+        );
+    }
+
+    #[test]
+    fn lock_keys_differ_by_kind_and_name() {
+        assert_ne!(lock_key("tenant", "acme"), lock_key("grant", "acme"));
+        assert_ne!(lock_key("tenant", "acme"), lock_key("tenant", "acme2"));
+        assert_eq!(lock_key("tenant", "acme"), lock_key("tenant", "acme"));
+    }
+}

@@ -1,0 +1,213 @@
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Config, NoTls, Row};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::{policy_from_row, to_u64, transaction_from_row};
+use crate::error::MeterError;
+use crate::ledger::AccountState;
+use crate::model::{JournalEntry, PolicyActivation, TenantBalances, TransactionView};
+use crate::store::{
+    JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations, transaction_view,
+};
+
+/// Reading connections at most.
+const READERS_MAX: u32 = 8;
+/// How long a read waits for a connection before it fails `store_unavailable`.
+const READ_WAIT: Duration = Duration::from_secs(3);
+
+/// Pooled connections, opened on demand (none is needed to start) and replaced when
+/// the database comes back.
+pub struct PostgresReader {
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+}
+
+impl PostgresReader {
+    pub(super) fn new(config: Config) -> Self {
+        let pool = r2d2::Pool::builder()
+            .max_size(READERS_MAX)
+            .min_idle(Some(0))
+            .connection_timeout(READ_WAIT)
+            .build_unchecked(PostgresConnectionManager::new(config, NoTls));
+        Self { pool }
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+        let mut client = self.pool.get().map_err(|error| {
+            MeterError::StoreUnavailable(format!("no connection to PostgreSQL: {error}"))
+        })?;
+        Ok(client.query(sql, params)?)
+    }
+}
+
+fn journal_from_row(row: &Row) -> StoreResult<JournalEntry> {
+    Ok(JournalEntry {
+        id: row.try_get(0)?,
+        transaction_id: row.try_get(1)?,
+        tenant: row.try_get(2)?,
+        balance: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        amount: row.try_get(5)?,
+        policy_digest: row.try_get(6)?,
+        at_ms: to_u64(row.try_get(7)?),
+    })
+}
+
+macro_rules! journal_columns {
+    () => {
+        "id, transaction_id, tenant, balance, kind, amount, policy_digest, at_ms"
+    };
+}
+
+fn limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl LedgerReader for PostgresReader {
+    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances> {
+        let mut answer = TenantBalances {
+            tenant: tenant.to_owned(),
+            balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
+            held: balances.iter().map(|name| (name.clone(), 0)).collect(),
+        };
+        let rows = self.query(
+            "SELECT balance, available, held FROM accounts WHERE tenant = $1",
+            &[&tenant],
+        )?;
+        for row in rows {
+            let balance: String = row.try_get(0)?;
+            answer.balances.insert(balance.clone(), row.try_get(1)?);
+            answer.held.insert(balance, row.try_get(2)?);
+        }
+        Ok(answer)
+    }
+
+    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>> {
+        let rows = self.query(
+            concat!("SELECT ", transaction_columns!(), " FROM transactions WHERE id = $1"),
+            &[&id],
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let record = transaction_from_row(row)?;
+        let entries = self
+            .query(
+                concat!(
+                    "SELECT ",
+                    journal_columns!(),
+                    " FROM journal WHERE transaction_id = $1 ORDER BY id"
+                ),
+                &[&id],
+            )?
+            .iter()
+            .map(journal_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(transaction_view(record, entries)))
+    }
+
+    fn journal(&self, tenant: &str, count: usize) -> StoreResult<Vec<JournalEntry>> {
+        self.query(
+            concat!(
+                "SELECT ",
+                journal_columns!(),
+                " FROM journal WHERE tenant = $1 ORDER BY id LIMIT $2"
+            ),
+            &[&tenant, &limit(count)],
+        )?
+        .iter()
+        .map(journal_from_row)
+        .collect()
+    }
+
+    fn journal_after(&self, after_id: i64, count: usize) -> StoreResult<Vec<JournalEntry>> {
+        self.query(
+            concat!(
+                "SELECT ",
+                journal_columns!(),
+                " FROM journal WHERE id > $1 ORDER BY id LIMIT $2"
+            ),
+            &[&after_id, &limit(count)],
+        )?
+        .iter()
+        .map(journal_from_row)
+        .collect()
+    }
+
+    fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>> {
+        self.query(
+            "SELECT p.digest, p.name, p.version, p.balances_json, p.hold_ttl_ms, p.component \
+             FROM policy_activations a JOIN policies p ON p.digest = a.digest \
+             ORDER BY a.id DESC LIMIT 1",
+            &[],
+        )?
+        .first()
+        .map(policy_from_row)
+        .transpose()
+    }
+
+    fn activations(&self, count: usize) -> StoreResult<Vec<PolicyActivation>> {
+        self.query(
+            "SELECT a.id, a.digest, p.name, p.version, a.via, a.activated_at_ms \
+             FROM policy_activations a JOIN policies p ON p.digest = a.digest \
+             ORDER BY a.id DESC LIMIT $1",
+            &[&limit(count)],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(PolicyActivation {
+                id: row.try_get(0)?,
+                digest: row.try_get(1)?,
+                name: row.try_get(2)?,
+                version: row.try_get(3)?,
+                via: row.try_get(4)?,
+                activated_at_ms: to_u64(row.try_get(5)?),
+            })
+        })
+        .collect()
+    }
+
+    fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>> {
+        self.query(
+            concat!("SELECT ", policy_columns!(), " FROM policies WHERE digest = $1"),
+            &[&digest],
+        )?
+        .first()
+        .map(policy_from_row)
+        .transpose()
+    }
+
+    fn invariant_violations(&self) -> StoreResult<Vec<String>> {
+        let journal_sums = self
+            .query(
+                "SELECT tenant, balance, kind, SUM(amount)::BIGINT FROM journal \
+                 GROUP BY tenant, balance, kind",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(JournalSum {
+                    tenant: row.try_get(0)?,
+                    balance: row.try_get(1)?,
+                    kind: row.try_get(2)?,
+                    amount: row.try_get(3)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let accounts = self
+            .query("SELECT tenant, balance, available, held FROM accounts", &[])?
+            .iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get(0)?, row.try_get(1)?),
+                    AccountState {
+                        available: row.try_get(2)?,
+                        held: row.try_get(3)?,
+                    },
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(invariant_violations(journal_sums, accounts))
+    }
+}
