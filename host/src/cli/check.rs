@@ -6,6 +6,7 @@ use clap::Args;
 
 use creditgate::conformance::{self, case};
 use creditgate::policy::component::Limits;
+use creditgate::store::scratch::ScratchStore;
 
 /// Where the repository keeps its conformance cases.
 pub const DEFAULT_CASES: &str = "tests/conformance/cases";
@@ -20,6 +21,10 @@ pub struct CheckArgs {
     /// Run the cases of this profile; defaults to the module's describe name.
     #[arg(long)]
     profile: Option<String>,
+    /// Where each case's fresh ledger is made: `sqlite` (a temporary file), or a
+    /// `postgres://...` database (a schema per case, dropped after).
+    #[arg(long, default_value = "sqlite")]
+    db: String,
 }
 
 /// Exit status 0 when every must-check passed, 1 otherwise.
@@ -53,6 +58,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
         args.profile.as_deref(),
         Limits::default(),
         &resolve,
+        &ScratchStore::parse(&args.db),
     );
     print!("{}", report.render());
     Ok(report.ok())

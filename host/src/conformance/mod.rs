@@ -24,6 +24,7 @@ use case::{Action, LoadedCase, Tier};
 use runner::ModuleResolver;
 
 use crate::policy::component::{self, CompiledPolicy, Limits};
+use crate::store::scratch::ScratchStore;
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -103,9 +104,15 @@ impl Report {
 
 /// Runs the contract checks only (what activation requires).
 pub fn check_contract(module: &[u8], limits: Limits) -> Report {
-    check_module(module, &[], None, limits, &|name| {
-        Err(format!("no module named '{name}' here"))
-    })
+    let no_cases_no_ledger = ScratchStore::Sqlite;
+    check_module(
+        module,
+        &[],
+        None,
+        limits,
+        &|name| Err(format!("no module named '{name}' here")),
+        &no_cases_no_ledger,
+    )
 }
 
 /// The contract checks of a module the caller already compiled (activation).
@@ -134,6 +141,7 @@ pub fn check_module(
     profile: Option<&str>,
     limits: Limits,
     resolve: ModuleResolver<'_>,
+    store: &ScratchStore,
 ) -> Report {
     let mut report = Report::default();
     let engine = match component::engine() {
@@ -180,7 +188,7 @@ pub fn check_module(
                 name: loaded.name.clone(),
                 rule: case.rule.clone(),
                 tier: case.tier,
-                failure: runner::run_case(case, module, resolve).err(),
+                failure: runner::run_case(case, module, resolve, store).err(),
             }),
             Ok(_) => None,
         };

@@ -1,4 +1,5 @@
-//! Runs one case against a module on a fresh temporary ledger, with a hand-driven clock.
+//! Runs one case against a module on a fresh scratch ledger (SQLite or PostgreSQL), with
+//! a hand-driven clock.
 
 use std::sync::Arc;
 
@@ -6,6 +7,7 @@ use super::case::{Action, Case, Expect, ExpectedEntry};
 use crate::clock::ManualClock;
 use crate::error::MeterError;
 use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use crate::store::scratch::{ScratchLedger, ScratchStore};
 use crate::{Meter, MeterConfig, PolicySource};
 
 /// Finds another module by name, for `swap_policy` steps.
@@ -26,7 +28,7 @@ enum Answer {
 }
 
 struct Ledger {
-    dir: tempfile::TempDir,
+    scratch: ScratchLedger,
     clock: ManualClock,
     meter: Meter,
     /// The last journal entry seen, so each step's own entries can be told apart.
@@ -34,11 +36,11 @@ struct Ledger {
 }
 
 fn open_meter(
-    dir: &tempfile::TempDir,
+    scratch: &ScratchLedger,
     clock: &ManualClock,
     module: Vec<u8>,
 ) -> Result<Meter, String> {
-    let mut config = MeterConfig::new(dir.path().join("ledger.db"));
+    let mut config = MeterConfig::new(scratch.location().clone());
     config.clock = Arc::new(clock.clone());
     config.sweep_interval_ms = 0;
     Meter::open(config, PolicySource::Component(module))
@@ -46,13 +48,19 @@ fn open_meter(
 }
 
 /// Runs the case; `Err` describes the first step that did not go as expected.
-pub fn run_case(case: &Case, module: &[u8], resolve: ModuleResolver<'_>) -> Result<(), String> {
-    let dir =
-        tempfile::tempdir().map_err(|error| format!("cannot make a temporary ledger: {error}"))?;
+pub fn run_case(
+    case: &Case,
+    module: &[u8],
+    resolve: ModuleResolver<'_>,
+    store: &ScratchStore,
+) -> Result<(), String> {
+    let scratch = store
+        .create()
+        .map_err(|error| format!("cannot make a fresh ledger: {error}"))?;
     let clock = ManualClock::starting_at(CASE_START_MS);
-    let meter = open_meter(&dir, &clock, module.to_vec())?;
+    let meter = open_meter(&scratch, &clock, module.to_vec())?;
     let mut ledger = Ledger {
-        dir,
+        scratch,
         clock,
         meter,
         journal_seen: 0,
@@ -206,7 +214,7 @@ fn perform(
         }
         Action::SwapPolicy(name) => {
             // The same ledger file, restarted on another module.
-            ledger.meter = open_meter(&ledger.dir, &ledger.clock, resolve(name)?)?;
+            ledger.meter = open_meter(&ledger.scratch, &ledger.clock, resolve(name)?)?;
             Answer::Swapped
         }
         Action::Repeat(_) => return Err("a repeat cannot repeat a repeat".to_owned()),

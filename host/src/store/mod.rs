@@ -7,6 +7,7 @@
 //! file), and [`postgres`], shared by replicas (every batch locks what it touches).
 
 pub mod postgres;
+pub mod scratch;
 pub mod sqlite;
 
 use std::collections::BTreeSet;

@@ -172,6 +172,25 @@ pub fn open_reader(url: &str) -> StoreResult<PostgresReader> {
     Ok(PostgresReader::new(config))
 }
 
+/// Creates an empty schema (for a scratch ledger).
+pub(super) fn create_schema(url: &str, schema: &str) -> StoreResult<()> {
+    let mut client = config(url)?.connect(NoTls)?;
+    client.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))?;
+    Ok(())
+}
+
+pub(super) fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
+    let mut client = config(url)?.connect(NoTls)?;
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))?;
+    Ok(())
+}
+
+/// The URL with every connection's `search_path` set to `schema`.
+pub(super) fn with_search_path(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
 /// Connects and brings the schema up to date.
 fn connect(config: &Config) -> StoreResult<Client> {
     let mut client = config.connect(NoTls)?;
