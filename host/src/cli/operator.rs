@@ -25,17 +25,15 @@ impl LedgerFile {
     fn open(&self) -> anyhow::Result<Meter> {
         let component = match &self.policy {
             Some(path) => super::read_policy(path)?,
-            None => {
-                open_reader(&self.db)?
-                    .latest_policy()?
-                    .and_then(|stored| stored.component)
-                    .with_context(|| {
-                        format!(
-                            "{} has never run a policy component; pass --policy FILE.wasm",
-                            self.db.describe()
-                        )
-                    })?
-            }
+            None => open_reader(&self.db)?
+                .latest_policy()?
+                .and_then(|stored| stored.component)
+                .with_context(|| {
+                    format!(
+                        "{} has never run a policy component; pass --policy FILE.wasm",
+                        self.db.describe()
+                    )
+                })?,
         };
         let mut config = MeterConfig::new(self.db.clone());
         // An operator command must not release anyone's holds behind the server's back.

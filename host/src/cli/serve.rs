@@ -79,7 +79,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
-        print_banner(address, &meter, &args.db.describe(), args.admin_token.is_some());
+        print_banner(
+            address,
+            &meter,
+            &args.db.describe(),
+            args.admin_token.is_some(),
+        );
         let app = router(Arc::new(AppState {
             meter,
             admin_token: args.admin_token,

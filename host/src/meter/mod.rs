@@ -154,8 +154,7 @@ impl Meter {
             component: component_bytes,
             counters: Arc::clone(&counters),
         };
-        let (sequencer, start_result, reader): (_, _, Arc<dyn LedgerReader>) = match &config.store
-        {
+        let (sequencer, start_result, reader): (_, _, Arc<dyn LedgerReader>) = match &config.store {
             StoreLocation::Sqlite(path) => {
                 let (writer, reader) = sqlite::open(path)?;
                 let (thread, started) = start.spawn(writer, queue)?;

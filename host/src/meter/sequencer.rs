@@ -202,7 +202,9 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         self.runtimes
             .get(&self.active)
             .map(|runtime| runtime.info().clone())
-            .ok_or_else(|| MeterError::StoreUnavailable("the active policy is not loaded".to_owned()))
+            .ok_or_else(|| {
+                MeterError::StoreUnavailable("the active policy is not loaded".to_owned())
+            })
     }
 
     /// Runs until every sender is gone, sweeping lapsed holds between batches.

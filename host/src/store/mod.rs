@@ -14,7 +14,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::error::MeterError;
-use crate::ledger::{AccountState, Accounts, Entry, EntryKind, TransactionRecord, TransactionState};
+use crate::ledger::{
+    AccountState, Accounts, Entry, EntryKind, TransactionRecord, TransactionState,
+};
 use crate::model::{
     Amounts, GrantRequest, JournalEntry, PolicyActivation, Receipt, TenantBalances, TransactionView,
 };
@@ -38,7 +40,9 @@ impl StoreLocation {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             StoreLocation::Postgres(text.to_owned())
         } else {
-            StoreLocation::Sqlite(PathBuf::from(text.strip_prefix("sqlite://").unwrap_or(text)))
+            StoreLocation::Sqlite(PathBuf::from(
+                text.strip_prefix("sqlite://").unwrap_or(text),
+            ))
         }
     }
 
@@ -280,7 +284,10 @@ pub fn invariant_violations(
         let (available, held) = kind.effect(amount);
         let label = format!("{tenant}/{balance}");
         let sum = sums.entry((tenant, balance)).or_default();
-        match (sum.available.checked_add(available), sum.held.checked_add(held)) {
+        match (
+            sum.available.checked_add(available),
+            sum.held.checked_add(held),
+        ) {
             (Some(available), Some(held)) => *sum = AccountState { available, held },
             _ => violations.push(format!("{label}: the journal sums past i64")),
         }
@@ -293,7 +300,9 @@ pub fn invariant_violations(
     }
     for ((tenant, balance), sum) in sums {
         if sum != AccountState::default() {
-            violations.push(format!("{tenant}/{balance}: journal {sum:?} but no account"));
+            violations.push(format!(
+                "{tenant}/{balance}: journal {sum:?} but no account"
+            ));
         }
     }
     violations

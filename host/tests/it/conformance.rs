@@ -7,6 +7,7 @@ use std::process::Command;
 use creditgate::conformance::case::{self, LoadedCase};
 use creditgate::conformance::{Report, check_module};
 use creditgate::policy::component::Limits;
+use creditgate::store::scratch::ScratchStore;
 
 use crate::support::{BINARY, component, component_path};
 
@@ -19,6 +20,10 @@ fn cases() -> Vec<LoadedCase> {
 }
 
 fn check(module: &str) -> Report {
+    check_on(module, &ScratchStore::Sqlite)
+}
+
+fn check_on(module: &str, store: &ScratchStore) -> Report {
     let resolve = |name: &str| Ok(component(&name.replace('-', "_")));
     check_module(
         &component(module),
@@ -26,6 +31,7 @@ fn check(module: &str) -> Report {
         None,
         Limits::default(),
         &resolve,
+        store,
     )
 }
 
@@ -74,8 +80,8 @@ fn a_case_file_that_breaks_the_schema_is_reported_with_its_name_and_problem() {
     assert!(problems[1].1.contains("not JSON"), "{problems:?}");
 }
 
-fn assert_passes_every_case_of_its_profile(module: &str, profile: &str) {
-    let report = check(module);
+fn assert_passes_every_case_of_its_profile(module: &str, profile: &str, store: &ScratchStore) {
+    let report = check_on(module, store);
     assert!(report.ok(), "{}", report.render());
     let profile_cases = cases()
         .iter()
@@ -98,14 +104,14 @@ fn assert_passes_every_case_of_its_profile(module: &str, profile: &str) {
     );
 }
 
-#[test]
-fn smarte_passes_the_conformance_suite() {
-    assert_passes_every_case_of_its_profile("smarte", "smarte");
-}
+crate::on_both_stores! {
+    fn smarte_passes_the_conformance_suite(store) {
+        assert_passes_every_case_of_its_profile("smarte", "smarte", store);
+    }
 
-#[test]
-fn donoratlas_passes_the_conformance_suite() {
-    assert_passes_every_case_of_its_profile("donoratlas", "donoratlas");
+    fn donoratlas_passes_the_conformance_suite(store) {
+        assert_passes_every_case_of_its_profile("donoratlas", "donoratlas", store);
+    }
 }
 
 #[test]
@@ -208,9 +214,14 @@ fn modules_that_cannot_load_are_reported_never_panicking() {
             report.render()
         );
     }
-    let garbage = check_module(b"\0asm garbage", &[], None, Limits::default(), &|_| {
-        Err(String::new())
-    });
+    let garbage = check_module(
+        b"\0asm garbage",
+        &[],
+        None,
+        Limits::default(),
+        &|_| Err(String::new()),
+        &ScratchStore::Sqlite,
+    );
     assert!(!garbage.ok());
     assert!(
         garbage

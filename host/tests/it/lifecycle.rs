@@ -6,168 +6,172 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::support::{Gate, TestMeter, amounts, component};
 
-#[test]
-fn activation_switches_new_authorizes_while_settles_stay_on_the_authorizing_version() {
-    let meter = TestMeter::new("smarte");
-    meter.grant("acme", "default", 10);
-    let before = meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
-    let info = meter
-        .meter
-        .activate(component("misbehaving"), "test")
-        .unwrap();
-    assert_eq!(info.name, "misbehaving");
-    assert_eq!(meter.meter.policy().name, "misbehaving");
-    let after = meter.authorize("t2", "acme", "person.enrich", &["a"], &[]);
-    assert_eq!(after.policy.name, "misbehaving");
-    assert_eq!(after.held, amounts(&[("default", 1)]));
-    // t1 settles under smarte (one record delivered: 1), t2 under misbehaving (always 2).
-    let first = meter.settle("t1", 200, &[("records", "1")]);
-    assert_eq!(
-        (first.policy.digest.as_str(), &first.charged),
-        (before.policy.digest.as_str(), &amounts(&[("default", 1)]))
-    );
-    let second = meter.settle("t2", 200, &[("records", "1")]);
-    assert_eq!(
-        (second.policy.name.as_str(), &second.charged),
-        ("misbehaving", &amounts(&[("default", 2)]))
-    );
-    let history = meter.meter.policy_history(10).unwrap();
-    let vias: Vec<(&str, &str)> = history
-        .iter()
-        .map(|a| (a.name.as_str(), a.via.as_str()))
-        .collect();
-    assert_eq!(vias, [("misbehaving", "test"), ("smarte", "start")]);
-    meter.assert_sound();
-}
-
-#[test]
-fn a_refused_module_leaves_the_active_policy_in_place() {
-    let meter = TestMeter::new("smarte");
-    meter.grant("acme", "default", 5);
-    let active = meter.meter.policy().digest.clone();
-    let refusals = [
-        (
-            b"not a component".to_vec(),
-            "not a valid WebAssembly component",
-        ),
-        (
-            component("other_wit_version"),
-            "creditgate:policy/ledger@0.2.0",
-        ),
-        (component("describe_traps"), "describe failed"),
-        (component("nondeterministic"), "contract/deterministic"),
-    ];
-    for (index, (module, reason)) in refusals.into_iter().enumerate() {
-        let error = meter.meter.activate(module, "test").unwrap_err();
-        assert_eq!((error.status(), error.code()), (422, "invalid_policy"));
-        assert!(error.to_string().contains(reason), "{error}");
-        assert_eq!(meter.meter.policy().digest, active);
-        assert!(
-            meter
-                .authorize(&format!("t{index}"), "acme", "person.enrich", &["a"], &[])
-                .admitted
-        );
-    }
-    assert_eq!(meter.meter.policy_history(10).unwrap().len(), 1);
-}
-
-#[test]
-fn rollback_returns_to_the_previous_policy() {
-    let meter = TestMeter::new("smarte");
-    assert_eq!(
-        meter.meter.rollback().unwrap_err().code(),
-        "no_previous_policy"
-    );
-    let smarte = meter.meter.policy().digest.clone();
-    meter
-        .meter
-        .activate(component("donoratlas"), "test")
-        .unwrap();
-    let rolled_back = meter.meter.rollback().unwrap();
-    assert_eq!(rolled_back.digest, smarte);
-    let vias: Vec<String> = meter
-        .meter
-        .policy_history(10)
-        .unwrap()
-        .into_iter()
-        .map(|a| format!("{}/{}", a.name, a.via))
-        .collect();
-    assert_eq!(vias, ["smarte/rollback", "donoratlas/test", "smarte/start"]);
-}
-
-#[test]
-fn a_hundred_swaps_under_eight_clients_fail_no_request_and_pin_every_settle() {
-    let meter = Arc::new(TestMeter::new("smarte"));
-    for tenant in 0..8 {
-        meter.grant(&format!("tenant-{tenant}"), "default", 1_000_000);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let transactions = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..8)
-        .map(|client| {
-            let (meter, stop, transactions) = (
-                Arc::clone(&meter),
-                Arc::clone(&stop),
-                Arc::clone(&transactions),
-            );
-            std::thread::spawn(move || {
-                let tenant = format!("tenant-{client}");
-                let mut sequence = 0;
-                let mut mispinned = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    sequence += 1;
-                    let id = format!("c{client}-{sequence}");
-                    let status = if sequence % 5 == 0 { 429 } else { 200 };
-                    let authorized =
-                        meter.authorize(&id, &tenant, "person.enrich", &["a", "b"], &[]);
-                    assert!(authorized.admitted, "{id} refused: {authorized:?}");
-                    let receipt = meter.settle(&id, status, &[("records", "1")]);
-                    if receipt.policy.digest != authorized.policy.digest {
-                        mispinned.push(id);
-                    }
-                    transactions.fetch_add(1, Ordering::Relaxed);
-                }
-                mispinned
-            })
-        })
-        .collect();
-    // smarte and a variant that differs on 429 only: both price this traffic, apart.
-    let modules = [component("charges_on_429"), component("smarte")];
-    for swap in 0..100 {
-        meter
+crate::on_both_stores! {
+    fn activation_switches_new_authorizes_while_settles_stay_on_the_authorizing_version(store) {
+        let meter = TestMeter::on(store, "smarte");
+        meter.grant("acme", "default", 10);
+        let before = meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
+        let info = meter
             .meter
-            .activate(modules[swap % 2].clone(), "swap-test")
+            .activate(component("misbehaving"), "test")
             .unwrap();
-    }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        let mispinned = client.join().expect("a client failed a request");
-        assert!(
-            mispinned.is_empty(),
-            "settled on another version: {mispinned:?}"
+        assert_eq!(info.name, "misbehaving");
+        assert_eq!(meter.meter.policy().name, "misbehaving");
+        let after = meter.authorize("t2", "acme", "person.enrich", &["a"], &[]);
+        assert_eq!(after.policy.name, "misbehaving");
+        assert_eq!(after.held, amounts(&[("default", 1)]));
+        // t1 settles under smarte (one record delivered: 1), t2 under misbehaving (always 2).
+        let first = meter.settle("t1", 200, &[("records", "1")]);
+        assert_eq!(
+            (first.policy.digest.as_str(), &first.charged),
+            (before.policy.digest.as_str(), &amounts(&[("default", 1)]))
         );
+        let second = meter.settle("t2", 200, &[("records", "1")]);
+        assert_eq!(
+            (second.policy.name.as_str(), &second.charged),
+            ("misbehaving", &amounts(&[("default", 2)]))
+        );
+        let history = meter.meter.policy_history(10).unwrap();
+        let vias: Vec<(&str, &str)> = history
+            .iter()
+            .map(|a| (a.name.as_str(), a.via.as_str()))
+            .collect();
+        assert_eq!(vias, [("misbehaving", "test"), ("smarte", "start")]);
+        meter.assert_sound();
     }
-    assert!(transactions.load(Ordering::Relaxed) > 100);
-    assert_eq!(meter.meter.policy_history(1_000).unwrap().len(), 101);
-    // From the journal: every entry of a transaction carries its authorizing digest.
-    for client in 0..8 {
-        let journal = meter
-            .meter
-            .journal(&format!("tenant-{client}"), usize::MAX)
-            .unwrap();
-        let mut digests = std::collections::BTreeMap::new();
-        for entry in journal.iter().filter(|entry| entry.kind != "grant") {
-            let digest = digests
-                .entry(entry.transaction_id.clone())
-                .or_insert_with(|| entry.policy_digest.clone());
-            assert_eq!(
-                *digest, entry.policy_digest,
-                "{} was settled under another version",
-                entry.transaction_id
+}
+
+crate::on_both_stores! {
+    fn a_refused_module_leaves_the_active_policy_in_place(store) {
+        let meter = TestMeter::on(store, "smarte");
+        meter.grant("acme", "default", 5);
+        let active = meter.meter.policy().digest.clone();
+        let refusals = [
+            (
+                b"not a component".to_vec(),
+                "not a valid WebAssembly component",
+            ),
+            (
+                component("other_wit_version"),
+                "creditgate:policy/ledger@0.2.0",
+            ),
+            (component("describe_traps"), "describe failed"),
+            (component("nondeterministic"), "contract/deterministic"),
+        ];
+        for (index, (module, reason)) in refusals.into_iter().enumerate() {
+            let error = meter.meter.activate(module, "test").unwrap_err();
+            assert_eq!((error.status(), error.code()), (422, "invalid_policy"));
+            assert!(error.to_string().contains(reason), "{error}");
+            assert_eq!(meter.meter.policy().digest, active);
+            assert!(
+                meter
+                    .authorize(&format!("t{index}"), "acme", "person.enrich", &["a"], &[])
+                    .admitted
             );
         }
+        assert_eq!(meter.meter.policy_history(10).unwrap().len(), 1);
     }
-    meter.assert_sound();
+}
+
+crate::on_both_stores! {
+    fn rollback_returns_to_the_previous_policy(store) {
+        let meter = TestMeter::on(store, "smarte");
+        assert_eq!(
+            meter.meter.rollback().unwrap_err().code(),
+            "no_previous_policy"
+        );
+        let smarte = meter.meter.policy().digest.clone();
+        meter
+            .meter
+            .activate(component("donoratlas"), "test")
+            .unwrap();
+        let rolled_back = meter.meter.rollback().unwrap();
+        assert_eq!(rolled_back.digest, smarte);
+        let vias: Vec<String> = meter
+            .meter
+            .policy_history(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| format!("{}/{}", a.name, a.via))
+            .collect();
+        assert_eq!(vias, ["smarte/rollback", "donoratlas/test", "smarte/start"]);
+    }
+}
+
+crate::on_both_stores! {
+    fn a_hundred_swaps_under_eight_clients_fail_no_request_and_pin_every_settle(store) {
+        let meter = Arc::new(TestMeter::on(store, "smarte"));
+        for tenant in 0..8 {
+            meter.grant(&format!("tenant-{tenant}"), "default", 1_000_000);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let transactions = Arc::new(AtomicU64::new(0));
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                let (meter, stop, transactions) = (
+                    Arc::clone(&meter),
+                    Arc::clone(&stop),
+                    Arc::clone(&transactions),
+                );
+                std::thread::spawn(move || {
+                    let tenant = format!("tenant-{client}");
+                    let mut sequence = 0;
+                    let mut mispinned = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        sequence += 1;
+                        let id = format!("c{client}-{sequence}");
+                        let status = if sequence % 5 == 0 { 429 } else { 200 };
+                        let authorized =
+                            meter.authorize(&id, &tenant, "person.enrich", &["a", "b"], &[]);
+                        assert!(authorized.admitted, "{id} refused: {authorized:?}");
+                        let receipt = meter.settle(&id, status, &[("records", "1")]);
+                        if receipt.policy.digest != authorized.policy.digest {
+                            mispinned.push(id);
+                        }
+                        transactions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    mispinned
+                })
+            })
+            .collect();
+        // smarte and a variant that differs on 429 only: both price this traffic, apart.
+        let modules = [component("charges_on_429"), component("smarte")];
+        for swap in 0..100 {
+            meter
+                .meter
+                .activate(modules[swap % 2].clone(), "swap-test")
+                .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            let mispinned = client.join().expect("a client failed a request");
+            assert!(
+                mispinned.is_empty(),
+                "settled on another version: {mispinned:?}"
+            );
+        }
+        assert!(transactions.load(Ordering::Relaxed) > 100);
+        assert_eq!(meter.meter.policy_history(1_000).unwrap().len(), 101);
+        // From the journal: every entry of a transaction carries its authorizing digest.
+        for client in 0..8 {
+            let journal = meter
+                .meter
+                .journal(&format!("tenant-{client}"), usize::MAX)
+                .unwrap();
+            let mut digests = std::collections::BTreeMap::new();
+            for entry in journal.iter().filter(|entry| entry.kind != "grant") {
+                let digest = digests
+                    .entry(entry.transaction_id.clone())
+                    .or_insert_with(|| entry.policy_digest.clone());
+                assert_eq!(
+                    *digest, entry.policy_digest,
+                    "{} was settled under another version",
+                    entry.transaction_id
+                );
+            }
+        }
+        meter.assert_sound();
+    }
 }
 
 #[test]
@@ -222,98 +226,100 @@ fn precompiled_components_are_cached_by_digest_and_a_bad_cache_only_costs_a_comp
     assert!(std::fs::read(&cached[0]).unwrap().len() > 1000);
 }
 
-#[test]
-fn shadow_mode_reports_the_exact_differences_of_a_candidate_and_moves_no_credit() {
-    let meter = TestMeter::new("smarte");
-    meter.grant("acme", "default", 100);
-    meter.grant("beta", "default", 100);
-    assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
-    let report = meter
-        .meter
-        .set_shadow(component("pricier_funding"))
-        .unwrap();
-    assert_eq!(report.shadow.version, "1.1.0-funding");
-    // 3 funding enrichments for acme (2 records each, 2 delivered), 1 for beta (1 record,
-    // none delivered), and 4 person enrichments that both policies price alike.
-    let mut id = 0;
-    let mut run = |tenant: &str, operation: &str, items: &[&str], records: &str| {
-        id += 1;
-        let tid = format!("t{id}");
-        assert!(
-            meter
-                .authorize(&tid, tenant, operation, items, &[])
-                .admitted
+crate::on_both_stores! {
+    fn shadow_mode_reports_the_exact_differences_of_a_candidate_and_moves_no_credit(store) {
+        let meter = TestMeter::on(store, "smarte");
+        meter.grant("acme", "default", 100);
+        meter.grant("beta", "default", 100);
+        assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
+        let report = meter
+            .meter
+            .set_shadow(component("pricier_funding"))
+            .unwrap();
+        assert_eq!(report.shadow.version, "1.1.0-funding");
+        // 3 funding enrichments for acme (2 records each, 2 delivered), 1 for beta (1 record,
+        // none delivered), and 4 person enrichments that both policies price alike.
+        let mut id = 0;
+        let mut run = |tenant: &str, operation: &str, items: &[&str], records: &str| {
+            id += 1;
+            let tid = format!("t{id}");
+            assert!(
+                meter
+                    .authorize(&tid, tenant, operation, items, &[])
+                    .admitted
+            );
+            meter.settle(&tid, 200, &[("records", records)]);
+        };
+        for _ in 0..3 {
+            run("acme", "funding.enrich", &["a", "b"], "2");
+        }
+        run("beta", "funding.enrich", &["a"], "0");
+        for _ in 0..4 {
+            run("acme", "person.enrich", &["a"], "1");
+        }
+        let report = meter.meter.shadow_report().unwrap();
+        assert_eq!(
+            (report.authorizes_compared, report.settles_compared),
+            (8, 8)
         );
-        meter.settle(&tid, 200, &[("records", records)]);
-    };
-    for _ in 0..3 {
-        run("acme", "funding.enrich", &["a", "b"], "2");
-    }
-    run("beta", "funding.enrich", &["a"], "0");
-    for _ in 0..4 {
-        run("acme", "person.enrich", &["a"], "1");
-    }
-    let report = meter.meter.shadow_report().unwrap();
-    assert_eq!(
-        (report.authorizes_compared, report.settles_compared),
-        (8, 8)
-    );
-    assert_eq!(
-        (report.authorize_differences, report.settle_differences),
-        (4, 3)
-    );
-    assert_eq!(report.by_kind, [("charges".to_owned(), 7)].into());
-    // Holds: 3 x (4 - 2) + (2 - 1) = 7 more; charges at settle: 3 x (4 - 2) = 6 more.
-    assert_eq!(report.authorize_charge_delta, amounts(&[("default", 7)]));
-    assert_eq!(report.settle_charge_delta, amounts(&[("default", 6)]));
-    assert_eq!(report.by_tenant["acme"].authorize, 3);
-    assert_eq!(report.by_tenant["acme"].settle, 3);
-    assert_eq!(
-        report.by_tenant["acme"].charge_delta,
-        amounts(&[("default", 12)])
-    );
-    assert_eq!(
-        report.by_tenant["beta"].charge_delta,
-        amounts(&[("default", 1)])
-    );
-    assert!(
-        report
-            .examples
-            .iter()
-            .all(|example| example.operation == "funding.enrich")
-    );
-    // The shadow moved nothing: the balances are smarte's alone (6 + 0 + 4 charged).
-    assert_eq!(meter.available("acme", "default"), 100 - 6 - 4);
-    assert_eq!(meter.available("beta", "default"), 100);
-    meter.assert_sound();
+        assert_eq!(
+            (report.authorize_differences, report.settle_differences),
+            (4, 3)
+        );
+        assert_eq!(report.by_kind, [("charges".to_owned(), 7)].into());
+        // Holds: 3 x (4 - 2) + (2 - 1) = 7 more; charges at settle: 3 x (4 - 2) = 6 more.
+        assert_eq!(report.authorize_charge_delta, amounts(&[("default", 7)]));
+        assert_eq!(report.settle_charge_delta, amounts(&[("default", 6)]));
+        assert_eq!(report.by_tenant["acme"].authorize, 3);
+        assert_eq!(report.by_tenant["acme"].settle, 3);
+        assert_eq!(
+            report.by_tenant["acme"].charge_delta,
+            amounts(&[("default", 12)])
+        );
+        assert_eq!(
+            report.by_tenant["beta"].charge_delta,
+            amounts(&[("default", 1)])
+        );
+        assert!(
+            report
+                .examples
+                .iter()
+                .all(|example| example.operation == "funding.enrich")
+        );
+        // The shadow moved nothing: the balances are smarte's alone (6 + 0 + 4 charged).
+        assert_eq!(meter.available("acme", "default"), 100 - 6 - 4);
+        assert_eq!(meter.available("beta", "default"), 100);
+        meter.assert_sound();
 
-    let promoted = meter.meter.promote_shadow().unwrap();
-    assert_eq!(promoted.version, "1.1.0-funding");
-    assert_eq!(meter.meter.policy().version, "1.1.0-funding");
-    assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
+        let promoted = meter.meter.promote_shadow().unwrap();
+        assert_eq!(promoted.version, "1.1.0-funding");
+        assert_eq!(meter.meter.policy().version, "1.1.0-funding");
+        assert_eq!(meter.meter.shadow_report().unwrap_err().code(), "no_shadow");
+    }
 }
 
-#[test]
-fn an_old_version_stays_loaded_while_an_open_hold_needs_it_and_is_unloaded_after() {
-    let meter = TestMeter::new("smarte");
-    meter.grant("acme", "default", 10);
-    let smarte = meter.meter.policy().digest.to_string();
-    meter.authorize("t1", "acme", "person.enrich", &["a"], &[]);
-    let donoratlas = meter
-        .meter
-        .activate(component("donoratlas"), "test")
-        .unwrap()
-        .digest
-        .to_string();
-    meter.meter.expire_due().unwrap();
-    let mut both = vec![smarte.clone(), donoratlas.clone()];
-    both.sort();
-    assert_eq!(
-        meter.meter.loaded_policies().unwrap(),
-        both,
-        "smarte must stay: t1 is open"
-    );
-    meter.settle("t1", 200, &[("records", "1")]);
-    meter.meter.expire_due().unwrap();
-    assert_eq!(meter.meter.loaded_policies().unwrap(), [donoratlas]);
+crate::on_both_stores! {
+    fn an_old_version_stays_loaded_while_an_open_hold_needs_it_and_is_unloaded_after(store) {
+        let meter = TestMeter::on(store, "smarte");
+        meter.grant("acme", "default", 10);
+        let smarte = meter.meter.policy().digest.to_string();
+        meter.authorize("t1", "acme", "person.enrich", &["a"], &[]);
+        let donoratlas = meter
+            .meter
+            .activate(component("donoratlas"), "test")
+            .unwrap()
+            .digest
+            .to_string();
+        meter.meter.expire_due().unwrap();
+        let mut both = vec![smarte.clone(), donoratlas.clone()];
+        both.sort();
+        assert_eq!(
+            meter.meter.loaded_policies().unwrap(),
+            both,
+            "smarte must stay: t1 is open"
+        );
+        meter.settle("t1", 200, &[("records", "1")]);
+        meter.meter.expire_due().unwrap();
+        assert_eq!(meter.meter.loaded_policies().unwrap(), [donoratlas]);
+    }
 }

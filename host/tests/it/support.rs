@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use creditgate::clock::ManualClock;
@@ -11,7 +11,8 @@ use creditgate::model::{
     Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest, TenantBalances,
     TransactionView,
 };
-use creditgate::store::{LedgerReader, sqlite};
+use creditgate::store::scratch::{ScratchLedger, ScratchStore};
+use creditgate::store::{self, StoreLocation};
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
 use serde_json::{Value, json};
 
@@ -37,33 +38,59 @@ pub fn component_path(name: &str) -> PathBuf {
     target_dir().join(format!("wasm32-wasip2/release/{name}.wasm"))
 }
 
-/// A meter on a fresh ledger file with a hand-driven clock.
+/// The PostgreSQL database the tests make their scratch schemas in
+/// (`CREDITGATE_TEST_POSTGRES`, by default the local `test` database).
+pub fn postgres_store() -> ScratchStore {
+    ScratchStore::Postgres(
+        std::env::var("CREDITGATE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+    )
+}
+
+/// A meter on a fresh ledger (SQLite file or PostgreSQL schema) with a hand-driven clock.
 pub struct TestMeter {
     pub meter: Meter,
     pub clock: ManualClock,
-    pub dir: tempfile::TempDir,
+    pub scratch: ScratchLedger,
 }
 
 pub const START_MS: u64 = 1_700_000_000_000;
 
 impl TestMeter {
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("ledger.db")
+    pub fn location(&self) -> &StoreLocation {
+        self.scratch.location()
     }
 
+    /// On a fresh SQLite ledger.
     pub fn new(policy: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let clock = ManualClock::starting_at(START_MS);
-        let meter = open_meter(&dir, &clock, policy);
-        Self { meter, clock, dir }
+        Self::on(&ScratchStore::Sqlite, policy)
     }
 
-    /// Closes the meter and opens the same ledger file again, with `policy`.
+    pub fn on(store: &ScratchStore, policy: &str) -> Self {
+        let scratch = store.create().expect("fresh ledger");
+        let clock = ManualClock::starting_at(START_MS);
+        let meter = open_meter(&scratch, &clock, policy);
+        Self {
+            meter,
+            clock,
+            scratch,
+        }
+    }
+
+    /// Closes the meter and opens the same ledger again, with `policy`.
     pub fn reopen(self, policy: &str) -> Self {
-        let Self { meter, clock, dir } = self;
+        let Self {
+            meter,
+            clock,
+            scratch,
+        } = self;
         drop(meter);
-        let meter = open_meter(&dir, &clock, policy);
-        Self { meter, clock, dir }
+        let meter = open_meter(&scratch, &clock, policy);
+        Self {
+            meter,
+            clock,
+            scratch,
+        }
     }
 }
 
@@ -120,12 +147,12 @@ impl Gate for TestMeter {
     }
 
     fn assert_sound(&self) {
-        assert_ledger_sound(&self.db_path());
+        assert_ledger_sound(self.location());
     }
 }
 
-fn open_meter(dir: &tempfile::TempDir, clock: &ManualClock, policy: &str) -> Meter {
-    let mut config = MeterConfig::new(dir.path().join("ledger.db"));
+fn open_meter(scratch: &ScratchLedger, clock: &ManualClock, policy: &str) -> Meter {
+    let mut config = MeterConfig::new(scratch.location().clone());
     config.clock = std::sync::Arc::new(clock.clone());
     config.sweep_interval_ms = 0;
     Meter::open(config, PolicySource::Component(component(policy))).expect("open meter")
@@ -231,9 +258,9 @@ pub trait Gate {
     }
 }
 
-/// Reads the ledger file directly and checks its invariants.
-pub fn assert_ledger_sound(db: &Path) {
-    let (_writer, reader) = sqlite::open(db).expect("open ledger");
+/// Reads the ledger directly and checks its invariants.
+pub fn assert_ledger_sound(db: &StoreLocation) {
+    let reader = store::open_reader(db).expect("open ledger");
     let violations = reader.invariant_violations().expect("invariant check");
     assert!(
         violations.is_empty(),
@@ -258,6 +285,41 @@ macro_rules! rules_both_ways {
                 super::$rule(&$crate::support::HttpGate::start($policy));
             })*
         }
+        mod postgres {
+            $(#[test]
+            fn $rule() {
+                super::$rule(&$crate::support::TestMeter::on(
+                    &$crate::support::postgres_store(),
+                    $policy,
+                ));
+            })*
+        }
+    };
+}
+
+/// Generates, for each `fn test(store) { ... }`, a module of that name with one test
+/// on a SQLite ledger and one on a PostgreSQL ledger; `store` is the
+/// [`ScratchStore`] to make ledgers with.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($(#[$attribute:meta])* fn $name:ident($store:ident) $body:block)*) => {
+        $($(#[$attribute])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($store: &creditgate::store::scratch::ScratchStore) $body
+
+            #[test]
+            fn sqlite() {
+                run(&creditgate::store::scratch::ScratchStore::Sqlite);
+            }
+
+            #[test]
+            fn postgres() {
+                run(&$crate::support::postgres_store());
+            }
+        })*
     };
 }
 
@@ -271,19 +333,23 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(policy: &str, db: &Path, token: Option<&str>) -> Self {
+    pub fn start(policy: &str, db: impl AsRef<std::ffi::OsStr>, token: Option<&str>) -> Self {
         Self::start_with(Some(policy), db, token)
     }
 
     /// Starts with `--policy` when given; without it, serve resumes the ledger's last policy.
-    pub fn start_with(policy: Option<&str>, db: &Path, token: Option<&str>) -> Self {
+    pub fn start_with(
+        policy: Option<&str>,
+        db: impl AsRef<std::ffi::OsStr>,
+        token: Option<&str>,
+    ) -> Self {
         Self::start_with_args(policy, db, token, &[])
     }
 
     /// As [`Server::start_with`], with more arguments for `serve`.
     pub fn start_with_args(
         policy: Option<&str>,
-        db: &Path,
+        db: impl AsRef<std::ffi::OsStr>,
         token: Option<&str>,
         extra: &[&str],
     ) -> Self {
@@ -481,6 +547,6 @@ impl Gate for HttpGate {
     }
 
     fn assert_sound(&self) {
-        assert_ledger_sound(&self.dir.path().join("ledger.db"));
+        assert_ledger_sound(&StoreLocation::Sqlite(self.dir.path().join("ledger.db")));
     }
 }

@@ -211,7 +211,10 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
          )",
     )?;
     let applied: i32 = transaction
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM creditgate_schema", &[])?
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM creditgate_schema",
+            &[],
+        )?
         .get(0);
     let applied = usize::try_from(applied).unwrap_or(0);
     if applied > MIGRATIONS.len() {

@@ -85,7 +85,11 @@ impl LedgerReader for PostgresReader {
 
     fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>> {
         let rows = self.query(
-            concat!("SELECT ", transaction_columns!(), " FROM transactions WHERE id = $1"),
+            concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE id = $1"
+            ),
             &[&id],
         )?;
         let Some(row) = rows.first() else {
@@ -170,7 +174,11 @@ impl LedgerReader for PostgresReader {
 
     fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>> {
         self.query(
-            concat!("SELECT ", policy_columns!(), " FROM policies WHERE digest = $1"),
+            concat!(
+                "SELECT ",
+                policy_columns!(),
+                " FROM policies WHERE digest = $1"
+            ),
             &[&digest],
         )?
         .first()

@@ -6,8 +6,8 @@ use postgres::{Client, Config, Row, Statement};
 
 use super::batch::{Batch, Change, JournalRow, MarkRow};
 use super::{
-    ACTIVATION_LOCK, connect, lock_key, policy_from_row, tenant_lock, to_i64,
-    to_json, transaction_from_row,
+    ACTIVATION_LOCK, connect, lock_key, policy_from_row, tenant_lock, to_i64, to_json,
+    transaction_from_row,
 };
 use crate::error::MeterError;
 use crate::ledger::{AccountState, Accounts, TransactionRecord, TransactionState};
@@ -17,7 +17,8 @@ use crate::store::{BatchClaims, LedgerWriter, LogSync, Posting, StoreResult, Sto
 
 // Reads under the batch's locks.
 const LOCK_IN_ORDER: &str = "SELECT pg_advisory_xact_lock(key) FROM unnest($1::int8[]) AS key";
-const TRY_LOCK: &str = "SELECT key FROM unnest($1::int8[]) AS key WHERE pg_try_advisory_xact_lock(key)";
+const TRY_LOCK: &str =
+    "SELECT key FROM unnest($1::int8[]) AS key WHERE pg_try_advisory_xact_lock(key)";
 const TENANTS_OF: &str = "SELECT DISTINCT tenant FROM transactions WHERE id = ANY($1)";
 const TRANSACTIONS_BY_ID: &str = concat!(
     "SELECT ",
@@ -37,8 +38,7 @@ const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM (SELECT tenant FROM trans
      ORDER BY expires_at_ms LIMIT $2) AS due";
 const GRANTS_BY_ID: &str =
     "SELECT grant_id, tenant, balance, amount FROM grants WHERE grant_id = ANY($1)";
-const MARKED: &str =
-    "SELECT key FROM marks WHERE tenant = $1 AND scope = $2 AND key = ANY($3)";
+const MARKED: &str = "SELECT key FROM marks WHERE tenant = $1 AND scope = $2 AND key = ANY($3)";
 
 // The batch's writes, a statement per table at commit.
 const INSERT_TRANSACTIONS: &str = "INSERT INTO transactions (id, tenant, state, fingerprint, \
@@ -178,7 +178,11 @@ impl PostgresWriter {
                 available: row.try_get(2)?,
                 held: row.try_get(3)?,
             };
-            batch.accounts.entry(tenant).or_default().insert(balance, state);
+            batch
+                .accounts
+                .entry(tenant)
+                .or_default()
+                .insert(balance, state);
         }
         for row in &due {
             batch.remember(transaction_from_row(row)?);
@@ -206,7 +210,9 @@ impl PostgresWriter {
                 Change::Closed => {
                     closed.0.push(&known.record.id);
                     closed.1.push(known.record.state.as_str());
-                    closed.2.push(known.record.receipt.as_ref().map(to_json).transpose()?);
+                    closed
+                        .2
+                        .push(known.record.receipt.as_ref().map(to_json).transpose()?);
                 }
             }
         }
@@ -289,7 +295,10 @@ impl PostgresWriter {
 
 /// The keys, sorted and without repeats: every process takes locks in this order.
 fn sorted(keys: impl IntoIterator<Item = i64>) -> Vec<i64> {
-    keys.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+    keys.into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// New transactions, column by column, for one `INSERT ... SELECT FROM unnest`.
@@ -320,7 +329,8 @@ impl<'a> TransactionColumns<'a> {
         self.held.push(to_json(&record.held)?);
         self.created_at_ms.push(to_i64(record.created_at_ms));
         self.expires_at_ms.push(record.expires_at_ms.map(to_i64));
-        self.receipt.push(record.receipt.as_ref().map(to_json).transpose()?);
+        self.receipt
+            .push(record.receipt.as_ref().map(to_json).transpose()?);
         Ok(())
     }
 }
@@ -330,7 +340,9 @@ impl MarkLookup for PostgresWriter {
         let here: Vec<bool> = {
             let batch = self.batch.borrow();
             let marked_here = batch.marked_here(tenant, scope);
-            keys.iter().map(|key| marked_here.contains(key.as_str())).collect()
+            keys.iter()
+                .map(|key| marked_here.contains(key.as_str()))
+                .collect()
         };
         let unknown: Vec<&str> = keys
             .iter()
@@ -464,7 +476,8 @@ impl LedgerWriter for PostgresWriter {
         if let Some(known) = self.batch.borrow().transactions.get(id) {
             return Ok(known.as_ref().map(|known| known.record.clone()));
         }
-        let rows = self.with(|connection| Ok(connection.query(TRANSACTIONS_BY_ID, &[&vec![id]])?))?;
+        let rows =
+            self.with(|connection| Ok(connection.query(TRANSACTIONS_BY_ID, &[&vec![id]])?))?;
         match rows.first() {
             Some(row) => Ok(Some(transaction_from_row(row)?)),
             None => Ok(None),
@@ -607,7 +620,8 @@ impl LedgerWriter for PostgresWriter {
         if let Some(known) = self.batch.borrow().grants.get(grant_id) {
             return Ok(known.clone());
         }
-        let rows = self.with(|connection| Ok(connection.query(GRANTS_BY_ID, &[&vec![grant_id]])?))?;
+        let rows =
+            self.with(|connection| Ok(connection.query(GRANTS_BY_ID, &[&vec![grant_id]])?))?;
         rows.first().map(grant_from_row).transpose()
     }
 
@@ -647,9 +661,13 @@ impl LedgerWriter for PostgresWriter {
     }
 
     fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
-        const POLICY_BY_DIGEST: &str =
-            concat!("SELECT ", policy_columns!(), " FROM policies WHERE digest = $1");
-        let rows = self.with(|connection| Ok(connection.query(POLICY_BY_DIGEST, &[&digest.as_str()])?))?;
+        const POLICY_BY_DIGEST: &str = concat!(
+            "SELECT ",
+            policy_columns!(),
+            " FROM policies WHERE digest = $1"
+        );
+        let rows =
+            self.with(|connection| Ok(connection.query(POLICY_BY_DIGEST, &[&digest.as_str()])?))?;
         rows.first().map(policy_from_row).transpose()
     }
 
