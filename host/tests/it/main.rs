@@ -1,6 +1,7 @@
 //! One integration-test binary, a module per concern. Every test runs the real thing:
 //! wasm components built from `policy/` and `tests/fixtures/` (run `cargo policies`
-//! first), a SQLite file on disk, and for `http`, a `creditgate serve` process.
+//! first), a SQLite file on disk or a PostgreSQL schema, and for `http` and `replicas`,
+//! `creditgate serve` processes.
 // Test helpers fail loudly by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,6 +10,7 @@ mod donoratlas;
 mod guarantees;
 mod http;
 mod lifecycle;
+mod replicas;
 mod sandbox;
 mod smarte;
 mod support;

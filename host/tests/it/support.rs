@@ -395,6 +395,25 @@ impl Server {
         }
     }
 
+    /// POSTs `body`; `Err` when no answer came (the server is down or gone): the
+    /// caller may retry elsewhere.
+    pub fn try_post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(std::time::Duration::from_secs(60))
+            .build();
+        let result = agent
+            .post(&format!("{}{path}", self.base))
+            .set("content-type", "application/json")
+            .send_string(&body.to_string());
+        let response = match result {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => return Err(error.to_string()),
+        };
+        let status = response.status();
+        let text = response.into_string().map_err(|error| error.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
     /// Sends a request; returns the status and the JSON body, whatever the status.
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let mut request = ureq::request(method, &format!("{}{path}", self.base));

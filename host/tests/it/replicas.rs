@@ -1,0 +1,271 @@
+//! Several `creditgate serve` processes on one PostgreSQL ledger: one balance that no
+//! interleaving overspends, idempotency and unique marks across processes, a replica
+//! killed mid-traffic, and the database going away and coming back.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use creditgate::store::StoreLocation;
+use creditgate::store::scratch::ScratchLedger;
+use serde_json::{Value, json};
+
+use crate::support::{Server, assert_ledger_sound, postgres_store};
+
+/// `count` servers of `policy` on one fresh PostgreSQL schema.
+struct Replicas {
+    servers: Vec<Server>,
+    scratch: ScratchLedger,
+}
+
+impl Replicas {
+    fn start(policy: &str, count: usize) -> Self {
+        let scratch = postgres_store().create().expect("scratch schema");
+        let servers = (0..count)
+            .map(|_| Server::start_with_args(Some(policy), url(&scratch), None, &[]))
+            .collect();
+        Self { servers, scratch }
+    }
+
+    /// Clients of each server (they do not own the processes).
+    fn clients(&self) -> Vec<Server> {
+        self.servers
+            .iter()
+            .map(|server| server.with_token(None))
+            .collect()
+    }
+}
+
+fn url(scratch: &ScratchLedger) -> String {
+    match scratch.location() {
+        StoreLocation::Postgres(url) => url.clone(),
+        StoreLocation::Sqlite(path) => panic!("not a PostgreSQL ledger: {}", path.display()),
+    }
+}
+
+/// Runs `calls` at once, one thread each, all released together.
+fn all_at_once<T: Send + 'static>(
+    calls: Vec<Box<dyn FnOnce() -> T + Send>>,
+) -> Vec<T> {
+    let start = Arc::new(Barrier::new(calls.len()));
+    let threads: Vec<_> = calls
+        .into_iter()
+        .map(|call| {
+            let start = Arc::clone(&start);
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    start.wait();
+                    call()
+                })
+                .expect("thread")
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().expect("client thread"))
+        .collect()
+}
+
+#[test]
+fn three_replicas_admit_exactly_the_hundred_credits_of_one_balance_to_a_thousand_authorizes() {
+    let replicas = Replicas::start("smarte", 3);
+    let clients = replicas.clients();
+    clients[0].grant("acme", "default", 100, "welcome");
+    let calls: Vec<Box<dyn FnOnce() -> (u16, Value) + Send>> = (0..1_000)
+        .map(|index| {
+            let client = clients[index % 3].with_token(None);
+            Box::new(move || {
+                client
+                    .try_post(
+                        "/v1/authorize",
+                        &json!({"transaction_id": format!("t{index}"), "tenant": "acme",
+                                "operation": "person.enrich", "items": ["a"]}),
+                    )
+                    .expect("an answer")
+            }) as Box<dyn FnOnce() -> (u16, Value) + Send>
+        })
+        .collect();
+    let answers = all_at_once(calls);
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let outcome = if body["admitted"] == true {
+            "admitted".to_owned()
+        } else {
+            body["error"]["code"].as_str().unwrap_or("?").to_owned()
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([
+            ("admitted".to_owned(), 100),
+            ("insufficient_credits".to_owned(), 900)
+        ])
+    );
+    for client in &clients {
+        let balances = client.balances("acme");
+        assert_eq!(
+            (&balances["balances"]["default"], &balances["held"]["default"]),
+            (&json!(0), &json!(100))
+        );
+    }
+    assert_ledger_sound(replicas.scratch.location());
+}
+
+#[test]
+fn fifty_concurrent_exports_of_one_new_donor_across_replicas_charge_it_once() {
+    let replicas = Replicas::start("donoratlas", 3);
+    let clients = replicas.clients();
+    clients[1].grant("partner", "export", 10, "export-credits");
+    let calls: Vec<Box<dyn FnOnce() -> (u16, Value) + Send>> = (0..50)
+        .map(|index| {
+            let client = clients[index % 3].with_token(None);
+            Box::new(move || {
+                client
+                    .try_post(
+                        "/v1/authorize",
+                        &json!({"transaction_id": format!("x{index}"), "tenant": "partner",
+                                "operation": "export", "items": ["donor-42"]}),
+                    )
+                    .expect("an answer")
+            }) as Box<dyn FnOnce() -> (u16, Value) + Send>
+        })
+        .collect();
+    let answers = all_at_once(calls);
+    let charged: i64 = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            assert_eq!(body["admitted"], true, "{body}");
+            body["charged"]["export"].as_i64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(charged, 1);
+    assert_eq!(clients[2].balances("partner")["balances"]["export"], 9);
+    assert_ledger_sound(replicas.scratch.location());
+}
+
+/// One client's work: authorize then settle transactions, each call retried on the
+/// next replica until one answers (a killed replica gives no answer).
+struct Traffic {
+    clients: Vec<Server>,
+    /// Answers received, counted to decide when to kill.
+    answered: AtomicUsize,
+}
+
+impl Traffic {
+    fn call_until_answered(&self, first: usize, path: &str, body: &Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for attempt in 0.. {
+            let client = &self.clients[(first + attempt) % self.clients.len()];
+            match client.try_post(path, body) {
+                Ok((200, answer)) => {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                    return answer;
+                }
+                Ok((status, answer)) if status >= 500 => {
+                    eprintln!("{path} answered {status} {answer}; retrying elsewhere");
+                }
+                Ok((status, answer)) => panic!("{path} {body}: {status} {answer}"),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "{path} {body}: no replica answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unreachable!()
+    }
+}
+
+#[test]
+fn a_replica_killed_mid_traffic_loses_no_acknowledged_charge_and_none_counts_twice() {
+    const CLIENTS: usize = 12;
+    const PER_CLIENT: usize = 40;
+    const TENANTS: usize = 4;
+    let replicas = Replicas::start("smarte", 3);
+    let traffic = Arc::new(Traffic {
+        clients: replicas.clients(),
+        answered: AtomicUsize::new(0),
+    });
+    for tenant in 0..TENANTS {
+        traffic.clients[0].grant(&format!("t{tenant}"), "default", 100_000, &format!("g{tenant}"));
+    }
+    let receipts = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (traffic, receipts) = (Arc::clone(&traffic), Arc::clone(&receipts));
+            std::thread::spawn(move || {
+                for index in 0..PER_CLIENT {
+                    let id = format!("c{client}-{index}");
+                    let tenant = format!("t{}", (client + index) % TENANTS);
+                    let records = 1 + index % 3;
+                    let items: Vec<String> = (0..records).map(|item| format!("i{item}")).collect();
+                    let authorization = traffic.call_until_answered(
+                        client + index,
+                        "/v1/authorize",
+                        &json!({"transaction_id": id, "tenant": tenant,
+                                "operation": "person.enrich", "items": items}),
+                    );
+                    assert_eq!(authorization["admitted"], true, "{authorization}");
+                    let receipt = traffic.call_until_answered(
+                        client + index + 1,
+                        "/v1/settle",
+                        &json!({"transaction_id": id, "status": 200,
+                                "attributes": {"records": records.to_string()}}),
+                    );
+                    receipts.lock().unwrap().push((id, tenant, authorization, receipt));
+                }
+            })
+        })
+        .collect();
+    // Kill the first replica once a quarter of the answers are in: mid-traffic.
+    let mut servers = replicas.servers.into_iter();
+    let victim = servers.next().expect("three replicas");
+    let survivors: Vec<Server> = servers.collect();
+    while traffic.answered.load(Ordering::Relaxed) < CLIENTS * PER_CLIENT / 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    victim.kill();
+    for worker in workers {
+        worker.join().expect("client");
+    }
+
+    let receipts = receipts.lock().unwrap();
+    assert_eq!(receipts.len(), CLIENTS * PER_CLIENT);
+    let mut charged_per_tenant: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, tenant, authorization, receipt) in receipts.iter() {
+        let charged = receipt["charged"]["default"].as_i64().unwrap_or(0);
+        *charged_per_tenant.entry(tenant.clone()).or_default() += charged;
+        let (status, view) = survivors[0].get(&format!("/v1/transactions/{id}"));
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["state"], "settled", "{view}");
+        let mut by_kind: BTreeMap<String, (usize, i64)> = BTreeMap::new();
+        for entry in view["entries"].as_array().expect("entries") {
+            let kind = entry["kind"].as_str().unwrap().to_owned();
+            let slot = by_kind.entry(kind).or_default();
+            slot.0 += 1;
+            slot.1 += entry["amount"].as_i64().unwrap();
+        }
+        let held = authorization["held"]["default"].as_i64().unwrap();
+        assert_eq!(by_kind.get("hold"), Some(&(1, held)), "{id}: {view}");
+        assert_eq!(by_kind.get("capture"), Some(&(1, charged)), "{id}: {view}");
+        assert!(
+            by_kind.values().all(|(count, _)| *count == 1),
+            "{id}: an entry appears twice: {view}"
+        );
+    }
+    for (tenant, charged) in charged_per_tenant {
+        let balances = survivors[1].balances(&tenant);
+        assert_eq!(balances["held"]["default"], 0, "{tenant}");
+        assert_eq!(
+            balances["balances"]["default"].as_i64().unwrap(),
+            100_000 - charged,
+            "{tenant}: the balance is not the grant minus every acknowledged charge"
+        );
+    }
+    assert_ledger_sound(replicas.scratch.location());
+}
