@@ -3,7 +3,6 @@
 //! killed mid-traffic, and the database going away and coming back.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -47,9 +46,7 @@ fn url(scratch: &ScratchLedger) -> String {
 }
 
 /// Runs `calls` at once, one thread each, all released together.
-fn all_at_once<T: Send + 'static>(
-    calls: Vec<Box<dyn FnOnce() -> T + Send>>,
-) -> Vec<T> {
+fn all_at_once<T: Send + 'static>(calls: Vec<Box<dyn FnOnce() -> T + Send>>) -> Vec<T> {
     let start = Arc::new(Barrier::new(calls.len()));
     let threads: Vec<_> = calls
         .into_iter()
@@ -110,7 +107,10 @@ fn three_replicas_admit_exactly_the_hundred_credits_of_one_balance_to_a_thousand
     for client in &clients {
         let balances = client.balances("acme");
         assert_eq!(
-            (&balances["balances"]["default"], &balances["held"]["default"]),
+            (
+                &balances["balances"]["default"],
+                &balances["held"]["default"]
+            ),
             (&json!(0), &json!(100))
         );
     }
@@ -174,7 +174,10 @@ impl Traffic {
                 Ok((status, answer)) => panic!("{path} {body}: {status} {answer}"),
                 Err(_) => {}
             }
-            assert!(Instant::now() < deadline, "{path} {body}: no replica answered");
+            assert!(
+                Instant::now() < deadline,
+                "{path} {body}: no replica answered"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         unreachable!()
@@ -192,7 +195,12 @@ fn a_replica_killed_mid_traffic_loses_no_acknowledged_charge_and_none_counts_twi
         answered: AtomicUsize::new(0),
     });
     for tenant in 0..TENANTS {
-        traffic.clients[0].grant(&format!("t{tenant}"), "default", 100_000, &format!("g{tenant}"));
+        traffic.clients[0].grant(
+            &format!("t{tenant}"),
+            "default",
+            100_000,
+            &format!("g{tenant}"),
+        );
     }
     let receipts = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..CLIENTS)
@@ -217,7 +225,10 @@ fn a_replica_killed_mid_traffic_loses_no_acknowledged_charge_and_none_counts_twi
                         &json!({"transaction_id": id, "status": 200,
                                 "attributes": {"records": records.to_string()}}),
                     );
-                    receipts.lock().unwrap().push((id, tenant, authorization, receipt));
+                    receipts
+                        .lock()
+                        .unwrap()
+                        .push((id, tenant, authorization, receipt));
                 }
             })
         })
@@ -268,4 +279,181 @@ fn a_replica_killed_mid_traffic_loses_no_acknowledged_charge_and_none_counts_twi
         );
     }
     assert_ledger_sound(replicas.scratch.location());
+}
+
+/// A TCP link to PostgreSQL the test can cut (every connection closed, new ones
+/// refused) and restore: the database going away, for one server only.
+struct CuttableLink {
+    port: u16,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CuttableLink {
+    fn to(upstream: String, up: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("link port");
+        let port = listener.local_addr().expect("link address").port();
+        let up = Arc::new(AtomicBool::new(up));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (link_up, link_open) = (Arc::clone(&up), Arc::clone(&open));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !link_up.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let mut streams = link_open.lock().unwrap();
+                streams.push(client.try_clone().unwrap());
+                streams.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, up, open }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// `url` with its host and port replaced by the link's, and the link to them.
+    fn through(url: &str, up: bool) -> (Self, String) {
+        let (scheme_user, rest) = url.split_once('@').expect("a URL with user@host");
+        let (authority, path) = rest.split_once('/').expect("a URL with a database");
+        let link = Self::to(authority.to_owned(), up);
+        let linked = format!("{scheme_user}@127.0.0.1:{}/{path}", link.port);
+        (link, linked)
+    }
+}
+
+fn authorize(server: &Server, id: &str) -> (u16, Value) {
+    server
+        .try_post(
+            "/v1/authorize",
+            &json!({"transaction_id": id, "tenant": "acme", "operation": "person.enrich",
+                    "items": ["a"]}),
+        )
+        .expect("the server answers even when its database does not")
+}
+
+/// Retries `call` until it answers 200, for at most 20 s.
+fn until_ok(mut call: impl FnMut() -> (u16, Value)) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = call();
+        if status == 200 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_store_unavailable((status, body): (u16, Value)) {
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+}
+
+#[test]
+fn while_postgres_is_unreachable_requests_fail_closed_and_the_server_recovers_by_itself() {
+    let scratch = postgres_store().create().expect("scratch schema");
+    let (link, linked_url) = CuttableLink::through(&url(&scratch), true);
+    let server = Server::start_with_args(Some("smarte"), &linked_url, None, &[]);
+    server.grant("acme", "default", 10, "welcome");
+    assert_eq!(authorize(&server, "t1").1["admitted"], true);
+
+    link.cut();
+    assert_store_unavailable(authorize(&server, "t2"));
+    assert_store_unavailable(
+        server
+            .try_post(
+                "/v1/settle",
+                &json!({"transaction_id": "t1", "status": 200,
+                                              "attributes": {"records": "1"}}),
+            )
+            .expect("an answer"),
+    );
+    assert_store_unavailable(server.get("/v1/tenants/acme/balances"));
+
+    link.restore();
+    let second = until_ok(|| authorize(&server, "t2"));
+    assert_eq!(second["admitted"], true, "{second}");
+    let receipt = until_ok(|| {
+        server
+            .try_post(
+                "/v1/settle",
+                &json!({"transaction_id": "t1", "status": 200,
+                                              "attributes": {"records": "1"}}),
+            )
+            .expect("an answer")
+    });
+    assert_eq!(receipt["charged"]["default"], 1);
+    // The failed attempts wrote nothing: one hold for t2, one hold and one capture for t1.
+    for (id, entries) in [("t1", 2), ("t2", 1)] {
+        let (_, view) = server.get(&format!("/v1/transactions/{id}"));
+        assert_eq!(
+            view["entries"].as_array().map(Vec::len),
+            Some(entries),
+            "{view}"
+        );
+    }
+    let balances = server.balances("acme");
+    assert_eq!(
+        (
+            &balances["balances"]["default"],
+            &balances["held"]["default"]
+        ),
+        (&json!(8), &json!(1))
+    );
+    assert_ledger_sound(scratch.location());
+}
+
+#[test]
+fn a_server_started_while_postgres_is_unreachable_fails_closed_until_it_can_reach_it() {
+    let scratch = postgres_store().create().expect("scratch schema");
+    let (link, linked_url) = CuttableLink::through(&url(&scratch), false);
+    let server = Server::start_with_args(Some("smarte"), &linked_url, None, &[]);
+    assert_store_unavailable(authorize(&server, "t1"));
+    link.restore();
+    let admin = server.with_token(None);
+    until_ok(|| {
+        admin
+            .try_post(
+                "/v1/tenants/acme/grants",
+                &json!({"grant_id": "welcome", "balance": "default", "amount": 5}),
+            )
+            .expect("an answer")
+    });
+    let first = until_ok(|| authorize(&server, "t1"));
+    assert_eq!(first["admitted"], true, "{first}");
+    // The starting policy was recorded once the database was back.
+    let (status, policy) = server.get("/v1/policy");
+    assert_eq!(status, 200, "{policy}");
+    assert_eq!(
+        policy["history"].as_array().map(Vec::len),
+        Some(1),
+        "{policy}"
+    );
+    assert_ledger_sound(scratch.location());
 }

@@ -411,7 +411,10 @@ impl Server {
         };
         let status = response.status();
         let text = response.into_string().map_err(|error| error.to_string())?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// Sends a request; returns the status and the JSON body, whatever the status.
