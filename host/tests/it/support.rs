@@ -523,7 +523,7 @@ pub struct HttpGate {
 impl HttpGate {
     pub fn start(policy: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = Server::start(policy, &dir.path().join("ledger.db"), None);
+        let server = Server::start(policy, dir.path().join("ledger.db"), None);
         Self { server, dir }
     }
 }

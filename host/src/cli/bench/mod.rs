@@ -15,6 +15,8 @@ use clap::Args;
 use serde::Serialize;
 
 use creditgate::model::GrantRequest;
+use creditgate::store::StoreLocation;
+use creditgate::store::scratch::ScratchStore;
 use creditgate::{Meter, MeterConfig, NativePolicy, PolicySource};
 
 use stats::{Measure, Row, Samples};
@@ -57,11 +59,9 @@ pub struct BenchArgs {
     /// The Redis of the Redis + Lua row.
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     redis: String,
-    /// The PostgreSQL of the naive PostgreSQL row (a schema of its own, dropped after).
-    #[arg(
-        long,
-        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    )]
+    /// The PostgreSQL of the naive PostgreSQL row and of creditgate's PostgreSQL rows
+    /// (each in schemas of its own, dropped after).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres: String,
     /// Where the temporary ledgers go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
@@ -85,6 +85,9 @@ const REDIS: &str = "Redis + Lua (in memory, not durable)";
 const POSTGRES: &str = "naive PostgreSQL (a txn per call)";
 const HALF_PEAK: &str = "creditgate in-process, wasm, at half peak";
 const SWAPS: &str = "creditgate in-process, wasm, a swap every 100 ms";
+const PG_ONE: &str = "creditgate on PostgreSQL, 1 replica";
+const PG_ONE_UNBATCHED: &str = "creditgate on PostgreSQL, 1 replica, 1 decision a batch";
+const PG_THREE: &str = "creditgate on PostgreSQL, 3 replicas";
 
 /// How often the swap row activates the other build.
 const SWAP_EVERY: Duration = Duration::from_millis(100);
@@ -172,6 +175,18 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
     record(&mut rows, bare_axum_row(&plan).await);
     record(&mut rows, redis_row(&args, &plan).await);
     record(&mut rows, postgres_row(&args, &plan).await);
+    for (name, replicas, batch_size_max) in [
+        (PG_ONE, 1, None),
+        (PG_ONE_UNBATCHED, 1, Some(1)),
+        (PG_THREE, 3, None),
+    ] {
+        let variant = Variant {
+            postgres_replicas: Some(replicas),
+            batch_size_max,
+            ..Variant::default()
+        };
+        record(&mut rows, creditgate_row(&args, &plan, name, variant).await);
+    }
     let peak = rows
         .iter()
         .find(|row| row.name == IN_PROCESS)
@@ -292,6 +307,10 @@ struct Variant {
     /// Paced: this many transactions a second in all, instead of as fast as it goes.
     rate: Option<f64>,
     swaps: bool,
+    /// The ledgers on PostgreSQL, each shared by this many meters (replicas, each with
+    /// its own sequencer and connections; clients spread over them).
+    postgres_replicas: Option<usize>,
+    batch_size_max: Option<usize>,
 }
 
 async fn creditgate_row(args: &BenchArgs, plan: &Plan, name: &str, variant: Variant) -> Row {
@@ -311,7 +330,10 @@ async fn run_creditgate(
     let dir = tempfile::Builder::new()
         .prefix("creditgate-bench-")
         .tempdir_in(&args.dir)?;
-    let mut meters = Vec::new();
+    let scratch_store = ScratchStore::Postgres(args.postgres.clone());
+    let mut scratches = Vec::new();
+    // Per product, one meter per replica.
+    let mut replicas: Vec<Vec<Arc<Meter>>> = Vec::new();
     for product in Product::ALL {
         let source = match (product, variant.native) {
             (Product::Smarte, false) => PolicySource::Component(super::read_policy(&args.smarte)?),
@@ -321,11 +343,32 @@ async fn run_creditgate(
             (Product::Smarte, true) => PolicySource::Native(NativePolicy::Smarte),
             (Product::DonorAtlas, true) => PolicySource::Native(NativePolicy::DonorAtlas),
         };
-        let config = MeterConfig::new(dir.path().join(format!("ledger-{}.db", product.index())));
-        let meter = tokio::task::spawn_blocking(move || Meter::open(config, source)).await??;
-        meters.push(Arc::new(meter));
+        let location = match variant.postgres_replicas {
+            Some(_) => {
+                let store = scratch_store.clone();
+                let scratch = tokio::task::spawn_blocking(move || store.create()).await??;
+                let location = scratch.location().clone();
+                scratches.push(scratch);
+                location
+            }
+            None => {
+                StoreLocation::Sqlite(dir.path().join(format!("ledger-{}.db", product.index())))
+            }
+        };
+        let mut meters = Vec::new();
+        for _ in 0..variant.postgres_replicas.unwrap_or(1) {
+            let mut config = MeterConfig::new(location.clone());
+            if let Some(batch_size_max) = variant.batch_size_max {
+                config.batch_size_max = batch_size_max;
+            }
+            let source = source.clone();
+            let meter = tokio::task::spawn_blocking(move || Meter::open(config, source)).await??;
+            meters.push(Arc::new(meter));
+        }
+        replicas.push(meters);
     }
-    let meters: [Arc<Meter>; 2] = [Arc::clone(&meters[0]), Arc::clone(&meters[1])];
+    let meters: [Arc<Meter>; 2] = [Arc::clone(&replicas[0][0]), Arc::clone(&replicas[1][0])];
+
     grant_everyone(&meters, tenants).await?;
     let servers = if variant.http {
         Some([
@@ -336,13 +379,16 @@ async fn run_creditgate(
         None
     };
     let mut clients = Vec::with_capacity(plan.clients);
-    for _ in 0..plan.clients {
+    for index in 0..plan.clients {
         clients.push(match &servers {
             Some([smarte, donoratlas]) => Client::Http([
                 systems::http_connect(smarte.address).await?,
                 systems::http_connect(donoratlas.address).await?,
             ]),
-            None => Client::InProcess(meters.clone()),
+            None => Client::InProcess([
+                Arc::clone(&replicas[0][index % replicas[0].len()]),
+                Arc::clone(&replicas[1][index % replicas[1].len()]),
+            ]),
         });
     }
     let swapper = if variant.swaps {
@@ -363,6 +409,8 @@ async fn run_creditgate(
     }
     drop(clients);
     drop(servers);
+    // Closing a meter and dropping a schema block: off the async workers.
+    tokio::task::spawn_blocking(move || drop(replicas)).await?;
     for meter in meters {
         let violations =
             tokio::task::spawn_blocking(move || meter.invariant_violations()).await??;
@@ -371,6 +419,7 @@ async fn run_creditgate(
             "ledger invariants broke: {violations:?}"
         );
     }
+    tokio::task::spawn_blocking(move || drop(scratches)).await?;
     measures
 }
 
