@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use creditgate::model::GrantRequest;
+use creditgate::model::{BatchStats, GrantRequest};
 use creditgate::store::StoreLocation;
 use creditgate::store::scratch::ScratchStore;
 use creditgate::{Meter, MeterConfig, NativePolicy, PolicySource};
@@ -86,7 +86,7 @@ const POSTGRES: &str = "naive PostgreSQL (a txn per call)";
 const HALF_PEAK: &str = "creditgate in-process, wasm, at half peak";
 const SWAPS: &str = "creditgate in-process, wasm, a swap every 100 ms";
 const PG_ONE: &str = "creditgate on PostgreSQL, 1 replica";
-const PG_ONE_UNBATCHED: &str = "creditgate on PostgreSQL, 1 replica, 1 decision a batch";
+const PG_ONE_UNBATCHED: &str = "creditgate on PostgreSQL, 1 replica, unbatched";
 const PG_THREE: &str = "creditgate on PostgreSQL, 3 replicas";
 
 /// How often the swap row activates the other build.
@@ -316,16 +316,20 @@ struct Variant {
 async fn creditgate_row(args: &BenchArgs, plan: &Plan, name: &str, variant: Variant) -> Row {
     stats::reset_peak_rss();
     match run_creditgate(args, plan, variant).await {
-        Ok(measures) => Row::from_measures(name.to_owned(), &measures, stats::peak_rss_bytes()),
+        Ok((measures, decisions_per_commit)) => Row {
+            decisions_per_commit: Some(decisions_per_commit),
+            ..Row::from_measures(name.to_owned(), &measures, stats::peak_rss_bytes())
+        },
         Err(error) => Row::unavailable(name.to_owned(), &error),
     }
 }
 
+/// The row's measures, and the decisions per store commit during them.
 async fn run_creditgate(
     args: &BenchArgs,
     plan: &Plan,
     variant: Variant,
-) -> anyhow::Result<Vec<Measure>> {
+) -> anyhow::Result<(Vec<Measure>, f64)> {
     let tenants = variant.tenants.unwrap_or(plan.tenants);
     let dir = tempfile::Builder::new()
         .prefix("creditgate-bench-")
@@ -402,7 +406,16 @@ async fn run_creditgate(
     } else {
         None
     };
+    let every_meter = || replicas.iter().flatten();
+    let before: Vec<BatchStats> = every_meter().map(|meter| meter.batch_stats()).collect();
     let measures = measure_all(&mut clients, plan, tenants, variant.rate).await;
+    let (mut decisions, mut commits) = (0, 0);
+    for (meter, before) in every_meter().zip(before) {
+        let after = meter.batch_stats();
+        decisions += after.decisions - before.decisions;
+        commits += after.batches - before.batches;
+    }
+    let decisions_per_commit = decisions as f64 / commits.max(1) as f64;
     if let Some(swapper) = swapper {
         let swaps = swapper.stop().await?;
         anyhow::ensure!(swaps > 0, "no swap happened during the row");
@@ -420,7 +433,7 @@ async fn run_creditgate(
         );
     }
     tokio::task::spawn_blocking(move || drop(scratches)).await?;
-    measures
+    Ok((measures?, decisions_per_commit))
 }
 
 /// Grants every tenant of both products, many grants in flight so they share commits.
@@ -718,8 +731,8 @@ fn record(rows: &mut Vec<Row>, row: Row) {
 
 fn print_header() {
     println!(
-        "{:<50} {:>9}   {:>22}   {:>22}   {:>9}",
-        "row", "txn/s", "authorize p50/p99/p999", "settle p50/p99/p999", "peak RSS"
+        "{:<50} {:>9}   {:>22}   {:>22}   {:>9}   {:>10}",
+        "row", "txn/s", "authorize p50/p99/p999", "settle p50/p99/p999", "peak RSS", "per commit"
     );
 }
 
@@ -732,8 +745,11 @@ fn print_row(row: &Row) {
         || "-".to_owned(),
         |bytes| format!("{} MiB", bytes / (1024 * 1024)),
     );
+    let per_commit = row
+        .decisions_per_commit
+        .map_or_else(|| "-".to_owned(), |decisions| format!("{decisions:.1}"));
     println!(
-        "{:<50} {:>9.0}   {:>19} µs   {:>19} µs   {:>9}{}",
+        "{:<50} {:>9.0}   {:>19} µs   {:>19} µs   {:>9}   {:>10}{}",
         row.name,
         row.txn_per_s,
         format!(
@@ -745,6 +761,7 @@ fn print_row(row: &Row) {
             row.settle_p50_us, row.settle_p99_us, row.settle_p999_us
         ),
         rss,
+        per_commit,
         if row.failures > 0 {
             format!("   failures {}", row.failures)
         } else {

@@ -87,6 +87,9 @@ pub struct Row {
     pub settle_p999_us: u64,
     /// Peak resident memory of this process during the row (creditgate rows only).
     pub rss_bytes: Option<u64>,
+    /// Decisions per store commit, on average (creditgate rows only): what group
+    /// commit gathered.
+    pub decisions_per_commit: Option<f64>,
     pub failures: u64,
     /// Why the row could not run, when it could not.
     pub error: Option<String>,
@@ -113,6 +116,7 @@ impl Row {
             settle_p99_us: median_u64(&|m| m.settle_us.p99),
             settle_p999_us: median_u64(&|m| m.settle_us.p999),
             rss_bytes,
+            decisions_per_commit: None,
             failures: measures.iter().map(|measure| measure.failures).sum(),
             error: None,
         }
@@ -130,6 +134,7 @@ impl Row {
             settle_p99_us: 0,
             settle_p999_us: 0,
             rss_bytes: None,
+            decisions_per_commit: None,
             failures: 0,
             error: Some(format!("{error:#}")),
         }
