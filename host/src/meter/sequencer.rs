@@ -292,7 +292,10 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
             return;
         }
         let prepared = self.writer.begin().and_then(|()| {
-            self.writer.claim(&claims(&batch), self.clock.now_ms())?;
+            let mut claims = claims(&batch);
+            // The starting policy is recorded first in this batch, if not yet.
+            claims.activation |= self.unregistered.is_some();
+            self.writer.claim(&claims, self.clock.now_ms())?;
             self.register_start()
         });
         if let Err(error) = prepared {

@@ -59,6 +59,9 @@ const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_i
 const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])";
 
+/// How long, in ms, a writer may sit inside a transaction, or wait for a lock.
+const LOCK_HELD_MAX_MS: u32 = 10_000;
+
 /// One connection and the statements prepared on it.
 struct Connection {
     client: Client,
@@ -116,9 +119,16 @@ impl PostgresWriter {
 
     /// Connects (again), migrating the schema if needed.
     pub(super) fn connect(&self) -> StoreResult<()> {
-        let client = connect(&self.config).map_err(|error| {
+        let mut client = connect(&self.config).map_err(|error| {
             MeterError::StoreUnavailable(format!("cannot reach {}: {error}", self.name))
         })?;
+        // A batch holds its locks for milliseconds. A writer cut off mid-batch (its
+        // host partitioned away) must not hold its tenants' locks until TCP gives up,
+        // and a batch must not wait forever behind one: both fail after this long.
+        client.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {LOCK_HELD_MAX_MS}; \
+             SET lock_timeout = {LOCK_HELD_MAX_MS}"
+        ))?;
         *self.connection.borrow_mut() = Some(Connection {
             client,
             statements: HashMap::new(),
@@ -642,6 +652,10 @@ impl LedgerWriter for PostgresWriter {
     ) -> StoreResult<()> {
         let balances = to_json(&info.balances)?;
         self.with(|connection| {
+            // Every write of policies takes the activation lock first (a batch that
+            // activates holds it already), so no two writers can wait on each other
+            // between the lock and the policy's row.
+            connection.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVATION_LOCK])?;
             connection.execute(
                 "INSERT INTO policies (digest, name, version, balances_json, hold_ttl_ms, component, activated_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
