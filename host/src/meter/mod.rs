@@ -409,7 +409,10 @@ impl Meter {
         self.reader.journal(tenant, limit)
     }
 
-    /// Every tenant's journal entries after entry `after_id`, oldest first.
+    /// Every tenant's journal entries after entry `after_id`, oldest first. On
+    /// PostgreSQL shared by replicas, ids are drawn before commit, so an entry can
+    /// become visible after one with a higher id: tail by id only what no replica is
+    /// still writing.
     pub fn journal_after(
         &self,
         after_id: i64,

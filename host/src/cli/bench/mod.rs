@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Short repetitions and 10,000 tenants in the large row: checks that it runs.
     #[arg(long)]
     quick: bool,
+    /// Only the rows whose name contains this text (e.g. `PostgreSQL`); the targets then
+    /// judge what ran.
+    #[arg(long)]
+    rows: Option<String>,
     /// Also write the rows and targets as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -140,41 +144,58 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
         fsync_us.p99
     );
     print_header();
+    let wanted = |name: &str| {
+        args.rows
+            .as_ref()
+            .is_none_or(|text| name.contains(text.as_str()))
+    };
     let mut rows: Vec<Row> = Vec::new();
 
-    record(
-        &mut rows,
-        creditgate_row(&args, &plan, IN_PROCESS, Variant::default()).await,
-    );
-    record(
-        &mut rows,
-        creditgate_row(
-            &args,
-            &plan,
-            NATIVE,
-            Variant {
-                native: true,
-                ..Variant::default()
-            },
-        )
-        .await,
-    );
-    record(
-        &mut rows,
-        creditgate_row(
-            &args,
-            &plan,
-            HTTP,
-            Variant {
-                http: true,
-                ..Variant::default()
-            },
-        )
-        .await,
-    );
-    record(&mut rows, bare_axum_row(&plan).await);
-    record(&mut rows, redis_row(&args, &plan).await);
-    record(&mut rows, postgres_row(&args, &plan).await);
+    if wanted(IN_PROCESS) {
+        record(
+            &mut rows,
+            creditgate_row(&args, &plan, IN_PROCESS, Variant::default()).await,
+        );
+    }
+    if wanted(NATIVE) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                NATIVE,
+                Variant {
+                    native: true,
+                    ..Variant::default()
+                },
+            )
+            .await,
+        );
+    }
+    if wanted(HTTP) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                HTTP,
+                Variant {
+                    http: true,
+                    ..Variant::default()
+                },
+            )
+            .await,
+        );
+    }
+    if wanted(BARE_AXUM) {
+        record(&mut rows, bare_axum_row(&plan).await);
+    }
+    if wanted(REDIS) {
+        record(&mut rows, redis_row(&args, &plan).await);
+    }
+    if wanted(POSTGRES) {
+        record(&mut rows, postgres_row(&args, &plan).await);
+    }
     for (name, replicas, batch_size_max) in [
         (PG_ONE, 1, None),
         (PG_ONE_UNBATCHED, 1, Some(1)),
@@ -185,53 +206,61 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
             batch_size_max,
             ..Variant::default()
         };
-        record(&mut rows, creditgate_row(&args, &plan, name, variant).await);
+        if wanted(name) {
+            record(&mut rows, creditgate_row(&args, &plan, name, variant).await);
+        }
     }
     let peak = rows
         .iter()
         .find(|row| row.name == IN_PROCESS)
         .map_or(0.0, |row| row.txn_per_s);
-    record(
-        &mut rows,
-        creditgate_row(
-            &args,
-            &plan,
-            HALF_PEAK,
-            Variant {
-                rate: Some(peak / 2.0),
-                ..Variant::default()
-            },
-        )
-        .await,
-    );
-    record(
-        &mut rows,
-        creditgate_row(
-            &args,
-            &plan,
-            SWAPS,
-            Variant {
-                swaps: true,
-                ..Variant::default()
-            },
-        )
-        .await,
-    );
+    if wanted(HALF_PEAK) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                HALF_PEAK,
+                Variant {
+                    rate: Some(peak / 2.0),
+                    ..Variant::default()
+                },
+            )
+            .await,
+        );
+    }
+    if wanted(SWAPS) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                SWAPS,
+                Variant {
+                    swaps: true,
+                    ..Variant::default()
+                },
+            )
+            .await,
+        );
+    }
 
     // Last: the peak RSS of a row after it would include what this one's allocator kept.
-    record(
-        &mut rows,
-        creditgate_row(
-            &args,
-            &plan,
-            &large,
-            Variant {
-                tenants: Some(plan.tenants_large),
-                ..Variant::default()
-            },
-        )
-        .await,
-    );
+    if wanted(&large) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                &large,
+                Variant {
+                    tenants: Some(plan.tenants_large),
+                    ..Variant::default()
+                },
+            )
+            .await,
+        );
+    }
     let targets = targets(&rows, &large);
     print_targets(&targets);
     let activation = tokio::task::spawn_blocking({
