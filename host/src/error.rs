@@ -55,6 +55,9 @@ pub enum MeterError {
     /// The ledger store failed; nothing of this request was acknowledged.
     #[error("the ledger store is unavailable: {0}")]
     StoreUnavailable(String),
+    /// The ledger's schema is newer than this build knows: nothing is read or written.
+    #[error("the ledger cannot be used by this build: {0}")]
+    StoreIncompatible(String),
     /// Too many requests are queued for the ledger.
     #[error("the meter is overloaded; retry shortly")]
     Overloaded,
@@ -81,7 +84,10 @@ impl MeterError {
             MeterError::PolicyTrap(_)
             | MeterError::PolicyFuelExhausted { .. }
             | MeterError::PolicyInvalidVerdict(_) => 500,
-            MeterError::StoreUnavailable(_) | MeterError::Overloaded | MeterError::ShutDown => 503,
+            MeterError::StoreUnavailable(_)
+            | MeterError::StoreIncompatible(_)
+            | MeterError::Overloaded
+            | MeterError::ShutDown => 503,
         }
     }
 
@@ -103,6 +109,7 @@ impl MeterError {
             MeterError::PolicyFuelExhausted { .. } => "policy_fuel_exhausted",
             MeterError::PolicyInvalidVerdict(_) => "policy_invalid_verdict",
             MeterError::StoreUnavailable(_) => "store_unavailable",
+            MeterError::StoreIncompatible(_) => "store_incompatible",
             MeterError::Overloaded => "overloaded",
             MeterError::ShutDown => "shut_down",
         }

@@ -75,10 +75,10 @@ pub fn authorize(request: &AuthorizeRequest) -> Result<(), MeterError> {
     if request
         .items
         .iter()
-        .any(|item| item.is_empty() || item.len() > ITEM_BYTES_MAX)
+        .any(|item| item.is_empty() || item.len() > ITEM_BYTES_MAX || item.contains('\0'))
     {
         return Err(invalid(format!(
-            "every item must have 1 to {ITEM_BYTES_MAX} bytes"
+            "every item must have 1 to {ITEM_BYTES_MAX} bytes and no NUL character"
         )));
     }
     attributes(&request.attributes)?;

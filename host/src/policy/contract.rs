@@ -202,9 +202,11 @@ fn check_marks(marks: Vec<sdk::Mark>) -> Result<Vec<sdk::Mark>, String> {
             || mark.key.is_empty()
             || mark.scope.len() > MARK_BYTES_MAX
             || mark.key.len() > MARK_BYTES_MAX
+            || mark.scope.contains('\0')
+            || mark.key.contains('\0')
         {
             return Err(format!(
-                "mark scope and key must have 1..={MARK_BYTES_MAX} bytes"
+                "mark scope and key must have 1..={MARK_BYTES_MAX} bytes and no NUL character"
             ));
         }
     }

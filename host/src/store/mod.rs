@@ -210,6 +210,20 @@ pub trait LedgerReader: Send + Sync {
     fn invariant_violations(&self) -> StoreResult<Vec<String>>;
 }
 
+/// A tenant's stored account rows, with a zero account for each of `balances` that has
+/// none yet.
+pub fn with_balances(
+    balances: &[String],
+    rows: impl IntoIterator<Item = (String, AccountState)>,
+) -> Accounts {
+    let mut accounts: Accounts = balances
+        .iter()
+        .map(|balance| (balance.clone(), AccountState::default()))
+        .collect();
+    accounts.extend(rows);
+    accounts
+}
+
 /// Available credits per described balance, as the policy sees them.
 pub fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceAmount> {
     balances
@@ -315,4 +329,31 @@ pub fn open_reader(location: &StoreLocation) -> StoreResult<Box<dyn LedgerReader
         StoreLocation::Sqlite(path) => Box::new(sqlite::open(path)?.1),
         StoreLocation::Postgres(url) => Box::new(postgres::open_reader(url)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreLocation;
+
+    #[test]
+    fn postgres_urls_select_postgresql_and_anything_else_is_a_sqlite_file() {
+        let cases = [
+            ("postgres://app@db:5432/credits", "postgres"),
+            ("postgresql://app@db/credits", "postgres"),
+            ("sqlite://data/ledger.db", "data/ledger.db"),
+            ("creditgate.db", "creditgate.db"),
+            (
+                "/var/lib/creditgate/postgres.db",
+                "/var/lib/creditgate/postgres.db",
+            ),
+        ];
+        for (text, expected) in cases {
+            match StoreLocation::parse(text) {
+                StoreLocation::Postgres(url) => {
+                    assert_eq!((expected, url.as_str()), ("postgres", text))
+                }
+                StoreLocation::Sqlite(path) => assert_eq!(path.to_str(), Some(expected), "{text}"),
+            }
+        }
+    }
 }

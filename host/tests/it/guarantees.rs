@@ -166,6 +166,13 @@ crate::on_both_stores! {
                 body: Some(vec![0; (1 << 20) + 1]),
                 ..Default::default()
             },
+            // No store can keep a NUL in text (PostgreSQL refuses it outright).
+            AuthorizeRequest {
+                tenant: "acme".into(),
+                operation: "person.enrich".into(),
+                items: vec!["jane\0@example.com".into()],
+                ..Default::default()
+            },
         ];
         for request in cases {
             let error = meter.meter.authorize(request).unwrap_err();
@@ -451,5 +458,35 @@ crate::on_both_stores! {
         assert_eq!(receipt.charged, amounts(&[("default", 2)]));
         assert_eq!(meter.balances("acme").held, amounts(&[("default", 3)]));
         meter.assert_sound();
+    }
+}
+
+crate::on_both_stores! {
+    fn a_ledger_whose_schema_is_newer_than_this_build_is_refused_at_open(store) {
+        let meter = TestMeter::on(store, "smarte");
+        let location = meter.location().clone();
+        drop(meter.meter);
+        match &location {
+            creditgate::store::StoreLocation::Sqlite(path) => {
+                rusqlite::Connection::open(path)
+                    .unwrap()
+                    .pragma_update(None, "user_version", 99)
+                    .unwrap();
+            }
+            creditgate::store::StoreLocation::Postgres(url) => {
+                postgres::Client::connect(url, postgres::NoTls)
+                    .unwrap()
+                    .execute("INSERT INTO creditgate_schema (version) VALUES (99)", &[])
+                    .unwrap();
+            }
+        }
+        let refused = Meter::open(
+            MeterConfig::new(location),
+            PolicySource::Component(component("smarte")),
+        )
+        .err()
+        .expect("a newer schema is refused");
+        assert_eq!((refused.status(), refused.code()), (503, "store_incompatible"));
+        assert!(refused.to_string().contains("schema version 99"), "{refused}");
     }
 }

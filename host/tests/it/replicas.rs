@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use creditgate::clock::ManualClock;
+use creditgate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
 use creditgate::store::StoreLocation;
 use creditgate::store::scratch::ScratchLedger;
+use creditgate::{Meter, MeterConfig, PolicySource};
 use serde_json::{Value, json};
 
-use crate::support::{Server, assert_ledger_sound, postgres_store};
+use crate::support::{START_MS, Server, assert_ledger_sound, component, postgres_store};
 
 /// `count` servers of `policy` on one fresh PostgreSQL schema.
 struct Replicas {
@@ -45,18 +48,26 @@ fn url(scratch: &ScratchLedger) -> String {
     }
 }
 
-/// Runs `calls` at once, one thread each, all released together.
-fn all_at_once<T: Send + 'static>(calls: Vec<Box<dyn FnOnce() -> T + Send>>) -> Vec<T> {
-    let start = Arc::new(Barrier::new(calls.len()));
-    let threads: Vec<_> = calls
-        .into_iter()
-        .map(|call| {
+/// Sends `count` authorizes at once (a thread each, all released together), spread over
+/// the replicas in turn; `request(index)` is the body of the index-th. Their answers.
+fn authorize_at_once(
+    clients: &[Server],
+    count: usize,
+    request: impl Fn(usize) -> Value,
+) -> Vec<(u16, Value)> {
+    let start = Arc::new(Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|index| {
+            let (client, body) = (
+                clients[index % clients.len()].with_token(None),
+                request(index),
+            );
             let start = Arc::clone(&start);
             std::thread::Builder::new()
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     start.wait();
-                    call()
+                    client.try_post("/v1/authorize", &body).expect("an answer")
                 })
                 .expect("thread")
         })
@@ -72,21 +83,10 @@ fn three_replicas_admit_exactly_the_hundred_credits_of_one_balance_to_a_thousand
     let replicas = Replicas::start("smarte", 3);
     let clients = replicas.clients();
     clients[0].grant("acme", "default", 100, "welcome");
-    let calls: Vec<Box<dyn FnOnce() -> (u16, Value) + Send>> = (0..1_000)
-        .map(|index| {
-            let client = clients[index % 3].with_token(None);
-            Box::new(move || {
-                client
-                    .try_post(
-                        "/v1/authorize",
-                        &json!({"transaction_id": format!("t{index}"), "tenant": "acme",
-                                "operation": "person.enrich", "items": ["a"]}),
-                    )
-                    .expect("an answer")
-            }) as Box<dyn FnOnce() -> (u16, Value) + Send>
-        })
-        .collect();
-    let answers = all_at_once(calls);
+    let answers = authorize_at_once(&clients, 1_000, |index| {
+        json!({"transaction_id": format!("t{index}"), "tenant": "acme",
+               "operation": "person.enrich", "items": ["a"]})
+    });
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
@@ -122,21 +122,10 @@ fn fifty_concurrent_exports_of_one_new_donor_across_replicas_charge_it_once() {
     let replicas = Replicas::start("donoratlas", 3);
     let clients = replicas.clients();
     clients[1].grant("partner", "export", 10, "export-credits");
-    let calls: Vec<Box<dyn FnOnce() -> (u16, Value) + Send>> = (0..50)
-        .map(|index| {
-            let client = clients[index % 3].with_token(None);
-            Box::new(move || {
-                client
-                    .try_post(
-                        "/v1/authorize",
-                        &json!({"transaction_id": format!("x{index}"), "tenant": "partner",
-                                "operation": "export", "items": ["donor-42"]}),
-                    )
-                    .expect("an answer")
-            }) as Box<dyn FnOnce() -> (u16, Value) + Send>
-        })
-        .collect();
-    let answers = all_at_once(calls);
+    let answers = authorize_at_once(&clients, 50, |index| {
+        json!({"transaction_id": format!("x{index}"), "tenant": "partner",
+               "operation": "export", "items": ["donor-42"]})
+    });
     let charged: i64 = answers
         .iter()
         .map(|(status, body)| {
@@ -455,5 +444,77 @@ fn a_server_started_while_postgres_is_unreachable_fails_closed_until_it_can_reac
         Some(1),
         "{policy}"
     );
+    assert_ledger_sound(scratch.location());
+}
+
+/// Two meters on one PostgreSQL ledger, as two replicas, on one hand-driven clock.
+fn two_replicas_on(scratch: &ScratchLedger, clock: &ManualClock) -> (Meter, Meter) {
+    let open = || {
+        let mut config = MeterConfig::new(scratch.location().clone());
+        config.clock = Arc::new(clock.clone());
+        config.sweep_interval_ms = 0;
+        Meter::open(config, PolicySource::Component(component("smarte"))).expect("replica")
+    };
+    (open(), open())
+}
+
+fn enrich(id: &str, items: &[&str]) -> AuthorizeRequest {
+    AuthorizeRequest {
+        transaction_id: Some(id.to_owned()),
+        tenant: "acme".to_owned(),
+        operation: "person.enrich".to_owned(),
+        items: items.iter().map(|item| (*item).to_owned()).collect(),
+        ..AuthorizeRequest::default()
+    }
+}
+
+#[test]
+fn a_hold_taken_on_one_replica_lapses_and_the_other_replica_releases_it() {
+    let scratch = postgres_store().create().expect("scratch schema");
+    let clock = ManualClock::starting_at(START_MS);
+    let (first, second) = two_replicas_on(&scratch, &clock);
+    first
+        .grant(GrantRequest {
+            grant_id: "welcome".to_owned(),
+            tenant: "acme".to_owned(),
+            balance: "default".to_owned(),
+            amount: 3,
+        })
+        .unwrap();
+    assert!(
+        first
+            .authorize(enrich("t1", &["a", "b", "c"]))
+            .unwrap()
+            .admitted
+    );
+    let while_held = second.authorize(enrich("t2", &["a"])).unwrap();
+    assert_eq!(
+        while_held.error.map(|error| error.code),
+        Some("insufficient_credits".to_owned())
+    );
+
+    clock.advance_ms(first.policy().hold_ttl_ms);
+    let after_expiry = second.authorize(enrich("t3", &["a"])).unwrap();
+    assert!(after_expiry.admitted, "{after_expiry:?}");
+    let settle = first.settle(SettleRequest {
+        transaction_id: "t1".to_owned(),
+        status: 200,
+        attributes: [("records".to_owned(), "3".to_owned())].into(),
+        body: None,
+    });
+    assert_eq!(settle.unwrap_err().code(), "hold_expired");
+    let balances = second.balances("acme").unwrap();
+    assert_eq!(
+        (balances.balances["default"], balances.held["default"]),
+        (2, 1)
+    );
+    let kinds: Vec<String> = first
+        .transaction("t1")
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|entry| entry.kind)
+        .collect();
+    assert_eq!(kinds, ["hold", "expire"]);
     assert_ledger_sound(scratch.location());
 }

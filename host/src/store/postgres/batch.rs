@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::ledger::{AccountState, Accounts, TransactionRecord, TransactionState};
 use crate::model::{GrantRequest, Receipt};
+use crate::store::with_balances;
 
 /// A transaction as the batch knows it.
 pub(super) struct KnownTransaction {
@@ -64,12 +65,10 @@ impl Batch {
     /// The accounts of a locked tenant for `balances` (zero where none exists yet).
     pub fn accounts(&self, tenant: &str, balances: &[String]) -> Option<Accounts> {
         let rows = self.accounts.get(tenant)?;
-        let mut accounts: Accounts = balances
-            .iter()
-            .map(|balance| (balance.clone(), AccountState::default()))
-            .collect();
-        accounts.extend(rows.iter().map(|(name, state)| (name.clone(), *state)));
-        Some(accounts)
+        Some(with_balances(
+            balances,
+            rows.iter().map(|(name, state)| (name.clone(), *state)),
+        ))
     }
 
     pub fn set_account(&mut self, tenant: &str, balance: &str, state: AccountState) {

@@ -156,8 +156,12 @@ pub fn redact(url: &str) -> String {
 pub fn open(url: &str) -> StoreResult<(PostgresWriter, PostgresReader)> {
     let config = config(url)?;
     let writer = PostgresWriter::new(config.clone(), redact(url));
-    if let Err(error) = writer.connect() {
-        tracing::warn!(%error, "PostgreSQL is not reachable yet; decisions fail closed until it is");
+    match writer.connect() {
+        Ok(()) => {}
+        Err(error @ MeterError::StoreUnavailable(_)) => {
+            tracing::warn!(%error, "PostgreSQL is not reachable yet; decisions fail closed until it is");
+        }
+        Err(error) => return Err(error),
     }
     Ok((writer, PostgresReader::new(config)))
 }
@@ -166,8 +170,11 @@ pub fn open(url: &str) -> StoreResult<(PostgresWriter, PostgresReader)> {
 /// be reachable.
 pub fn open_reader(url: &str) -> StoreResult<PostgresReader> {
     let config = config(url)?;
-    connect(&config).map_err(|error| {
-        MeterError::StoreUnavailable(format!("cannot reach {}: {error}", redact(url)))
+    connect(&config).map_err(|error| match error {
+        MeterError::StoreUnavailable(why) => {
+            MeterError::StoreUnavailable(format!("cannot reach {}: {why}", redact(url)))
+        }
+        other => other,
     })?;
     Ok(PostgresReader::new(config))
 }
@@ -218,7 +225,7 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
         .get(0);
     let applied = usize::try_from(applied).unwrap_or(0);
     if applied > MIGRATIONS.len() {
-        return Err(MeterError::StoreUnavailable(format!(
+        return Err(MeterError::StoreIncompatible(format!(
             "the database has schema version {applied}, newer than this build's {}; upgrade creditgate",
             MIGRATIONS.len()
         )));
@@ -321,6 +328,18 @@ mod tests {
         assert_eq!(
             redact("postgres://127.0.0.1/test"),
             "postgres://127.0.0.1/test"
+        );
+    }
+
+    #[test]
+    fn a_search_path_joins_the_url_s_other_parameters() {
+        assert_eq!(
+            super::with_search_path("postgres://u@h/db", "s1"),
+            "postgres://u@h/db?options=-csearch_path%3Ds1"
+        );
+        assert_eq!(
+            super::with_search_path("postgres://u@h/db?connect_timeout=2", "s1"),
+            "postgres://u@h/db?connect_timeout=2&options=-csearch_path%3Ds1"
         );
     }
 

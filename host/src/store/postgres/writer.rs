@@ -119,8 +119,11 @@ impl PostgresWriter {
 
     /// Connects (again), migrating the schema if needed.
     pub(super) fn connect(&self) -> StoreResult<()> {
-        let mut client = connect(&self.config).map_err(|error| {
-            MeterError::StoreUnavailable(format!("cannot reach {}: {error}", self.name))
+        let mut client = connect(&self.config).map_err(|error| match error {
+            MeterError::StoreUnavailable(why) => {
+                MeterError::StoreUnavailable(format!("cannot reach {}: {why}", self.name))
+            }
+            other => other,
         })?;
         // A batch holds its locks for milliseconds. A writer cut off mid-batch (its
         // host partitioned away) must not hold its tenants' locks until TCP gives up,
@@ -360,10 +363,12 @@ impl MarkLookup for PostgresWriter {
                 .map(|key| marked_here.contains(key.as_str()))
                 .collect()
         };
+        // No mark holds a NUL (the contract refuses them), and PostgreSQL would refuse
+        // the lookup: such a key is simply not marked.
         let unknown: Vec<&str> = keys
             .iter()
             .zip(&here)
-            .filter(|(_, marked)| !**marked)
+            .filter(|(key, marked)| !**marked && !key.contains('\0') && !scope.contains('\0'))
             .map(|(key, _)| key.as_str())
             .collect();
         if unknown.is_empty() {

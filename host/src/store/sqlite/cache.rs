@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::ledger::{AccountState, Accounts, TransactionRecord};
+use crate::store::with_balances;
 
 /// Tenants whose accounts are remembered; past this, the cache starts over (a miss
 /// costs one indexed read).
@@ -53,16 +54,13 @@ impl WriterCache {
     /// The tenant's accounts for `balances`, if the tenant is remembered.
     pub fn accounts(&self, tenant: &str, balances: &[String]) -> Option<Accounts> {
         let rows = self.accounts.get(tenant)?;
-        let mut accounts: Accounts = balances
-            .iter()
-            .map(|balance| (balance.clone(), AccountState::default()))
-            .collect();
-        for (index, state) in rows {
-            if let Some(name) = self.balance_names.get(*index as usize) {
-                accounts.insert(name.clone(), *state);
-            }
-        }
-        Some(accounts)
+        Some(with_balances(
+            balances,
+            rows.iter().filter_map(|(index, state)| {
+                let name = self.balance_names.get(*index as usize)?;
+                Some((name.clone(), *state))
+            }),
+        ))
     }
 
     /// Remembers every account row of a tenant, as read from the file.

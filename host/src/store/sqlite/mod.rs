@@ -128,7 +128,7 @@ fn migrate(connection: &Connection) -> StoreResult<()> {
     let applied = usize::try_from(applied).unwrap_or(0);
 
     if applied > MIGRATIONS.len() {
-        return Err(MeterError::StoreUnavailable(format!(
+        return Err(MeterError::StoreIncompatible(format!(
             "the database has schema version {applied}, newer than this build's {}; upgrade creditgate",
             MIGRATIONS.len()
         )));
