@@ -192,6 +192,15 @@ pub struct Posting<'a> {
     pub at_ms: u64,
 }
 
+impl Posting<'_> {
+    /// The state the posting leads `balance` to.
+    pub fn account(&self, balance: &str) -> StoreResult<AccountState> {
+        self.accounts.get(balance).copied().ok_or_else(|| {
+            MeterError::StoreUnavailable(format!("posting lacks the account '{balance}'"))
+        })
+    }
+}
+
 /// The read side: thread-safe, sees committed data only.
 pub trait LedgerReader: Send + Sync {
     fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances>;

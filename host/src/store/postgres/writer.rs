@@ -595,16 +595,7 @@ impl LedgerWriter for PostgresWriter {
     fn post(&self, posting: Posting<'_>) -> StoreResult<()> {
         let mut batch = self.batch.borrow_mut();
         for entry in posting.entries {
-            let state = posting
-                .accounts
-                .get(&entry.balance)
-                .copied()
-                .ok_or_else(|| {
-                    MeterError::StoreUnavailable(format!(
-                        "posting lacks the account '{}'",
-                        entry.balance
-                    ))
-                })?;
+            let state = posting.account(&entry.balance)?;
             batch.journal.push(JournalRow {
                 transaction_id: posting.transaction_id.to_owned(),
                 tenant: posting.tenant.to_owned(),

@@ -281,16 +281,7 @@ impl LedgerWriter for SqliteWriter {
                 posting.policy_digest.as_str(),
                 to_i64(posting.at_ms),
             ])?;
-            let state = posting
-                .accounts
-                .get(&entry.balance)
-                .copied()
-                .ok_or_else(|| {
-                    MeterError::StoreUnavailable(format!(
-                        "posting lacks the account '{}'",
-                        entry.balance
-                    ))
-                })?;
+            let state = posting.account(&entry.balance)?;
             if !cache.set_account(posting.tenant, &entry.balance, state) {
                 upsert_account(&self.connection, posting.tenant, &entry.balance, state)?;
             }
