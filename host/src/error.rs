@@ -55,9 +55,20 @@ pub enum MeterError {
     /// The ledger store failed; nothing of this request was acknowledged.
     #[error("the ledger store is unavailable: {0}")]
     StoreUnavailable(String),
-    /// The ledger's schema is newer than this build knows: nothing is read or written.
+    /// The ledger's schema or a record is newer than this build knows: nothing is read
+    /// or written.
     #[error("the ledger cannot be used by this build: {0}")]
     StoreIncompatible(String),
+    /// A stored record failed its checks (checksum, length, content): nothing more is
+    /// decided on it.
+    #[error("the ledger is damaged: {0}")]
+    StoreCorrupt(String),
+    /// Another meter owns this SQLite ledger.
+    #[error("the ledger is in use: {0}")]
+    LedgerInUse(String),
+    /// The meter's sequencer stopped; nothing is decided until creditgate restarts.
+    #[error("the meter stopped deciding: {0}")]
+    SequencerStopped(String),
     /// Too many requests are queued for the ledger.
     #[error("the meter is overloaded; retry shortly")]
     Overloaded,
@@ -86,6 +97,9 @@ impl MeterError {
             | MeterError::PolicyInvalidVerdict(_) => 500,
             MeterError::StoreUnavailable(_)
             | MeterError::StoreIncompatible(_)
+            | MeterError::StoreCorrupt(_)
+            | MeterError::LedgerInUse(_)
+            | MeterError::SequencerStopped(_)
             | MeterError::Overloaded
             | MeterError::ShutDown => 503,
         }
@@ -110,6 +124,9 @@ impl MeterError {
             MeterError::PolicyInvalidVerdict(_) => "policy_invalid_verdict",
             MeterError::StoreUnavailable(_) => "store_unavailable",
             MeterError::StoreIncompatible(_) => "store_incompatible",
+            MeterError::StoreCorrupt(_) => "store_corrupt",
+            MeterError::LedgerInUse(_) => "ledger_in_use",
+            MeterError::SequencerStopped(_) => "sequencer_stopped",
             MeterError::Overloaded => "overloaded",
             MeterError::ShutDown => "shut_down",
         }

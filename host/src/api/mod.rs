@@ -40,6 +40,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/settle", post(settle))
         .route("/v1/tenants/{tenant}/grants", post(grant))
         .route("/v1/tenants/{tenant}/balances", get(balances))
+        .route("/v1/tenants/{tenant}/journal", get(journal))
+        .route("/v1/audit", get(audit))
         .route("/v1/transactions/{id}", get(transaction))
         .route("/v1/policy", get(policy).put(activate_policy))
         .route("/v1/policy/rollback", post(rollback_policy))
@@ -159,12 +161,23 @@ fn ok<T: serde::Serialize>(value: T) -> ApiResult {
     Ok((StatusCode::OK, Json(value)).into_response())
 }
 
+/// 200 while the meter decides; 503 with the reason once it cannot (a failed write or
+/// sync of the ledger, a stopped sequencer), until a restart.
 async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
-    ok(serde_json::json!({
-        "status": "ok",
+    let failure = state.meter.failure();
+    let body = serde_json::json!({
+        "status": if failure.is_some() { "failing" } else { "ok" },
+        "reason": failure,
+        "code": failure.as_ref().map(|_| "sequencer_stopped"),
         "policy": state.meter.policy_ref(),
         "batches": state.meter.batch_stats(),
-    }))
+    });
+    let status = if failure.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
@@ -214,6 +227,38 @@ async fn grant(
 
 async fn balances(State(state): State<Arc<AppState>>, Path(tenant): Path<String>) -> ApiResult {
     ok(blocking(move || state.meter.balances(&tenant)).await?)
+}
+
+/// `?limit=N` of [`journal`]: entries to answer, at most [`JOURNAL_ENTRIES_MAX`].
+#[derive(Deserialize)]
+struct JournalQuery {
+    limit: Option<usize>,
+}
+
+/// The most journal entries one answer carries.
+pub const JOURNAL_ENTRIES_MAX: usize = 10_000;
+
+async fn journal(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    Query(query): Query<JournalQuery>,
+) -> ApiResult {
+    let limit = query.limit.unwrap_or(1_000).min(JOURNAL_ENTRIES_MAX);
+    let meter = Arc::clone(&state.meter);
+    let entries = {
+        let tenant = tenant.clone();
+        blocking(move || meter.journal(&tenant, limit)).await?
+    };
+    ok(serde_json::json!({"tenant": tenant, "entries": entries}))
+}
+
+/// (admin) Every account whose state differs from the sum of its journal: empty when
+/// the ledger is sound. Reads the whole journal.
+async fn audit(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    check_admin(&state, &headers)?;
+    let meter = Arc::clone(&state.meter);
+    let violations = blocking(move || meter.invariant_violations()).await?;
+    ok(serde_json::json!({"violations": violations}))
 }
 
 async fn transaction(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {

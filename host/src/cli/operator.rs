@@ -1,13 +1,16 @@
-//! Operator commands on a ledger file: grant, balance, ledger. They work beside a
-//! running sidecar: SQLite serializes their writes with its own.
-
-use std::path::PathBuf;
+//! Operator commands on a ledger: grant, balance, ledger. A SQLite ledger has one
+//! owner: beside a running sidecar they go through its API (the ledger's lock file says
+//! where it listens); otherwise they open the ledger themselves. On PostgreSQL they open
+//! it as one more replica. Either way they never record anything about policies: the
+//! ledger's active policy names the balances.
 
 use anyhow::Context;
 use clap::Args;
+use serde_json::Value;
 
-use creditgate::model::GrantRequest;
-use creditgate::store::{StoreLocation, open_reader};
+use creditgate::model::{GrantRequest, JournalEntry, TenantBalances};
+use creditgate::store::StoreLocation;
+use creditgate::store::sqlite::lock;
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
@@ -15,30 +18,119 @@ pub struct LedgerFile {
     /// The ledger: a SQLite file, or `postgres://...`.
     #[arg(long, default_value = super::DEFAULT_DB)]
     db: StoreLocation,
-    /// The policy naming the balances; defaults to the last one this ledger ran.
-    #[arg(long)]
-    policy: Option<PathBuf>,
+    /// The admin token of the sidecar that owns the ledger, if one runs.
+    #[arg(long, env = "CREDITGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Where an operator command is carried out.
+enum Ledger {
+    /// This process opened the ledger.
+    Here(Meter),
+    /// A sidecar owns it: through its API.
+    Sidecar { url: String, token: Option<String> },
 }
 
 impl LedgerFile {
-    /// Opens the ledger with the given policy, or the one it last ran.
-    fn open(&self) -> anyhow::Result<Meter> {
-        let component = match &self.policy {
-            Some(path) => super::read_policy(path)?,
-            None => open_reader(&self.db)?
-                .latest_policy()?
-                .and_then(|stored| stored.component)
-                .with_context(|| {
-                    format!(
-                        "{} has never run a policy component; pass --policy FILE.wasm",
-                        self.db.describe()
-                    )
-                })?,
-        };
+    fn open(&self) -> anyhow::Result<Ledger> {
+        if let StoreLocation::Sqlite(path) = &self.db
+            && let Some(owner) = lock::owner(path)
+        {
+            let url = owner.url.with_context(|| {
+                format!(
+                    "{} is open in creditgate process {}, which serves no API; stop it first",
+                    path.display(),
+                    owner.pid
+                )
+            })?;
+            return Ok(Ledger::Sidecar {
+                url,
+                token: self.admin_token.clone(),
+            });
+        }
         let mut config = MeterConfig::new(self.db.clone());
-        // An operator command must not release anyone's holds behind the server's back.
+        // An operator command records nothing about policies, and must not release
+        // anyone's holds behind the sidecar's back.
+        config.record_start = false;
         config.sweep_interval_ms = 0;
-        Ok(Meter::open(config, PolicySource::Component(component))?)
+        let meter = Meter::open(config, PolicySource::Resume { fallback: None })
+            .with_context(|| format!("cannot open {}", self.db.describe()))?;
+        Ok(Ledger::Here(meter))
+    }
+}
+
+impl Ledger {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let Ledger::Sidecar { url, token } = self else {
+            anyhow::bail!("not a sidecar");
+        };
+        let mut request = ureq::request(method, &format!("{}{path}", url.trim_end_matches('/')));
+        if let Some(token) = token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => Ok(response.into_json()?),
+            Err(ureq::Error::Status(status, response)) => {
+                let body: Value = response.into_json().unwrap_or_default();
+                anyhow::bail!(
+                    "the sidecar at {url} refused ({status} {}): {}",
+                    body["error"]["code"].as_str().unwrap_or("?"),
+                    body["error"]["message"].as_str().unwrap_or("")
+                )
+            }
+            Err(error) => Err(error).with_context(|| format!("cannot reach the sidecar at {url}")),
+        }
+    }
+
+    fn grant(&self, grant: GrantRequest) -> anyhow::Result<TenantBalances> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.grant(grant)?),
+            Ledger::Sidecar { .. } => Ok(serde_json::from_value(self.call(
+                "POST",
+                &format!("/v1/tenants/{}/grants", grant.tenant),
+                Some(serde_json::json!({
+                    "grant_id": grant.grant_id, "balance": grant.balance, "amount": grant.amount
+                })),
+            )?)?),
+        }
+    }
+
+    fn balances(&self, tenant: &str) -> anyhow::Result<TenantBalances> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.balances(tenant)?),
+            Ledger::Sidecar { .. } => Ok(serde_json::from_value(self.call(
+                "GET",
+                &format!("/v1/tenants/{tenant}/balances"),
+                None,
+            )?)?),
+        }
+    }
+
+    fn journal(&self, tenant: &str, limit: usize) -> anyhow::Result<Vec<JournalEntry>> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.journal(tenant, limit)?),
+            Ledger::Sidecar { .. } => Ok(serde_json::from_value(
+                self.call(
+                    "GET",
+                    &format!("/v1/tenants/{tenant}/journal?limit={limit}"),
+                    None,
+                )?["entries"]
+                    .take(),
+            )?),
+        }
+    }
+
+    fn violations(&self) -> anyhow::Result<Vec<String>> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.invariant_violations()?),
+            Ledger::Sidecar { .. } => Ok(serde_json::from_value(
+                self.call("GET", "/v1/audit", None)?["violations"].take(),
+            )?),
+        }
     }
 }
 
@@ -56,11 +148,11 @@ pub struct GrantArgs {
 }
 
 pub fn grant(args: GrantArgs) -> anyhow::Result<()> {
-    let meter = args.ledger.open()?;
+    let ledger = args.ledger.open()?;
     let grant_id = args
         .grant_id
         .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
-    let balances = meter.grant(GrantRequest {
+    let balances = ledger.grant(GrantRequest {
         grant_id: grant_id.clone(),
         tenant: args.tenant,
         balance: args.balance,
@@ -79,8 +171,8 @@ pub struct BalanceArgs {
 }
 
 pub fn balance(args: BalanceArgs) -> anyhow::Result<()> {
-    let meter = args.ledger.open()?;
-    print_balances(&meter.balances(&args.tenant)?);
+    let ledger = args.ledger.open()?;
+    print_balances(&ledger.balances(&args.tenant)?);
     Ok(())
 }
 
@@ -95,12 +187,12 @@ pub struct LedgerArgs {
 }
 
 pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
-    let meter = args.ledger.open()?;
+    let ledger = args.ledger.open()?;
     println!(
         "{:>8}  {:<14}  {:<38}  {:<12}  {:<8}  {:>10}  policy",
         "entry", "at_ms", "transaction", "balance", "kind", "amount"
     );
-    for entry in meter.journal(&args.tenant, args.limit)? {
+    for entry in ledger.journal(&args.tenant, args.limit)? {
         println!(
             "{:>8}  {:<14}  {:<38}  {:<12}  {:<8}  {:>10}  {}",
             entry.id,
@@ -115,8 +207,8 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
                 .unwrap_or(&entry.policy_digest)
         );
     }
-    print_balances(&meter.balances(&args.tenant)?);
-    let violations = meter.invariant_violations()?;
+    print_balances(&ledger.balances(&args.tenant)?);
+    let violations = ledger.violations()?;
     if violations.is_empty() {
         println!("journal check: every account equals the sum of its entries");
         Ok(())
@@ -125,7 +217,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_balances(balances: &creditgate::model::TenantBalances) {
+fn print_balances(balances: &TenantBalances) {
     for (balance, available) in &balances.balances {
         let held = balances.held.get(balance).copied().unwrap_or(0);
         println!(

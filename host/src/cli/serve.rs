@@ -9,7 +9,7 @@ use clap::Args;
 
 use creditgate::api::{AppState, router};
 use creditgate::policy::component::Limits;
-use creditgate::store::{StoreLocation, open_reader};
+use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
@@ -38,8 +38,9 @@ pub struct ServeArgs {
     /// Decisions committed together, at most (group commit).
     #[arg(long, default_value_t = MeterConfig::BATCH_SIZE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size_max: u32,
-    /// How long a batch may wait for more decisions, in µs (0: take what is queued).
-    #[arg(long, default_value_t = 0)]
+    /// How long a batch may wait for more decisions, in µs (0: take what is queued;
+    /// at most 100,000).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MeterConfig::BATCH_WAIT_US_LIMIT))]
     batch_wait_us_max: u64,
 }
 
@@ -50,12 +51,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let (component, source) = policy_to_start_with(&args)?;
-    let report = creditgate::conformance::check_contract(&component, Limits::default());
-    if !report.ok() {
-        eprint!("{}", report.render());
-        anyhow::bail!("refusing to serve {source}: it fails the contract checks above");
-    }
+    let (source, name) = policy_to_start_with(&args)?;
     let mut config = MeterConfig::new(args.db.clone());
     config.batch_size_max = args.batch_size_max as usize;
     config.batch_wait_us_max = args.batch_wait_us_max;
@@ -64,8 +60,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, StoreLocation::Sqlite(path)) => Some(path.with_extension("cache")),
         (None, StoreLocation::Postgres(_)) => None,
     };
-    let meter = Meter::open(config, PolicySource::Component(component))
-        .with_context(|| format!("cannot start with policy {source}"))?;
+    let meter = Meter::open(config, source).with_context(|| format!("cannot start with {name}"))?;
     let meter = Arc::new(meter);
     if let (true, Some(path)) = (args.watch, &args.policy) {
         watch(Arc::clone(&meter), path.clone());
@@ -79,6 +74,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
+        meter
+            .announce(&format!("http://{address}"))
+            .context("cannot record where the sidecar listens")?;
         print_banner(
             address,
             &meter,
@@ -130,37 +128,40 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
 }
 
 /// The policy to start on: `--policy`, else the one the ledger last ran (a restart
-/// resumes where it was), else the SMARTe reference policy.
-fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(Vec<u8>, String)> {
-    if let Some(path) = &args.policy {
-        return Ok((super::read_policy(path)?, path.display().to_string()));
-    }
-    let ledger_exists = match &args.db {
-        StoreLocation::Sqlite(path) => path.exists(),
-        StoreLocation::Postgres(_) => true,
-    };
-    if ledger_exists {
-        let reader = open_reader(&args.db)?;
-        let latest = reader.latest_policy().with_context(|| {
-            format!(
-                "cannot read which policy {} last ran; start its database, or pass --policy",
-                args.db.describe()
-            )
-        })?;
-        if let Some(stored) = latest
-            && let Some(component) = stored.component
-        {
-            let source = format!(
-                "{} {} (resumed from {})",
-                stored.info.name,
-                stored.info.version,
-                args.db.describe()
+/// resumes where it was), else the SMARTe reference policy. A file given here must pass
+/// the contract checks; a policy the ledger ran passed them when it was activated.
+fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(PolicySource, String)> {
+    let checked = |path: &std::path::Path| -> anyhow::Result<Vec<u8>> {
+        let component = super::read_policy(path)?;
+        let report = creditgate::conformance::check_contract(&component, Limits::default());
+        if !report.ok() {
+            eprint!("{}", report.render());
+            anyhow::bail!(
+                "refusing to serve {}: it fails the contract checks above",
+                path.display()
             );
-            return Ok((component, source));
         }
+        Ok(component)
+    };
+    if let Some(path) = &args.policy {
+        return Ok((
+            PolicySource::Component(checked(path)?),
+            format!("policy {}", path.display()),
+        ));
     }
-    let path = PathBuf::from(super::DEFAULT_POLICY);
-    Ok((super::read_policy(&path)?, path.display().to_string()))
+    let fallback = PathBuf::from(super::DEFAULT_POLICY);
+    let (fallback, why_not) = match checked(&fallback) {
+        Ok(component) => (Some(component), String::new()),
+        Err(error) => (None, format!(": {error:#}")),
+    };
+    Ok((
+        PolicySource::Resume { fallback },
+        format!(
+            "the policy {} last ran, or {}{why_not}",
+            args.db.describe(),
+            super::DEFAULT_POLICY
+        ),
+    ))
 }
 
 /// Polls the policy file and activates it again whenever its contents change. A

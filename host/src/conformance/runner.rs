@@ -30,9 +30,19 @@ enum Answer {
 struct Ledger {
     scratch: ScratchLedger,
     clock: ManualClock,
-    meter: Meter,
+    /// None only while a swap closes one meter before opening the next: a SQLite
+    /// ledger has one owner at a time.
+    meter: Option<Meter>,
     /// The last journal entry seen, so each step's own entries can be told apart.
     journal_seen: i64,
+}
+
+impl Ledger {
+    fn meter(&self) -> Result<&Meter, String> {
+        self.meter
+            .as_ref()
+            .ok_or_else(|| "the ledger's meter did not reopen".to_owned())
+    }
 }
 
 fn open_meter(
@@ -62,7 +72,7 @@ pub fn run_case(
     let mut ledger = Ledger {
         scratch,
         clock,
-        meter,
+        meter: Some(meter),
         journal_seen: 0,
     };
     let mut answers: Vec<Answer> = Vec::with_capacity(case.steps.len());
@@ -94,7 +104,7 @@ pub fn run_case(
         check(&ledger, &answer, &step.expect, repeat_moves_nothing)
             .map_err(|mismatch| format!("step {index} ({label}): {mismatch}"))?;
         ledger.journal_seen = ledger
-            .meter
+            .meter()?
             .journal_after(ledger.journal_seen, usize::MAX)
             .map_err(|error| error.to_string())?
             .last()
@@ -102,7 +112,7 @@ pub fn run_case(
         answers.push(answer);
     }
     let violations = ledger
-        .meter
+        .meter()?
         .invariant_violations()
         .map_err(|error| error.to_string())?;
     if violations.is_empty() {
@@ -155,7 +165,7 @@ fn perform(
     action: &Action,
     resolve: ModuleResolver<'_>,
 ) -> Result<Answer, String> {
-    let meter = &ledger.meter;
+    let meter = ledger.meter()?;
     Ok(match action {
         Action::Grant {
             tenant,
@@ -214,7 +224,9 @@ fn perform(
         }
         Action::SwapPolicy(name) => {
             // The same ledger file, restarted on another module.
-            ledger.meter = open_meter(&ledger.scratch, &ledger.clock, resolve(name)?)?;
+            let module = resolve(name)?;
+            drop(ledger.meter.take());
+            ledger.meter = Some(open_meter(&ledger.scratch, &ledger.clock, module)?);
             Answer::Swapped
         }
         Action::Repeat(_) => return Err("a repeat cannot repeat a repeat".to_owned()),
@@ -305,7 +317,7 @@ fn check(
     }
     for (tenant, expected) in expect.balances.iter().flatten() {
         let actual = ledger
-            .meter
+            .meter()?
             .balances(tenant)
             .map_err(|error| error.to_string())?;
         same(
@@ -316,7 +328,7 @@ fn check(
     }
     for (tenant, expected) in expect.holds.iter().flatten() {
         let actual = ledger
-            .meter
+            .meter()?
             .balances(tenant)
             .map_err(|error| error.to_string())?;
         same(
@@ -326,7 +338,7 @@ fn check(
         )?;
     }
     let written: Vec<ExpectedEntry> = ledger
-        .meter
+        .meter()?
         .journal_after(ledger.journal_seen, usize::MAX)
         .map_err(|error| error.to_string())?
         .into_iter()

@@ -1,24 +1,27 @@
-//! The ledger's rules: how a decision becomes journal entries, whatever the policy
-//! said. Pure functions over account states; the store persists what they return.
+//! The ledger: its rules (how a decision becomes journal entries, whatever the policy
+//! said), its record (what a batch decided, [`record`], stored by [`codec`]) and its
+//! live state in memory ([`state`]). Pure data and functions: no threads, no store.
 //!
 //! Each account (tenant, balance) has credits `available` and credits `held` by open
 //! transactions. Every movement is one journal entry with a positive `amount` whose
 //! kind fixes its effect (see [`EntryKind::effect`]), so the entries of an account
 //! always sum to its state: that is the invariant [`check_account`] asserts.
 
+pub mod codec;
+pub mod legacy;
 mod posting;
-mod transaction;
+pub mod record;
+pub mod state;
 
 pub use posting::{AuthorizePosting, SettlePosting, post_authorize, post_expiry, post_settle};
-pub use transaction::{TransactionRecord, TransactionState};
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// What a journal entry did to its account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a journal entry did to its account. Stored: the order of the variants is part
+/// of the record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryKind {
     /// Credits added by an operator.
     Grant,
@@ -81,7 +84,7 @@ pub struct Entry {
 }
 
 /// One account's credits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     pub available: i64,
     pub held: i64,

@@ -1,5 +1,6 @@
-//! The meter: the library's entry point. It validates requests, hands them to the
-//! sequencer thread that decides and writes them, and answers reads from the store.
+//! The meter: the library's entry point. It checks requests on the caller's thread
+//! (limits, fingerprint, a transaction id when none was given), hands them to the
+//! sequencer thread that decides and records them, and answers reads.
 //!
 //! ```no_run
 //! use creditgate::{Meter, MeterConfig, PolicySource, model::{AuthorizeRequest, GrantRequest}};
@@ -20,7 +21,15 @@
 //! assert!(answer.admitted);
 //! # Ok(()) }
 //! ```
+//!
+//! Parts: [`command`] (typed commands and replies), [`decide`] (the decisions as
+//! functions over the live state), [`registry`] (active, loaded and shadow policies),
+//! [`sequencer`] (the batching loop, commit and durability), [`validate`] (the limits).
 
+mod command;
+pub mod decide;
+mod marks;
+mod registry;
 mod sequencer;
 mod shadow;
 pub mod validate;
@@ -35,16 +44,21 @@ use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
-use crate::model::{ActivePolicy, BatchStats, PolicyActivation, ShadowReport};
+use crate::ledger::state::{Coverage, LiveState};
 use crate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, JournalEntry, PolicyRef, Receipt, SettleRequest,
-    TenantBalances, TransactionView,
+    ActivePolicy, Authorization, AuthorizeRequest, BatchStats, GrantRequest, JournalEntry,
+    PolicyActivation, PolicyRef, Receipt, SettleRequest, ShadowReport, TenantBalances,
+    TransactionView,
 };
-use crate::policy::component::{self, Limits};
+use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
-use crate::policy::{MarkLookup, PolicyInfo, PolicyRuntime};
-use crate::store::{LedgerReader, LedgerWriter, StoreLocation, postgres, sqlite};
-use sequencer::{Answer, BatchCounters, Command, Job, RuntimeFactory, Sequencer};
+use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime};
+use crate::store::sqlite::{self, SqliteOptions, lock::LedgerLock};
+use crate::store::{ColdStore, LedgerReader, Store, StoreLocation, postgres};
+use command::{Command, Reply};
+use decide::CheckedAuthorize;
+use registry::Registry;
+use sequencer::{BatchCounters, Health, Sequencer, StopGuard};
 
 /// Which policy decides.
 #[derive(Debug, Clone)]
@@ -53,6 +67,9 @@ pub enum PolicySource {
     Component(Vec<u8>),
     /// A reference policy linked natively (no sandbox): for measuring the sandbox.
     Native(NativePolicy),
+    /// The policy the ledger activated last; `fallback` (a component) for a ledger that
+    /// never ran one, or an error without it.
+    Resume { fallback: Option<Vec<u8>> },
 }
 
 /// The reference policies, linked natively.
@@ -71,23 +88,32 @@ pub struct MeterConfig {
     /// Where precompiled policy components are cached; none compiles every time.
     pub compile_cache_dir: Option<PathBuf>,
     pub limits: Limits,
-    /// Decisions per store transaction (and per fsync), at most.
+    /// Decisions per batch (one record, one commit), at most.
     pub batch_size_max: usize,
-    /// How long the sequencer waits for more jobs to join a batch.
+    /// Bytes of requests (items, attributes, bodies) per batch, at most.
+    pub batch_bytes_max: usize,
+    /// How long the sequencer waits for more jobs to join a batch, in µs.
     pub batch_wait_us_max: u64,
     /// Jobs that may wait for the sequencer before callers get `overloaded`.
     pub queue_depth_max: usize,
-    /// How often lapsed holds of all tenants are swept; 0 never (a tenant's own lapsed
-    /// holds are always released before its next authorize).
+    /// How often lapsed holds of all tenants are swept when no batch runs; 0 never
+    /// (every batch releases the lapsed holds it finds first).
     pub sweep_interval_ms: u64,
-    /// Lapsed holds released per sweep, at most.
+    /// Lapsed holds released per batch, at most.
     pub expiry_batch_max: usize,
+    /// Whether opening records the starting policy's activation (`start`). Operator
+    /// commands open a ledger without recording anything about policies.
+    pub record_start: bool,
+    /// The SQLite store's bounds: memory, views, snapshots.
+    pub sqlite: SqliteOptions,
     pub clock: Arc<dyn Clock>,
 }
 
 impl MeterConfig {
     /// The default `batch_size_max`.
     pub const BATCH_SIZE_MAX: u32 = 1024;
+    /// The largest `batch_wait_us_max` a sidecar accepts: 100 ms.
+    pub const BATCH_WAIT_US_LIMIT: u64 = 100_000;
 
     pub fn new(store: impl Into<StoreLocation>) -> Self {
         Self {
@@ -95,10 +121,13 @@ impl MeterConfig {
             compile_cache_dir: None,
             limits: Limits::default(),
             batch_size_max: Self::BATCH_SIZE_MAX as usize,
+            batch_bytes_max: 16 << 20,
             batch_wait_us_max: 0,
             queue_depth_max: 65_536,
             sweep_interval_ms: 1_000,
             expiry_batch_max: 1_000,
+            record_start: true,
+            sqlite: SqliteOptions::default(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -106,7 +135,7 @@ impl MeterConfig {
 
 /// A running meter: one ledger, one active policy.
 pub struct Meter {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<SyncSender<Command>>,
     sequencer: Option<JoinHandle<()>>,
     reader: Arc<dyn LedgerReader>,
     /// The active policy; replaced whole on activation.
@@ -117,72 +146,89 @@ pub struct Meter {
     /// One activation at a time: its checks run outside the sequencer, its switch inside.
     activation: Mutex<()>,
     counters: Arc<BatchCounters>,
+    health: Arc<Health>,
+    /// The SQLite ledger's lock, where the owner says where it serves.
+    lock: Option<Arc<LedgerLock>>,
+}
+
+/// What the sequencer thread answers once it runs.
+struct Started {
+    info: PolicyInfo,
+    reader: Arc<dyn LedgerReader>,
+    lock: Option<Arc<LedgerLock>>,
 }
 
 impl Meter {
-    /// Opens the ledger, loads and checks the policy, and starts the sequencer.
+    /// Opens the ledger (recovering its live state), loads the policy, records its
+    /// activation, and starts the sequencer.
     pub fn open(config: MeterConfig, source: PolicySource) -> Result<Self, MeterError> {
         let engine = component::engine()?;
-        let sequencer_engine = engine.clone();
-        let limits = config.limits;
-        let (make_runtime, component_bytes): (RuntimeFactory, Option<Vec<u8>>) = match source {
-            PolicySource::Component(bytes) => {
-                let compiled = component::CompiledPolicy::load(
-                    &engine,
-                    &bytes,
-                    config.limits,
-                    config.compile_cache_dir.as_deref(),
-                )?;
-                (
-                    Box::new(move |marks: Rc<dyn MarkLookup>| {
-                        Ok(Box::new(compiled.runtime(marks)) as Box<dyn PolicyRuntime>)
-                    }),
-                    Some(bytes),
-                )
-            }
-            PolicySource::Native(native) => (
-                Box::new(move |marks: Rc<dyn MarkLookup>| native_runtime(native, marks)),
-                None,
-            ),
-        };
         let (jobs, queue) = std::sync::mpsc::sync_channel(config.queue_depth_max);
         let counters = Arc::new(BatchCounters::default());
-        let start = SequencerStart {
-            config: config.clone(),
-            engine: sequencer_engine,
-            make_runtime,
-            component: component_bytes,
-            counters: Arc::clone(&counters),
+        let health = Arc::new(Health::default());
+        let (started, start_result) = std::sync::mpsc::channel();
+        let thread = {
+            let (config, engine, counters, health) = (
+                config.clone(),
+                engine.clone(),
+                Arc::clone(&counters),
+                Arc::clone(&health),
+            );
+            std::thread::Builder::new()
+                .name("creditgate-sequencer".to_owned())
+                .spawn(move || {
+                    let mut guard = StopGuard {
+                        health: Arc::clone(&health),
+                        clean: false,
+                    };
+                    match start(config, engine, source, counters, health) {
+                        Ok((sequencer, info)) => {
+                            let _ = started.send(Ok(info));
+                            sequencer.run(queue);
+                        }
+                        Err(error) => {
+                            let _ = started.send(Err(error));
+                        }
+                    }
+                    guard.clean = true;
+                })
+                .map_err(|error| {
+                    MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}"))
+                })?
         };
-        let (sequencer, start_result, reader): (_, _, Arc<dyn LedgerReader>) = match &config.store {
-            StoreLocation::Sqlite(path) => {
-                let (writer, reader) = sqlite::open(path)?;
-                let (thread, started) = start.spawn(writer, queue)?;
-                (thread, started, Arc::new(reader))
-            }
-            StoreLocation::Postgres(url) => {
-                let (writer, reader) = postgres::open(url)?;
-                let (thread, started) = start.spawn(writer, queue)?;
-                (thread, started, Arc::new(reader))
-            }
-        };
-        let policy = start_result.recv().map_err(|_| MeterError::ShutDown)??;
+        let started: Started = start_result.recv().map_err(|_| MeterError::ShutDown)??;
         Ok(Self {
             jobs: Some(jobs),
-            sequencer: Some(sequencer),
-            reader,
-            policy: RwLock::new(Arc::new(policy)),
+            sequencer: Some(thread),
+            reader: started.reader,
+            policy: RwLock::new(Arc::new(started.info)),
             engine,
-            limits,
+            limits: config.limits,
             compile_cache_dir: config.compile_cache_dir.clone(),
             activation: Mutex::new(()),
             counters,
+            health,
+            lock: started.lock,
         })
     }
 
     /// How decisions have been grouped into commits since the meter opened.
     pub fn batch_stats(&self) -> BatchStats {
         self.counters.snapshot()
+    }
+
+    /// Why the meter cannot decide, if it cannot (a failed write or sync of the log, a
+    /// stopped sequencer): until a restart every decision answers 503.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Records, for operator commands beside this process, where its API listens.
+    pub fn announce(&self, url: &str) -> Result<(), MeterError> {
+        match &self.lock {
+            Some(lock) => lock.announce(url),
+            None => Ok(()),
+        }
     }
 
     /// The active policy.
@@ -194,7 +240,7 @@ impl Meter {
     }
 
     pub fn policy_ref(&self) -> PolicyRef {
-        sequencer::policy_ref(&self.policy())
+        decide::policy_ref(&self.policy())
     }
 
     /// The active policy as the API shows it.
@@ -216,14 +262,12 @@ impl Meter {
     pub fn activate(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
         let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
         let compiled = self.compile_checked(&component)?;
-        let info = match self.call(Command::Activate {
+        let info = self.call(|reply| Command::Activate {
             compiled,
             component,
             via: via.to_owned(),
-        })? {
-            Answer::Activated(info) => info,
-            _ => return Err(unexpected()),
-        };
+            reply,
+        })?;
         if let Ok(mut policy) = self.policy.write() {
             *policy = Arc::new(info.clone());
         }
@@ -235,47 +279,37 @@ impl Meter {
     /// earlier shadow (and its report).
     pub fn set_shadow(&self, component: Vec<u8>) -> Result<ShadowReport, MeterError> {
         let compiled = self.compile_checked(&component)?;
-        match self.call(Command::SetShadow {
+        self.call(|reply| Command::SetShadow {
             compiled,
             component,
-        })? {
-            Answer::Shadow(Some(report)) => Ok(report),
-            _ => Err(unexpected()),
-        }
+            reply,
+        })
     }
 
     /// What the shadow would have done differently so far.
     pub fn shadow_report(&self) -> Result<ShadowReport, MeterError> {
-        match self.call(Command::ShadowReport)? {
-            Answer::Shadow(report) => report.ok_or(MeterError::NoShadow),
-            _ => Err(unexpected()),
-        }
+        self.call(Command::ShadowReport)?
+            .ok_or(MeterError::NoShadow)
     }
 
     /// Stops the shadow evaluation.
     pub fn clear_shadow(&self) -> Result<(), MeterError> {
-        match self.call(Command::TakeShadow)? {
-            Answer::ShadowTaken(Some(_)) => Ok(()),
-            Answer::ShadowTaken(None) => Err(MeterError::NoShadow),
-            _ => Err(unexpected()),
-        }
+        self.call(Command::TakeShadow)?
+            .map(|_| ())
+            .ok_or(MeterError::NoShadow)
     }
 
     /// Makes the shadow the active policy (and stops shadowing).
     pub fn promote_shadow(&self) -> Result<PolicyInfo, MeterError> {
-        match self.call(Command::TakeShadow)? {
-            Answer::ShadowTaken(Some(component)) => self.activate(component, "shadow-promotion"),
-            Answer::ShadowTaken(None) => Err(MeterError::NoShadow),
-            _ => Err(unexpected()),
-        }
+        let component = self
+            .call(Command::TakeShadow)?
+            .ok_or(MeterError::NoShadow)?;
+        self.activate(component, "shadow-promotion")
     }
 
     /// Compiles (or loads precompiled) and runs the contract checks.
-    fn compile_checked(
-        &self,
-        component: &[u8],
-    ) -> Result<Arc<component::CompiledPolicy>, MeterError> {
-        let compiled = component::CompiledPolicy::load(
+    fn compile_checked(&self, component: &[u8]) -> Result<Arc<CompiledPolicy>, MeterError> {
+        let compiled = CompiledPolicy::load(
             &self.engine,
             component,
             self.limits,
@@ -301,9 +335,10 @@ impl Meter {
             .into_iter()
             .find(|activation| activation.digest != current)
             .ok_or(MeterError::NoPreviousPolicy)?;
+        let digest = PolicyDigest::parse(&previous.digest).ok_or(MeterError::NoPreviousPolicy)?;
         let component = self
             .reader
-            .stored_policy(&previous.digest)?
+            .stored_policy(&digest)?
             .and_then(|stored| stored.component)
             .ok_or(MeterError::NoPreviousPolicy)?;
         self.activate(component, "rollback")
@@ -312,10 +347,7 @@ impl Meter {
     /// The digests of the policy versions loaded now: the active one, and those that
     /// authorized a transaction still open.
     pub fn loaded_policies(&self) -> Result<Vec<String>, MeterError> {
-        match self.call(Command::LoadedPolicies)? {
-            Answer::Loaded(loaded) => Ok(loaded),
-            _ => Err(unexpected()),
-        }
+        self.call(Command::LoadedPolicies)
     }
 
     /// The activation history, newest first.
@@ -323,76 +355,95 @@ impl Meter {
         self.reader.activations(limit)
     }
 
-    fn submit(
+    fn stopped(&self) -> MeterError {
+        MeterError::SequencerStopped(
+            self.health
+                .failure()
+                .unwrap_or_else(|| "the sequencer is gone".to_owned()),
+        )
+    }
+
+    fn submit<T>(
         &self,
-        command: Command,
-    ) -> Result<oneshot::Receiver<Result<Answer, MeterError>>, MeterError> {
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<oneshot::Receiver<Result<T, MeterError>>, MeterError> {
+        if let Some(why) = self.health.failure() {
+            return Err(MeterError::SequencerStopped(why));
+        }
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(MeterError::ShutDown)?;
-        jobs.try_send(Job { command, reply })
-            .map_err(|error| match error {
-                TrySendError::Full(_) => MeterError::Overloaded,
-                TrySendError::Disconnected(_) => MeterError::ShutDown,
-            })?;
+        jobs.try_send(command(reply)).map_err(|error| match error {
+            TrySendError::Full(_) => MeterError::Overloaded,
+            TrySendError::Disconnected(_) => self.stopped(),
+        })?;
         Ok(answer)
     }
 
-    fn call(&self, command: Command) -> Result<Answer, MeterError> {
+    fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, MeterError> {
         self.submit(command)?
             .blocking_recv()
-            .map_err(|_| MeterError::ShutDown)?
+            .map_err(|_| self.stopped())?
     }
 
-    async fn call_async(&self, command: Command) -> Result<Answer, MeterError> {
-        self.submit(command)?
-            .await
-            .map_err(|_| MeterError::ShutDown)?
+    async fn call_async<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, MeterError> {
+        self.submit(command)?.await.map_err(|_| self.stopped())?
     }
 
     /// Decides a request and applies the verdict. Blocking: from async code use
     /// [`Meter::authorize_async`].
     pub fn authorize(&self, request: AuthorizeRequest) -> Result<Authorization, MeterError> {
-        authorization(self.call(Command::Authorize(request))?)
+        let checked = check_authorize(request)?;
+        self.call(|reply| Command::Authorize(checked, reply))
     }
 
     pub async fn authorize_async(
         &self,
         request: AuthorizeRequest,
     ) -> Result<Authorization, MeterError> {
-        authorization(self.call_async(Command::Authorize(request)).await?)
+        let checked = check_authorize(request)?;
+        self.call_async(|reply| Command::Authorize(checked, reply))
+            .await
     }
 
     /// Prices an outcome on the policy version that authorized it.
     pub fn settle(&self, request: SettleRequest) -> Result<Receipt, MeterError> {
-        receipt(self.call(Command::Settle(request))?)
+        validate::settle(&request)?;
+        self.call(|reply| Command::Settle(request, reply))
     }
 
     pub async fn settle_async(&self, request: SettleRequest) -> Result<Receipt, MeterError> {
-        receipt(self.call_async(Command::Settle(request)).await?)
+        validate::settle(&request)?;
+        self.call_async(|reply| Command::Settle(request, reply))
+            .await
     }
 
     /// Tops up a balance; a repeated grant id moves nothing.
     pub fn grant(&self, grant: GrantRequest) -> Result<TenantBalances, MeterError> {
-        balances(self.call(Command::Grant(grant))?)
+        validate::grant(&grant)?;
+        self.call(|reply| Command::Grant(grant, reply))
     }
 
     pub async fn grant_async(&self, grant: GrantRequest) -> Result<TenantBalances, MeterError> {
-        balances(self.call_async(Command::Grant(grant)).await?)
+        validate::grant(&grant)?;
+        self.call_async(|reply| Command::Grant(grant, reply)).await
     }
 
     /// Releases every hold whose TTL has passed, and unloads the policy versions no open
     /// transaction needs; returns how many holds were released.
     pub fn expire_due(&self) -> Result<usize, MeterError> {
-        match self.call(Command::ExpireDue)? {
-            Answer::Expired(count) => Ok(count),
-            _ => Err(unexpected()),
-        }
+        self.call(Command::ExpireDue)
     }
 
     /// A tenant's credits; a tenant never granted anything has zeros.
     pub fn balances(&self, tenant: &str) -> Result<TenantBalances, MeterError> {
         validate::identifier("tenant", tenant)?;
-        self.reader.balances(tenant, &self.policy().balances)
+        match self.reader.balances(tenant, &self.policy().balances)? {
+            Some(balances) => Ok(balances),
+            None => self.call(|reply| Command::Balances(tenant.to_owned(), reply)),
+        }
     }
 
     /// A transaction with its journal entries, for audit.
@@ -421,9 +472,11 @@ impl Meter {
         self.reader.journal_after(after_id, limit)
     }
 
-    /// Accounts whose state differs from the sum of their journal (empty when sound).
+    /// Accounts whose state differs from the sum of their journal (empty when sound):
+    /// the live accounts against the journal up to the same decision.
     pub fn invariant_violations(&self) -> Result<Vec<String>, MeterError> {
-        self.reader.invariant_violations()
+        let point = self.call(Command::Audit)?;
+        self.reader.invariant_violations(Some(point))
     }
 }
 
@@ -437,53 +490,19 @@ impl Drop for Meter {
     }
 }
 
-/// What the sequencer thread needs to start, whichever store it writes.
-struct SequencerStart {
-    config: MeterConfig,
-    engine: wasmtime::Engine,
-    make_runtime: RuntimeFactory,
-    component: Option<Vec<u8>>,
-    counters: Arc<BatchCounters>,
-}
-
-type Started = std::sync::mpsc::Receiver<Result<PolicyInfo, MeterError>>;
-
-impl SequencerStart {
-    /// Starts the sequencer on a thread of its own; the receiver gets the active
-    /// policy once it runs, or why it could not start.
-    fn spawn<W: LedgerWriter + Send + 'static>(
-        self,
-        writer: W,
-        queue: std::sync::mpsc::Receiver<Job>,
-    ) -> Result<(JoinHandle<()>, Started), MeterError> {
-        let (started, start_result) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("creditgate-sequencer".to_owned())
-            .spawn(move || {
-                let clock = Arc::clone(&self.config.clock);
-                match Sequencer::start(
-                    writer,
-                    clock,
-                    self.config,
-                    self.engine,
-                    self.make_runtime,
-                    self.component,
-                    self.counters,
-                ) {
-                    Ok((sequencer, info)) => {
-                        let _ = started.send(Ok(info));
-                        sequencer.run(queue);
-                    }
-                    Err(error) => {
-                        let _ = started.send(Err(error));
-                    }
-                }
-            })
-            .map_err(|error| {
-                MeterError::StoreUnavailable(format!("cannot start the sequencer: {error}"))
-            })?;
-        Ok((thread, start_result))
-    }
+/// Validation, fingerprint and id of an authorize, on the caller's thread.
+fn check_authorize(request: AuthorizeRequest) -> Result<CheckedAuthorize, MeterError> {
+    validate::authorize(&request)?;
+    let fingerprint = validate::fingerprint(&request);
+    let id = request
+        .transaction_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    Ok(CheckedAuthorize {
+        id,
+        request,
+        fingerprint,
+    })
 }
 
 fn native_runtime(
@@ -499,27 +518,95 @@ fn native_runtime(
     })
 }
 
-fn unexpected() -> MeterError {
-    MeterError::StoreUnavailable("the sequencer answered with the wrong kind of answer".to_owned())
+/// On the sequencer thread: opens the store, recovers the live state, loads the
+/// policy and records its activation.
+fn start(
+    config: MeterConfig,
+    engine: wasmtime::Engine,
+    source: PolicySource,
+    counters: Arc<BatchCounters>,
+    health: Arc<Health>,
+) -> Result<(Sequencer, Started), MeterError> {
+    let (store, state, reader, lock): (Rc<dyn Store>, LiveState, Arc<dyn LedgerReader>, _) =
+        match &config.store {
+            StoreLocation::Sqlite(path) => {
+                let (store, state, reader) = sqlite::open(path, config.sqlite)?;
+                let lock = store.lock();
+                (Rc::new(store), state, Arc::new(reader), Some(lock))
+            }
+            StoreLocation::Postgres(url) => {
+                let (store, reader) = postgres::open(url)?;
+                let state = LiveState::new(Coverage::Partial, config.sqlite.state);
+                (Rc::new(store), state, Arc::new(reader), None)
+            }
+        };
+    let marks: Rc<dyn MarkLookup> = Rc::new(marks::LedgerMarks {
+        recent: state.marks(),
+        store: Rc::clone(&store),
+    });
+    let (runtime, component) =
+        first_runtime(&config, &engine, source, &state, store.as_ref(), &marks)?;
+    let info = runtime.info().clone();
+    let registry = Registry::new(
+        engine,
+        config.limits,
+        config.compile_cache_dir.clone(),
+        marks,
+        runtime,
+    );
+    let record_start = config.record_start;
+    let mut sequencer = Sequencer::new(store, state, registry, config, counters, health)?;
+    if record_start {
+        sequencer.unregistered = Some((info.clone(), component));
+        sequencer.register_start()?;
+    }
+    Ok((sequencer, Started { info, reader, lock }))
 }
 
-fn authorization(answer: Answer) -> Result<Authorization, MeterError> {
-    match answer {
-        Answer::Authorization(authorization) => Ok(authorization),
-        _ => Err(unexpected()),
-    }
-}
+/// The runtime of the policy to start on, and its bytes (none: linked natively).
+type FirstRuntime = (Box<dyn PolicyRuntime>, Option<Vec<u8>>);
 
-fn receipt(answer: Answer) -> Result<Receipt, MeterError> {
-    match answer {
-        Answer::Receipt(receipt) => Ok(receipt),
-        _ => Err(unexpected()),
-    }
-}
-
-fn balances(answer: Answer) -> Result<TenantBalances, MeterError> {
-    match answer {
-        Answer::Balances(balances) => Ok(balances),
-        _ => Err(unexpected()),
-    }
+/// The runtime of the policy to start on, and its bytes (none: linked natively).
+fn first_runtime(
+    config: &MeterConfig,
+    engine: &wasmtime::Engine,
+    source: PolicySource,
+    state: &LiveState,
+    store: &dyn ColdStore,
+    marks: &Rc<dyn MarkLookup>,
+) -> Result<FirstRuntime, MeterError> {
+    let component = match source {
+        PolicySource::Native(native) => {
+            return Ok((native_runtime(native, Rc::clone(marks))?, None));
+        }
+        PolicySource::Component(bytes) => bytes,
+        PolicySource::Resume { fallback } => {
+            let latest = match state.active_policy() {
+                Some(digest) => Some(PolicyDigest::from_bytes(digest)),
+                None => store.latest_activation()?,
+            };
+            let stored = match latest {
+                Some(digest) => match state.recent_component(&digest.bytes()) {
+                    Some(component) => component.map(<[u8]>::to_vec),
+                    None => store.policy(&digest)?.and_then(|stored| stored.component),
+                },
+                None => None,
+            };
+            stored.or(fallback).ok_or_else(|| {
+                MeterError::InvalidPolicy(
+                    "this ledger has never run a policy component; give one".to_owned(),
+                )
+            })?
+        }
+    };
+    let compiled = CompiledPolicy::load(
+        engine,
+        &component,
+        config.limits,
+        config.compile_cache_dir.as_deref(),
+    )?;
+    Ok((
+        Box::new(compiled.runtime(Rc::clone(marks))),
+        Some(component),
+    ))
 }

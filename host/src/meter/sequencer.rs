@@ -1,88 +1,36 @@
-//! The sequencer: the one thread that decides and writes.
+//! The sequencer: the one thread that decides. It takes the jobs queued so far (a
+//! batch: at most `batch_size_max` jobs and `batch_bytes_max` bytes of requests), has
+//! the store load what they need, runs the decisions in order on the live state
+//! ([`super::decide`]), commits the batch's record, and hands the answers to the sync
+//! thread, which sends them once the record is durable, while the next batch is being
+//! decided (group commit across batches). Between batches it copies a slice of the live
+//! state into the snapshot in progress.
 //!
-//! Every decision (authorize, settle, grant, expiry) is a job on one queue. The
-//! sequencer takes the jobs queued so far (up to `batch_size_max`), opens one store
-//! transaction, runs the jobs one after another (the policy's view and the write are
-//! one step, in one total order, so no two requests can both spend the same credit),
-//! commits once (group commit), and hands the answers to the fsync thread, which sends
-//! them once the log is on disk while the next batch is being decided.
-//! Every check that can refuse a job runs before its first write, so a refused job
-//! leaves nothing behind; a failed write fails the batch, which is rolled back whole.
+//! A decision refused for any reason but the store's leaves nothing behind. A failed
+//! commit fails the batch; on a store whose state lives across batches (SQLite) it also
+//! stops the meter, because the live state then holds decisions the log does not.
 
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use super::shadow::Shadow;
-use super::{MeterConfig, validate};
+use super::MeterConfig;
+use super::command::{Command, Pending};
+use super::decide::{BatchBuilder, Decider};
+use super::registry::Registry;
 use crate::clock::Clock;
 use crate::error::MeterError;
-use crate::ledger::{
-    self, Accounts, Entry, EntryKind, TransactionRecord, TransactionState, post_authorize,
-    post_expiry, post_settle,
-};
-use crate::model::{
-    Amounts, Authorization, AuthorizeRequest, BatchStats, ErrorBody, GrantRequest, PolicyRef,
-    Receipt, SettleRequest, ShadowReport, TenantBalances,
-};
-use crate::policy::component::CompiledPolicy;
-use crate::policy::{
-    AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
-};
-use crate::store::{BatchClaims, LedgerWriter, LogSync, Posting, available, available_amounts};
-
-pub(super) enum Command {
-    Authorize(AuthorizeRequest),
-    Settle(SettleRequest),
-    Grant(GrantRequest),
-    ExpireDue,
-    /// Evaluate a candidate beside the active policy from now on, moving no credit.
-    SetShadow {
-        compiled: Arc<CompiledPolicy>,
-        component: Vec<u8>,
-    },
-    /// The shadow's report so far, if there is a shadow.
-    ShadowReport,
-    /// Stop shadowing; answers the candidate's bytes (to promote them).
-    TakeShadow,
-    /// The digests of the policies loaded now.
-    LoadedPolicies,
-    /// Make a compiled, checked policy the active one, between two batches' decisions.
-    Activate {
-        compiled: Arc<CompiledPolicy>,
-        component: Vec<u8>,
-        via: String,
-    },
-}
-
-pub(super) enum Answer {
-    Authorization(Authorization),
-    Receipt(Receipt),
-    Balances(TenantBalances),
-    Expired(usize),
-    Activated(PolicyInfo),
-    Shadow(Option<ShadowReport>),
-    ShadowTaken(Option<Vec<u8>>),
-    Loaded(Vec<String>),
-}
-
-pub(super) struct Job {
-    pub command: Command,
-    pub reply: oneshot::Sender<Result<Answer, MeterError>>,
-}
-
-/// Builds a policy runtime on the sequencer thread (runtimes are not `Send`).
-pub(super) type RuntimeFactory =
-    Box<dyn FnOnce(Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError> + Send>;
+use crate::ledger::record::Batch;
+use crate::ledger::state::{self, Coverage, LiveState};
+use crate::model::BatchStats;
+use crate::policy::PolicyInfo;
+use crate::store::{AuditPoint, BatchClaims, Durability, SnapshotPart, Store};
 
 /// Batches committed so far, shared with the meter for [`crate::Meter::batch_stats`].
 #[derive(Default)]
-pub(super) struct BatchCounters {
+pub struct BatchCounters {
     batches: AtomicU64,
     decisions: AtomicU64,
     largest: AtomicU64,
@@ -104,251 +52,377 @@ impl BatchCounters {
     }
 }
 
-/// Answers of a committed batch, waiting for its log to reach the disk.
-type Answered = Vec<(
-    oneshot::Sender<Result<Answer, MeterError>>,
-    Result<Answer, MeterError>,
-)>;
-
-pub(super) struct Sequencer<W: LedgerWriter> {
-    writer: Rc<W>,
-    /// The starting policy's bytes (none: linked natively), until its activation is
-    /// in the ledger: at start, or in the first batch the store accepts.
-    unregistered: Option<Option<Vec<u8>>>,
-    /// Syncs the log of committed batches, then answers them; taken by `run`.
-    log: Option<Box<dyn LogSync>>,
-    durable: Option<mpsc::Sender<Answered>>,
-    /// Set when a sync failed: nothing is acknowledged any more.
-    log_failed: Arc<AtomicBool>,
-    counters: Arc<BatchCounters>,
-    clock: Arc<dyn Clock>,
-    config: MeterConfig,
-    engine: wasmtime::Engine,
-    active: PolicyDigest,
-    /// Every policy loaded so far, by digest: settles run on the authorizing one.
-    runtimes: HashMap<PolicyDigest, Box<dyn PolicyRuntime>>,
-    shadow: Option<Shadow>,
+/// Whether the meter can decide, and if not, why: shared by the sequencer, the sync
+/// thread and the meter (`/healthz`).
+#[derive(Default)]
+pub struct Health {
+    failure: Mutex<Option<String>>,
 }
 
-impl<W: LedgerWriter + 'static> Sequencer<W> {
-    pub fn start(
-        writer: W,
-        clock: Arc<dyn Clock>,
+impl Health {
+    /// Why the meter stopped deciding, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|failure| failure.clone())
+    }
+
+    pub fn fail(&self, why: String) {
+        if let Ok(mut failure) = self.failure.lock()
+            && failure.is_none()
+        {
+            tracing::error!(why, "the meter stops deciding until it restarts");
+            *failure = Some(why);
+        }
+    }
+
+    fn error(&self) -> Option<MeterError> {
+        self.failure().map(MeterError::SequencerStopped)
+    }
+}
+
+/// Records why the sequencer thread ended unless it ended because the meter closed.
+pub struct StopGuard {
+    pub health: Arc<Health>,
+    pub clean: bool,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.health.fail(if std::thread::panicking() {
+                "the sequencer thread panicked".to_owned()
+            } else {
+                "the sequencer thread stopped".to_owned()
+            });
+        }
+    }
+}
+
+/// A committed batch on its way to the disk: its record and its answers.
+struct Committed {
+    batch: Option<Arc<Batch>>,
+    answers: Vec<Pending>,
+}
+
+/// A snapshot being copied, a slice between two batches.
+struct SnapshotCursor {
+    next_tenant: usize,
+    end_tenant: usize,
+}
+
+pub struct Sequencer {
+    pub store: Rc<dyn Store>,
+    pub state: LiveState,
+    pub registry: Registry,
+    pub config: MeterConfig,
+    pub clock: Arc<dyn Clock>,
+    pub counters: Arc<BatchCounters>,
+    pub health: Arc<Health>,
+    /// The starting policy's bytes (none: linked natively), until a batch records it.
+    pub unregistered: Option<(PolicyInfo, Option<Vec<u8>>)>,
+    durable: Option<mpsc::Sender<Committed>>,
+    sync_thread: Option<std::thread::JoinHandle<()>>,
+    snapshot: Option<SnapshotCursor>,
+    decisions_since_snapshot: u64,
+}
+
+impl Sequencer {
+    pub fn new(
+        store: Rc<dyn Store>,
+        state: LiveState,
+        registry: Registry,
         config: MeterConfig,
-        engine: wasmtime::Engine,
-        make_runtime: RuntimeFactory,
-        component: Option<Vec<u8>>,
         counters: Arc<BatchCounters>,
-    ) -> Result<(Self, PolicyInfo), MeterError> {
-        let writer = Rc::new(writer);
-        let marks: Rc<dyn MarkLookup> = writer.clone();
-        let runtime = make_runtime(marks)?;
-        let info = runtime.info().clone();
-        let log = writer.log_sync()?;
-        let mut sequencer = Self {
-            writer,
-            unregistered: Some(component),
-            log: Some(log),
-            durable: None,
-            log_failed: Arc::new(AtomicBool::new(false)),
-            counters,
-            clock,
+        health: Arc<Health>,
+    ) -> Result<Self, MeterError> {
+        let (durable, committed) = mpsc::channel::<Committed>();
+        let durability = store.durability()?;
+        let sync_health = Arc::clone(&health);
+        let sync_thread = std::thread::Builder::new()
+            .name("creditgate-sync".to_owned())
+            .spawn(move || sync_and_answer(durability, committed, &sync_health))
+            .map_err(|error| {
+                MeterError::StoreUnavailable(format!("cannot start the sync thread: {error}"))
+            })?;
+        Ok(Self {
+            store,
+            state,
+            registry,
+            clock: Arc::clone(&config.clock),
             config,
-            engine,
-            active: info.digest.clone(),
-            runtimes: HashMap::from([(info.digest.clone(), runtime)]),
-            shadow: None,
-        };
-        match sequencer.register_alone() {
-            Ok(()) => {}
-            Err(error @ MeterError::StoreUnavailable(_)) => tracing::error!(
-                %error,
-                "the ledger is unavailable; every decision fails closed until it is back"
-            ),
-            Err(error) => return Err(error),
+            counters,
+            health,
+            unregistered: None,
+            durable: Some(durable),
+            sync_thread: Some(sync_thread),
+            snapshot: None,
+            decisions_since_snapshot: 0,
+        })
+    }
+
+    /// Records the starting policy in a batch of its own and waits until it is durable.
+    /// With the store down (PostgreSQL), it is recorded by the first batch that commits.
+    pub fn register_start(&mut self) -> Result<(), MeterError> {
+        let (reply, registered) = tokio::sync::oneshot::channel::<Result<(), MeterError>>();
+        self.run_batch(Vec::new(), false, vec![Pending::new(reply, Ok(()))]);
+        match registered.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error @ MeterError::StoreUnavailable(_))) => {
+                tracing::error!(%error, "the ledger is unavailable; every decision fails closed until it is back");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(MeterError::ShutDown),
         }
-        Ok((sequencer, info))
-    }
-
-    /// Saves the starting policy and its activation in a store transaction of its own,
-    /// durably: before any batch, when the store is up at start.
-    fn register_alone(&mut self) -> Result<(), MeterError> {
-        self.writer.begin()?;
-        if let Err(error) = self.register_start() {
-            self.writer.rollback();
-            return Err(error);
-        }
-        self.writer.commit()?;
-        self.unregistered = None;
-        self.writer.log_sync()?.sync()
-    }
-
-    /// Saves the starting policy and its activation into the open store transaction,
-    /// if not done yet (the store was down at start).
-    fn register_start(&self) -> Result<(), MeterError> {
-        let Some(component) = &self.unregistered else {
-            return Ok(());
-        };
-        let now_ms = self.clock.now_ms();
-        let info = self.active_info()?;
-        self.writer
-            .save_policy(&info, component.as_deref(), now_ms)?;
-        self.writer
-            .record_activation(&info.digest, "start", now_ms)?;
-        Ok(())
-    }
-
-    fn active_info(&self) -> Result<PolicyInfo, MeterError> {
-        self.runtimes
-            .get(&self.active)
-            .map(|runtime| runtime.info().clone())
-            .ok_or_else(|| {
-                MeterError::StoreUnavailable("the active policy is not loaded".to_owned())
-            })
     }
 
     /// Runs until every sender is gone, sweeping lapsed holds between batches.
-    pub fn run(mut self, jobs: Receiver<Job>) {
-        let syncer = self.log.take().map(|log| {
-            let (durable, committed) = mpsc::channel();
-            self.durable = Some(durable);
-            let failed = Arc::clone(&self.log_failed);
-            std::thread::Builder::new()
-                .name("creditgate-fsync".to_owned())
-                .spawn(move || sync_and_answer(log, committed, &failed))
-        });
-        self.decide(jobs);
-        // Every committed batch is answered before the meter's thread ends.
-        self.durable = None;
-        if let Some(Ok(syncer)) = syncer {
-            let _ = syncer.join();
-        }
-    }
-
-    fn decide(&mut self, jobs: Receiver<Job>) {
+    pub fn run(mut self, jobs: Receiver<Command>) {
         let sweep_every = (self.config.sweep_interval_ms > 0)
             .then(|| Duration::from_millis(self.config.sweep_interval_ms));
         let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         loop {
-            let first = match next_sweep {
+            let until = match (next_sweep, &self.snapshot) {
+                (_, Some(_)) => Some(Instant::now()),
+                (Some(at), None) => Some(at),
+                (None, None) => None,
+            };
+            let first = match until {
                 Some(at) => match jobs.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(job) => Some(job),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 },
                 None => match jobs.recv() {
                     Ok(job) => Some(job),
-                    Err(_) => return,
+                    Err(_) => break,
                 },
             };
             if let (Some(at), Some(every)) = (next_sweep, sweep_every)
                 && Instant::now() >= at
             {
-                self.sweep();
+                self.run_batch(Vec::new(), true, Vec::new());
                 next_sweep = Some(Instant::now() + every);
             }
-            let Some(first) = first else { continue };
-            let mut batch = vec![first];
-            let deadline = Instant::now() + Duration::from_micros(self.config.batch_wait_us_max);
-            while batch.len() < self.config.batch_size_max {
-                let waited = match jobs.try_recv() {
-                    Err(TryRecvError::Empty) => {
-                        match deadline.checked_duration_since(Instant::now()) {
-                            Some(left) if !left.is_zero() => jobs.recv_timeout(left).ok(),
-                            _ => None,
-                        }
-                    }
-                    received => received.ok(),
-                };
-                match waited {
-                    Some(job) => batch.push(job),
-                    None => break,
-                }
+            if let Some(first) = first {
+                let batch = self.gather(first, &jobs);
+                self.run_batch(batch, false, Vec::new());
             }
-            self.run_batch(batch);
+            self.snapshot_step();
+        }
+        // Every committed batch is answered before the meter's thread ends.
+        self.durable = None;
+        if let Some(thread) = self.sync_thread.take() {
+            let _ = thread.join();
         }
     }
 
-    fn sweep(&mut self) {
-        let (reply, _ignored) = oneshot::channel();
-        self.run_batch(vec![Job {
-            command: Command::ExpireDue,
-            reply,
-        }]);
-    }
-
-    /// One store transaction for the whole batch; answers only after the commit. A
-    /// job refused by the rules or the contract has written nothing, and the batch goes
-    /// on; a failed store write rolls the whole batch back and every job in it fails.
-    fn run_batch(&mut self, batch: Vec<Job>) {
-        let size = batch.len() as u64;
-        if self.log_failed.load(Ordering::Acquire) {
-            let error = MeterError::StoreUnavailable(
-                "the ledger's log could not be synced to disk; nothing is acknowledged until creditgate restarts".to_owned(),
-            );
-            for job in batch {
-                let _ = job.reply.send(Err(error.clone()));
-            }
-            return;
-        }
-        let prepared = self.writer.begin().and_then(|()| {
-            let mut claims = claims(&batch);
-            // The starting policy is recorded first in this batch, if not yet.
-            claims.activation |= self.unregistered.is_some();
-            self.writer.claim(&claims, self.clock.now_ms())?;
-            self.register_start()
-        });
-        if let Err(error) = prepared {
-            tracing::error!(%error, "the ledger is unavailable; the batch fails closed");
-            self.writer.rollback();
-            for job in batch {
-                let _ = job.reply.send(Err(error.clone()));
-            }
-            return;
-        }
-        // An activation switches `active` in memory; undone if its write does not commit.
-        let active_before = self.active.clone();
-        let mut answered = Vec::with_capacity(batch.len());
-        let mut store_failure = None;
-        for job in batch {
-            let result = match &store_failure {
-                Some(error) => Err(MeterError::clone(error)),
-                None => self.execute_logged(&job.command),
+    /// The first job and whatever else is queued, within the batch's bounds.
+    fn gather(&self, first: Command, jobs: &Receiver<Command>) -> Vec<Command> {
+        let mut bytes = first.request_bytes();
+        let mut batch = vec![first];
+        let deadline = Instant::now() + Duration::from_micros(self.config.batch_wait_us_max);
+        while batch.len() < self.config.batch_size_max && bytes < self.config.batch_bytes_max {
+            let waited = match jobs.try_recv() {
+                Err(TryRecvError::Empty) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => jobs.recv_timeout(left).ok(),
+                    _ => None,
+                },
+                received => received.ok(),
             };
-            if let Err(error @ MeterError::StoreUnavailable(_)) = &result {
-                store_failure.get_or_insert_with(|| error.clone());
+            match waited {
+                Some(job) => {
+                    bytes += job.request_bytes();
+                    batch.push(job);
+                }
+                None => break,
             }
-            answered.push((job.reply, result));
         }
+        batch
+    }
+
+    /// Decides a batch and commits its record; the answers go to the sync thread.
+    fn run_batch(&mut self, jobs: Vec<Command>, sweep: bool, mut answers: Vec<Pending>) {
+        if let Some(error) = self.health.error() {
+            for job in jobs {
+                job.refuse(error.clone());
+            }
+            for answer in answers {
+                answer.answer(Some(&error));
+            }
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        let mut claims = claims(&jobs);
+        claims.sweep |= sweep;
+        claims.activation |= self.unregistered.is_some();
+        if let Err(error) = self.store.load(&claims, &mut self.state, now_ms) {
+            tracing::error!(%error, "the ledger is unavailable; the batch fails closed");
+            self.store.abort();
+            for job in jobs {
+                job.refuse(error.clone());
+            }
+            for answer in answers {
+                answer.answer(Some(&error));
+            }
+            return;
+        }
+        self.keep_views_close();
+        let active_before = self.registry.active();
+        let mut builder =
+            BatchBuilder::new(self.state.last_seq + 1, now_ms, self.state.next_entry_id);
+        let mut store_failure: Option<MeterError> = None;
+        let mut released = 0;
+        {
+            let mut decider = Decider {
+                state: &mut self.state,
+                store: self.store.as_ref(),
+                registry: &mut self.registry,
+                builder: &mut builder,
+            };
+            let mut prepare = || -> Result<usize, MeterError> {
+                if let Some((info, component)) = &self.unregistered {
+                    decider.save_policy(info, component.as_deref())?;
+                    decider.record_activation(&info.digest, "start")?;
+                }
+                // Lapsed holds go back to their balances before any policy looks.
+                decider.expire_due(self.config.expiry_batch_max)
+            };
+            match prepare() {
+                Ok(count) => released = count,
+                Err(error) => store_failure = Some(error),
+            }
+            for job in jobs {
+                if let Some(error) = &store_failure {
+                    job.refuse(error.clone());
+                    continue;
+                }
+                let answer = execute(&mut decider, job, &mut released, &self.clock);
+                if let Some(error) = answer.1 {
+                    store_failure = Some(error);
+                }
+                answers.push(answer.0);
+            }
+        }
+        let decisions = builder.batch.decisions.len() as u64;
         let committed = match store_failure {
             Some(error) => Err(error),
-            None => self.writer.commit(),
+            None => self.store.commit(&builder.batch, &self.state),
         };
         match committed {
             Ok(()) => {
+                // The starting policy is in the ledger now (or was already).
                 self.unregistered = None;
-                self.counters.count(size);
-                let unsent = match &self.durable {
-                    Some(durable) => durable.send(answered).err().map(|unsent| unsent.0),
-                    None => Some(answered),
-                };
-                // No syncer (it stopped): answer only what a sync of our own made durable.
-                if let Some(answered) = unsent {
-                    let synced = self.writer.log_sync().and_then(|mut log| log.sync());
-                    answer(answered, &synced);
+                if decisions > 0 {
+                    self.counters.count(decisions);
+                    self.decisions_since_snapshot += decisions;
                 }
+                let batch = (decisions > 0).then(|| Arc::new(builder.batch));
+                self.send(Committed { batch, answers });
             }
             Err(error) => {
-                tracing::error!(%error, "ledger write failed; the batch is rolled back and not acknowledged");
-                self.writer.rollback();
-                self.active = active_before;
-                answer(answered, &Err(error));
+                tracing::error!(%error, "the batch did not commit; its answers are errors");
+                self.store.abort();
+                self.registry.restore_active(active_before);
+                if self.state.coverage() == Coverage::Whole && decisions > 0 {
+                    // The live state holds decisions the log does not: never use it again.
+                    self.health.fail(format!(
+                        "a batch could not be written to the ledger: {error}"
+                    ));
+                }
+                for answer in answers {
+                    answer.answer(Some(&error));
+                }
             }
         }
     }
 
-    fn execute_logged(&mut self, command: &Command) -> Result<Answer, MeterError> {
-        let result = self.execute(command);
+    fn send(&mut self, committed: Committed) {
+        let unsent = match &self.durable {
+            Some(durable) => durable.send(committed).err().map(|unsent| unsent.0),
+            None => Some(committed),
+        };
+        if let Some(committed) = unsent {
+            let error = MeterError::SequencerStopped("the sync thread stopped".to_owned());
+            self.health.fail(error.to_string());
+            for answer in committed.answers {
+                answer.answer(Some(&error));
+            }
+        }
+    }
+
+    /// Lets memory forget what the views applied, and waits for them when they lag more
+    /// than the bound allows.
+    fn keep_views_close(&mut self) {
+        let Some(applied) = self.store.applied_seq() else {
+            return;
+        };
+        self.state.evict_through(applied);
+        if self.state.unapplied() > self.config.sqlite.views.lag_decisions_max {
+            tracing::warn!(
+                unapplied = self.state.unapplied(),
+                "the views lag too far behind the log; waiting for them"
+            );
+            if let Err(error) = self.store.catch_up_views() {
+                tracing::error!(%error, "the views did not catch up");
+            }
+            if let Some(applied) = self.store.applied_seq() {
+                self.state.evict_through(applied);
+            }
+        }
+    }
+
+    /// Copies the next slice of the live state into the snapshot in progress, or starts
+    /// one when enough decisions were made since the last.
+    fn snapshot_step(&mut self) {
+        if !self.store.takes_snapshots() || self.health.failure().is_some() {
+            return;
+        }
+        let sent = match &mut self.snapshot {
+            None => {
+                if self.decisions_since_snapshot < self.config.sqlite.snapshot_every_decisions {
+                    return;
+                }
+                self.decisions_since_snapshot = 0;
+                self.snapshot = Some(SnapshotCursor {
+                    next_tenant: 0,
+                    end_tenant: self.state.tenant_count(),
+                });
+                self.store.snapshot_part(SnapshotPart::Begin {
+                    start_seq: self.state.last_seq,
+                })
+            }
+            Some(cursor) if cursor.next_tenant < cursor.end_tenant => {
+                let end = (cursor.next_tenant + self.config.sqlite.snapshot_slice_tenants)
+                    .min(cursor.end_tenant);
+                let slice = self.state.tenant_slice(cursor.next_tenant, end);
+                cursor.next_tenant = end;
+                self.store
+                    .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
+            }
+            Some(_) => {
+                self.snapshot = None;
+                self.store.snapshot_part(SnapshotPart::Tail {
+                    bytes: state::encode_tail(&self.state.snapshot_tail()),
+                    taken_at_seq: self.state.last_seq,
+                })
+            }
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "the snapshot in progress is dropped");
+            self.snapshot = None;
+        }
+    }
+}
+
+/// Runs one command; answers its pending answer, and the store failure it met, if any
+/// (the rest of the batch then fails with it).
+fn execute(
+    decider: &mut Decider<'_>,
+    command: Command,
+    released: &mut usize,
+    clock: &Arc<dyn Clock>,
+) -> (Pending, Option<MeterError>) {
+    fn logged<T>(result: Result<T, MeterError>) -> Result<T, MeterError> {
         if let Err(error) = &result
             && error.status() >= 500
         {
@@ -356,533 +430,156 @@ impl<W: LedgerWriter + 'static> Sequencer<W> {
         }
         result
     }
-
-    fn execute(&mut self, command: &Command) -> Result<Answer, MeterError> {
-        match command {
-            Command::Authorize(request) => self.authorize(request).map(Answer::Authorization),
-            Command::Settle(request) => self.settle(request).map(Answer::Receipt),
-            Command::Grant(grant) => self.grant(grant).map(Answer::Balances),
-            Command::ExpireDue => {
-                let expired = self.expire_due(None)?;
-                self.unload_unused()?;
-                Ok(Answer::Expired(expired))
+    fn failure<T>(result: &Result<T, MeterError>) -> Option<MeterError> {
+        match result {
+            Err(error @ (MeterError::StoreUnavailable(_) | MeterError::StoreCorrupt(_))) => {
+                Some(error.clone())
             }
-            Command::LoadedPolicies => {
-                let mut loaded: Vec<String> =
-                    self.runtimes.keys().map(ToString::to_string).collect();
-                loaded.sort();
-                Ok(Answer::Loaded(loaded))
-            }
-            Command::Activate {
-                compiled,
-                component,
-                via,
-            } => self
-                .activate(compiled, component, via)
-                .map(Answer::Activated),
-            Command::SetShadow {
-                compiled,
-                component,
-            } => {
-                let marks: Rc<dyn MarkLookup> = self.writer.clone();
-                let shadow = Shadow::new(
-                    Box::new(compiled.runtime(marks)),
-                    component.clone(),
-                    self.clock.now_ms(),
-                );
-                let report = shadow.report.clone();
-                self.shadow = Some(shadow);
-                Ok(Answer::Shadow(Some(report)))
-            }
-            Command::ShadowReport => Ok(Answer::Shadow(
-                self.shadow.as_ref().map(|shadow| shadow.report.clone()),
-            )),
-            Command::TakeShadow => Ok(Answer::ShadowTaken(
-                self.shadow.take().map(|shadow| shadow.component),
-            )),
+            _ => None,
         }
     }
-
-    fn runtime(
-        &mut self,
-        digest: &PolicyDigest,
-    ) -> Result<&mut Box<dyn PolicyRuntime>, MeterError> {
-        if !self.runtimes.contains_key(digest) {
-            let stored = self.writer.policy(digest)?.ok_or_else(|| {
-                MeterError::StoreUnavailable(format!("policy {digest} is not in the ledger"))
-            })?;
-            let bytes = stored.component.ok_or_else(|| {
-                MeterError::StoreUnavailable(format!(
-                    "policy {digest} was linked natively and is not loaded in this process"
-                ))
-            })?;
-            let compiled = CompiledPolicy::load(
-                &self.engine,
-                &bytes,
-                self.config.limits,
-                self.config.compile_cache_dir.as_deref(),
-            )?;
-            let marks: Rc<dyn MarkLookup> = self.writer.clone();
-            self.runtimes
-                .insert(digest.clone(), Box::new(compiled.runtime(marks)));
-        }
-        self.runtimes
-            .get_mut(digest)
-            .ok_or_else(|| MeterError::StoreUnavailable(format!("policy {digest} failed to load")))
+    macro_rules! answer {
+        ($reply:expr, $result:expr) => {{
+            let result = logged($result);
+            let failed = failure(&result);
+            (Pending::new($reply, result), failed)
+        }};
     }
-
-    /// Switches the active policy. Requests decided before this job ran used the old
-    /// one; those after use the new one; settles keep using whichever authorized.
-    fn activate(
-        &mut self,
-        compiled: &Arc<CompiledPolicy>,
-        component: &[u8],
-        via: &str,
-    ) -> Result<PolicyInfo, MeterError> {
-        let info = compiled.info().clone();
-        let now_ms = self.clock.now_ms();
-        self.writer.save_policy(&info, Some(component), now_ms)?;
-        self.writer.record_activation(&info.digest, via, now_ms)?;
-        if !self.runtimes.contains_key(&info.digest) {
-            let marks: Rc<dyn MarkLookup> = self.writer.clone();
-            self.runtimes
-                .insert(info.digest.clone(), Box::new(compiled.runtime(marks)));
-        }
-        self.active = info.digest.clone();
-        tracing::info!(policy = %info.name, version = %info.version, digest = %info.digest, via, "policy activated");
-        Ok(info)
-    }
-
-    fn authorize(&mut self, request: &AuthorizeRequest) -> Result<Authorization, MeterError> {
-        let writer = Rc::clone(&self.writer);
-        validate::authorize(request)?;
-        let fingerprint = validate::fingerprint(request);
-        let id = match &request.transaction_id {
-            Some(id) => {
-                if let Some(existing) = writer.transaction(id)? {
-                    return if existing.fingerprint == fingerprint {
-                        Ok(existing.authorization)
-                    } else {
-                        Err(MeterError::TransactionConflict(id.clone()))
-                    };
-                }
-                id.clone()
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        };
-        let now_ms = self.clock.now_ms();
-        // Lapsed holds go back to the balance before the policy looks at it.
-        self.expire_due(Some(&request.tenant))?;
-        let active = self.active.clone();
-        let runtime = self.runtime(&active)?;
-        let info = runtime.info().clone();
-        let accounts = writer.accounts(&request.tenant, &info.balances)?;
-        let policy_request = to_policy_request(&id, request);
-        let balances = available(&accounts, &info.balances);
-        let decision = runtime.authorize(&policy_request, &balances)?;
-        if let Some(shadow) = &mut self.shadow {
-            // The candidate sees exactly what the active policy saw; its verdict is only counted.
-            let candidate = shadow.runtime.authorize(&policy_request, &balances);
-            shadow.observe_authorize(
-                &id,
-                &request.tenant,
-                &request.operation,
-                &decision,
-                candidate,
-            );
-        }
-
-        // The outcome: (state, what stays held, the answer).
-        let (state, held, authorization) = match decision {
-            AuthorizeDecision::Reject {
-                status,
-                code,
-                message,
-            } => (
-                TransactionState::Rejected,
-                Amounts::new(),
-                rejection(&id, &info, &accounts, status, &code, &message),
-            ),
-            AuthorizeDecision::Admit {
-                status,
-                admitted_items,
-                hold,
-                charge,
-                marks,
-                headers,
-                meta,
-            } => match post_authorize(&accounts, &hold, &charge) {
-                Err(shortfall) => {
-                    // The host's guarantee, whatever the policy said: never below zero.
-                    let message = format!(
-                        "Insufficient credits: {} needed on '{}', {} available.",
-                        shortfall.needed, shortfall.balance, shortfall.available
-                    );
-                    (
-                        TransactionState::Rejected,
-                        Amounts::new(),
-                        rejection(&id, &info, &accounts, 402, "insufficient_credits", &message),
-                    )
-                }
-                Ok(posting) => {
-                    writer.post(Posting {
-                        transaction_id: &id,
-                        tenant: &request.tenant,
-                        policy_digest: &info.digest,
-                        entries: &posting.entries,
-                        accounts: &posting.accounts,
-                        at_ms: now_ms,
-                    })?;
-                    writer.insert_marks(&request.tenant, &id, &marks)?;
-                    let authorization = Authorization {
-                        transaction_id: id.clone(),
-                        admitted: true,
-                        status,
-                        error: None,
-                        admitted_items,
-                        held: hold.clone(),
-                        charged: charge,
-                        headers,
-                        meta,
-                        balances: available_amounts(&posting.accounts, &info.balances),
-                        policy: policy_ref(&info),
-                    };
-                    (TransactionState::Open, hold, authorization)
-                }
-            },
-        };
-        let record = TransactionRecord {
-            id: id.clone(),
-            tenant: request.tenant.clone(),
-            state,
-            fingerprint,
-            policy_digest: info.digest.to_string(),
-            request: AuthorizeRequest {
-                transaction_id: Some(id.clone()),
-                ..request.clone()
-            },
-            authorization,
-            expires_at_ms: (!held.is_empty()).then(|| now_ms.saturating_add(info.hold_ttl_ms)),
-            held,
-            created_at_ms: now_ms,
-            receipt: None,
-        };
-        writer.insert_transaction(&record)?;
-        Ok(record.authorization)
-    }
-
-    fn settle(&mut self, request: &SettleRequest) -> Result<Receipt, MeterError> {
-        let writer = Rc::clone(&self.writer);
-        validate::settle(request)?;
-        let id = &request.transaction_id;
-        let record = writer
-            .transaction(id)?
-            .ok_or_else(|| MeterError::UnknownTransaction(id.clone()))?;
-        match record.state {
-            TransactionState::Settled => {
-                return record.receipt.ok_or_else(|| {
-                    MeterError::StoreUnavailable(format!(
-                        "settled transaction '{id}' has no receipt"
-                    ))
-                });
-            }
-            TransactionState::Rejected => return Err(MeterError::TransactionRejected(id.clone())),
-            TransactionState::Expired => return Err(MeterError::HoldExpired(id.clone())),
-            TransactionState::Open => {}
-        }
-        let now_ms = self.clock.now_ms();
-        if record.expires_at_ms.is_some_and(|expiry| expiry <= now_ms) {
-            return Err(MeterError::HoldExpired(id.clone()));
-        }
-        let digest = PolicyDigest::from_stored(record.policy_digest.clone());
-        let runtime = self.runtime(&digest)?;
-        let info = runtime.info().clone();
-        let accounts = writer.accounts(&record.tenant, &info.balances)?;
-        let authorization = &record.authorization;
-        let admitted = sdk::Admitted {
-            request: to_policy_request(id, &record.request),
-            admitted_items: authorization.admitted_items,
-            held: to_policy_amounts(&record.held),
-            charged: to_policy_amounts(&authorization.charged),
-        };
-        let outcome = sdk::Outcome {
-            status: request.status,
-            attributes: to_pairs(&request.attributes),
-            body: request.body.clone(),
-        };
-        let SettleDecision {
-            charge,
-            marks,
-            headers,
-            meta,
-        } = runtime.settle(&admitted, &outcome, &available(&accounts, &info.balances))?;
-        if let Some(shadow) = &mut self.shadow {
-            let candidate_balances = available(&accounts, &shadow.runtime.info().balances);
-            let candidate = shadow
-                .runtime
-                .settle(&admitted, &outcome, &candidate_balances);
-            let applied = SettleDecision {
-                charge: charge.clone(),
-                marks: marks.clone(),
-                headers: headers.clone(),
-                meta: meta.clone(),
-            };
-            shadow.observe_settle(
-                id,
-                &record.tenant,
-                &record.request.operation,
-                &applied,
-                candidate,
-            );
-        }
-        let posting = post_settle(&accounts, &record.held, &charge);
-        writer.post(Posting {
-            transaction_id: id,
-            tenant: &record.tenant,
-            policy_digest: &digest,
-            entries: &posting.entries,
-            accounts: &posting.accounts,
-            at_ms: now_ms,
-        })?;
-        writer.insert_marks(&record.tenant, id, &marks)?;
-        let receipt = Receipt {
-            transaction_id: id.clone(),
-            charged: posting.charged,
-            released: posting.released,
-            uncollected: posting.uncollected,
-            headers,
-            meta,
-            balances: available_amounts(&posting.accounts, &info.balances),
-            policy: policy_ref(&info),
-        };
-        writer.close_transaction(id, TransactionState::Settled, Some(&receipt))?;
-        Ok(receipt)
-    }
-
-    fn grant(&mut self, grant: &GrantRequest) -> Result<TenantBalances, MeterError> {
-        validate::grant(grant)?;
-        let active = self.active.clone();
-        let info = self.runtime(&active)?.info().clone();
-        if !info.has_balance(&grant.balance) {
-            return Err(MeterError::UnknownBalance {
-                balance: grant.balance.clone(),
-                known: info.balances.join(", "),
+    match command {
+        Command::Authorize(checked, reply) => answer!(reply, decider.authorize(&checked)),
+        Command::Settle(request, reply) => answer!(reply, decider.settle(&request)),
+        Command::Grant(grant, reply) => answer!(reply, decider.grant(&grant)),
+        Command::Balances(tenant, reply) => answer!(reply, decider.balances(&tenant)),
+        Command::ExpireDue(reply) => {
+            let result = decider.expire_due(usize::MAX).map(|count| {
+                *released += count;
+                *released
             });
-        }
-        if let Some(existing) = self.writer.grant(&grant.grant_id)? {
-            if &existing != grant {
-                return Err(MeterError::GrantConflict(grant.grant_id.clone()));
+            if result.is_ok() {
+                let needed = match decider.store.open_policies() {
+                    Ok(Some(needed)) => Some(needed),
+                    Ok(None) => Some(decider.state.open_policies()),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot tell which policies open transactions need");
+                        None
+                    }
+                };
+                if let Some(needed) = needed {
+                    decider.registry.unload_unused(&needed);
+                }
             }
-            let accounts = self.writer.accounts(&grant.tenant, &info.balances)?;
-            return Ok(tenant_balances(&grant.tenant, &accounts, &info.balances));
+            answer!(reply, result)
         }
-        let mut accounts = self.writer.accounts(&grant.tenant, &info.balances)?;
-        let entries = [Entry {
-            balance: grant.balance.clone(),
-            kind: EntryKind::Grant,
-            amount: grant.amount,
-        }];
-        ledger::apply(&mut accounts, &entries).map_err(|_| {
-            MeterError::InvalidAmount(format!(
-                "a grant of {} would take '{}' past the largest balance ({})",
-                grant.amount,
-                grant.balance,
-                i64::MAX
-            ))
-        })?;
-        let now_ms = self.clock.now_ms();
-        self.writer.post(Posting {
-            transaction_id: &grant.grant_id,
-            tenant: &grant.tenant,
-            policy_digest: &info.digest,
-            entries: &entries,
-            accounts: &accounts,
-            at_ms: now_ms,
-        })?;
-        self.writer.insert_grant(grant, now_ms)?;
-        Ok(tenant_balances(&grant.tenant, &accounts, &info.balances))
-    }
-
-    /// Drops the runtimes no open transaction needs, keeping the active one: a version
-    /// stays loaded while a hold it authorized may still be settled.
-    fn unload_unused(&mut self) -> Result<(), MeterError> {
-        if self.runtimes.len() <= 1 {
-            return Ok(());
+        Command::Activate {
+            compiled,
+            component,
+            via,
+            reply,
+        } => {
+            let info = decider.registry.switch(&compiled);
+            let recorded = decider
+                .save_policy(&info, Some(&component))
+                .and_then(|()| decider.record_activation(&info.digest, &via))
+                .map(|()| {
+                    tracing::info!(policy = %info.name, version = %info.version, digest = %info.digest, via, "policy activated");
+                    info
+                });
+            answer!(reply, recorded)
         }
-        let needed: std::collections::HashSet<String> =
-            self.writer.open_policy_digests()?.into_iter().collect();
-        let active = self.active.clone();
-        self.runtimes
-            .retain(|digest, _| *digest == active || needed.contains(digest.as_str()));
-        Ok(())
-    }
-
-    /// Releases lapsed holds (of one tenant, or of everyone); returns how many.
-    fn expire_due(&mut self, tenant: Option<&str>) -> Result<usize, MeterError> {
-        let now_ms = self.clock.now_ms();
-        let due = self
-            .writer
-            .due_expiries(tenant, now_ms, self.config.expiry_batch_max)?;
-        for record in &due {
-            let balances: Vec<String> = record.held.keys().cloned().collect();
-            let mut accounts: Accounts = self.writer.accounts(&record.tenant, &balances)?;
-            let entries = post_expiry(&record.held);
-            ledger::apply(&mut accounts, &entries).map_err(MeterError::StoreUnavailable)?;
-            self.writer.post(Posting {
-                transaction_id: &record.id,
-                tenant: &record.tenant,
-                policy_digest: &PolicyDigest::from_stored(record.policy_digest.clone()),
-                entries: &entries,
-                accounts: &accounts,
-                at_ms: now_ms,
-            })?;
-            self.writer
-                .close_transaction(&record.id, TransactionState::Expired, None)?;
+        Command::SetShadow {
+            compiled,
+            component,
+            reply,
+        } => {
+            let report = decider
+                .registry
+                .set_shadow(&compiled, component, clock.now_ms());
+            answer!(reply, Ok(report))
         }
-        if !due.is_empty() {
-            tracing::info!(count = due.len(), "released lapsed holds");
+        Command::ShadowReport(reply) => answer!(reply, Ok(decider.registry.shadow_report())),
+        Command::TakeShadow(reply) => answer!(reply, Ok(decider.registry.take_shadow())),
+        Command::LoadedPolicies(reply) => answer!(reply, Ok(decider.registry.loaded())),
+        Command::Audit(reply) => {
+            let seq = if decider.builder.is_empty() {
+                decider.state.last_seq
+            } else {
+                decider.builder.batch.seq
+            };
+            answer!(
+                reply,
+                Ok(AuditPoint {
+                    accounts: decider.state.all_accounts(),
+                    next_entry_id: decider.state.next_entry_id,
+                    seq,
+                })
+            )
         }
-        Ok(due.len())
     }
 }
 
 /// What the batch's decisions will touch, for a store shared with other processes.
-fn claims(batch: &[Job]) -> BatchClaims {
+fn claims(batch: &[Command]) -> BatchClaims {
     let mut claims = BatchClaims::default();
     for job in batch {
-        match &job.command {
-            Command::Authorize(request) => {
-                claims.tenants.insert(request.tenant.clone());
-                if let Some(id) = &request.transaction_id {
-                    claims.transaction_ids.insert(id.clone());
-                }
+        match job {
+            Command::Authorize(checked, _) => {
+                claims.tenants.insert(checked.request.tenant.clone());
+                claims.transaction_ids.insert(checked.id.clone());
             }
-            Command::Settle(request) => {
+            Command::Settle(request, _) => {
                 claims.settled_ids.insert(request.transaction_id.clone());
             }
-            Command::Grant(grant) => {
+            Command::Grant(grant, _) => {
                 claims.tenants.insert(grant.tenant.clone());
                 claims.grant_ids.insert(grant.grant_id.clone());
             }
+            Command::Balances(tenant, _) => {
+                claims.tenants.insert(tenant.clone());
+            }
             Command::Activate { .. } => claims.activation = true,
-            Command::ExpireDue
-            | Command::SetShadow { .. }
-            | Command::ShadowReport
-            | Command::TakeShadow
-            | Command::LoadedPolicies => {}
+            Command::ExpireDue(_) => claims.sweep = true,
+            Command::SetShadow { .. }
+            | Command::ShadowReport(_)
+            | Command::TakeShadow(_)
+            | Command::LoadedPolicies(_)
+            | Command::Audit(_) => {}
         }
     }
     claims
 }
 
-/// Sends each answer, or the error in place of every answer.
-fn answer(answered: Answered, outcome: &Result<(), MeterError>) {
-    for (reply, result) in answered {
-        let _ = reply.send(match outcome {
-            Ok(()) => result,
-            Err(error) => Err(error.clone()),
-        });
-    }
-}
-
-/// The syncer's loop: takes every batch committed so far, syncs the log once for all
-/// of them, then answers them. A failed sync fails them and every batch after.
+/// The sync thread: takes every batch committed so far, syncs once for all of them,
+/// hands them on (the views) and then answers them. A failed sync fails them and every
+/// batch after: the meter stops.
 fn sync_and_answer(
-    mut log: Box<dyn LogSync>,
-    committed: mpsc::Receiver<Answered>,
-    failed: &AtomicBool,
+    mut durability: Box<dyn Durability>,
+    committed: Receiver<Committed>,
+    health: &Health,
 ) {
     while let Ok(first) = committed.recv() {
-        let mut batches = vec![first];
-        batches.extend(committed.try_iter());
-        let synced = if failed.load(Ordering::Acquire) {
-            Err(MeterError::StoreUnavailable(
-                "the ledger's log could not be synced to disk".to_owned(),
-            ))
-        } else {
-            log.sync()
+        let mut group = vec![first];
+        group.extend(committed.try_iter());
+        let synced = match health.error() {
+            Some(error) => Err(error),
+            None => durability.sync(),
         };
         if let Err(error) = &synced {
-            tracing::error!(%error, "syncing the ledger's log failed; committed batches are not acknowledged");
-            failed.store(true, Ordering::Release);
+            health.fail(format!(
+                "the ledger's log could not be synced to disk: {error}"
+            ));
         }
-        for answered in batches {
-            answer(answered, &synced);
+        let failure = synced.err();
+        if failure.is_none() {
+            for committed in &group {
+                if let Some(batch) = &committed.batch {
+                    durability.durable(Arc::clone(batch));
+                }
+            }
+        }
+        for committed in group {
+            for answer in committed.answers {
+                answer.answer(failure.as_ref());
+            }
         }
     }
-}
-
-pub(super) fn policy_ref(info: &PolicyInfo) -> PolicyRef {
-    PolicyRef {
-        name: info.name.clone(),
-        version: info.version.clone(),
-        digest: info.digest.to_string(),
-    }
-}
-
-fn rejection(
-    id: &str,
-    info: &PolicyInfo,
-    accounts: &Accounts,
-    status: u16,
-    code: &str,
-    message: &str,
-) -> Authorization {
-    Authorization {
-        transaction_id: id.to_owned(),
-        admitted: false,
-        status: Some(status),
-        error: Some(ErrorBody {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        }),
-        admitted_items: 0,
-        held: Amounts::new(),
-        charged: Amounts::new(),
-        headers: Default::default(),
-        meta: serde_json::Value::Object(serde_json::Map::new()),
-        balances: available_amounts(accounts, &info.balances),
-        policy: policy_ref(info),
-    }
-}
-
-fn tenant_balances(tenant: &str, accounts: &Accounts, balances: &[String]) -> TenantBalances {
-    TenantBalances {
-        tenant: tenant.to_owned(),
-        balances: available_amounts(accounts, balances),
-        held: balances
-            .iter()
-            .map(|balance| {
-                (
-                    balance.clone(),
-                    accounts.get(balance).map_or(0, |account| account.held),
-                )
-            })
-            .collect(),
-    }
-}
-
-fn to_policy_request(id: &str, request: &AuthorizeRequest) -> sdk::Request {
-    sdk::Request {
-        transaction_id: id.to_owned(),
-        tenant: request.tenant.clone(),
-        operation: request.operation.clone(),
-        items: request.items.clone(),
-        attributes: to_pairs(&request.attributes),
-        body: request.body.clone(),
-    }
-}
-
-fn to_pairs(attributes: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
-    attributes
-        .iter()
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
-}
-
-fn to_policy_amounts(amounts: &Amounts) -> Vec<sdk::BalanceAmount> {
-    amounts
-        .iter()
-        .map(|(balance, amount)| sdk::BalanceAmount::new(balance.clone(), *amount))
-        .collect()
 }

@@ -110,7 +110,7 @@ pub fn grant(grant: &GrantRequest) -> Result<(), MeterError> {
 }
 
 /// The sha256 of what makes two authorize requests the same request.
-pub fn fingerprint(request: &AuthorizeRequest) -> String {
+pub fn fingerprint(request: &AuthorizeRequest) -> [u8; 32] {
     let canonical = serde_json::json!([
         request.tenant,
         request.operation,
@@ -118,6 +118,5 @@ pub fn fingerprint(request: &AuthorizeRequest) -> String {
         request.attributes,
         request.body,
     ]);
-    let hash = Sha256::digest(canonical.to_string().as_bytes());
-    hash.iter().map(|byte| format!("{byte:02x}")).collect()
+    Sha256::digest(canonical.to_string().as_bytes()).into()
 }

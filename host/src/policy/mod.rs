@@ -21,29 +21,42 @@ pub use creditgate_policy_sdk as sdk;
 
 use crate::error::MeterError;
 
-/// The sha256 of a policy's component bytes, as 64 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyDigest(String);
+/// The sha256 of a policy's component bytes; shown as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyDigest([u8; 32]);
 
 impl PolicyDigest {
     pub fn of(bytes: &[u8]) -> Self {
-        let hash = Sha256::digest(bytes);
-        Self(hash.iter().map(|byte| format!("{byte:02x}")).collect())
+        Self(Sha256::digest(bytes).into())
     }
 
-    /// A digest read back from the store.
-    pub fn from_stored(text: String) -> Self {
-        Self(text)
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// Parses the 64 hex digits of a digest.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * index..2 * index + 2)?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
+    pub fn bytes(&self) -> [u8; 32] {
+        self.0
     }
 }
 
 impl fmt::Display for PolicyDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,11 @@
-//! Where the ledger is written. The meter's sequencer drives a [`LedgerWriter`] (one
-//! writer, many decisions per store transaction: room for group commit); API reads go
-//! through a [`LedgerReader`]. The store never calls the policy and decides nothing:
-//! it persists what the ledger rules computed.
+//! Where the ledger is written. The sequencer drives a [`Store`]: load what a batch
+//! needs, commit the batch's record, and cold reads of what memory does not hold; API
+//! reads go through a [`LedgerReader`]. The store never calls the policy and decides
+//! nothing: it persists the [`Batch`] records the decisions produced.
 //!
 //! Two stores implement them: [`sqlite`], the embedded default (one process owns the
-//! file), and [`postgres`], shared by replicas (every batch locks what it touches).
+//! ledger: a log of batches, views built from it, snapshots), and [`postgres`], shared by
+//! replicas (every batch locks what it touches and applies its record to the tables).
 
 pub mod postgres;
 pub mod scratch;
@@ -14,13 +15,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::error::MeterError;
-use crate::ledger::{
-    AccountState, Accounts, Entry, EntryKind, TransactionRecord, TransactionState,
-};
-use crate::model::{
-    Amounts, GrantRequest, JournalEntry, PolicyActivation, Receipt, TenantBalances, TransactionView,
-};
-use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
+use crate::ledger::record::Batch;
+use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
+use crate::ledger::{AccountState, EntryKind};
+use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
+use crate::policy::{PolicyDigest, PolicyInfo};
 
 pub type StoreResult<T> = Result<T, MeterError>;
 
@@ -98,8 +97,10 @@ pub struct BatchClaims {
     /// Ids to settle: their tenants are looked up by the store.
     pub settled_ids: BTreeSet<String>,
     pub grant_ids: BTreeSet<String>,
-    /// The batch switches the active policy.
+    /// The batch switches the active policy (or records the starting one).
     pub activation: bool,
+    /// The batch sweeps lapsed holds of tenants no other process holds.
+    pub sweep: bool,
 }
 
 /// A policy the store remembers, so settles can run on the version that authorized.
@@ -110,168 +111,131 @@ pub struct StoredPolicy {
     pub component: Option<Vec<u8>>,
 }
 
-/// Makes committed batches durable, from a thread of its own: the writer commits
-/// without waiting for the disk and goes on deciding the next batch, while the answers
-/// of the committed ones wait for this (group commit across batches).
-pub trait LogSync: Send {
-    /// When it returns, everything committed before the call is on disk.
-    fn sync(&mut self) -> StoreResult<()>;
+/// What decisions ask the store for what is not in memory: old transactions and grants
+/// (idempotency forever), marks, stored policies, and (PostgreSQL) tenants a batch did
+/// not claim. Called on the sequencer thread only.
+pub trait ColdStore {
+    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionRecord>>;
+    fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>>;
+    /// For each key, whether the tenant has the mark; keys without a NUL.
+    fn marked(&self, tenant: &str, scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>>;
+    fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
+    /// The policy the ledger's latest activation made active.
+    fn latest_activation(&self) -> StoreResult<Option<PolicyDigest>>;
+    /// The policies open transactions were authorized on, when the state does not hold
+    /// every open transaction (PostgreSQL); none: ask the state.
+    fn open_policies(&self) -> StoreResult<Option<BTreeSet<[u8; 32]>>> {
+        Ok(None)
+    }
+    /// Reads a tenant the state lacks into it (PostgreSQL: under the tenant's lock). On a
+    /// whole state a tenant not there has never had an account: nothing to do.
+    fn load_tenant(&self, tenant: &str, state: &mut LiveState) -> StoreResult<()>;
 }
 
-/// The write side, used by one thread. Every change happens between `begin` and
-/// `commit`, many decisions per store transaction (group commit). A decision refused
-/// for any reason but the store's writes nothing; a failed write fails the whole batch.
-pub trait LedgerWriter: MarkLookup {
-    fn begin(&self) -> StoreResult<()>;
-    /// Called once after `begin`, before the batch's decisions: a store other processes
-    /// write too locks what the batch will touch and reads it ahead; the embedded store
-    /// needs nothing (`begin` took the file's write lock).
-    fn claim(&self, _claims: &BatchClaims, _now_ms: u64) -> StoreResult<()> {
+/// Makes committed batches durable, from a thread of its own (group commit across
+/// batches), and hands them on once they are.
+pub trait Durability: Send {
+    /// When it returns, every batch committed before the call is on disk.
+    fn sync(&mut self) -> StoreResult<()>;
+    /// A batch that is now durable, in order: the views follow it (SQLite).
+    fn durable(&mut self, _batch: std::sync::Arc<Batch>) {}
+}
+
+/// The write side of a ledger, driven by the sequencer thread: load what a batch needs,
+/// commit a batch, and the cold reads of [`ColdStore`].
+pub trait Store: ColdStore {
+    /// Before a batch's decisions: fills `state` with what they will read. The embedded
+    /// store's state is whole already; a store shared with other processes locks what
+    /// the batch claims and reads it into a fresh state.
+    fn load(&self, claims: &BatchClaims, state: &mut LiveState, now_ms: u64) -> StoreResult<()>;
+    /// Persists a batch; `state` is the live state after it (a store of tables writes
+    /// the rows it touched from there). It is acknowledged once [`Durability::sync`]
+    /// returned after this.
+    fn commit(&self, batch: &Batch, state: &LiveState) -> StoreResult<()>;
+    /// Gives up the batch in progress, if any.
+    fn abort(&self);
+    /// The handle the sync thread makes commits durable with.
+    fn durability(&self) -> StoreResult<Box<dyn Durability>>;
+    /// The last batch the views applied: what memory may forget (none: the state holds
+    /// one batch only, nothing to forget).
+    fn applied_seq(&self) -> Option<u64> {
+        None
+    }
+    /// Waits until the views applied every durable batch (SQLite: the sequencer's
+    /// back-pressure when they lag too far).
+    fn catch_up_views(&self) -> StoreResult<()> {
         Ok(())
     }
-    /// Commits the batch. It is durable, and its answers may be sent, once a
-    /// [`LogSync`] from [`LedgerWriter::log_sync`] has synced after this returned.
-    fn commit(&self) -> StoreResult<()>;
-    /// A handle that makes the commits so far durable.
-    fn log_sync(&self) -> StoreResult<Box<dyn LogSync>>;
-    /// Undoes the open batch, if any, and forgets what the writer remembered of it.
-    fn rollback(&self);
-
-    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionRecord>>;
-    fn insert_transaction(&self, record: &TransactionRecord) -> StoreResult<()>;
-    fn close_transaction(
-        &self,
-        id: &str,
-        state: TransactionState,
-        receipt: Option<&Receipt>,
-    ) -> StoreResult<()>;
-    /// Open transactions whose hold lapsed at or before `now_ms`; of one tenant, or all.
-    fn due_expiries(
-        &self,
-        tenant: Option<&str>,
-        now_ms: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<TransactionRecord>>;
-
-    /// The tenant's accounts for `balances` (zero where none exists yet).
-    fn accounts(&self, tenant: &str, balances: &[String]) -> StoreResult<Accounts>;
-    /// Appends `entries` to the journal and stores the accounts they lead to.
-    fn post(&self, posting: Posting<'_>) -> StoreResult<()>;
-    fn insert_marks(
-        &self,
-        tenant: &str,
-        transaction_id: &str,
-        marks: &[sdk::Mark],
-    ) -> StoreResult<()>;
-
-    fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRequest>>;
-    fn insert_grant(&self, grant: &GrantRequest, at_ms: u64) -> StoreResult<()>;
-
-    fn save_policy(
-        &self,
-        info: &PolicyInfo,
-        component: Option<&[u8]>,
-        at_ms: u64,
-    ) -> StoreResult<()>;
-    fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
-    /// The policies that authorized a transaction still open (they must stay loaded).
-    fn open_policy_digests(&self) -> StoreResult<Vec<String>>;
-    /// Appends to the activation history, unless `digest` is already the latest;
-    /// returns whether it did.
-    fn record_activation(&self, digest: &PolicyDigest, via: &str, at_ms: u64) -> StoreResult<bool>;
-}
-
-/// One decision's journal lines and resulting accounts.
-#[derive(Debug, Clone, Copy)]
-pub struct Posting<'a> {
-    pub transaction_id: &'a str,
-    pub tenant: &'a str,
-    pub policy_digest: &'a PolicyDigest,
-    pub entries: &'a [Entry],
-    pub accounts: &'a Accounts,
-    pub at_ms: u64,
-}
-
-impl Posting<'_> {
-    /// The state the posting leads `balance` to.
-    pub fn account(&self, balance: &str) -> StoreResult<AccountState> {
-        self.accounts.get(balance).copied().ok_or_else(|| {
-            MeterError::StoreUnavailable(format!("posting lacks the account '{balance}'"))
-        })
+    /// Whether the store keeps snapshots of the live state (SQLite).
+    fn takes_snapshots(&self) -> bool {
+        false
+    }
+    /// Takes the next part of a snapshot of the live state.
+    fn snapshot_part(&self, _part: SnapshotPart) -> StoreResult<()> {
+        Ok(())
     }
 }
 
-/// The read side: thread-safe, sees committed data only.
+/// A snapshot of the live state, in parts: see `docs/ledger.md`.
+pub enum SnapshotPart {
+    /// Replay starts after `start_seq`.
+    Begin { start_seq: u64 },
+    /// A slice of tenants, encoded.
+    Tenants(Vec<u8>),
+    /// The rest, encoded, and the end of the snapshot. Every part was copied from the
+    /// state at or before batch `taken_at_seq`: the snapshot counts only once that batch
+    /// is durable.
+    Tail { bytes: Vec<u8>, taken_at_seq: u64 },
+}
+
+/// The live accounts at one point of the log, for the audit.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPoint {
+    pub accounts: Vec<((String, String), AccountState)>,
+    /// Entries with a lower id are the journal at this point.
+    pub next_entry_id: u64,
+    pub seq: u64,
+}
+
+/// The read side: thread-safe, answers for acknowledged decisions.
 pub trait LedgerReader: Send + Sync {
-    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances>;
     fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>>;
     /// The tenant's journal, oldest first, at most `limit` entries.
     fn journal(&self, tenant: &str, limit: usize) -> StoreResult<Vec<JournalEntry>>;
     /// Journal entries of every tenant with an id above `after_id`, oldest first.
     fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
-    /// The most recently activated policy.
-    fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>>;
     /// The activation history, newest first.
     fn activations(&self, limit: usize) -> StoreResult<Vec<PolicyActivation>>;
     /// A policy the ledger has seen, by digest.
-    fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>>;
-    /// Every account whose state differs from the sum of its journal, described.
-    fn invariant_violations(&self) -> StoreResult<Vec<String>>;
-}
-
-/// A tenant's stored account rows, with a zero account for each of `balances` that has
-/// none yet.
-pub fn with_balances(
-    balances: &[String],
-    rows: impl IntoIterator<Item = (String, AccountState)>,
-) -> Accounts {
-    let mut accounts: Accounts = balances
-        .iter()
-        .map(|balance| (balance.clone(), AccountState::default()))
-        .collect();
-    accounts.extend(rows);
-    accounts
-}
-
-/// Available credits per described balance, as the policy sees them.
-pub fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceAmount> {
-    balances
-        .iter()
-        .map(|balance| {
-            sdk::BalanceAmount::new(
-                balance.clone(),
-                accounts.get(balance).map_or(0, |account| account.available),
-            )
-        })
-        .collect()
-}
-
-/// Available credits per described balance, for answers.
-pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
-    balances
-        .iter()
-        .map(|balance| {
-            (
-                balance.clone(),
-                accounts.get(balance).map_or(0, |account| account.available),
-            )
-        })
-        .collect()
+    fn stored_policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
+    /// A tenant's credits, when the store's tables are current (PostgreSQL); none when
+    /// only the sequencer's live state is (SQLite).
+    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<Option<TenantBalances>>;
+    /// Every account whose state differs from the sum of its journal: the live accounts
+    /// at `live` (SQLite) against the journal up to there, or the tables (PostgreSQL).
+    fn invariant_violations(&self, live: Option<AuditPoint>) -> StoreResult<Vec<String>>;
 }
 
 /// How the audit shows a transaction: its record and its journal lines.
-pub fn transaction_view(record: TransactionRecord, entries: Vec<JournalEntry>) -> TransactionView {
+pub fn transaction_view(
+    record: &TransactionRecord,
+    policy: PolicyRef,
+    entries: Vec<JournalEntry>,
+) -> TransactionView {
     TransactionView {
-        transaction_id: record.id,
-        tenant: record.tenant,
+        transaction_id: record.id.clone(),
+        tenant: record.tenant.clone(),
         state: record.state.as_str().to_owned(),
-        operation: record.request.operation.clone(),
-        policy_digest: record.policy_digest,
+        operation: record.operation.clone(),
+        policy_digest: policy.digest.clone(),
         created_at_ms: record.created_at_ms,
         expires_at_ms: record.expires_at_ms,
-        held: record.held,
-        authorization: record.authorization,
-        receipt: record.receipt,
+        held: crate::ledger::record::amounts(&record.held),
+        authorization: record.authorization.answer(&record.id, policy.clone()),
+        receipt: record
+            .receipt
+            .as_ref()
+            .map(|receipt| receipt.answer(&record.id, policy)),
         entries,
     }
 }
@@ -329,15 +293,6 @@ pub fn invariant_violations(
         }
     }
     violations
-}
-
-/// A reader of the ledger at `location` (created, or its schema brought up to date, if
-/// needed), for commands that only read it.
-pub fn open_reader(location: &StoreLocation) -> StoreResult<Box<dyn LedgerReader>> {
-    Ok(match location {
-        StoreLocation::Sqlite(path) => Box::new(sqlite::open(path)?.1),
-        StoreLocation::Postgres(url) => Box::new(postgres::open_reader(url)?),
-    })
 }
 
 #[cfg(test)]

@@ -425,32 +425,48 @@ crate::on_both_stores! {
             "64 concurrent decisions took {batches} commits"
         );
         drop(meter);
-        let reader = creditgate::store::open_reader(scratch.location()).unwrap();
-        let balances = reader.balances("acme", &["default".to_owned()]).unwrap();
-        assert_eq!(balances.held["default"], 64);
+        let reopened = crate::support::operator_meter(scratch.location());
+        assert_eq!(reopened.balances("acme").unwrap().held["default"], 64);
+        drop(reopened);
         assert_ledger_sound(scratch.location());
     }
 }
 
 crate::on_both_stores! {
-    fn a_grant_by_another_writer_of_the_ledger_is_seen_by_a_running_meter(store) {
+    /// On PostgreSQL every replica writes; a grant by another is seen at once. A SQLite
+    /// ledger has one writer, its meter: a second one is refused and moves nothing
+    /// (operator commands then go through the first one's API).
+    fn a_grant_by_another_writer_of_the_ledger_is_seen_or_refused_by_a_running_meter(store) {
         let meter = TestMeter::on(store, "smarte");
         meter.grant("acme", "default", 2);
         meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
         assert_eq!(meter.available("acme", "default"), 0);
-        // As `creditgate grant` does beside a running server: its own connection.
+        // As `creditgate grant` does beside a running server: its own connection (on
+        // the same clock as the server, whose holds have not lapsed).
         let mut config = MeterConfig::new(meter.location().clone());
         config.sweep_interval_ms = 0;
-        let operator = Meter::open(config, PolicySource::Component(component("smarte"))).unwrap();
-        operator
-            .grant(GrantRequest {
-                grant_id: "top-up".to_owned(),
-                tenant: "acme".to_owned(),
-                balance: "default".to_owned(),
-                amount: 5,
-            })
-            .unwrap();
-        drop(operator);
+        config.clock = Arc::new(meter.clock.clone());
+        let top_up = GrantRequest {
+            grant_id: "top-up".to_owned(),
+            tenant: "acme".to_owned(),
+            balance: "default".to_owned(),
+            amount: 5,
+        };
+        match meter.location() {
+            creditgate::store::StoreLocation::Sqlite(_) => {
+                let refused = Meter::open(config, PolicySource::Component(component("smarte")))
+                    .err()
+                    .expect("a second writer of a SQLite ledger is refused");
+                assert_eq!((refused.status(), refused.code()), (503, "ledger_in_use"));
+                meter.meter.grant(top_up).unwrap();
+            }
+            creditgate::store::StoreLocation::Postgres(_) => {
+                let operator =
+                    Meter::open(config, PolicySource::Component(component("smarte"))).unwrap();
+                operator.grant(top_up).unwrap();
+                drop(operator);
+            }
+        }
         let second = meter.authorize("t2", "acme", "person.enrich", &["a", "b", "c"], &[]);
         assert!(second.admitted);
         assert_eq!(meter.available("acme", "default"), 2);

@@ -597,13 +597,33 @@ fn http_shadow_mode_reports_differences_and_promotes() {
 }
 
 #[test]
+fn serve_refuses_a_batch_wait_beyond_its_bound() {
+    let (_dir, db) = ledger();
+    let output = Command::new(BINARY)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--batch-wait-us-max",
+            "100001",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("100001 is not in 0..=100000"), "{stderr}");
+}
+
+#[test]
 fn serve_bounds_its_batches_as_told_and_reports_them() {
     let (_dir, db) = ledger();
     let server = Server::start_with_args(
         Some("smarte"),
         &db,
         None,
-        &["--batch-size-max", "4", "--batch-wait-us-max", "200000"],
+        &["--batch-size-max", "4", "--batch-wait-us-max", "100000"],
     );
     server.grant("acme", "default", 100, "welcome");
     let start = std::sync::Arc::new(std::sync::Barrier::new(16));

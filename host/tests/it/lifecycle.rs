@@ -45,7 +45,7 @@ crate::on_both_stores! {
     fn a_refused_module_leaves_the_active_policy_in_place(store) {
         let meter = TestMeter::on(store, "smarte");
         meter.grant("acme", "default", 5);
-        let active = meter.meter.policy().digest.clone();
+        let active = meter.meter.policy().digest;
         let refusals = [
             (
                 b"not a component".to_vec(),
@@ -80,7 +80,7 @@ crate::on_both_stores! {
             meter.meter.rollback().unwrap_err().code(),
             "no_previous_policy"
         );
-        let smarte = meter.meter.policy().digest.clone();
+        let smarte = meter.meter.policy().digest;
         meter
             .meter
             .activate(component("donoratlas"), "test")

@@ -7,9 +7,11 @@
 
 mod conformance;
 mod donoratlas;
+mod durability;
 mod guarantees;
 mod http;
 mod lifecycle;
+mod lossy_fs;
 mod replicas;
 mod sandbox;
 mod smarte;

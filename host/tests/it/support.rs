@@ -12,7 +12,7 @@ use creditgate::model::{
     TransactionView,
 };
 use creditgate::store::scratch::{ScratchLedger, ScratchStore};
-use creditgate::store::{self, StoreLocation};
+use creditgate::store::{self, LedgerReader, StoreLocation};
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
 use serde_json::{Value, json};
 
@@ -147,7 +147,11 @@ impl Gate for TestMeter {
     }
 
     fn assert_sound(&self) {
-        assert_ledger_sound(self.location());
+        let violations = self.meter.invariant_violations().expect("invariant check");
+        assert!(
+            violations.is_empty(),
+            "ledger invariants broke: {violations:#?}"
+        );
     }
 }
 
@@ -258,14 +262,28 @@ pub trait Gate {
     }
 }
 
-/// Reads the ledger directly and checks its invariants.
+/// Opens the ledger as an operator command does (nothing about policies recorded; a
+/// SQLite ledger must be closed by its meter first) and checks its invariants.
 pub fn assert_ledger_sound(db: &StoreLocation) {
-    let reader = store::open_reader(db).expect("open ledger");
-    let violations = reader.invariant_violations().expect("invariant check");
+    let violations = match db {
+        StoreLocation::Postgres(url) => store::postgres::open_reader(url)
+            .expect("open ledger")
+            .invariant_violations(None),
+        StoreLocation::Sqlite(_) => operator_meter(db).invariant_violations(),
+    }
+    .expect("invariant check");
     assert!(
         violations.is_empty(),
         "ledger invariants broke: {violations:#?}"
     );
+}
+
+/// A meter on an existing ledger, opened as operator commands open one.
+pub fn operator_meter(db: &StoreLocation) -> Meter {
+    let mut config = MeterConfig::new(db.clone());
+    config.record_start = false;
+    config.sweep_interval_ms = 0;
+    Meter::open(config, PolicySource::Resume { fallback: None }).expect("open ledger")
 }
 
 /// Generates, for each rule `fn rule(meter: &dyn Gate)`, one test through the library
@@ -517,14 +535,14 @@ impl Drop for Server {
 /// The HTTP sidecar as a [`Gate`], on a fresh ledger file.
 pub struct HttpGate {
     pub server: Server,
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl HttpGate {
     pub fn start(policy: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = Server::start(policy, dir.path().join("ledger.db"), None);
-        Self { server, dir }
+        Self { server, _dir: dir }
     }
 }
 
@@ -569,6 +587,8 @@ impl Gate for HttpGate {
     }
 
     fn assert_sound(&self) {
-        assert_ledger_sound(&StoreLocation::Sqlite(self.dir.path().join("ledger.db")));
+        let (status, body) = self.server.get("/v1/audit");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["violations"], json!([]), "ledger invariants broke");
     }
 }

@@ -1,26 +1,10 @@
 //! PostgreSQL, the store several gateway processes share. One tenant's credits are one
 //! set of rows; every batch locks, in one global order, the tenants, transaction ids
 //! and grant ids its decisions touch (transaction-scoped advisory locks), reads them
-//! under the locks, and writes back in a handful of statements at commit. A commit is
-//! durable when it returns (`synchronous_commit` as the server sets it, on by default),
-//! so answers wait for nothing more.
+//! under the locks into a fresh live state, and applies the batch's record in a handful
+//! of statements at commit. A commit is durable when it returns (`synchronous_commit` as
+//! the server sets it, on by default), so answers wait for nothing more.
 
-/// The columns `transaction_from_row` reads, in its order.
-macro_rules! transaction_columns {
-    () => {
-        "id, tenant, state, fingerprint, policy_digest, request_json, authorization_json, \
-         held_json, created_at_ms, expires_at_ms, receipt_json"
-    };
-}
-
-/// The columns `policy_from_row` reads, in its order.
-macro_rules! policy_columns {
-    () => {
-        "digest, name, version, balances_json, hold_ttl_ms, component"
-    };
-}
-
-mod batch;
 mod reader;
 mod writer;
 
@@ -31,17 +15,37 @@ use postgres::{Client, Config, NoTls, Row};
 use sha2::{Digest, Sha256};
 
 pub use reader::PostgresReader;
-pub use writer::PostgresWriter;
+pub use writer::PostgresStore;
 
 use super::{StoreResult, StoredPolicy};
 use crate::error::MeterError;
-use crate::ledger::{TransactionRecord, TransactionState};
-use crate::model::{Amounts, AuthorizeRequest, Receipt};
+use crate::ledger::codec;
+use crate::ledger::legacy::{self, TransactionRowV0};
+use crate::ledger::state::TransactionRecord;
 use crate::policy::{PolicyDigest, PolicyInfo};
+
+/// One step of the schema's history.
+enum Migration {
+    Sql(&'static str),
+    /// Transactions' JSON columns (the API's types) become the ledger's own record.
+    RecordsFromJson,
+}
 
 /// Schema migrations, applied in order at connect; `creditgate_schema` lists those
 /// applied. One process migrates at a time (an advisory lock), the others wait.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(V1),
+    Migration::Sql("ALTER TABLE transactions ADD COLUMN record BYTEA"),
+    Migration::RecordsFromJson,
+    Migration::Sql(
+        "ALTER TABLE transactions DROP COLUMN request_json, DROP COLUMN authorization_json, \
+         DROP COLUMN held_json, DROP COLUMN receipt_json; \
+         ALTER TABLE transactions ALTER COLUMN record SET NOT NULL",
+    ),
+];
+
+/// The first schema, as the build before the log created it.
+const V1: &str = r#"
 CREATE TABLE accounts (
     tenant    TEXT NOT NULL,
     balance   TEXT NOT NULL,
@@ -114,7 +118,7 @@ CREATE TABLE policy_activations (
     via             TEXT NOT NULL,
     activated_at_ms BIGINT NOT NULL
 );
-"#];
+"#;
 
 /// How long connecting may take when the URL does not say (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,9 +157,9 @@ pub fn redact(url: &str) -> String {
 /// Opens the ledger in the database at `url`: its writer and its reader. Neither needs
 /// the database to be up yet: the writer connects (and migrates) at its first batch and
 /// again after any lost connection; until then every decision fails `store_unavailable`.
-pub fn open(url: &str) -> StoreResult<(PostgresWriter, PostgresReader)> {
+pub fn open(url: &str) -> StoreResult<(PostgresStore, PostgresReader)> {
     let config = config(url)?;
-    let writer = PostgresWriter::new(config.clone(), redact(url));
+    let writer = PostgresStore::new(config.clone(), redact(url));
     match writer.connect() {
         Ok(()) => {}
         Err(error @ MeterError::StoreUnavailable(_)) => {
@@ -231,7 +235,10 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
         )));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        transaction.batch_execute(migration)?;
+        match migration {
+            Migration::Sql(sql) => transaction.batch_execute(sql)?,
+            Migration::RecordsFromJson => records_from_json(&mut transaction)?,
+        }
         let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
         transaction.execute(
             "INSERT INTO creditgate_schema (version) VALUES ($1)",
@@ -240,6 +247,65 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
     }
     transaction.commit()?;
     Ok(())
+}
+
+/// Rewrites every transaction's JSON columns as the ledger's record.
+fn records_from_json(transaction: &mut postgres::Transaction<'_>) -> StoreResult<()> {
+    let rows = transaction.query(
+        "SELECT id, tenant, state, fingerprint, policy_digest, created_at_ms, expires_at_ms, \
+         request_json, authorization_json, held_json, receipt_json FROM transactions",
+        &[],
+    )?;
+    let update = transaction.prepare("UPDATE transactions SET record = $2 WHERE id = $1")?;
+    for row in &rows {
+        let policy_digest: String = row.try_get(4)?;
+        let imported = legacy::transaction(
+            &TransactionRowV0 {
+                id: row.try_get(0)?,
+                tenant: row.try_get(1)?,
+                state: row.try_get(2)?,
+                fingerprint: row.try_get(3)?,
+                created_at_ms: to_u64(row.try_get(5)?),
+                expires_at_ms: row.try_get::<_, Option<i64>>(6)?.map(to_u64),
+                request_json: row.try_get(7)?,
+                authorization_json: row.try_get(8)?,
+                held_json: row.try_get(9)?,
+                receipt_json: row.try_get(10)?,
+            },
+            0,
+        )
+        .map_err(MeterError::StoreCorrupt)?;
+        let policy = legacy::digest_from_hex(&policy_digest).ok_or_else(|| {
+            MeterError::StoreCorrupt(format!("policy digest '{policy_digest}' is not a sha256"))
+        })?;
+        let record = TransactionRecord {
+            id: imported.id,
+            tenant: imported.tenant,
+            state: imported.state,
+            fingerprint: imported.fingerprint,
+            policy,
+            created_at_ms: imported.created_at_ms,
+            expires_at_ms: imported.expires_at_ms,
+            operation: imported.operation,
+            request: imported.request,
+            authorization: imported.authorization,
+            receipt: imported.receipt,
+            held: imported.held,
+        };
+        transaction.execute(&update, &[&record.id, &encode_record(&record)])?;
+    }
+    Ok(())
+}
+
+const RECORD_MAGIC: &[u8; 4] = b"CGT1";
+
+/// A transaction as the `record` column stores it: the ledger's versioned format.
+fn encode_record(record: &TransactionRecord) -> Vec<u8> {
+    codec::encode_value(RECORD_MAGIC, record)
+}
+
+fn decode_record(bytes: &[u8]) -> StoreResult<TransactionRecord> {
+    Ok(codec::decode_value(RECORD_MAGIC, bytes)?)
 }
 
 /// The advisory lock that stands for one tenant, transaction id or grant id: the first
@@ -271,48 +337,29 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value)
-        .map_err(|error| MeterError::StoreUnavailable(format!("cannot encode a record: {error}")))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
-    serde_json::from_str(text).map_err(|error| {
-        MeterError::StoreUnavailable(format!("a stored record does not parse: {error}"))
-    })
-}
-
-fn transaction_from_row(row: &Row) -> StoreResult<TransactionRecord> {
-    let state: String = row.try_get(2)?;
-    let receipt: Option<String> = row.try_get(10)?;
-    Ok(TransactionRecord {
-        id: row.try_get(0)?,
-        tenant: row.try_get(1)?,
-        state: TransactionState::parse(&state).ok_or_else(|| {
-            MeterError::StoreUnavailable(format!("unknown transaction state '{state}'"))
-        })?,
-        fingerprint: row.try_get(3)?,
-        policy_digest: row.try_get(4)?,
-        request: from_json::<AuthorizeRequest>(row.try_get(5)?)?,
-        authorization: from_json(row.try_get(6)?)?,
-        held: from_json::<Amounts>(row.try_get(7)?)?,
-        created_at_ms: to_u64(row.try_get(8)?),
-        expires_at_ms: row.try_get::<_, Option<i64>>(9)?.map(to_u64),
-        receipt: receipt.as_deref().map(from_json::<Receipt>).transpose()?,
-    })
-}
-
 fn policy_from_row(row: &Row) -> StoreResult<StoredPolicy> {
+    let digest: String = row.try_get(0)?;
+    let balances: String = row.try_get(3)?;
     Ok(StoredPolicy {
         info: PolicyInfo {
-            digest: PolicyDigest::from_stored(row.try_get(0)?),
+            digest: PolicyDigest::parse(&digest).ok_or_else(|| {
+                MeterError::StoreCorrupt(format!("policy digest '{digest}' is not a sha256"))
+            })?,
             name: row.try_get(1)?,
             version: row.try_get(2)?,
-            balances: from_json(row.try_get(3)?)?,
+            balances: serde_json::from_str(&balances).map_err(|error| {
+                MeterError::StoreCorrupt(format!("policy {digest}: balances do not parse: {error}"))
+            })?,
             hold_ttl_ms: to_u64(row.try_get(4)?),
         },
         component: row.try_get(5)?,
     })
+}
+
+/// A transaction from its `record` column.
+fn transaction_from_row(row: &Row, column: usize) -> StoreResult<TransactionRecord> {
+    let bytes: Vec<u8> = row.try_get(column)?;
+    decode_record(&bytes)
 }
 
 #[cfg(test)]

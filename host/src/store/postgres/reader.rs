@@ -7,9 +7,11 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{policy_from_row, to_u64, transaction_from_row};
 use crate::error::MeterError;
 use crate::ledger::AccountState;
-use crate::model::{JournalEntry, PolicyActivation, TenantBalances, TransactionView};
+use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
+use crate::policy::PolicyDigest;
 use crate::store::{
-    JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations, transaction_view,
+    AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations,
+    transaction_view,
 };
 
 /// Reading connections at most.
@@ -65,7 +67,7 @@ fn limit(limit: usize) -> i64 {
 }
 
 impl LedgerReader for PostgresReader {
-    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances> {
+    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<Option<TenantBalances>> {
         let mut answer = TenantBalances {
             tenant: tenant.to_owned(),
             balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
@@ -80,22 +82,24 @@ impl LedgerReader for PostgresReader {
             answer.balances.insert(balance.clone(), row.try_get(1)?);
             answer.held.insert(balance, row.try_get(2)?);
         }
-        Ok(answer)
+        Ok(Some(answer))
     }
 
     fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>> {
         let rows = self.query(
-            concat!(
-                "SELECT ",
-                transaction_columns!(),
-                " FROM transactions WHERE id = $1"
-            ),
+            "SELECT t.record, p.name, p.version, p.digest FROM transactions t \
+             LEFT JOIN policies p ON p.digest = t.policy_digest WHERE t.id = $1",
             &[&id],
         )?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let record = transaction_from_row(row)?;
+        let record = transaction_from_row(row, 0)?;
+        let policy = PolicyRef {
+            name: row.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+            version: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+            digest: PolicyDigest::from_bytes(record.policy).to_string(),
+        };
         let entries = self
             .query(
                 concat!(
@@ -108,7 +112,7 @@ impl LedgerReader for PostgresReader {
             .iter()
             .map(journal_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Some(transaction_view(record, entries)))
+        Ok(Some(transaction_view(&record, policy, entries)))
     }
 
     fn journal(&self, tenant: &str, count: usize) -> StoreResult<Vec<JournalEntry>> {
@@ -139,18 +143,6 @@ impl LedgerReader for PostgresReader {
         .collect()
     }
 
-    fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>> {
-        self.query(
-            "SELECT p.digest, p.name, p.version, p.balances_json, p.hold_ttl_ms, p.component \
-             FROM policy_activations a JOIN policies p ON p.digest = a.digest \
-             ORDER BY a.id DESC LIMIT 1",
-            &[],
-        )?
-        .first()
-        .map(policy_from_row)
-        .transpose()
-    }
-
     fn activations(&self, count: usize) -> StoreResult<Vec<PolicyActivation>> {
         self.query(
             "SELECT a.id, a.digest, p.name, p.version, a.via, a.activated_at_ms \
@@ -172,21 +164,19 @@ impl LedgerReader for PostgresReader {
         .collect()
     }
 
-    fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>> {
+    fn stored_policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
         self.query(
-            concat!(
-                "SELECT ",
-                policy_columns!(),
-                " FROM policies WHERE digest = $1"
-            ),
-            &[&digest],
+            "SELECT digest, name, version, balances_json, hold_ttl_ms, component \
+             FROM policies WHERE digest = $1",
+            &[&digest.to_string()],
         )?
         .first()
         .map(policy_from_row)
         .transpose()
     }
 
-    fn invariant_violations(&self) -> StoreResult<Vec<String>> {
+    /// The tables are current at every commit: the live state adds nothing.
+    fn invariant_violations(&self, _live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let journal_sums = self
             .query(
                 "SELECT tenant, balance, kind, SUM(amount)::BIGINT FROM journal \

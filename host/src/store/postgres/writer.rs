@@ -1,53 +1,53 @@
+//! The sequencer's side of a PostgreSQL ledger. Each batch: `BEGIN`, one statement that
+//! takes every advisory lock the batch claims in one global order, reads of what its
+//! decisions need into a fresh live state, the decisions, then the batch's record
+//! applied in one `INSERT ... SELECT FROM unnest(...)` per table, and `COMMIT`.
+
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postgres::types::ToSql;
 use postgres::{Client, Config, Row, Statement};
 
-use super::batch::{Batch, Change, JournalRow, MarkRow};
 use super::{
-    ACTIVATION_LOCK, connect, lock_key, policy_from_row, tenant_lock, to_i64, to_json,
+    ACTIVATION_LOCK, connect, encode_record, lock_key, policy_from_row, tenant_lock, to_i64,
     transaction_from_row,
 };
 use crate::error::MeterError;
-use crate::ledger::{AccountState, Accounts, TransactionRecord, TransactionState};
-use crate::model::{GrantRequest, Receipt};
-use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, sdk};
-use crate::store::{BatchClaims, LedgerWriter, LogSync, Posting, StoreResult, StoredPolicy};
+use crate::ledger::AccountState;
+use crate::ledger::record::{Batch, Decision};
+use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
+use crate::policy::PolicyDigest;
+use crate::store::{BatchClaims, ColdStore, Durability, Store, StoreResult, StoredPolicy};
 
 // Reads under the batch's locks.
 const LOCK_IN_ORDER: &str = "SELECT pg_advisory_xact_lock(key) FROM unnest($1::int8[]) AS key";
 const TRY_LOCK: &str =
     "SELECT key FROM unnest($1::int8[]) AS key WHERE pg_try_advisory_xact_lock(key)";
 const TENANTS_OF: &str = "SELECT DISTINCT tenant FROM transactions WHERE id = ANY($1)";
-const TRANSACTIONS_BY_ID: &str = concat!(
-    "SELECT ",
-    transaction_columns!(),
-    " FROM transactions WHERE id = ANY($1)"
-);
+const TRANSACTIONS_BY_ID: &str = "SELECT id, record FROM transactions WHERE id = ANY($1)";
 const ACCOUNTS_OF: &str =
     "SELECT tenant, balance, available, held FROM accounts WHERE tenant = ANY($1)";
-const DUE_OF: &str = concat!(
-    "SELECT ",
-    transaction_columns!(),
-    " FROM transactions WHERE tenant = ANY($1) AND state = 'open' \
-     AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2"
-);
+const DUE_OF: &str = "SELECT id, record FROM transactions WHERE tenant = ANY($1) \
+     AND state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2";
 const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM (SELECT tenant FROM transactions \
      WHERE state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
      ORDER BY expires_at_ms LIMIT $2) AS due";
 const GRANTS_BY_ID: &str =
     "SELECT grant_id, tenant, balance, amount FROM grants WHERE grant_id = ANY($1)";
 const MARKED: &str = "SELECT key FROM marks WHERE tenant = $1 AND scope = $2 AND key = ANY($3)";
+const POLICY_BY_DIGEST: &str = "SELECT digest, name, version, balances_json, hold_ttl_ms, \
+     component FROM policies WHERE digest = $1";
+const LATEST_ACTIVATION: &str = "SELECT digest FROM policy_activations ORDER BY id DESC LIMIT 1";
+const OPEN_POLICIES: &str = "SELECT DISTINCT policy_digest FROM transactions WHERE state = 'open'";
 
 // The batch's writes, a statement per table at commit.
 const INSERT_TRANSACTIONS: &str = "INSERT INTO transactions (id, tenant, state, fingerprint, \
-     policy_digest, request_json, authorization_json, held_json, created_at_ms, expires_at_ms, \
-     receipt_json) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-     $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[])";
-const CLOSE_TRANSACTIONS: &str = "UPDATE transactions AS t SET state = u.state, held_json = '{}', \
-     receipt_json = u.receipt_json FROM unnest($1::text[], $2::text[], $3::text[]) \
-     AS u (id, state, receipt_json) WHERE t.id = u.id AND t.state = 'open'";
+     policy_digest, created_at_ms, expires_at_ms, record) SELECT * FROM unnest($1::text[], \
+     $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::bytea[])";
+const CLOSE_TRANSACTIONS: &str = "UPDATE transactions AS t SET state = u.state, record = u.record \
+     FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u (id, state, record) \
+     WHERE t.id = u.id AND t.state = 'open'";
 const APPEND_JOURNAL: &str = "INSERT INTO journal (transaction_id, tenant, balance, kind, amount, \
      policy_digest, at_ms) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
      $5::int8[], $6::text[], $7::int8[])";
@@ -58,6 +58,11 @@ const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_i
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
 const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])";
+const SAVE_POLICY: &str = "INSERT INTO policies (digest, name, version, balances_json, \
+     hold_ttl_ms, component, activated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (digest) DO UPDATE SET activated_at_ms = excluded.activated_at_ms";
+const RECORD_ACTIVATION: &str =
+    "INSERT INTO policy_activations (digest, via, activated_at_ms) VALUES ($1, $2, $3)";
 
 /// How long, in ms, a writer may sit inside a transaction, or wait for a lock.
 const LOCK_HELD_MAX_MS: u32 = 10_000;
@@ -97,23 +102,33 @@ impl Connection {
     }
 }
 
+/// What the batch in progress knows exists nowhere, so that its decisions need not ask.
+#[derive(Default)]
+struct Absent {
+    transactions: HashSet<String>,
+    grants: HashSet<String>,
+}
+
 /// The writer of one process. Not `Sync`: it lives on the meter's sequencer thread.
 /// Several processes may each run one on the same database.
-pub struct PostgresWriter {
+pub struct PostgresStore {
     config: Config,
     /// The database, as logs name it (no password).
     name: String,
     connection: RefCell<Option<Connection>>,
-    batch: RefCell<Batch>,
+    absent: RefCell<Absent>,
+    /// The batch's clock reading, for the lapsed holds of tenants it locks later.
+    now_ms: RefCell<u64>,
 }
 
-impl PostgresWriter {
+impl PostgresStore {
     pub(super) fn new(config: Config, name: String) -> Self {
         Self {
             config,
             name,
             connection: RefCell::new(None),
-            batch: RefCell::default(),
+            absent: RefCell::default(),
+            now_ms: RefCell::new(0),
         }
     }
 
@@ -164,87 +179,171 @@ impl PostgresWriter {
         result
     }
 
-    /// Locks `tenants` (blocking: only for a tenant the batch did not claim) and reads
-    /// their accounts and lapsed holds into the batch.
-    fn lock_and_load(&self, tenants: &[String], now_ms: u64) -> StoreResult<()> {
-        let keys: Vec<i64> = tenants.iter().map(|tenant| tenant_lock(tenant)).collect();
-        self.with(|connection| {
-            connection.execute(LOCK_IN_ORDER, &[&sorted(keys)])?;
-            Ok(())
-        })?;
-        self.load_locked(tenants, now_ms)
-    }
-
     /// Reads the accounts and lapsed holds of tenants this batch holds the lock of.
-    fn load_locked(&self, tenants: &[String], now_ms: u64) -> StoreResult<()> {
+    fn load_locked(&self, tenants: &[String], state: &mut LiveState) -> StoreResult<()> {
         if tenants.is_empty() {
             return Ok(());
         }
+        let now_ms = to_i64(*self.now_ms.borrow());
         let (accounts, due) = self.with(|connection| {
             let accounts = connection.query(ACCOUNTS_OF, &[&tenants])?;
-            let due = connection.query(DUE_OF, &[&tenants, &to_i64(now_ms)])?;
+            let due = connection.query(DUE_OF, &[&tenants, &now_ms])?;
             Ok((accounts, due))
         })?;
-        let mut batch = self.batch.borrow_mut();
         for tenant in tenants {
-            batch.locked_tenants.insert(tenant.clone());
-            batch.accounts.entry(tenant.clone()).or_default();
+            state.touch_tenant(tenant);
         }
         for row in accounts {
             let tenant: String = row.try_get(0)?;
             let balance: String = row.try_get(1)?;
-            let state = AccountState {
+            let account = AccountState {
                 available: row.try_get(2)?,
                 held: row.try_get(3)?,
             };
-            batch
-                .accounts
-                .entry(tenant)
-                .or_default()
-                .insert(balance, state);
+            state.set_accounts(&tenant, [(&balance, &account)])?;
         }
         for row in &due {
-            batch.remember(transaction_from_row(row)?);
+            let id: String = row.try_get(0)?;
+            if state.transaction(&id).is_none() {
+                state.load_transaction(transaction_from_row(row, 1)?, 0);
+            }
         }
         Ok(())
     }
 
-    fn ensure_locked(&self, tenant: &str, now_ms: u64) -> StoreResult<()> {
-        if self.batch.borrow().locked_tenants.contains(tenant) {
-            return Ok(());
-        }
-        tracing::debug!(tenant, "locking a tenant the batch did not claim");
-        self.lock_and_load(&[tenant.to_owned()], now_ms)
-    }
-
     /// Sends the batch's writes: a statement per table.
-    fn flush(&self) -> StoreResult<()> {
-        let batch = self.batch.borrow();
-        let mut inserted = TransactionColumns::default();
-        let mut closed: (Vec<&str>, Vec<&str>, Vec<Option<String>>) = Default::default();
-        for known in batch.transactions.values().flatten() {
-            match known.change {
-                Change::Unchanged => {}
-                Change::Inserted => inserted.push(&known.record)?,
-                Change::Closed => {
-                    closed.0.push(&known.record.id);
-                    closed.1.push(known.record.state.as_str());
-                    closed
-                        .2
-                        .push(known.record.receipt.as_ref().map(to_json).transpose()?);
+    fn flush(&self, batch: &Batch, state: &LiveState) -> StoreResult<()> {
+        let digest = |index: u32| -> StoreResult<String> {
+            batch
+                .policies
+                .get(index as usize)
+                .map(|bytes| PolicyDigest::from_bytes(*bytes).to_string())
+                .ok_or_else(|| {
+                    MeterError::StoreCorrupt(format!("policy {index} is not in its batch"))
+                })
+        };
+        let at_ms = to_i64(batch.at_ms);
+        let mut authorized: BTreeSet<&str> = BTreeSet::new();
+        let mut touched: BTreeSet<&str> = BTreeSet::new();
+        let mut journal: Vec<(&str, &str, &str, &'static str, i64, String)> = Vec::new();
+        let mut accounts: BTreeMap<(&str, &str), AccountState> = BTreeMap::new();
+        let mut marks: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
+        let mut grants: Vec<(&str, &str, &str, i64)> = Vec::new();
+        let mut policies = Vec::new();
+        let mut activations = Vec::new();
+        for decision in &batch.decisions {
+            let (transaction_id, tenant, policy) = match decision {
+                Decision::Authorize(authorized_here) => {
+                    authorized.insert(&authorized_here.id);
+                    touched.insert(&authorized_here.id);
+                    for mark in &authorized_here.marks {
+                        marks
+                            .entry((&authorized_here.tenant, &mark.scope, &mark.key))
+                            .or_insert(&authorized_here.id);
+                    }
+                    (
+                        &authorized_here.id,
+                        &authorized_here.tenant,
+                        authorized_here.policy,
+                    )
+                }
+                Decision::Settle(settled) => {
+                    touched.insert(&settled.id);
+                    for mark in &settled.marks {
+                        marks
+                            .entry((&settled.tenant, &mark.scope, &mark.key))
+                            .or_insert(&settled.id);
+                    }
+                    (&settled.id, &settled.tenant, settled.policy)
+                }
+                Decision::Expire(expired) => {
+                    touched.insert(&expired.id);
+                    (&expired.id, &expired.tenant, expired.policy)
+                }
+                Decision::Grant(granted) => {
+                    grants.push((
+                        &granted.grant_id,
+                        &granted.tenant,
+                        &granted.balance,
+                        granted.amount,
+                    ));
+                    (&granted.grant_id, &granted.tenant, granted.policy)
+                }
+                Decision::Policy(saved) => {
+                    policies.push((digest(saved.policy)?, saved));
+                    continue;
+                }
+                Decision::Activate(activation) => {
+                    activations.push((digest(activation.policy)?, &activation.via));
+                    continue;
+                }
+                Decision::Import(_) => {
+                    return Err(MeterError::StoreCorrupt(
+                        "PostgreSQL migrates its own rows; it takes no imported records".to_owned(),
+                    ));
+                }
+            };
+            let policy = digest(policy)?;
+            for entry in decision.entries() {
+                journal.push((
+                    transaction_id,
+                    tenant,
+                    &entry.balance,
+                    entry.kind.as_str(),
+                    entry.amount,
+                    policy.clone(),
+                ));
+            }
+            if let Some(posting) = match decision {
+                Decision::Authorize(decision) => Some(&decision.posting),
+                Decision::Settle(decision) => Some(&decision.posting),
+                Decision::Expire(decision) => Some(&decision.posting),
+                Decision::Grant(decision) => Some(&decision.posting),
+                _ => None,
+            } {
+                for (balance, account) in &posting.accounts {
+                    accounts.insert((tenant, balance), *account);
                 }
             }
         }
-        let accounts = batch.dirty_account_rows();
+        let record_of = |id: &str| -> StoreResult<&TransactionRecord> {
+            state.transaction(id).ok_or_else(|| {
+                MeterError::StoreUnavailable(format!("transaction '{id}' left memory mid-batch"))
+            })
+        };
+        let mut inserted = TransactionColumns::default();
+        let mut closed: (Vec<&str>, Vec<&str>, Vec<Vec<u8>>) = Default::default();
+        for id in &touched {
+            let record = record_of(id)?;
+            if authorized.contains(id) {
+                inserted.push(record);
+            } else {
+                closed.0.push(id);
+                closed.1.push(record.state.as_str());
+                closed.2.push(encode_record(record));
+            }
+        }
         self.with(|connection| {
+            if !policies.is_empty() || !activations.is_empty() {
+                // Every write of policies takes the activation lock first (a batch that
+                // activates holds it already), so no two writers wait on each other.
+                connection.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVATION_LOCK])?;
+            }
+            for (digest, saved) in &policies {
+                let balances = serde_json::to_string(&saved.balances).unwrap_or_default();
+                connection.execute(
+                    SAVE_POLICY,
+                    &[&digest, &saved.name, &saved.version, &balances, &to_i64(saved.hold_ttl_ms), &saved.component, &at_ms],
+                )?;
+            }
+            for (digest, via) in &activations {
+                connection.execute(RECORD_ACTIVATION, &[digest, via, &at_ms])?;
+            }
             if !inserted.id.is_empty() {
                 let c = &inserted;
                 connection.execute(
                     INSERT_TRANSACTIONS,
-                    &[
-                        &c.id, &c.tenant, &c.state, &c.fingerprint, &c.policy_digest, &c.request,
-                        &c.authorization, &c.held, &c.created_at_ms, &c.expires_at_ms, &c.receipt,
-                    ],
+                    &[&c.id, &c.tenant, &c.state, &c.fingerprint, &c.policy_digest, &c.created_at_ms, &c.expires_at_ms, &c.record],
                 )?;
             }
             if !closed.0.is_empty() {
@@ -256,54 +355,51 @@ impl PostgresWriter {
                     )));
                 }
             }
-            if !batch.journal.is_empty() {
-                let rows = &batch.journal;
-                let column = |get: fn(&JournalRow) -> &str| rows.iter().map(get).collect::<Vec<_>>();
+            if !journal.is_empty() {
                 connection.execute(
                     APPEND_JOURNAL,
                     &[
-                        &column(|row| &row.transaction_id),
-                        &column(|row| &row.tenant),
-                        &column(|row| &row.balance),
-                        &column(|row| row.kind),
-                        &rows.iter().map(|row| row.amount).collect::<Vec<_>>(),
-                        &column(|row| &row.policy_digest),
-                        &rows.iter().map(|row| row.at_ms).collect::<Vec<_>>(),
+                        &journal.iter().map(|row| row.0).collect::<Vec<_>>(),
+                        &journal.iter().map(|row| row.1).collect::<Vec<_>>(),
+                        &journal.iter().map(|row| row.2).collect::<Vec<_>>(),
+                        &journal.iter().map(|row| row.3).collect::<Vec<_>>(),
+                        &journal.iter().map(|row| row.4).collect::<Vec<_>>(),
+                        &journal.iter().map(|row| row.5.as_str()).collect::<Vec<_>>(),
+                        &vec![at_ms; journal.len()],
                     ],
                 )?;
             }
             if !accounts.is_empty() {
-                let tenants: Vec<&str> = accounts.keys().map(|key| key.0).collect();
-                let balances: Vec<&str> = accounts.keys().map(|key| key.1).collect();
-                let available: Vec<i64> = accounts.values().map(|state| state.available).collect();
-                let held: Vec<i64> = accounts.values().map(|state| state.held).collect();
-                connection.execute(UPSERT_ACCOUNTS, &[&tenants, &balances, &available, &held])?;
-            }
-            if !batch.marks.is_empty() {
-                let rows = &batch.marks;
-                let column = |get: fn(&MarkRow) -> &str| rows.iter().map(get).collect::<Vec<_>>();
                 connection.execute(
-                    INSERT_MARKS,
+                    UPSERT_ACCOUNTS,
                     &[
-                        &column(|row| &row.tenant),
-                        &column(|row| &row.scope),
-                        &column(|row| &row.key),
-                        &column(|row| &row.transaction_id),
+                        &accounts.keys().map(|key| key.0).collect::<Vec<_>>(),
+                        &accounts.keys().map(|key| key.1).collect::<Vec<_>>(),
+                        &accounts.values().map(|state| state.available).collect::<Vec<_>>(),
+                        &accounts.values().map(|state| state.held).collect::<Vec<_>>(),
                     ],
                 )?;
             }
-            if !batch.new_grants.is_empty() {
-                let grants = &batch.new_grants;
-                let column =
-                    |get: fn(&GrantRequest) -> &str| grants.iter().map(|(grant, _)| get(grant)).collect::<Vec<_>>();
+            if !marks.is_empty() {
+                connection.execute(
+                    INSERT_MARKS,
+                    &[
+                        &marks.keys().map(|key| key.0).collect::<Vec<_>>(),
+                        &marks.keys().map(|key| key.1).collect::<Vec<_>>(),
+                        &marks.keys().map(|key| key.2).collect::<Vec<_>>(),
+                        &marks.values().copied().collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if !grants.is_empty() {
                 connection.execute(
                     INSERT_GRANTS,
                     &[
-                        &column(|grant| &grant.grant_id),
-                        &column(|grant| &grant.tenant),
-                        &column(|grant| &grant.balance),
-                        &grants.iter().map(|(grant, _)| grant.amount).collect::<Vec<_>>(),
-                        &grants.iter().map(|(_, at_ms)| *at_ms).collect::<Vec<_>>(),
+                        &grants.iter().map(|grant| grant.0).collect::<Vec<_>>(),
+                        &grants.iter().map(|grant| grant.1).collect::<Vec<_>>(),
+                        &grants.iter().map(|grant| grant.2).collect::<Vec<_>>(),
+                        &grants.iter().map(|grant| grant.3).collect::<Vec<_>>(),
+                        &vec![at_ms; grants.len()],
                     ],
                 )?;
             }
@@ -326,72 +422,126 @@ struct TransactionColumns<'a> {
     id: Vec<&'a str>,
     tenant: Vec<&'a str>,
     state: Vec<&'a str>,
-    fingerprint: Vec<&'a str>,
-    policy_digest: Vec<&'a str>,
-    request: Vec<String>,
-    authorization: Vec<String>,
-    held: Vec<String>,
+    fingerprint: Vec<String>,
+    policy_digest: Vec<String>,
     created_at_ms: Vec<i64>,
     expires_at_ms: Vec<Option<i64>>,
-    receipt: Vec<Option<String>>,
+    record: Vec<Vec<u8>>,
 }
 
 impl<'a> TransactionColumns<'a> {
-    fn push(&mut self, record: &'a TransactionRecord) -> StoreResult<()> {
+    fn push(&mut self, record: &'a TransactionRecord) {
         self.id.push(&record.id);
         self.tenant.push(&record.tenant);
         self.state.push(record.state.as_str());
-        self.fingerprint.push(&record.fingerprint);
-        self.policy_digest.push(&record.policy_digest);
-        self.request.push(to_json(&record.request)?);
-        self.authorization.push(to_json(&record.authorization)?);
-        self.held.push(to_json(&record.held)?);
+        self.fingerprint
+            .push(PolicyDigest::from_bytes(record.fingerprint).to_string());
+        self.policy_digest
+            .push(PolicyDigest::from_bytes(record.policy).to_string());
         self.created_at_ms.push(to_i64(record.created_at_ms));
         self.expires_at_ms.push(record.expires_at_ms.map(to_i64));
-        self.receipt
-            .push(record.receipt.as_ref().map(to_json).transpose()?);
-        Ok(())
+        self.record.push(encode_record(record));
     }
 }
 
-impl MarkLookup for PostgresWriter {
-    fn marked(&self, tenant: &str, scope: &str, keys: &[String]) -> Result<Vec<bool>, MeterError> {
-        let here: Vec<bool> = {
-            let batch = self.batch.borrow();
-            let marked_here = batch.marked_here(tenant, scope);
-            keys.iter()
-                .map(|key| marked_here.contains(key.as_str()))
-                .collect()
-        };
-        // No mark holds a NUL (the contract refuses them), and PostgreSQL would refuse
-        // the lookup: such a key is simply not marked.
-        let unknown: Vec<&str> = keys
-            .iter()
-            .zip(&here)
-            .filter(|(key, marked)| !**marked && !key.contains('\0') && !scope.contains('\0'))
-            .map(|(key, _)| key.as_str())
-            .collect();
-        if unknown.is_empty() {
-            return Ok(here);
+impl ColdStore for PostgresStore {
+    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionRecord>> {
+        if self.absent.borrow().transactions.contains(id) {
+            return Ok(None);
         }
-        let stored: std::collections::HashSet<String> = self.with(|connection| {
+        let rows =
+            self.with(|connection| Ok(connection.query(TRANSACTIONS_BY_ID, &[&vec![id]])?))?;
+        rows.first()
+            .map(|row| transaction_from_row(row, 1))
+            .transpose()
+    }
+
+    fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>> {
+        if self.absent.borrow().grants.contains(grant_id) {
+            return Ok(None);
+        }
+        let rows =
+            self.with(|connection| Ok(connection.query(GRANTS_BY_ID, &[&vec![grant_id]])?))?;
+        rows.first()
+            .map(grant_from_row)
+            .transpose()
+            .map(|grant| grant.map(|(_, grant)| grant))
+    }
+
+    fn marked(&self, tenant: &str, scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>> {
+        let stored: HashSet<String> = self.with(|connection| {
             connection
-                .query(MARKED, &[&tenant, &scope, &unknown])?
+                .query(MARKED, &[&tenant, &scope, &keys])?
                 .iter()
                 .map(|row| Ok(row.try_get(0)?))
                 .collect()
         })?;
-        Ok(keys
-            .iter()
-            .zip(here)
-            .map(|(key, marked)| marked || stored.contains(key))
-            .collect())
+        Ok(keys.iter().map(|key| stored.contains(*key)).collect())
+    }
+
+    fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
+        let rows = self
+            .with(|connection| Ok(connection.query(POLICY_BY_DIGEST, &[&digest.to_string()])?))?;
+        rows.first().map(policy_from_row).transpose()
+    }
+
+    fn latest_activation(&self) -> StoreResult<Option<PolicyDigest>> {
+        if self.connection.borrow().is_none() {
+            self.connect()?;
+        }
+        let rows = self.with(|connection| Ok(connection.query(LATEST_ACTIVATION, &[])?))?;
+        match rows.first() {
+            Some(row) => {
+                let digest: String = row.try_get(0)?;
+                Ok(PolicyDigest::parse(&digest))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn open_policies(&self) -> StoreResult<Option<BTreeSet<[u8; 32]>>> {
+        let rows = self.with(|connection| Ok(connection.query(OPEN_POLICIES, &[])?))?;
+        let mut digests = BTreeSet::new();
+        for row in rows {
+            let digest: String = row.try_get(0)?;
+            if let Some(digest) = PolicyDigest::parse(&digest) {
+                digests.insert(digest.bytes());
+            }
+        }
+        Ok(Some(digests))
+    }
+
+    /// Locks a tenant the batch did not claim (blocking) and reads it.
+    fn load_tenant(&self, tenant: &str, state: &mut LiveState) -> StoreResult<()> {
+        tracing::debug!(tenant, "locking a tenant the batch did not claim");
+        let keys = vec![tenant_lock(tenant)];
+        self.with(|connection| {
+            connection.execute(LOCK_IN_ORDER, &[&keys])?;
+            Ok(())
+        })?;
+        self.load_locked(&[tenant.to_owned()], state)
     }
 }
 
-impl LedgerWriter for PostgresWriter {
-    fn begin(&self) -> StoreResult<()> {
-        *self.batch.borrow_mut() = Batch::default();
+fn grant_from_row(row: &Row) -> StoreResult<(String, GrantRecord)> {
+    Ok((
+        row.try_get(0)?,
+        GrantRecord {
+            tenant: row.try_get(1)?,
+            balance: row.try_get(2)?,
+            amount: row.try_get(3)?,
+        },
+    ))
+}
+
+impl Store for PostgresStore {
+    /// Locks, in one order shared by every process, the tenants, ids and grants the
+    /// batch touches, then reads what its decisions will need: a request waits here
+    /// for another process's batch on the same tenant, never half-way.
+    fn load(&self, claims: &BatchClaims, state: &mut LiveState, now_ms: u64) -> StoreResult<()> {
+        state.reset();
+        *self.absent.borrow_mut() = Absent::default();
+        *self.now_ms.borrow_mut() = now_ms;
         let connected = self
             .connection
             .borrow()
@@ -400,14 +550,7 @@ impl LedgerWriter for PostgresWriter {
         if !connected {
             self.connect()?;
         }
-        self.with(|connection| Ok(connection.client.batch_execute("BEGIN")?))
-    }
-
-    /// Locks, in one order shared by every process, the tenants, ids and grants the
-    /// batch touches, then reads what its decisions will need: a request waits here
-    /// for another process's batch on the same tenant, never half-way.
-    fn claim(&self, claims: &BatchClaims, now_ms: u64) -> StoreResult<()> {
-        self.batch.borrow_mut().now_ms = now_ms;
+        self.with(|connection| Ok(connection.client.batch_execute("BEGIN")?))?;
         let mut tenants = claims.tenants.clone();
         if !claims.settled_ids.is_empty() {
             let settled: Vec<&str> = claims.settled_ids.iter().map(String::as_str).collect();
@@ -430,60 +573,51 @@ impl LedgerWriter for PostgresWriter {
                 .chain(claims.grant_ids.iter().map(|id| lock_key("grant", id)))
                 .chain(claims.activation.then_some(ACTIVATION_LOCK)),
         );
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = ids.into_iter().collect();
-        let grant_ids: Vec<&str> = claims.grant_ids.iter().map(String::as_str).collect();
-        let (records, grants) = self.with(|connection| {
-            connection.execute(LOCK_IN_ORDER, &[&keys])?;
-            let records = if ids.is_empty() {
-                Vec::new()
-            } else {
-                connection.query(TRANSACTIONS_BY_ID, &[&ids])?
-            };
-            let grants = if grant_ids.is_empty() {
-                Vec::new()
-            } else {
-                connection.query(GRANTS_BY_ID, &[&grant_ids])?
-            };
-            Ok((records, grants))
-        })?;
-        {
-            let mut batch = self.batch.borrow_mut();
-            for id in &ids {
-                batch.transactions.insert((*id).to_owned(), None);
-            }
+        if !keys.is_empty() {
+            let ids: Vec<&str> = ids.iter().copied().collect();
+            let grant_ids: Vec<&str> = claims.grant_ids.iter().map(String::as_str).collect();
+            let (records, grants) = self.with(|connection| {
+                connection.execute(LOCK_IN_ORDER, &[&keys])?;
+                let records = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    connection.query(TRANSACTIONS_BY_ID, &[&ids])?
+                };
+                let grants = if grant_ids.is_empty() {
+                    Vec::new()
+                } else {
+                    connection.query(GRANTS_BY_ID, &[&grant_ids])?
+                };
+                Ok((records, grants))
+            })?;
+            let mut absent = self.absent.borrow_mut();
+            absent.transactions = ids.iter().map(|id| (*id).to_owned()).collect();
             for row in &records {
-                let record = transaction_from_row(row)?;
-                batch.transactions.remove(&record.id);
-                batch.remember(record);
+                let record = transaction_from_row(row, 1)?;
+                absent.transactions.remove(&record.id);
+                state.load_transaction(record, 0);
             }
-            for id in &grant_ids {
-                batch.grants.insert((*id).to_owned(), None);
-            }
-            for row in grants {
-                let grant = grant_from_row(&row)?;
-                batch.grants.insert(grant.grant_id.clone(), Some(grant));
+            absent.grants = grant_ids.iter().map(|id| (*id).to_owned()).collect();
+            for row in &grants {
+                let (grant_id, grant) = grant_from_row(row)?;
+                absent.grants.remove(&grant_id);
+                state.load_grant(&grant_id, grant);
             }
         }
         let tenants: Vec<String> = tenants.into_iter().collect();
-        self.load_locked(&tenants, now_ms)
+        self.load_locked(&tenants, state)?;
+        if claims.sweep {
+            self.load_sweep(state, now_ms)?;
+        }
+        Ok(())
     }
 
-    fn commit(&self) -> StoreResult<()> {
-        let flushed = self.flush();
-        *self.batch.borrow_mut() = Batch::default();
-        flushed?;
+    fn commit(&self, batch: &Batch, state: &LiveState) -> StoreResult<()> {
+        self.flush(batch, state)?;
         self.with(|connection| Ok(connection.client.batch_execute("COMMIT")?))
     }
 
-    fn log_sync(&self) -> StoreResult<Box<dyn LogSync>> {
-        Ok(Box::new(CommittedIsDurable))
-    }
-
-    fn rollback(&self) {
-        *self.batch.borrow_mut() = Batch::default();
+    fn abort(&self) {
         let mut slot = self.connection.borrow_mut();
         if let Some(connection) = slot.as_mut()
             && let Err(error) = connection.client.batch_execute("ROLLBACK")
@@ -493,251 +627,53 @@ impl LedgerWriter for PostgresWriter {
         }
     }
 
-    fn transaction(&self, id: &str) -> StoreResult<Option<TransactionRecord>> {
-        if let Some(known) = self.batch.borrow().transactions.get(id) {
-            return Ok(known.as_ref().map(|known| known.record.clone()));
-        }
-        let rows =
-            self.with(|connection| Ok(connection.query(TRANSACTIONS_BY_ID, &[&vec![id]])?))?;
-        match rows.first() {
-            Some(row) => Ok(Some(transaction_from_row(row)?)),
-            None => Ok(None),
-        }
+    fn durability(&self) -> StoreResult<Box<dyn Durability>> {
+        Ok(Box::new(CommittedIsDurable))
     }
+}
 
-    fn insert_transaction(&self, record: &TransactionRecord) -> StoreResult<()> {
-        self.batch.borrow_mut().insert(record);
-        Ok(())
-    }
-
-    fn close_transaction(
-        &self,
-        id: &str,
-        state: TransactionState,
-        receipt: Option<&Receipt>,
-    ) -> StoreResult<()> {
-        if self.batch.borrow_mut().close(id, state, receipt) {
-            Ok(())
-        } else {
-            Err(MeterError::StoreUnavailable(format!(
-                "transaction '{id}' was closed without being read under the batch's locks"
-            )))
-        }
-    }
-
-    fn due_expiries(
-        &self,
-        tenant: Option<&str>,
-        now_ms: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<TransactionRecord>> {
-        if let Some(tenant) = tenant {
-            self.ensure_locked(tenant, now_ms)?;
-            return Ok(self.batch.borrow().due(tenant, now_ms, limit));
-        }
-        // The sweep: tenants another process holds are left to it (their own next
-        // authorize releases their lapsed holds, or a later sweep does); never waiting
-        // here keeps the sweep out of any lock cycle.
-        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+impl PostgresStore {
+    /// The sweep: tenants with lapsed holds that no other process holds now are locked
+    /// and read; those another process holds are left to it (their own next authorize
+    /// releases their lapsed holds, or a later sweep does). Never waiting here keeps the
+    /// sweep out of any lock cycle.
+    fn load_sweep(&self, state: &mut LiveState, now_ms: u64) -> StoreResult<()> {
+        const SWEEP_TENANTS_MAX: i64 = 1_000;
         let candidates: Vec<String> = self.with(|connection| {
             connection
-                .query(TENANTS_DUE, &[&to_i64(now_ms), &limit_i64])?
+                .query(TENANTS_DUE, &[&to_i64(now_ms), &SWEEP_TENANTS_MAX])?
                 .iter()
                 .map(|row| Ok(row.try_get(0)?))
                 .collect()
         })?;
-        let unlocked: Vec<&String> = {
-            let batch = self.batch.borrow();
-            candidates
-                .iter()
-                .filter(|tenant| !batch.locked_tenants.contains(*tenant))
-                .collect()
-        };
-        if !unlocked.is_empty() {
-            let keys: Vec<i64> = unlocked.iter().map(|tenant| tenant_lock(tenant)).collect();
-            let acquired: BTreeSet<i64> = self.with(|connection| {
-                connection
-                    .query(TRY_LOCK, &[&keys])?
-                    .iter()
-                    .map(|row| Ok(row.try_get(0)?))
-                    .collect()
-            })?;
-            let locked: Vec<String> = unlocked
-                .into_iter()
-                .filter(|tenant| acquired.contains(&tenant_lock(tenant)))
-                .cloned()
-                .collect();
-            self.load_locked(&locked, now_ms)?;
-        }
-        let batch = self.batch.borrow();
-        let mut due: Vec<TransactionRecord> = candidates
+        let unlocked: Vec<&String> = candidates
             .iter()
-            .filter(|tenant| batch.locked_tenants.contains(*tenant))
-            .flat_map(|tenant| batch.due(tenant, now_ms, limit))
+            .filter(|tenant| !state.has_tenant(tenant))
             .collect();
-        due.sort_by_key(|record| record.expires_at_ms);
-        due.truncate(limit);
-        Ok(due)
-    }
-
-    fn accounts(&self, tenant: &str, balances: &[String]) -> StoreResult<Accounts> {
-        if let Some(accounts) = self.batch.borrow().accounts(tenant, balances) {
-            return Ok(accounts);
+        if unlocked.is_empty() {
+            return Ok(());
         }
-        let now_ms = self.batch.borrow().now_ms;
-        self.lock_and_load(&[tenant.to_owned()], now_ms)?;
-        self.batch
-            .borrow()
-            .accounts(tenant, balances)
-            .ok_or_else(|| MeterError::StoreUnavailable(format!("accounts of '{tenant}' vanished")))
-    }
-
-    fn post(&self, posting: Posting<'_>) -> StoreResult<()> {
-        let mut batch = self.batch.borrow_mut();
-        for entry in posting.entries {
-            let state = posting.account(&entry.balance)?;
-            batch.journal.push(JournalRow {
-                transaction_id: posting.transaction_id.to_owned(),
-                tenant: posting.tenant.to_owned(),
-                balance: entry.balance.clone(),
-                kind: entry.kind.as_str(),
-                amount: entry.amount,
-                policy_digest: posting.policy_digest.to_string(),
-                at_ms: to_i64(posting.at_ms),
-            });
-            batch.set_account(posting.tenant, &entry.balance, state);
-        }
-        Ok(())
-    }
-
-    fn insert_marks(
-        &self,
-        tenant: &str,
-        transaction_id: &str,
-        marks: &[sdk::Mark],
-    ) -> StoreResult<()> {
-        let mut batch = self.batch.borrow_mut();
-        for mark in marks {
-            batch.marks.push(MarkRow {
-                tenant: tenant.to_owned(),
-                scope: mark.scope.clone(),
-                key: mark.key.clone(),
-                transaction_id: transaction_id.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRequest>> {
-        if let Some(known) = self.batch.borrow().grants.get(grant_id) {
-            return Ok(known.clone());
-        }
-        let rows =
-            self.with(|connection| Ok(connection.query(GRANTS_BY_ID, &[&vec![grant_id]])?))?;
-        rows.first().map(grant_from_row).transpose()
-    }
-
-    fn insert_grant(&self, grant: &GrantRequest, at_ms: u64) -> StoreResult<()> {
-        let mut batch = self.batch.borrow_mut();
-        batch
-            .grants
-            .insert(grant.grant_id.clone(), Some(grant.clone()));
-        batch.new_grants.push((grant.clone(), to_i64(at_ms)));
-        Ok(())
-    }
-
-    fn save_policy(
-        &self,
-        info: &PolicyInfo,
-        component: Option<&[u8]>,
-        at_ms: u64,
-    ) -> StoreResult<()> {
-        let balances = to_json(&info.balances)?;
-        self.with(|connection| {
-            // Every write of policies takes the activation lock first (a batch that
-            // activates holds it already), so no two writers can wait on each other
-            // between the lock and the policy's row.
-            connection.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVATION_LOCK])?;
-            connection.execute(
-                "INSERT INTO policies (digest, name, version, balances_json, hold_ttl_ms, component, activated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (digest) DO UPDATE SET activated_at_ms = excluded.activated_at_ms",
-                &[
-                    &info.digest.as_str(),
-                    &info.name,
-                    &info.version,
-                    &balances,
-                    &to_i64(info.hold_ttl_ms),
-                    &component,
-                    &to_i64(at_ms),
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
-        const POLICY_BY_DIGEST: &str = concat!(
-            "SELECT ",
-            policy_columns!(),
-            " FROM policies WHERE digest = $1"
-        );
-        let rows =
-            self.with(|connection| Ok(connection.query(POLICY_BY_DIGEST, &[&digest.as_str()])?))?;
-        rows.first().map(policy_from_row).transpose()
-    }
-
-    /// Read from the database: this batch's own new transactions are all on the active
-    /// policy, which stays loaded anyway.
-    fn open_policy_digests(&self) -> StoreResult<Vec<String>> {
-        self.with(|connection| {
+        let keys: Vec<i64> = unlocked.iter().map(|tenant| tenant_lock(tenant)).collect();
+        let acquired: BTreeSet<i64> = self.with(|connection| {
             connection
-                .query(
-                    "SELECT DISTINCT policy_digest FROM transactions WHERE state = 'open'",
-                    &[],
-                )?
+                .query(TRY_LOCK, &[&keys])?
                 .iter()
                 .map(|row| Ok(row.try_get(0)?))
                 .collect()
-        })
+        })?;
+        let locked: Vec<String> = unlocked
+            .into_iter()
+            .filter(|tenant| acquired.contains(&tenant_lock(tenant)))
+            .cloned()
+            .collect();
+        self.load_locked(&locked, state)
     }
-
-    fn record_activation(&self, digest: &PolicyDigest, via: &str, at_ms: u64) -> StoreResult<bool> {
-        self.with(|connection| {
-            connection.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVATION_LOCK])?;
-            let current: Option<String> = connection
-                .query(
-                    "SELECT digest FROM policy_activations ORDER BY id DESC LIMIT 1",
-                    &[],
-                )?
-                .first()
-                .map(|row| row.try_get(0))
-                .transpose()?;
-            if current.as_deref() == Some(digest.as_str()) {
-                return Ok(false);
-            }
-            connection.execute(
-                "INSERT INTO policy_activations (digest, via, activated_at_ms) VALUES ($1, $2, $3)",
-                &[&digest.as_str(), &via, &to_i64(at_ms)],
-            )?;
-            Ok(true)
-        })
-    }
-}
-
-fn grant_from_row(row: &Row) -> StoreResult<GrantRequest> {
-    Ok(GrantRequest {
-        grant_id: row.try_get(0)?,
-        tenant: row.try_get(1)?,
-        balance: row.try_get(2)?,
-        amount: row.try_get(3)?,
-    })
 }
 
 /// PostgreSQL's commit returns once the commit record is flushed: nothing to wait for.
 struct CommittedIsDurable;
 
-impl LogSync for CommittedIsDurable {
+impl Durability for CommittedIsDurable {
     fn sync(&mut self) -> StoreResult<()> {
         Ok(())
     }

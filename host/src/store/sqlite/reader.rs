@@ -1,48 +1,65 @@
-use std::path::PathBuf;
-use std::sync::Mutex;
+//! Reads of a SQLite ledger: the views (and the log, for a transaction's decisions),
+//! after they caught up with every batch whose answers went out when the read began, so
+//! a client never misses its own acknowledged write. Connections are pooled; WAL lets
+//! them read while the writers write.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
-use super::{
-    POLICY_COLUMNS, TRANSACTION_COLUMNS, open_connection, policy_from_row, to_u64,
-    transaction_from_row,
-};
-use crate::ledger::AccountState;
-use crate::model::{JournalEntry, PolicyActivation, TenantBalances, TransactionView};
+use rusqlite::{Connection, Row, params};
+
+use super::log::stored_policy;
+use super::records::{self, kind_name};
+use super::views::Progress;
+use super::{open_reading, to_i64, to_u64, views_path};
+use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
+use crate::policy::PolicyDigest;
 use crate::store::{
-    JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations, transaction_view,
+    AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations,
+    transaction_view,
 };
 
-/// Read-only connections, pooled; WAL lets them read while the writer writes.
+/// Connections to the views and the log.
+struct Connections {
+    views: Connection,
+    log: Connection,
+}
+
 pub struct SqliteReader {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    progress: Arc<Progress>,
+    idle: Mutex<Vec<Connections>>,
 }
 
 impl SqliteReader {
-    pub(super) fn new(path: PathBuf) -> Self {
+    pub(super) fn new(path: &Path, progress: Arc<Progress>) -> Self {
         Self {
-            path,
+            path: path.to_path_buf(),
+            progress,
             idle: Mutex::new(Vec::new()),
         }
     }
 
-    fn with_connection<T>(
-        &self,
-        read: impl FnOnce(&Connection) -> StoreResult<T>,
-    ) -> StoreResult<T> {
+    /// Runs `read` once the views hold every acknowledged batch.
+    fn read<T>(&self, read: impl FnOnce(&Connections) -> StoreResult<T>) -> StoreResult<T> {
+        let durable = self.progress.durable_seq.load(Ordering::Acquire);
+        self.progress.wait_applied(durable)?;
+        self.read_now(read)
+    }
+
+    fn read_now<T>(&self, read: impl FnOnce(&Connections) -> StoreResult<T>) -> StoreResult<T> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let connection = match pooled {
-            Some(connection) => connection,
-            None => {
-                let connection = open_connection(&self.path)?;
-                connection.pragma_update(None, "query_only", true)?;
-                connection
-            }
+        let connections = match pooled {
+            Some(connections) => connections,
+            None => Connections {
+                views: open_reading(&views_path(&self.path))?,
+                log: open_reading(&self.path)?,
+            },
         };
-        let result = read(&connection);
+        let result = read(&connections);
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push(connection);
+            idle.push(connections);
         }
         result
     }
@@ -54,114 +71,76 @@ fn journal_from_row(row: &Row<'_>) -> rusqlite::Result<JournalEntry> {
         transaction_id: row.get(1)?,
         tenant: row.get(2)?,
         balance: row.get(3)?,
-        kind: row.get(4)?,
+        kind: kind_name(row.get(4)?),
         amount: row.get(5)?,
         policy_digest: row.get(6)?,
         at_ms: to_u64(row.get(7)?),
     })
 }
 
-const JOURNAL_COLUMNS: &str =
-    "id, transaction_id, tenant, balance, kind, amount, policy_digest, at_ms";
+const JOURNAL: &str = "SELECT j.id, j.transaction_id, j.tenant, j.balance, j.kind, j.amount, \
+     p.digest, j.at_ms FROM journal j JOIN policies p ON p.id = j.policy";
+
+fn limit(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
 
 impl LedgerReader for SqliteReader {
-    fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<TenantBalances> {
-        self.with_connection(|connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT balance, available, held FROM accounts WHERE tenant = ?1",
-            )?;
-            let mut answer = TenantBalances {
-                tenant: tenant.to_owned(),
-                balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
-                held: balances.iter().map(|name| (name.clone(), 0)).collect(),
-            };
-            let rows = statement.query_map(params![tenant], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (balance, available, held) = row?;
-                answer.balances.insert(balance.clone(), available);
-                answer.held.insert(balance, held);
-            }
-            Ok(answer)
-        })
-    }
-
     fn transaction(&self, id: &str) -> StoreResult<Option<TransactionView>> {
-        self.with_connection(|connection| {
-            let record = connection
-                .prepare_cached(&format!(
-                    "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE id = ?1"
-                ))?
-                .query_row(params![id], transaction_from_row)
-                .optional()?;
-            let Some(record) = record else {
+        self.read(|connections| {
+            let Some((record, entries)) =
+                records::transaction(&connections.views, &connections.log, id, true)?
+            else {
                 return Ok(None);
             };
-            let entries = connection
-                .prepare_cached(&format!(
-                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE transaction_id = ?1 ORDER BY id"
-                ))?
-                .query_map(params![id], journal_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some(transaction_view(record, entries)))
+            let digest = PolicyDigest::from_bytes(record.policy);
+            let policy = match stored_policy(&connections.views, &digest)? {
+                Some(stored) => PolicyRef {
+                    name: stored.info.name,
+                    version: stored.info.version,
+                    digest: digest.to_string(),
+                },
+                None => PolicyRef {
+                    digest: digest.to_string(),
+                    ..PolicyRef::default()
+                },
+            };
+            Ok(Some(transaction_view(&record, policy, entries)))
         })
     }
 
-    fn journal(&self, tenant: &str, limit: usize) -> StoreResult<Vec<JournalEntry>> {
-        self.with_connection(|connection| {
-            Ok(connection
+    fn journal(&self, tenant: &str, count: usize) -> StoreResult<Vec<JournalEntry>> {
+        self.read(|connections| {
+            Ok(connections
+                .views
                 .prepare_cached(&format!(
-                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE tenant = ?1 ORDER BY id LIMIT ?2"
+                    "{JOURNAL} WHERE j.tenant = ?1 ORDER BY j.id LIMIT ?2"
                 ))?
-                .query_map(
-                    params![tenant, i64::try_from(limit).unwrap_or(i64::MAX)],
-                    journal_from_row,
-                )?
+                .query_map(params![tenant, limit(count)], journal_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
-    fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>> {
-        self.with_connection(|connection| {
-            Ok(connection
-                .prepare_cached(&format!(
-                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE id > ?1 ORDER BY id LIMIT ?2"
-                ))?
-                .query_map(
-                    params![after_id, i64::try_from(limit).unwrap_or(i64::MAX)],
-                    journal_from_row,
-                )?
+    fn journal_after(&self, after_id: i64, count: usize) -> StoreResult<Vec<JournalEntry>> {
+        self.read(|connections| {
+            Ok(connections
+                .views
+                .prepare_cached(&format!("{JOURNAL} WHERE j.id > ?1 ORDER BY j.id LIMIT ?2"))?
+                .query_map(params![after_id, limit(count)], journal_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
-    fn latest_policy(&self) -> StoreResult<Option<StoredPolicy>> {
-        self.with_connection(|connection| {
-            Ok(connection
+    fn activations(&self, count: usize) -> StoreResult<Vec<PolicyActivation>> {
+        self.read(|connections| {
+            Ok(connections
+                .views
                 .prepare_cached(
-                    "SELECT p.digest, p.name, p.version, p.balances_json, p.hold_ttl_ms, p.component \
-                     FROM policy_activations a JOIN policies p ON p.digest = a.digest \
-                     ORDER BY a.id DESC LIMIT 1",
-                )?
-                .query_row([], policy_from_row)
-                .optional()?)
-        })
-    }
-
-    fn activations(&self, limit: usize) -> StoreResult<Vec<PolicyActivation>> {
-        self.with_connection(|connection| {
-            Ok(connection
-                .prepare_cached(
-                    "SELECT a.id, a.digest, p.name, p.version, a.via, a.activated_at_ms \
-                     FROM policy_activations a JOIN policies p ON p.digest = a.digest \
+                    "SELECT a.id, p.digest, p.name, p.version, a.via, a.at_ms \
+                     FROM activations a JOIN policies p ON p.id = a.policy \
                      ORDER BY a.id DESC LIMIT ?1",
                 )?
-                .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                .query_map(params![limit(count)], |row| {
                     Ok(PolicyActivation {
                         id: row.get(0)?,
                         digest: row.get(1)?,
@@ -175,45 +154,34 @@ impl LedgerReader for SqliteReader {
         })
     }
 
-    fn stored_policy(&self, digest: &str) -> StoreResult<Option<StoredPolicy>> {
-        self.with_connection(|connection| {
-            Ok(connection
-                .prepare_cached(&format!(
-                    "SELECT {POLICY_COLUMNS} FROM policies WHERE digest = ?1"
-                ))?
-                .query_row(params![digest], policy_from_row)
-                .optional()?)
-        })
+    fn stored_policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
+        self.read(|connections| stored_policy(&connections.views, digest))
     }
 
-    fn invariant_violations(&self) -> StoreResult<Vec<String>> {
-        self.with_connection(|connection| {
-            let journal_sums = connection
+    fn balances(&self, _tenant: &str, _balances: &[String]) -> StoreResult<Option<TenantBalances>> {
+        Ok(None)
+    }
+
+    fn invariant_violations(&self, live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
+        let point = live.unwrap_or_default();
+        self.progress.wait_applied(point.seq)?;
+        self.read_now(|connections| {
+            let sums = connections
+                .views
                 .prepare(
-                    "SELECT tenant, balance, kind, SUM(amount) FROM journal GROUP BY tenant, balance, kind",
+                    "SELECT tenant, balance, kind, SUM(amount) FROM journal WHERE id < ?1 \
+                     GROUP BY tenant, balance, kind",
                 )?
-                .query_map([], |row| {
+                .query_map(params![to_i64(point.next_entry_id)], |row| {
                     Ok(JournalSum {
                         tenant: row.get(0)?,
                         balance: row.get(1)?,
-                        kind: row.get(2)?,
+                        kind: kind_name(row.get(2)?),
                         amount: row.get(3)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let accounts = connection
-                .prepare("SELECT tenant, balance, available, held FROM accounts")?
-                .query_map([], |row| {
-                    Ok((
-                        (row.get::<_, String>(0)?, row.get::<_, String>(1)?),
-                        AccountState {
-                            available: row.get(2)?,
-                            held: row.get(3)?,
-                        },
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(invariant_violations(journal_sums, accounts))
+            Ok(invariant_violations(sums, point.accounts))
         })
     }
 }

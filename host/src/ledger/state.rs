@@ -1,0 +1,904 @@
+//! The live state: what decisions read and change, in memory. On SQLite it is the
+//! whole ledger's current state, kept by the sequencer across batches and rebuilt at
+//! start from a snapshot and the log; on PostgreSQL it is what one batch read under its
+//! locks, thrown away after the batch.
+//!
+//! It changes in one way only: [`LiveState::apply`] of a recorded [`Decision`]. The
+//! sequencer records a decision and then applies it; recovery applies the decisions of
+//! the log. So replay and live decisions cannot drift apart.
+//!
+//! Sizes per entry and bounds are in `docs/ledger.md`; `creditgate bench` measures them.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::rc::Rc;
+
+use growable_bloom_filter::GrowableBloom;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use super::record::{
+    AmountList, AuthorizationRecord, Batch, Decision, Digest, ReceiptRecord, RequestRecord,
+    TransactionState,
+};
+use super::{AccountState, Accounts};
+use crate::error::MeterError;
+
+/// Distinct balance names a ledger can hold accounts on (policies list at most 16 each).
+pub const BALANCE_NAMES_MAX: usize = u16::MAX as usize;
+/// The false-positive rate of the id and mark filters: the share of never-seen ids or
+/// marks that still cost one indexed read.
+pub const FILTER_FALSE_POSITIVE_RATE: f64 = 0.01;
+/// The first size the filters are made for; they grow by doubling.
+const FILTER_INITIAL_ITEMS: usize = 1 << 16;
+
+/// Everything the ledger knows of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionRecord {
+    pub id: String,
+    pub tenant: String,
+    pub state: TransactionState,
+    pub fingerprint: Digest,
+    /// The policy that authorized; settle runs on it.
+    pub policy: Digest,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub operation: String,
+    /// What settle hands back to the policy; emptied once the transaction closes.
+    pub request: RequestRecord,
+    pub authorization: AuthorizationRecord,
+    pub receipt: Option<ReceiptRecord>,
+    /// Credits still held, per balance (empty once settled or expired).
+    pub held: AmountList,
+}
+
+impl TransactionRecord {
+    /// Bytes this record keeps on the heap, roughly: what the open-hold budget counts.
+    pub fn heap_bytes(&self) -> usize {
+        let strings = |pairs: &[(String, String)]| -> usize {
+            pairs.iter().map(|(a, b)| a.len() + b.len() + 48).sum()
+        };
+        let amounts = |list: &AmountList| -> usize { list.iter().map(|(b, _)| b.len() + 32).sum() };
+        self.id.len()
+            + self.tenant.len()
+            + self.operation.len()
+            + self
+                .request
+                .items
+                .iter()
+                .map(|item| item.len() + 24)
+                .sum::<usize>()
+            + strings(&self.request.attributes)
+            + self.request.body.as_ref().map_or(0, Vec::len)
+            + strings(&self.authorization.headers)
+            + self.authorization.meta_json.len()
+            + amounts(&self.authorization.held)
+            + amounts(&self.authorization.charged)
+            + amounts(&self.authorization.balances)
+            + amounts(&self.held)
+            + std::mem::size_of::<Self>()
+    }
+
+    fn holds_credits(&self) -> bool {
+        self.state == TransactionState::Open && !self.held.is_empty()
+    }
+}
+
+/// A grant as idempotency needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub tenant: String,
+    pub balance: String,
+    pub amount: i64,
+}
+
+/// What the ledger knows of a policy besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMeta {
+    pub name: String,
+    pub version: String,
+    pub balances: Vec<String>,
+    pub hold_ttl_ms: u64,
+}
+
+/// Limits of the structures kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Open transactions holding credits, at most: an admission that would hold credits
+    /// beyond it fails `overloaded` and moves nothing.
+    pub open_holds_max: usize,
+    /// Heap bytes those open holds may keep (their requests above all).
+    pub open_hold_bytes_max: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self {
+            open_holds_max: 1_000_000,
+            open_hold_bytes_max: 512 << 20,
+        }
+    }
+}
+
+/// The marks a decision can see without a disk read: those recorded in batches the
+/// views have not applied yet, this batch's included, and a filter of every mark ever
+/// made. Shared (behind an `Rc`) with the policy runtime's `marked` lookups.
+#[derive(Default)]
+pub struct RecentMarks {
+    by_key: HashMap<Box<str>, u64>,
+    order: VecDeque<(u64, Box<str>)>,
+    /// Every mark of the ledger (SQLite); none where the state is partial (PostgreSQL).
+    filter: Option<GrowableBloom>,
+}
+
+/// The key of a mark: tenant, scope and key, which never hold a NUL.
+pub fn mark_key(tenant: &str, scope: &str, key: &str) -> String {
+    format!("{tenant}\0{scope}\0{key}")
+}
+
+/// A stable 64-bit hash of filter keys: filters are stored in snapshots, so they must
+/// not depend on std's unspecified `Hash` of strings.
+fn filter_hash(kind: u8, text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(text.as_bytes(), u64::from(kind))
+}
+
+const ID_TRANSACTION: u8 = 1;
+const ID_GRANT: u8 = 2;
+const ID_MARK: u8 = 3;
+
+fn new_filter() -> GrowableBloom {
+    GrowableBloom::new(FILTER_FALSE_POSITIVE_RATE, FILTER_INITIAL_ITEMS)
+}
+
+impl RecentMarks {
+    /// Whether `(tenant, scope, key)` is marked, as far as memory can tell: `Some(true)`
+    /// if it is, `Some(false)` if the filter rules it out, `None` if only the store knows.
+    pub fn lookup(&self, key: &str) -> Option<bool> {
+        if self.by_key.contains_key(key) {
+            return Some(true);
+        }
+        match &self.filter {
+            Some(filter) if !filter.contains(filter_hash(ID_MARK, key)) => Some(false),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, key: String, seq: u64) {
+        if let Some(filter) = &mut self.filter {
+            filter.insert(filter_hash(ID_MARK, &key));
+        }
+        let key: Box<str> = key.into();
+        self.by_key.insert(key.clone(), seq);
+        self.order.push_back((seq, key));
+    }
+
+    fn evict_through(&mut self, applied_seq: u64) {
+        while let Some((seq, _)) = self.order.front() {
+            if *seq > applied_seq {
+                break;
+            }
+            if let Some((seq, key)) = self.order.pop_front()
+                && self.by_key.get(&key) == Some(&seq)
+            {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+type TenantAccounts = SmallVec<[(u16, AccountState); 2]>;
+
+/// The live state of a ledger.
+pub struct LiveState {
+    limits: StateLimits,
+    balance_names: Vec<Box<str>>,
+    balance_index: HashMap<Box<str>, u16>,
+    /// Every tenant's accounts, in the order tenants first appeared (never removed: a
+    /// snapshot copies them in index slices).
+    tenants: IndexMap<Box<str>, TenantAccounts>,
+    /// Open transactions holding credits, and every transaction decided in a batch the
+    /// views have not applied yet, with the seq of the batch that last changed it.
+    transactions: HashMap<Box<str>, (u64, TransactionRecord)>,
+    /// `(seq, id)` in the order transactions changed: evicted once applied to the views.
+    recent: VecDeque<(u64, Box<str>)>,
+    /// Open holds by expiry; an entry whose transaction closed meanwhile is skipped.
+    expiry: BinaryHeap<Reverse<(u64, Box<str>)>>,
+    open_holds: usize,
+    open_hold_bytes: usize,
+    grants: HashMap<Box<str>, (u64, GrantRecord)>,
+    recent_grants: VecDeque<(u64, Box<str>)>,
+    marks: Rc<RefCell<RecentMarks>>,
+    /// Every transaction and grant id ever recorded (SQLite): a new id costs no read.
+    ids: Option<GrowableBloom>,
+    policies: HashMap<Digest, PolicyMeta>,
+    /// Component bytes of policies recorded in batches the views have not applied yet.
+    recent_components: HashMap<Digest, (u64, Option<Vec<u8>>)>,
+    active_policy: Option<Digest>,
+    /// The seq of the last batch applied.
+    pub last_seq: u64,
+    /// The id the next journal entry gets.
+    pub next_entry_id: u64,
+}
+
+/// A whole ledger in memory (SQLite), or a batch's share of one (PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every tenant, open hold and recent transaction is here; filters rule out the
+    /// rest without asking the store.
+    Whole,
+    /// Only what a batch loaded; anything else is asked of the store.
+    Partial,
+}
+
+impl LiveState {
+    pub fn new(coverage: Coverage, limits: StateLimits) -> Self {
+        let whole = coverage == Coverage::Whole;
+        Self {
+            limits,
+            balance_names: Vec::new(),
+            balance_index: HashMap::new(),
+            tenants: IndexMap::new(),
+            transactions: HashMap::new(),
+            recent: VecDeque::new(),
+            expiry: BinaryHeap::new(),
+            open_holds: 0,
+            open_hold_bytes: 0,
+            grants: HashMap::new(),
+            recent_grants: VecDeque::new(),
+            marks: Rc::new(RefCell::new(RecentMarks {
+                filter: whole.then(new_filter),
+                ..RecentMarks::default()
+            })),
+            ids: whole.then(new_filter),
+            policies: HashMap::new(),
+            recent_components: HashMap::new(),
+            active_policy: None,
+            last_seq: 0,
+            next_entry_id: 1,
+        }
+    }
+
+    /// Forgets everything (a PostgreSQL batch starts from what it reads), keeping the
+    /// marks index the policy runtimes hold.
+    pub fn reset(&mut self) {
+        let marks = Rc::clone(&self.marks);
+        {
+            let mut recent = marks.borrow_mut();
+            recent.by_key.clear();
+            recent.order.clear();
+        }
+        *self = Self {
+            marks,
+            ..Self::new(self.coverage(), self.limits)
+        };
+    }
+
+    pub fn coverage(&self) -> Coverage {
+        if self.ids.is_some() {
+            Coverage::Whole
+        } else {
+            Coverage::Partial
+        }
+    }
+
+    pub fn limits(&self) -> StateLimits {
+        self.limits
+    }
+
+    /// The marks index the policy runtime's lookups read.
+    pub fn marks(&self) -> Rc<RefCell<RecentMarks>> {
+        Rc::clone(&self.marks)
+    }
+
+    fn balance_id(&mut self, name: &str) -> Result<u16, MeterError> {
+        if let Some(index) = self.balance_index.get(name) {
+            return Ok(*index);
+        }
+        let index = u16::try_from(self.balance_names.len())
+            .ok()
+            .filter(|index| usize::from(*index) < BALANCE_NAMES_MAX)
+            .ok_or_else(|| {
+                MeterError::StoreUnavailable(format!(
+                    "the ledger already has {BALANCE_NAMES_MAX} balance names"
+                ))
+            })?;
+        self.balance_names.push(name.into());
+        self.balance_index.insert(name.into(), index);
+        Ok(index)
+    }
+
+    /// Whether the tenant's accounts are here (on a whole state: whether it ever had one).
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
+
+    /// The tenant's accounts for `balances` (zero where none exists yet).
+    pub fn accounts(&self, tenant: &str, balances: &[String]) -> Accounts {
+        let mut accounts: Accounts = balances
+            .iter()
+            .map(|balance| (balance.clone(), AccountState::default()))
+            .collect();
+        if let Some(rows) = self.tenants.get(tenant) {
+            for (index, state) in rows {
+                if let Some(name) = self.balance_names.get(usize::from(*index)) {
+                    accounts.insert(name.to_string(), *state);
+                }
+            }
+        }
+        accounts
+    }
+
+    /// Every account of the tenant that exists.
+    pub fn tenant_accounts(&self, tenant: &str) -> Accounts {
+        self.accounts(tenant, &[])
+    }
+
+    /// Records account states read from a store (PostgreSQL) or after a decision.
+    pub fn set_accounts<'a>(
+        &mut self,
+        tenant: &str,
+        states: impl IntoIterator<Item = (&'a String, &'a AccountState)>,
+    ) -> Result<(), MeterError> {
+        let mut updates: SmallVec<[(u16, AccountState); 4]> = SmallVec::new();
+        for (balance, state) in states {
+            updates.push((self.balance_id(balance)?, *state));
+        }
+        let rows = match self.tenants.get_mut(tenant) {
+            Some(rows) => rows,
+            None => self.tenants.entry(tenant.into()).or_default(),
+        };
+        for (index, state) in updates {
+            match rows.iter_mut().find(|(known, _)| *known == index) {
+                Some((_, known)) => *known = state,
+                None => rows.push((index, state)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a tenant as loaded with no accounts (PostgreSQL: it has none yet).
+    pub fn touch_tenant(&mut self, tenant: &str) {
+        if !self.tenants.contains_key(tenant) {
+            self.tenants.insert(tenant.into(), TenantAccounts::new());
+        }
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// Tenants `start..end` in the order they appeared, with their accounts.
+    pub fn tenant_slice(
+        &self,
+        start: usize,
+        end: usize,
+    ) -> Vec<(String, Vec<(String, AccountState)>)> {
+        let end = end.min(self.tenants.len());
+        (start.min(end)..end)
+            .filter_map(|index| self.tenants.get_index(index))
+            .map(|(name, rows)| {
+                let accounts = rows
+                    .iter()
+                    .filter_map(|(index, state)| {
+                        let balance = self.balance_names.get(usize::from(*index))?;
+                        Some((balance.to_string(), *state))
+                    })
+                    .collect();
+                (name.to_string(), accounts)
+            })
+            .collect()
+    }
+
+    /// Every account of every tenant (the audit).
+    pub fn all_accounts(&self) -> Vec<((String, String), AccountState)> {
+        self.tenant_slice(0, self.tenants.len())
+            .into_iter()
+            .flat_map(|(tenant, accounts)| {
+                accounts
+                    .into_iter()
+                    .map(move |(balance, state)| ((tenant.clone(), balance), state))
+            })
+            .collect()
+    }
+
+    /// A transaction known in memory. `Err(())`-free: `None` means "not here" — on a
+    /// whole state ask [`LiveState::may_know_id`] before asking the store.
+    pub fn transaction(&self, id: &str) -> Option<&TransactionRecord> {
+        self.transactions.get(id).map(|(_, record)| record)
+    }
+
+    /// Whether the store may know a transaction id memory does not have: false only
+    /// when the filter rules it out (a whole state).
+    pub fn may_know_transaction(&self, id: &str) -> bool {
+        self.ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(filter_hash(ID_TRANSACTION, id)))
+    }
+
+    pub fn may_know_grant(&self, grant_id: &str) -> bool {
+        self.ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(filter_hash(ID_GRANT, grant_id)))
+    }
+
+    /// Puts a transaction read from the store into memory, so a decision can change it.
+    pub fn load_transaction(&mut self, record: TransactionRecord, seq: u64) {
+        self.insert_transaction(record, seq);
+    }
+
+    pub fn grant(&self, grant_id: &str) -> Option<&GrantRecord> {
+        self.grants.get(grant_id).map(|(_, grant)| grant)
+    }
+
+    pub fn load_grant(&mut self, grant_id: &str, grant: GrantRecord) {
+        self.grants.insert(grant_id.into(), (0, grant));
+    }
+
+    pub fn policy(&self, digest: &Digest) -> Option<&PolicyMeta> {
+        self.policies.get(digest)
+    }
+
+    /// The bytes of a policy recorded in a batch the views have not applied yet:
+    /// `Some(None)` for one linked natively, `None` when the store has them.
+    pub fn recent_component(&self, digest: &Digest) -> Option<Option<&[u8]>> {
+        self.recent_components
+            .get(digest)
+            .map(|(_, component)| component.as_deref())
+    }
+
+    pub fn active_policy(&self) -> Option<Digest> {
+        self.active_policy
+    }
+
+    /// Open holds, and the heap bytes they keep.
+    pub fn open_holds(&self) -> (usize, usize) {
+        (self.open_holds, self.open_hold_bytes)
+    }
+
+    /// Whether one more open hold of `bytes` fits the limits.
+    pub fn hold_fits(&self, bytes: usize) -> bool {
+        self.open_holds < self.limits.open_holds_max
+            && self.open_hold_bytes.saturating_add(bytes) <= self.limits.open_hold_bytes_max
+    }
+
+    /// Transactions decided in batches the views have not applied yet, plus open holds.
+    pub fn transactions_in_memory(&self) -> usize {
+        self.transactions.len()
+    }
+
+    /// Changes memory keeps until the views apply them: the views' lag, in decisions.
+    pub fn unapplied(&self) -> usize {
+        self.recent.len() + self.recent_grants.len()
+    }
+
+    /// The open hold that lapsed first, if it lapsed at or before `now_ms`.
+    pub fn next_lapsed(&mut self, now_ms: u64) -> Option<TransactionRecord> {
+        while let Some(Reverse((expires_at_ms, id))) = self.expiry.peek() {
+            if *expires_at_ms > now_ms {
+                return None;
+            }
+            let current = self
+                .transactions
+                .get(id.as_ref())
+                .map(|(_, record)| record)
+                .filter(|record| {
+                    record.holds_credits() && record.expires_at_ms == Some(*expires_at_ms)
+                });
+            if let Some(record) = current {
+                return Some(record.clone());
+            }
+            self.expiry.pop();
+        }
+        None
+    }
+
+    /// The digests of policies open transactions still need.
+    pub fn open_policies(&self) -> std::collections::BTreeSet<Digest> {
+        self.transactions
+            .values()
+            .map(|(_, record)| record)
+            .filter(|record| record.state == TransactionState::Open)
+            .map(|record| record.policy)
+            .collect()
+    }
+
+    /// Forgets what the views have applied (through `applied_seq`) and memory need not
+    /// keep: closed transactions, admissions without a hold, grants, marks.
+    pub fn evict_through(&mut self, applied_seq: u64) {
+        while let Some((seq, _)) = self.recent.front() {
+            if *seq > applied_seq {
+                break;
+            }
+            if let Some((seq, id)) = self.recent.pop_front()
+                && let Some((last, record)) = self.transactions.get(id.as_ref())
+                && *last <= seq
+                && !record.holds_credits()
+            {
+                self.transactions.remove(id.as_ref());
+            }
+        }
+        while let Some((seq, _)) = self.recent_grants.front() {
+            if *seq > applied_seq {
+                break;
+            }
+            if let Some((seq, id)) = self.recent_grants.pop_front()
+                && self.grants.get(&id).is_some_and(|(last, _)| *last <= seq)
+            {
+                self.grants.remove(&id);
+            }
+        }
+        self.marks.borrow_mut().evict_through(applied_seq);
+        self.recent_components
+            .retain(|_, (seq, _)| *seq > applied_seq);
+    }
+}
+
+fn corrupt(why: impl std::fmt::Display) -> MeterError {
+    MeterError::StoreCorrupt(format!("the log does not replay: {why}"))
+}
+
+impl LiveState {
+    fn note_id(&mut self, kind: u8, id: &str) {
+        if let Some(ids) = &mut self.ids {
+            ids.insert(filter_hash(kind, id));
+        }
+    }
+
+    fn insert_transaction(&mut self, record: TransactionRecord, seq: u64) {
+        let id: Box<str> = record.id.as_str().into();
+        if let Some((_, old)) = self.transactions.get(&id)
+            && old.holds_credits()
+        {
+            self.open_holds -= 1;
+            self.open_hold_bytes = self.open_hold_bytes.saturating_sub(old.heap_bytes());
+        }
+        if record.holds_credits() {
+            self.open_holds += 1;
+            self.open_hold_bytes = self.open_hold_bytes.saturating_add(record.heap_bytes());
+            if let Some(expires_at_ms) = record.expires_at_ms {
+                self.expiry.push(Reverse((expires_at_ms, id.clone())));
+            }
+        }
+        self.transactions.insert(id.clone(), (seq, record));
+        self.recent.push_back((seq, id));
+    }
+
+    fn require_loaded(&self, id: &str) -> Result<(), MeterError> {
+        if self.transactions.contains_key(id) {
+            Ok(())
+        } else {
+            Err(corrupt(format!(
+                "transaction '{id}' closes but is not loaded"
+            )))
+        }
+    }
+
+    /// Closes an open transaction (settle or expiry).
+    fn close(
+        &mut self,
+        id: &str,
+        seq: u64,
+        state: TransactionState,
+        receipt: Option<ReceiptRecord>,
+    ) -> Result<(), MeterError> {
+        let mut record = self
+            .transactions
+            .get(id)
+            .map(|(_, record)| record.clone())
+            .ok_or_else(|| corrupt(format!("transaction '{id}' closes but is not loaded")))?;
+        record.state = state;
+        record.receipt = receipt;
+        record.held.clear();
+        record.request = RequestRecord::default();
+        self.insert_transaction(record, seq);
+        Ok(())
+    }
+
+    fn insert_marks(&mut self, tenant: &str, marks: &[super::record::MarkRecord], seq: u64) {
+        if marks.is_empty() {
+            return;
+        }
+        let mut recent = self.marks.borrow_mut();
+        for mark in marks {
+            recent.insert(mark_key(tenant, &mark.scope, &mark.key), seq);
+        }
+    }
+
+    fn set_posting(
+        &mut self,
+        tenant: &str,
+        posting: &super::record::PostingRecord,
+    ) -> Result<(), MeterError> {
+        for (balance, state) in &posting.accounts {
+            if state.available < 0 || state.held < 0 {
+                return Err(corrupt(format!(
+                    "{tenant}/{balance} would be {state:?}: below zero"
+                )));
+            }
+        }
+        self.set_accounts(
+            tenant,
+            posting
+                .accounts
+                .iter()
+                .map(|(balance, state)| (balance, state)),
+        )?;
+        self.next_entry_id = self
+            .next_entry_id
+            .saturating_add(posting.entries.len() as u64);
+        Ok(())
+    }
+
+    /// Applies every decision of a batch: replay, and the view of a PostgreSQL replica.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Result<(), MeterError> {
+        self.next_entry_id = batch.first_entry_id;
+        for decision in &batch.decisions {
+            self.apply(batch, decision)?;
+        }
+        Ok(())
+    }
+
+    /// The one way the state changes: the effect of a recorded decision of `batch`.
+    /// Call in order: the journal entry ids of the batch follow from it.
+    pub fn apply(&mut self, batch: &Batch, decision: &Decision) -> Result<(), MeterError> {
+        let seq = batch.seq;
+        let policy = |index: u32| {
+            batch
+                .policies
+                .get(index as usize)
+                .copied()
+                .ok_or_else(|| corrupt(format!("policy index {index} is not in its batch")))
+        };
+        match decision {
+            Decision::Authorize(authorized) => {
+                let digest = policy(authorized.policy)?;
+                self.set_posting(&authorized.tenant, &authorized.posting)?;
+                self.note_id(ID_TRANSACTION, &authorized.id);
+                let admitted = authorized.answer.admitted;
+                self.insert_transaction(
+                    TransactionRecord {
+                        id: authorized.id.clone(),
+                        tenant: authorized.tenant.clone(),
+                        state: if admitted {
+                            TransactionState::Open
+                        } else {
+                            TransactionState::Rejected
+                        },
+                        fingerprint: authorized.fingerprint,
+                        policy: digest,
+                        created_at_ms: batch.at_ms,
+                        expires_at_ms: authorized.expires_at_ms,
+                        operation: authorized.operation.clone(),
+                        request: authorized.request.clone().unwrap_or_default(),
+                        authorization: authorized.answer.clone(),
+                        receipt: None,
+                        held: if admitted {
+                            authorized.answer.held.clone()
+                        } else {
+                            AmountList::new()
+                        },
+                    },
+                    seq,
+                );
+                self.insert_marks(&authorized.tenant, &authorized.marks, seq);
+            }
+            Decision::Settle(settled) => {
+                self.require_loaded(&settled.id)?;
+                self.set_posting(&settled.tenant, &settled.posting)?;
+                self.close(
+                    &settled.id,
+                    seq,
+                    TransactionState::Settled,
+                    Some(settled.answer.clone()),
+                )?;
+                self.insert_marks(&settled.tenant, &settled.marks, seq);
+            }
+            Decision::Expire(expired) => {
+                self.require_loaded(&expired.id)?;
+                self.set_posting(&expired.tenant, &expired.posting)?;
+                self.close(&expired.id, seq, TransactionState::Expired, None)?;
+            }
+            Decision::Grant(granted) => {
+                self.set_posting(&granted.tenant, &granted.posting)?;
+                self.note_id(ID_GRANT, &granted.grant_id);
+                self.grants.insert(
+                    granted.grant_id.as_str().into(),
+                    (
+                        seq,
+                        GrantRecord {
+                            tenant: granted.tenant.clone(),
+                            balance: granted.balance.clone(),
+                            amount: granted.amount,
+                        },
+                    ),
+                );
+                self.recent_grants
+                    .push_back((seq, granted.grant_id.as_str().into()));
+            }
+            Decision::Policy(saved) => {
+                let digest = policy(saved.policy)?;
+                self.recent_components
+                    .insert(digest, (seq, saved.component.clone()));
+                self.policies.insert(
+                    digest,
+                    PolicyMeta {
+                        name: saved.name.clone(),
+                        version: saved.version.clone(),
+                        balances: saved.balances.clone(),
+                        hold_ttl_ms: saved.hold_ttl_ms,
+                    },
+                );
+            }
+            Decision::Activate(activation) => {
+                self.active_policy = Some(policy(activation.policy)?);
+            }
+            Decision::Import(imported) => self.apply_import(batch, imported)?,
+        }
+        self.last_seq = self.last_seq.max(seq);
+        Ok(())
+    }
+
+    fn apply_import(
+        &mut self,
+        batch: &Batch,
+        imported: &super::record::Imported,
+    ) -> Result<(), MeterError> {
+        let seq = batch.seq;
+        let policy = |index: u32| {
+            batch
+                .policies
+                .get(index as usize)
+                .copied()
+                .ok_or_else(|| corrupt(format!("policy index {index} is not in its batch")))
+        };
+        for (tenant, balance, state) in &imported.accounts {
+            self.set_accounts(tenant, [(balance, state)])?;
+        }
+        for transaction in &imported.transactions {
+            self.note_id(ID_TRANSACTION, &transaction.id);
+            self.insert_transaction(
+                TransactionRecord {
+                    id: transaction.id.clone(),
+                    tenant: transaction.tenant.clone(),
+                    state: transaction.state,
+                    fingerprint: transaction.fingerprint,
+                    policy: policy(transaction.policy)?,
+                    created_at_ms: transaction.created_at_ms,
+                    expires_at_ms: transaction.expires_at_ms,
+                    operation: transaction.operation.clone(),
+                    request: transaction.request.clone(),
+                    authorization: transaction.authorization.clone(),
+                    receipt: transaction.receipt.clone(),
+                    held: transaction.held.clone(),
+                },
+                seq,
+            );
+        }
+        for entry in &imported.journal {
+            self.next_entry_id = self.next_entry_id.max(entry.id.saturating_add(1));
+        }
+        {
+            let mut recent = self.marks.borrow_mut();
+            for (tenant, scope, key, _) in &imported.marks {
+                recent.insert(mark_key(tenant, scope, key), seq);
+            }
+        }
+        for grant in &imported.grants {
+            self.note_id(ID_GRANT, &grant.grant_id);
+            self.grants.insert(
+                grant.grant_id.as_str().into(),
+                (
+                    seq,
+                    GrantRecord {
+                        tenant: grant.tenant.clone(),
+                        balance: grant.balance.clone(),
+                        amount: grant.amount,
+                    },
+                ),
+            );
+            self.recent_grants
+                .push_back((seq, grant.grant_id.as_str().into()));
+        }
+        if let Some(last) = imported.activations.last() {
+            self.active_policy = Some(policy(last.policy)?);
+        }
+        Ok(())
+    }
+}
+
+/// What a snapshot holds besides the tenants' accounts.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotTail {
+    pub open_holds: Vec<TransactionRecord>,
+    pub ids: Option<GrowableBloom>,
+    pub marks: Option<GrowableBloom>,
+    pub policies: Vec<(Digest, PolicyMeta)>,
+    pub active_policy: Option<Digest>,
+    pub next_entry_id: u64,
+    pub last_seq: u64,
+}
+
+/// A slice of tenants with their accounts, as a snapshot stores them.
+pub type TenantSlice = Vec<(String, Vec<(String, AccountState)>)>;
+
+impl LiveState {
+    /// Everything but the tenants, for the end of a snapshot.
+    pub fn snapshot_tail(&self) -> SnapshotTail {
+        SnapshotTail {
+            open_holds: self
+                .transactions
+                .values()
+                .map(|(_, record)| record)
+                .filter(|record| record.holds_credits())
+                .cloned()
+                .collect(),
+            ids: self.ids.clone(),
+            marks: self.marks.borrow().filter.clone(),
+            policies: self
+                .policies
+                .iter()
+                .map(|(digest, meta)| (*digest, meta.clone()))
+                .collect(),
+            active_policy: self.active_policy,
+            next_entry_id: self.next_entry_id,
+            last_seq: self.last_seq,
+        }
+    }
+
+    /// Loads a snapshot's tenants.
+    pub fn restore_tenants(&mut self, slice: TenantSlice) -> Result<(), MeterError> {
+        for (tenant, accounts) in slice {
+            self.set_accounts(
+                &tenant,
+                accounts.iter().map(|(balance, state)| (balance, state)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Loads the rest of a snapshot.
+    pub fn restore_tail(&mut self, tail: SnapshotTail) {
+        for record in tail.open_holds {
+            self.insert_transaction(record, 0);
+        }
+        if tail.ids.is_some() {
+            self.ids = tail.ids;
+        }
+        if let Some(filter) = tail.marks {
+            self.marks.borrow_mut().filter = Some(filter);
+        }
+        self.policies.extend(tail.policies);
+        self.active_policy = tail.active_policy;
+        self.next_entry_id = tail.next_entry_id;
+        self.last_seq = tail.last_seq;
+    }
+}
+
+const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
+const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
+
+pub fn encode_tenants(slice: &TenantSlice) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_TENANTS, slice)
+}
+
+pub fn decode_tenants(bytes: &[u8]) -> Result<TenantSlice, super::codec::CodecError> {
+    super::codec::decode_value(SNAPSHOT_TENANTS, bytes)
+}
+
+pub fn encode_tail(tail: &SnapshotTail) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_TAIL, tail)
+}
+
+pub fn decode_tail(bytes: &[u8]) -> Result<SnapshotTail, super::codec::CodecError> {
+    super::codec::decode_value(SNAPSHOT_TAIL, bytes)
+}

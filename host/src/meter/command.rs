@@ -1,0 +1,108 @@
+//! What callers send the sequencer, each command with a reply of its own type, and the
+//! answers that wait for their batch to be durable.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::decide::CheckedAuthorize;
+use crate::error::MeterError;
+use crate::model::{
+    Authorization, GrantRequest, Receipt, SettleRequest, ShadowReport, TenantBalances,
+};
+use crate::policy::PolicyInfo;
+use crate::policy::component::CompiledPolicy;
+use crate::store::AuditPoint;
+
+pub type Reply<T> = oneshot::Sender<Result<T, MeterError>>;
+
+pub enum Command {
+    Authorize(CheckedAuthorize, Reply<Authorization>),
+    Settle(SettleRequest, Reply<Receipt>),
+    Grant(GrantRequest, Reply<TenantBalances>),
+    /// A tenant's credits as of every decision queued before.
+    Balances(String, Reply<TenantBalances>),
+    /// Release every lapsed hold now; answers how many.
+    ExpireDue(Reply<usize>),
+    /// Make a compiled, checked policy the active one, between two decisions.
+    Activate {
+        compiled: Arc<CompiledPolicy>,
+        component: Vec<u8>,
+        via: String,
+        reply: Reply<PolicyInfo>,
+    },
+    /// Evaluate a candidate beside the active policy from now on, moving no credit.
+    SetShadow {
+        compiled: Arc<CompiledPolicy>,
+        component: Vec<u8>,
+        reply: Reply<ShadowReport>,
+    },
+    ShadowReport(Reply<Option<ShadowReport>>),
+    /// Stop shadowing; answers the candidate's bytes (to promote them).
+    TakeShadow(Reply<Option<Vec<u8>>>),
+    /// The digests of the policies loaded now.
+    LoadedPolicies(Reply<Vec<String>>),
+    /// The live accounts and where the log is, for the audit.
+    Audit(Reply<AuditPoint>),
+}
+
+impl Command {
+    /// Bytes of the request the command carries, for the batch's size bound.
+    pub fn request_bytes(&self) -> usize {
+        match self {
+            Command::Authorize(checked, _) => {
+                let request = &checked.request;
+                request.items.iter().map(String::len).sum::<usize>()
+                    + request
+                        .attributes
+                        .iter()
+                        .map(|(name, value)| name.len() + value.len())
+                        .sum::<usize>()
+                    + request.body.as_ref().map_or(0, Vec::len)
+                    + 256
+            }
+            Command::Settle(request, _) => request.body.as_ref().map_or(0, Vec::len) + 256,
+            Command::Activate { component, .. } => component.len(),
+            _ => 64,
+        }
+    }
+
+    /// Fails the command without running it.
+    pub fn refuse(self, error: MeterError) {
+        match self {
+            Command::Authorize(_, reply) => drop(reply.send(Err(error))),
+            Command::Settle(_, reply) => drop(reply.send(Err(error))),
+            Command::Grant(_, reply) | Command::Balances(_, reply) => drop(reply.send(Err(error))),
+            Command::ExpireDue(reply) => drop(reply.send(Err(error))),
+            Command::Activate { reply, .. } => drop(reply.send(Err(error))),
+            Command::SetShadow { reply, .. } => drop(reply.send(Err(error))),
+            Command::ShadowReport(reply) => drop(reply.send(Err(error))),
+            Command::TakeShadow(reply) => drop(reply.send(Err(error))),
+            Command::LoadedPolicies(reply) => drop(reply.send(Err(error))),
+            Command::Audit(reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// Sends an answer, or the error given in its place.
+type Answerer = Box<dyn FnOnce(Option<&MeterError>) + Send>;
+
+/// An answer held until its batch is durable: sends the answer, or the error that
+/// kept the batch from becoming durable.
+pub struct Pending(Answerer);
+
+impl Pending {
+    pub fn new<T: Send + 'static>(reply: Reply<T>, result: Result<T, MeterError>) -> Self {
+        Self(Box::new(move |failure| {
+            let _ = reply.send(match failure {
+                Some(error) => Err(error.clone()),
+                None => result,
+            });
+        }))
+    }
+
+    /// Sends the answer, or `failure` in its place.
+    pub fn answer(self, failure: Option<&MeterError>) {
+        (self.0)(failure);
+    }
+}

@@ -1,0 +1,651 @@
+//! The decisions: authorize, settle, grant, expiry and activation as functions over the
+//! live state. Each asks the policy (through the registry), applies the ledger's posting
+//! rules, records one [`Decision`] in the batch being built, applies it to the state
+//! (the same function replay uses) and returns the typed answer. No threads, no store
+//! writes: unit tests call them on a [`LiveState`] directly.
+//!
+//! Every check that can refuse a request runs before the decision is recorded, so a
+//! refused request leaves the state and the batch as they were.
+
+use std::collections::HashMap;
+
+use super::registry::Registry;
+use crate::error::MeterError;
+use crate::ledger::record::{
+    Activation, AuthorizationRecord, Authorized, Batch, Decision, EntryRecord, Expired, Granted,
+    MarkRecord, PolicyRecord, PostingRecord, ReceiptRecord, RequestRecord, Settled,
+    TransactionState,
+};
+use crate::ledger::state::{LiveState, TransactionRecord};
+use crate::ledger::{
+    self, AccountState, Accounts, Entry, EntryKind, post_authorize, post_expiry, post_settle,
+};
+use crate::model::{
+    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
+    SettleRequest, TenantBalances,
+};
+use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
+use crate::store::ColdStore;
+
+/// An authorize request checked on the caller's thread: valid, with its id and
+/// fingerprint.
+#[derive(Debug, Clone)]
+pub struct CheckedAuthorize {
+    pub id: String,
+    pub request: AuthorizeRequest,
+    pub fingerprint: [u8; 32],
+}
+
+/// The batch being built: its header and the decisions so far.
+pub struct BatchBuilder {
+    pub batch: Batch,
+    policy_index: HashMap<[u8; 32], u32>,
+}
+
+impl BatchBuilder {
+    pub fn new(seq: u64, at_ms: u64, first_entry_id: u64) -> Self {
+        Self {
+            batch: Batch {
+                seq,
+                at_ms,
+                first_entry_id,
+                ..Batch::default()
+            },
+            policy_index: HashMap::new(),
+        }
+    }
+
+    /// The index of `digest` in the batch's policy list.
+    fn policy(&mut self, digest: &PolicyDigest) -> u32 {
+        let bytes = digest.bytes();
+        let next = self.batch.policies.len() as u32;
+        *self.policy_index.entry(bytes).or_insert_with(|| {
+            self.batch.policies.push(bytes);
+            next
+        })
+    }
+
+    /// Records a decision: applies it to the state, then keeps it for the log.
+    fn record(&mut self, state: &mut LiveState, decision: Decision) -> Result<(), MeterError> {
+        state.apply(&self.batch, &decision)?;
+        self.batch.decisions.push(decision);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.decisions.is_empty()
+    }
+}
+
+/// What every decision works with.
+pub struct Decider<'a> {
+    pub state: &'a mut LiveState,
+    pub store: &'a dyn ColdStore,
+    pub registry: &'a mut Registry,
+    pub builder: &'a mut BatchBuilder,
+}
+
+pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
+    PolicyRef {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        digest: info.digest.to_string(),
+    }
+}
+
+/// Available credits per described balance, as the policy sees them.
+fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceAmount> {
+    balances
+        .iter()
+        .map(|balance| {
+            sdk::BalanceAmount::new(
+                balance.clone(),
+                accounts.get(balance).map_or(0, |account| account.available),
+            )
+        })
+        .collect()
+}
+
+/// Available credits per described balance, for answers.
+pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
+    balances
+        .iter()
+        .map(|balance| {
+            (
+                balance.clone(),
+                accounts.get(balance).map_or(0, |account| account.available),
+            )
+        })
+        .collect()
+}
+
+pub fn tenant_balances(tenant: &str, accounts: &Accounts, balances: &[String]) -> TenantBalances {
+    TenantBalances {
+        tenant: tenant.to_owned(),
+        balances: available_amounts(accounts, balances),
+        held: balances
+            .iter()
+            .map(|balance| {
+                (
+                    balance.clone(),
+                    accounts.get(balance).map_or(0, |account| account.held),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn entry_records(entries: &[Entry]) -> Vec<EntryRecord> {
+    entries
+        .iter()
+        .map(|entry| EntryRecord {
+            balance: entry.balance.clone(),
+            kind: entry.kind,
+            amount: entry.amount,
+        })
+        .collect()
+}
+
+/// The accounts a decision leaves, for the record: `balances` plus any it touched.
+fn accounts_after(accounts: &Accounts) -> Vec<(String, AccountState)> {
+    accounts
+        .iter()
+        .map(|(balance, state)| (balance.clone(), *state))
+        .collect()
+}
+
+fn mark_records(marks: &[sdk::Mark]) -> Vec<MarkRecord> {
+    marks
+        .iter()
+        .map(|mark| MarkRecord {
+            scope: mark.scope.clone(),
+            key: mark.key.clone(),
+        })
+        .collect()
+}
+
+fn pairs(attributes: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+fn to_policy_amounts(amounts: &[(String, i64)]) -> Vec<sdk::BalanceAmount> {
+    amounts
+        .iter()
+        .map(|(balance, amount)| sdk::BalanceAmount::new(balance.clone(), *amount))
+        .collect()
+}
+
+impl Decider<'_> {
+    /// A transaction by id: in memory, or (unless the filter rules it out) in the store;
+    /// one read from the store is kept in memory for the decision that follows.
+    fn transaction(&mut self, id: &str) -> Result<Option<TransactionRecord>, MeterError> {
+        if let Some(record) = self.state.transaction(id) {
+            return Ok(Some(record.clone()));
+        }
+        if !self.state.may_know_transaction(id) {
+            return Ok(None);
+        }
+        let found = self.store.transaction(id)?;
+        if let Some(record) = &found {
+            self.state.load_transaction(record.clone(), 0);
+        }
+        Ok(found)
+    }
+
+    /// The tenant's accounts, loading them when the state holds part of the ledger.
+    fn accounts(&mut self, tenant: &str, balances: &[String]) -> Result<Accounts, MeterError> {
+        if !self.state.has_tenant(tenant) {
+            self.store.load_tenant(tenant, self.state)?;
+        }
+        Ok(self.state.accounts(tenant, balances))
+    }
+
+    /// Loads a version the registry lacks: its bytes are in memory when the batch that
+    /// recorded it is not in the views yet, else in the store. Answers its description.
+    fn policy(&mut self, digest: &PolicyDigest) -> Result<PolicyInfo, MeterError> {
+        if let Some(info) = self.registry.info(digest) {
+            return Ok(info.clone());
+        }
+        let bytes = match self.state.recent_component(&digest.bytes()) {
+            Some(component) => component.map(<[u8]>::to_vec),
+            None => {
+                self.store
+                    .policy(digest)?
+                    .ok_or_else(|| {
+                        MeterError::StoreCorrupt(format!("policy {digest} is not in the ledger"))
+                    })?
+                    .component
+            }
+        };
+        let bytes = bytes.ok_or_else(|| {
+            MeterError::StoreUnavailable(format!(
+                "policy {digest} was linked natively and is not loaded in this process"
+            ))
+        })?;
+        self.registry.load(&bytes)
+    }
+
+    /// Name, version and digest of a policy by digest, wherever it is known.
+    fn policy_ref_of(&mut self, digest: &PolicyDigest) -> Result<PolicyRef, MeterError> {
+        if let Some(info) = self.registry.info(digest) {
+            return Ok(policy_ref(info));
+        }
+        if let Some(meta) = self.state.policy(&digest.bytes()) {
+            return Ok(PolicyRef {
+                name: meta.name.clone(),
+                version: meta.version.clone(),
+                digest: digest.to_string(),
+            });
+        }
+        let stored = self.store.policy(digest)?.ok_or_else(|| {
+            MeterError::StoreCorrupt(format!("policy {digest} is not in the ledger"))
+        })?;
+        Ok(policy_ref(&stored.info))
+    }
+
+    pub fn authorize(&mut self, checked: &CheckedAuthorize) -> Result<Authorization, MeterError> {
+        let CheckedAuthorize {
+            id,
+            request,
+            fingerprint,
+        } = checked;
+        if let Some(existing) = self.transaction(id)? {
+            return if existing.fingerprint == *fingerprint {
+                let policy = self.policy_ref_of(&PolicyDigest::from_bytes(existing.policy))?;
+                Ok(existing.authorization.answer(id, policy))
+            } else {
+                Err(MeterError::TransactionConflict(id.clone()))
+            };
+        }
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        let accounts = self.accounts(&request.tenant, &info.balances)?;
+        let policy_request = sdk::Request {
+            transaction_id: id.clone(),
+            tenant: request.tenant.clone(),
+            operation: request.operation.clone(),
+            items: request.items.clone(),
+            attributes: pairs(&request.attributes),
+            body: request.body.clone(),
+        };
+        let balances = available(&accounts, &info.balances);
+        let decision = self
+            .registry
+            .authorize(&active, &policy_request, &balances)?;
+
+        let rejected = |status: u16, code: &str, message: &str| AuthorizationRecord {
+            admitted: false,
+            status: Some(status),
+            error: Some((code.to_owned(), message.to_owned())),
+            meta_json: "{}".to_owned(),
+            balances: crate::ledger::record::amount_list(&available_amounts(
+                &accounts,
+                &info.balances,
+            )),
+            ..AuthorizationRecord::default()
+        };
+        let unchanged = PostingRecord {
+            entries: Vec::new(),
+            accounts: accounts_after(&accounts),
+        };
+        let policy = self.builder.policy(&active);
+        let (answer, request_record, expires_at_ms, posting, marks) = match decision {
+            AuthorizeDecision::Reject {
+                status,
+                code,
+                message,
+            } => (
+                rejected(status, &code, &message),
+                None,
+                None,
+                unchanged,
+                Vec::new(),
+            ),
+            AuthorizeDecision::Admit {
+                status,
+                admitted_items,
+                hold,
+                charge,
+                marks,
+                headers,
+                meta,
+            } => match post_authorize(&accounts, &hold, &charge) {
+                // The host's guarantee, whatever the policy said: never below zero.
+                Err(shortfall) => {
+                    let message = format!(
+                        "Insufficient credits: {} needed on '{}', {} available.",
+                        shortfall.needed, shortfall.balance, shortfall.available
+                    );
+                    (
+                        rejected(402, "insufficient_credits", &message),
+                        None,
+                        None,
+                        unchanged,
+                        Vec::new(),
+                    )
+                }
+                Ok(posting) => {
+                    let answer = AuthorizationRecord {
+                        admitted: true,
+                        status,
+                        error: None,
+                        admitted_items,
+                        held: crate::ledger::record::amount_list(&hold),
+                        charged: crate::ledger::record::amount_list(&charge),
+                        headers: pairs(&headers),
+                        meta_json: meta.to_string(),
+                        balances: crate::ledger::record::amount_list(&available_amounts(
+                            &posting.accounts,
+                            &info.balances,
+                        )),
+                    };
+                    let request_record = RequestRecord {
+                        items: request.items.clone(),
+                        attributes: pairs(&request.attributes),
+                        body: request.body.clone(),
+                    };
+                    let expires_at_ms = (!hold.is_empty())
+                        .then(|| self.builder.batch.at_ms.saturating_add(info.hold_ttl_ms));
+                    (
+                        answer,
+                        Some(request_record),
+                        expires_at_ms,
+                        PostingRecord {
+                            entries: entry_records(&posting.entries),
+                            accounts: accounts_after(&posting.accounts),
+                        },
+                        mark_records(&marks),
+                    )
+                }
+            },
+        };
+        if expires_at_ms.is_some() {
+            let bytes = id.len()
+                + request_record.as_ref().map_or(0, |record| {
+                    record.items.iter().map(String::len).sum::<usize>()
+                        + record.body.as_ref().map_or(0, Vec::len)
+                })
+                + answer.meta_json.len()
+                + 512;
+            if !self.state.hold_fits(bytes) {
+                let (holds, held_bytes) = self.state.open_holds();
+                tracing::warn!(
+                    holds,
+                    held_bytes,
+                    "open holds are at their limit; refusing an admission that would hold more"
+                );
+                return Err(MeterError::Overloaded);
+            }
+        }
+        let authorization = answer.answer(id, policy_ref(&info));
+        self.builder.record(
+            self.state,
+            Decision::Authorize(Authorized {
+                id: id.clone(),
+                tenant: request.tenant.clone(),
+                fingerprint: *fingerprint,
+                policy,
+                operation: request.operation.clone(),
+                request: request_record,
+                answer,
+                expires_at_ms,
+                posting,
+                marks,
+            }),
+        )?;
+        Ok(authorization)
+    }
+
+    pub fn settle(&mut self, request: &SettleRequest) -> Result<Receipt, MeterError> {
+        let id = &request.transaction_id;
+        let record = self
+            .transaction(id)?
+            .ok_or_else(|| MeterError::UnknownTransaction(id.clone()))?;
+        let digest = PolicyDigest::from_bytes(record.policy);
+        match record.state {
+            TransactionState::Settled => {
+                let receipt = record.receipt.as_ref().ok_or_else(|| {
+                    MeterError::StoreCorrupt(format!("settled transaction '{id}' has no receipt"))
+                })?;
+                let policy = self.policy_ref_of(&digest)?;
+                return Ok(receipt.answer(id, policy));
+            }
+            TransactionState::Rejected => return Err(MeterError::TransactionRejected(id.clone())),
+            TransactionState::Expired => return Err(MeterError::HoldExpired(id.clone())),
+            TransactionState::Open => {}
+        }
+        if record
+            .expires_at_ms
+            .is_some_and(|expiry| expiry <= self.builder.batch.at_ms)
+        {
+            return Err(MeterError::HoldExpired(id.clone()));
+        }
+        let info = self.policy(&digest)?;
+        let accounts = self.accounts(&record.tenant, &info.balances)?;
+        let authorization = &record.authorization;
+        let admitted = sdk::Admitted {
+            request: sdk::Request {
+                transaction_id: id.clone(),
+                tenant: record.tenant.clone(),
+                operation: record.operation.clone(),
+                items: record.request.items.clone(),
+                attributes: record.request.attributes.clone(),
+                body: record.request.body.clone(),
+            },
+            admitted_items: authorization.admitted_items,
+            held: to_policy_amounts(&record.held),
+            charged: to_policy_amounts(&authorization.charged),
+        };
+        let outcome = sdk::Outcome {
+            status: request.status,
+            attributes: pairs(&request.attributes),
+            body: request.body.clone(),
+        };
+        let SettleDecision {
+            charge,
+            marks,
+            headers,
+            meta,
+        } = self.registry.settle(
+            &digest,
+            &record.operation,
+            &admitted,
+            &outcome,
+            &available(&accounts, &info.balances),
+        )?;
+        let held = crate::ledger::record::amounts(&record.held);
+        let posting = post_settle(&accounts, &held, &charge);
+        let answer = ReceiptRecord {
+            charged: crate::ledger::record::amount_list(&posting.charged),
+            released: crate::ledger::record::amount_list(&posting.released),
+            uncollected: crate::ledger::record::amount_list(&posting.uncollected),
+            headers: pairs(&headers),
+            meta_json: meta.to_string(),
+            balances: crate::ledger::record::amount_list(&available_amounts(
+                &posting.accounts,
+                &info.balances,
+            )),
+        };
+        let receipt = answer.answer(id, policy_ref(&info));
+        let policy = self.builder.policy(&digest);
+        self.builder.record(
+            self.state,
+            Decision::Settle(Settled {
+                id: id.clone(),
+                tenant: record.tenant.clone(),
+                policy,
+                status: request.status,
+                answer,
+                posting: PostingRecord {
+                    entries: entry_records(&posting.entries),
+                    accounts: accounts_after(&posting.accounts),
+                },
+                marks: mark_records(&marks),
+            }),
+        )?;
+        Ok(receipt)
+    }
+
+    pub fn grant(&mut self, grant: &GrantRequest) -> Result<TenantBalances, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        if !info.has_balance(&grant.balance) {
+            return Err(MeterError::UnknownBalance {
+                balance: grant.balance.clone(),
+                known: info.balances.join(", "),
+            });
+        }
+        let existing = match self.state.grant(&grant.grant_id) {
+            Some(existing) => Some(existing.clone()),
+            None if self.state.may_know_grant(&grant.grant_id) => {
+                self.store.grant(&grant.grant_id)?
+            }
+            None => None,
+        };
+        if let Some(existing) = existing {
+            if (
+                existing.tenant.as_str(),
+                existing.balance.as_str(),
+                existing.amount,
+            ) != (grant.tenant.as_str(), grant.balance.as_str(), grant.amount)
+            {
+                return Err(MeterError::GrantConflict(grant.grant_id.clone()));
+            }
+            let accounts = self.accounts(&grant.tenant, &info.balances)?;
+            return Ok(tenant_balances(&grant.tenant, &accounts, &info.balances));
+        }
+        let mut accounts = self.accounts(&grant.tenant, &info.balances)?;
+        let entries = [Entry {
+            balance: grant.balance.clone(),
+            kind: EntryKind::Grant,
+            amount: grant.amount,
+        }];
+        ledger::apply(&mut accounts, &entries).map_err(|_| {
+            MeterError::InvalidAmount(format!(
+                "a grant of {} would take '{}' past the largest balance ({})",
+                grant.amount,
+                grant.balance,
+                i64::MAX
+            ))
+        })?;
+        let policy = self.builder.policy(&active);
+        self.builder.record(
+            self.state,
+            Decision::Grant(Granted {
+                grant_id: grant.grant_id.clone(),
+                tenant: grant.tenant.clone(),
+                balance: grant.balance.clone(),
+                amount: grant.amount,
+                policy,
+                posting: PostingRecord {
+                    entries: entry_records(&entries),
+                    accounts: vec![(
+                        grant.balance.clone(),
+                        accounts.get(&grant.balance).copied().unwrap_or_default(),
+                    )],
+                },
+            }),
+        )?;
+        Ok(tenant_balances(&grant.tenant, &accounts, &info.balances))
+    }
+
+    /// Releases a lapsed hold.
+    pub fn expire(&mut self, record: &TransactionRecord) -> Result<(), MeterError> {
+        let held = crate::ledger::record::amounts(&record.held);
+        let balances: Vec<String> = held.keys().cloned().collect();
+        let mut accounts = self.accounts(&record.tenant, &balances)?;
+        let entries = post_expiry(&held);
+        ledger::apply(&mut accounts, &entries).map_err(MeterError::StoreCorrupt)?;
+        let policy = self
+            .builder
+            .policy(&PolicyDigest::from_bytes(record.policy));
+        self.builder.record(
+            self.state,
+            Decision::Expire(Expired {
+                id: record.id.clone(),
+                tenant: record.tenant.clone(),
+                policy,
+                posting: PostingRecord {
+                    entries: entry_records(&entries),
+                    accounts: accounts_after(&accounts),
+                },
+            }),
+        )
+    }
+
+    /// Releases lapsed holds, at most `limit`; returns how many.
+    pub fn expire_due(&mut self, limit: usize) -> Result<usize, MeterError> {
+        let now_ms = self.builder.batch.at_ms;
+        let mut released = 0;
+        while released < limit {
+            let Some(record) = self.state.next_lapsed(now_ms) else {
+                break;
+            };
+            self.expire(&record)?;
+            released += 1;
+        }
+        if released > 0 {
+            tracing::info!(count = released, "released lapsed holds");
+        }
+        Ok(released)
+    }
+
+    /// The tenant's credits as of this decision.
+    pub fn balances(&mut self, tenant: &str) -> Result<TenantBalances, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        let accounts = self.accounts(tenant, &info.balances)?;
+        Ok(tenant_balances(tenant, &accounts, &info.balances))
+    }
+
+    /// Records a policy the ledger has not seen, with its bytes.
+    pub fn save_policy(
+        &mut self,
+        info: &PolicyInfo,
+        component: Option<&[u8]>,
+    ) -> Result<(), MeterError> {
+        let known = self.state.policy(&info.digest.bytes()).is_some()
+            || self.store.policy(&info.digest)?.is_some();
+        if known {
+            return Ok(());
+        }
+        let policy = self.builder.policy(&info.digest);
+        self.builder.record(
+            self.state,
+            Decision::Policy(PolicyRecord {
+                policy,
+                name: info.name.clone(),
+                version: info.version.clone(),
+                balances: info.balances.clone(),
+                hold_ttl_ms: info.hold_ttl_ms,
+                component: component.map(<[u8]>::to_vec),
+            }),
+        )
+    }
+
+    /// Records that `digest` became active, unless it already is the latest activation.
+    pub fn record_activation(
+        &mut self,
+        digest: &PolicyDigest,
+        via: &str,
+    ) -> Result<(), MeterError> {
+        let latest = match self.state.active_policy() {
+            Some(latest) => Some(latest),
+            None => self.store.latest_activation()?.map(|digest| digest.bytes()),
+        };
+        if latest == Some(digest.bytes()) {
+            return Ok(());
+        }
+        let policy = self.builder.policy(digest);
+        self.builder.record(
+            self.state,
+            Decision::Activate(Activation {
+                policy,
+                via: via.to_owned(),
+            }),
+        )
+    }
+}

@@ -1,0 +1,48 @@
+//! The policy's `marked` lookups: marks of this batch and of batches the views have not
+//! applied yet are in memory; a filter of every mark rules out never-seen keys without
+//! a read; only the rest is asked of the store.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::error::MeterError;
+use crate::ledger::state::{RecentMarks, mark_key};
+use crate::policy::MarkLookup;
+use crate::store::Store;
+
+pub struct LedgerMarks {
+    pub recent: Rc<RefCell<RecentMarks>>,
+    pub store: Rc<dyn Store>,
+}
+
+impl MarkLookup for LedgerMarks {
+    fn marked(&self, tenant: &str, scope: &str, keys: &[String]) -> Result<Vec<bool>, MeterError> {
+        let mut answers = Vec::with_capacity(keys.len());
+        let mut unknown: Vec<(usize, &str)> = Vec::new();
+        {
+            let recent = self.recent.borrow();
+            for (index, key) in keys.iter().enumerate() {
+                // No mark holds a NUL (the contract refuses them): such a key is not marked.
+                if key.contains('\0') || scope.contains('\0') {
+                    answers.push(false);
+                    continue;
+                }
+                match recent.lookup(&mark_key(tenant, scope, key)) {
+                    Some(marked) => answers.push(marked),
+                    None => {
+                        answers.push(false);
+                        unknown.push((index, key));
+                    }
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            let asked: Vec<&str> = unknown.iter().map(|(_, key)| *key).collect();
+            let stored = self.store.marked(tenant, scope, &asked)?;
+            for ((index, _), marked) in unknown.into_iter().zip(stored) {
+                answers[index] = marked;
+            }
+        }
+        Ok(answers)
+    }
+}

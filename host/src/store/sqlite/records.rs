@@ -1,0 +1,256 @@
+//! Reading a transaction back: the views say where its decisions are in the log, the
+//! log holds them. Used for cold lookups by the sequencer and for the audit by readers.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{to_i64, to_u64};
+use crate::error::MeterError;
+use crate::ledger::codec::{self, Header};
+use crate::ledger::record::{Decision, Digest, EntryRecord, RequestRecord, TransactionState};
+use crate::ledger::state::TransactionRecord;
+use crate::model::JournalEntry;
+use crate::policy::PolicyDigest;
+use crate::store::StoreResult;
+
+/// One decision of the log.
+pub fn decision(log: &Connection, seq: u64, index: u64) -> StoreResult<(Header, Decision)> {
+    let bytes: Vec<u8> = log
+        .prepare_cached("SELECT record FROM log WHERE seq = ?1")?
+        .query_row(params![to_i64(seq)], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| {
+            MeterError::StoreCorrupt(format!("the views name log record {seq}, which is missing"))
+        })?;
+    let index = usize::try_from(index).unwrap_or(usize::MAX);
+    Ok(codec::decode_decision(&bytes, index)?)
+}
+
+fn policy_of(header: &Header, index: u32) -> StoreResult<Digest> {
+    header.policies.get(index as usize).copied().ok_or_else(|| {
+        MeterError::StoreCorrupt(format!(
+            "log record {} names policy {index}, which it lacks",
+            header.seq
+        ))
+    })
+}
+
+/// Journal lines of a decision whose first entry has id `first`.
+fn journal_entries(
+    entries: &[EntryRecord],
+    first: u64,
+    transaction_id: &str,
+    tenant: &str,
+    policy: &Digest,
+    at_ms: u64,
+) -> Vec<JournalEntry> {
+    let digest = PolicyDigest::from_bytes(*policy).to_string();
+    entries
+        .iter()
+        .enumerate()
+        .map(|(offset, entry)| JournalEntry {
+            id: to_i64(first + offset as u64),
+            transaction_id: transaction_id.to_owned(),
+            tenant: tenant.to_owned(),
+            balance: entry.balance.clone(),
+            kind: entry.kind.as_str().to_owned(),
+            amount: entry.amount,
+            policy_digest: digest.clone(),
+            at_ms,
+        })
+        .collect()
+}
+
+fn damaged(id: &str, what: &str) -> MeterError {
+    MeterError::StoreCorrupt(format!("transaction '{id}': the views point at {what}"))
+}
+
+/// A transaction as the ledger knows it after every batch the views applied, with its
+/// journal entries when `with_entries`.
+pub fn transaction(
+    views: &Connection,
+    log: &Connection,
+    id: &str,
+    with_entries: bool,
+) -> StoreResult<Option<(TransactionRecord, Vec<JournalEntry>)>> {
+    type Row = (
+        i64,
+        i64,
+        Option<i64>,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let row: Option<Row> = views
+        .prepare_cached(
+            "SELECT opened_seq, opened_index, opened_item, opened_entry, closed_seq, \
+             closed_index, closed_entry FROM transactions WHERE id = ?1",
+        )?
+        .query_row(params![id], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((
+        opened_seq,
+        opened_index,
+        opened_item,
+        opened_entry,
+        closed_seq,
+        closed_index,
+        closed_entry,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let (header, opened) = decision(log, to_u64(opened_seq), to_u64(opened_index))?;
+    let mut entries = Vec::new();
+    let mut record = match (opened, opened_item) {
+        (Decision::Authorize(authorized), None) => {
+            let policy = policy_of(&header, authorized.policy)?;
+            if with_entries {
+                entries.extend(journal_entries(
+                    &authorized.posting.entries,
+                    to_u64(opened_entry),
+                    id,
+                    &authorized.tenant,
+                    &policy,
+                    header.at_ms,
+                ));
+            }
+            TransactionRecord {
+                id: authorized.id,
+                tenant: authorized.tenant,
+                state: if authorized.answer.admitted {
+                    TransactionState::Open
+                } else {
+                    TransactionState::Rejected
+                },
+                fingerprint: authorized.fingerprint,
+                policy,
+                created_at_ms: header.at_ms,
+                expires_at_ms: authorized.expires_at_ms,
+                operation: authorized.operation,
+                request: authorized.request.unwrap_or_default(),
+                held: if authorized.answer.admitted {
+                    authorized.answer.held.clone()
+                } else {
+                    Vec::new()
+                },
+                authorization: authorized.answer,
+                receipt: None,
+            }
+        }
+        (Decision::Import(mut imported), Some(item)) => {
+            let item = usize::try_from(item).unwrap_or(usize::MAX);
+            if item >= imported.transactions.len() {
+                return Err(damaged(id, "an imported row that is not there"));
+            }
+            let transaction = imported.transactions.swap_remove(item);
+            if with_entries {
+                entries.extend(imported_entries(views, id)?);
+            }
+            TransactionRecord {
+                id: transaction.id,
+                tenant: transaction.tenant,
+                state: transaction.state,
+                fingerprint: transaction.fingerprint,
+                policy: policy_of(&header, transaction.policy)?,
+                created_at_ms: transaction.created_at_ms,
+                expires_at_ms: transaction.expires_at_ms,
+                operation: transaction.operation,
+                request: transaction.request,
+                authorization: transaction.authorization,
+                receipt: transaction.receipt,
+                held: transaction.held,
+            }
+        }
+        _ => return Err(damaged(id, "a decision that does not open it")),
+    };
+    if let (Some(seq), Some(index)) = (closed_seq, closed_index) {
+        let (header, closed) = decision(log, to_u64(seq), to_u64(index))?;
+        let first = to_u64(closed_entry.unwrap_or_default());
+        match closed {
+            Decision::Settle(settled) => {
+                if with_entries {
+                    let policy = policy_of(&header, settled.policy)?;
+                    entries.extend(journal_entries(
+                        &settled.posting.entries,
+                        first,
+                        id,
+                        &record.tenant,
+                        &policy,
+                        header.at_ms,
+                    ));
+                }
+                record.state = TransactionState::Settled;
+                record.receipt = Some(settled.answer);
+            }
+            Decision::Expire(expired) => {
+                if with_entries {
+                    let policy = policy_of(&header, expired.policy)?;
+                    entries.extend(journal_entries(
+                        &expired.posting.entries,
+                        first,
+                        id,
+                        &record.tenant,
+                        &policy,
+                        header.at_ms,
+                    ));
+                }
+                record.state = TransactionState::Expired;
+            }
+            _ => return Err(damaged(id, "a decision that does not close it")),
+        }
+        record.held.clear();
+        record.request = RequestRecord::default();
+    }
+    Ok(Some((record, entries)))
+}
+
+/// The journal entries of a transaction imported from a ledger written before the log.
+fn imported_entries(views: &Connection, id: &str) -> StoreResult<Vec<JournalEntry>> {
+    let mut statement = views.prepare_cached(
+        "SELECT j.id, j.tenant, j.balance, j.kind, j.amount, p.digest, j.at_ms \
+         FROM imported_journal i JOIN journal j ON j.id = i.id JOIN policies p ON p.id = j.policy \
+         WHERE i.transaction_id = ?1 ORDER BY j.id",
+    )?;
+    let rows = statement.query_map(params![id], |row| {
+        Ok(JournalEntry {
+            id: row.get(0)?,
+            transaction_id: id.to_owned(),
+            tenant: row.get(1)?,
+            balance: row.get(2)?,
+            kind: kind_name(row.get(3)?),
+            amount: row.get(4)?,
+            policy_digest: row.get(5)?,
+            at_ms: to_u64(row.get(6)?),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// How the views store an entry's kind: its position in [`crate::ledger::EntryKind::ALL`].
+pub fn kind_code(kind: crate::ledger::EntryKind) -> i64 {
+    crate::ledger::EntryKind::ALL
+        .iter()
+        .position(|known| *known == kind)
+        .map_or(-1, |index| index as i64)
+}
+
+pub fn kind_name(code: i64) -> String {
+    usize::try_from(code)
+        .ok()
+        .and_then(|index| crate::ledger::EntryKind::ALL.get(index))
+        .map_or_else(
+            || format!("unknown-{code}"),
+            |kind| kind.as_str().to_owned(),
+        )
+}

@@ -1,0 +1,89 @@
+//! Start: the live state from the latest snapshot and the log after it.
+//!
+//! A snapshot is fuzzy (its tenants were copied between batches, at or after its
+//! `start_seq`); every record carries absolute account states and idempotent set
+//! operations, so replaying the log from `min(start_seq, applied) + 1` gives exactly the
+//! state after the last record. Records the views have not applied stay in memory
+//! (recent transactions, marks, grants, policies) until the view thread applies them.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{records, to_i64, to_u64, views};
+use crate::ledger::codec;
+use crate::ledger::record::Decision;
+use crate::ledger::state::{self, Coverage, LiveState, StateLimits};
+use crate::store::StoreResult;
+
+pub struct Recovered {
+    pub state: LiveState,
+    /// The last batch the views applied.
+    pub applied_seq: u64,
+}
+
+pub fn recover(
+    log: &Connection,
+    views: &Connection,
+    limits: StateLimits,
+) -> StoreResult<Recovered> {
+    let started = std::time::Instant::now();
+    let applied_seq = views::applied_seq(views)?;
+    let mut state = LiveState::new(Coverage::Whole, limits);
+    let start_seq: Option<i64> = views
+        .query_row(
+            "SELECT start_seq FROM snapshot_meta WHERE one = 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let snapshot_seq = match start_seq {
+        Some(start_seq) => {
+            let parts: Vec<Vec<u8>> = views
+                .prepare("SELECT bytes FROM snapshot ORDER BY part")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if let Some((tail, tenants)) = parts.split_last() {
+                for part in tenants {
+                    state.restore_tenants(state::decode_tenants(part)?)?;
+                }
+                state.restore_tail(state::decode_tail(tail)?);
+            }
+            to_u64(start_seq)
+        }
+        None => 0,
+    };
+    let from = snapshot_seq.min(applied_seq);
+    let mut replayed = 0u64;
+    let mut rows = log.prepare("SELECT record FROM log WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = rows.query(params![to_i64(from)])?;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        let batch = codec::decode(&bytes)?;
+        // A settle may close a transaction memory let go of (admitted without a hold,
+        // before the replay's start): the views have it.
+        for decision in &batch.decisions {
+            let id = match decision {
+                Decision::Settle(settled) => &settled.id,
+                Decision::Expire(expired) => &expired.id,
+                _ => continue,
+            };
+            if state.transaction(id).is_none()
+                && let Some((record, _)) = records::transaction(views, log, id, false)?
+            {
+                state.load_transaction(record, 0);
+            }
+        }
+        state.apply_batch(&batch)?;
+        replayed += batch.decisions.len() as u64;
+    }
+    state.evict_through(applied_seq);
+    tracing::info!(
+        snapshot_seq,
+        applied_seq,
+        last_seq = state.last_seq,
+        replayed,
+        tenants = state.tenant_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ledger recovered"
+    );
+    Ok(Recovered { state, applied_seq })
+}
