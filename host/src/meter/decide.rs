@@ -21,8 +21,8 @@ use crate::ledger::{
     self, AccountState, Accounts, Entry, EntryKind, post_authorize, post_expiry, post_settle,
 };
 use crate::model::{
-    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
-    SettleRequest, TenantBalances,
+    Amounts, Authorization, AuthorizeRequest, GrantRequest, PolicyRef, Receipt, SettleRequest,
+    TenantBalances,
 };
 use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
 use crate::store::ColdStore;
