@@ -583,7 +583,7 @@ impl LiveState {
         }
     }
 
-    /// Closes an open transaction (settle or expiry).
+    /// Closes an open transaction (settle or expiry), in place.
     fn close(
         &mut self,
         id: &str,
@@ -591,16 +591,20 @@ impl LiveState {
         state: TransactionState,
         receipt: Option<ReceiptRecord>,
     ) -> Result<(), MeterError> {
-        let mut record = self
+        let (last, record) = self
             .transactions
-            .get(id)
-            .map(|(_, record)| record.clone())
+            .get_mut(id)
             .ok_or_else(|| corrupt(format!("transaction '{id}' closes but is not loaded")))?;
+        if record.holds_credits() {
+            self.open_holds -= 1;
+            self.open_hold_bytes = self.open_hold_bytes.saturating_sub(record.heap_bytes());
+        }
         record.state = state;
         record.receipt = receipt;
-        record.held.clear();
+        record.held = AmountList::new();
         record.request = RequestRecord::default();
-        self.insert_transaction(record, seq);
+        *last = seq;
+        self.recent.push_back((seq, id.into()));
         Ok(())
     }
 

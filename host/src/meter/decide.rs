@@ -21,8 +21,8 @@ use crate::ledger::{
     self, AccountState, Accounts, Entry, EntryKind, post_authorize, post_expiry, post_settle,
 };
 use crate::model::{
-    Amounts, Authorization, AuthorizeRequest, GrantRequest, PolicyRef, Receipt, SettleRequest,
-    TenantBalances,
+    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
+    SettleRequest, TenantBalances,
 };
 use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
 use crate::store::ColdStore;
@@ -179,20 +179,28 @@ fn to_policy_amounts(amounts: &[(String, i64)]) -> Vec<sdk::BalanceAmount> {
 }
 
 impl Decider<'_> {
-    /// A transaction by id: in memory, or (unless the filter rules it out) in the store;
-    /// one read from the store is kept in memory for the decision that follows.
-    fn transaction(&mut self, id: &str) -> Result<Option<TransactionRecord>, MeterError> {
-        if let Some(record) = self.state.transaction(id) {
-            return Ok(Some(record.clone()));
+    /// Whether the ledger knows a transaction id; one it knows is in memory after
+    /// (read from the store, unless the filter rules the id out, when not there yet).
+    fn load_transaction(&mut self, id: &str) -> Result<bool, MeterError> {
+        if self.state.transaction(id).is_some() {
+            return Ok(true);
         }
         if !self.state.may_know_transaction(id) {
-            return Ok(None);
+            return Ok(false);
         }
-        let found = self.store.transaction(id)?;
-        if let Some(record) = &found {
-            self.state.load_transaction(record.clone(), 0);
+        match self.store.transaction(id)? {
+            Some(record) => {
+                self.state.load_transaction(record, 0);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(found)
+    }
+
+    fn loaded(&self, id: &str) -> Result<&TransactionRecord, MeterError> {
+        self.state.transaction(id).ok_or_else(|| {
+            MeterError::StoreUnavailable(format!("transaction '{id}' left memory mid-decision"))
+        })
     }
 
     /// The tenant's accounts, loading them when the state holds part of the ledger.
@@ -252,13 +260,16 @@ impl Decider<'_> {
             request,
             fingerprint,
         } = checked;
-        if let Some(existing) = self.transaction(id)? {
-            return if existing.fingerprint == *fingerprint {
-                let policy = self.policy_ref_of(&PolicyDigest::from_bytes(existing.policy))?;
-                Ok(existing.authorization.answer(id, policy))
-            } else {
-                Err(MeterError::TransactionConflict(id.clone()))
+        if self.load_transaction(id)? {
+            let (same, policy) = {
+                let existing = self.loaded(id)?;
+                (existing.fingerprint == *fingerprint, existing.policy)
             };
+            if !same {
+                return Err(MeterError::TransactionConflict(id.clone()));
+            }
+            let policy = self.policy_ref_of(&PolicyDigest::from_bytes(policy))?;
+            return Ok(self.loaded(id)?.authorization.answer(id, policy));
         }
         let active = self.registry.active();
         let info = self.policy(&active)?;
@@ -276,23 +287,28 @@ impl Decider<'_> {
             .registry
             .authorize(&active, &policy_request, &balances)?;
 
-        let rejected = |status: u16, code: &str, message: &str| AuthorizationRecord {
+        let policy_ref = policy_ref(&info);
+        let rejected = |status: u16, code: &str, message: &str| Authorization {
+            transaction_id: id.clone(),
             admitted: false,
             status: Some(status),
-            error: Some((code.to_owned(), message.to_owned())),
-            meta_json: "{}".to_owned(),
-            balances: crate::ledger::record::amount_list(&available_amounts(
-                &accounts,
-                &info.balances,
-            )),
-            ..AuthorizationRecord::default()
+            error: Some(ErrorBody {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            }),
+            admitted_items: 0,
+            held: Amounts::new(),
+            charged: Amounts::new(),
+            headers: Default::default(),
+            meta: serde_json::Value::Object(serde_json::Map::new()),
+            balances: available_amounts(&accounts, &info.balances),
+            policy: policy_ref.clone(),
         };
-        let unchanged = PostingRecord {
+        let unchanged = || PostingRecord {
             entries: Vec::new(),
             accounts: accounts_after(&accounts),
         };
-        let policy = self.builder.policy(&active);
-        let (answer, request_record, expires_at_ms, posting, marks) = match decision {
+        let (authorization, request_record, expires_at_ms, posting, marks) = match decision {
             AuthorizeDecision::Reject {
                 status,
                 code,
@@ -301,7 +317,7 @@ impl Decider<'_> {
                 rejected(status, &code, &message),
                 None,
                 None,
-                unchanged,
+                unchanged(),
                 Vec::new(),
             ),
             AuthorizeDecision::Admit {
@@ -323,34 +339,33 @@ impl Decider<'_> {
                         rejected(402, "insufficient_credits", &message),
                         None,
                         None,
-                        unchanged,
+                        unchanged(),
                         Vec::new(),
                     )
                 }
                 Ok(posting) => {
-                    let answer = AuthorizationRecord {
+                    let expires_at_ms = (!hold.is_empty())
+                        .then(|| self.builder.batch.at_ms.saturating_add(info.hold_ttl_ms));
+                    let authorization = Authorization {
+                        transaction_id: id.clone(),
                         admitted: true,
                         status,
                         error: None,
                         admitted_items,
-                        held: crate::ledger::record::amount_list(&hold),
-                        charged: crate::ledger::record::amount_list(&charge),
-                        headers: pairs(&headers),
-                        meta_json: meta.to_string(),
-                        balances: crate::ledger::record::amount_list(&available_amounts(
-                            &posting.accounts,
-                            &info.balances,
-                        )),
+                        held: hold,
+                        charged: charge,
+                        headers,
+                        meta,
+                        balances: available_amounts(&posting.accounts, &info.balances),
+                        policy: policy_ref.clone(),
                     };
                     let request_record = RequestRecord {
                         items: request.items.clone(),
                         attributes: pairs(&request.attributes),
                         body: request.body.clone(),
                     };
-                    let expires_at_ms = (!hold.is_empty())
-                        .then(|| self.builder.batch.at_ms.saturating_add(info.hold_ttl_ms));
                     (
-                        answer,
+                        authorization,
                         Some(request_record),
                         expires_at_ms,
                         PostingRecord {
@@ -362,6 +377,7 @@ impl Decider<'_> {
                 }
             },
         };
+        let answer = AuthorizationRecord::of(&authorization);
         if expires_at_ms.is_some() {
             let bytes = id.len()
                 + request_record.as_ref().map_or(0, |record| {
@@ -380,7 +396,7 @@ impl Decider<'_> {
                 return Err(MeterError::Overloaded);
             }
         }
-        let authorization = answer.answer(id, policy_ref(&info));
+        let policy = self.builder.policy(&active);
         self.builder.record(
             self.state,
             Decision::Authorize(Authorized {
@@ -401,44 +417,52 @@ impl Decider<'_> {
 
     pub fn settle(&mut self, request: &SettleRequest) -> Result<Receipt, MeterError> {
         let id = &request.transaction_id;
-        let record = self
-            .transaction(id)?
-            .ok_or_else(|| MeterError::UnknownTransaction(id.clone()))?;
-        let digest = PolicyDigest::from_bytes(record.policy);
-        match record.state {
+        if !self.load_transaction(id)? {
+            return Err(MeterError::UnknownTransaction(id.clone()));
+        }
+        let (state, digest, expires_at_ms, tenant) = {
+            let record = self.loaded(id)?;
+            (
+                record.state,
+                PolicyDigest::from_bytes(record.policy),
+                record.expires_at_ms,
+                record.tenant.clone(),
+            )
+        };
+        match state {
             TransactionState::Settled => {
-                let receipt = record.receipt.as_ref().ok_or_else(|| {
+                let policy = self.policy_ref_of(&digest)?;
+                let receipt = self.loaded(id)?.receipt.as_ref().ok_or_else(|| {
                     MeterError::StoreCorrupt(format!("settled transaction '{id}' has no receipt"))
                 })?;
-                let policy = self.policy_ref_of(&digest)?;
                 return Ok(receipt.answer(id, policy));
             }
             TransactionState::Rejected => return Err(MeterError::TransactionRejected(id.clone())),
             TransactionState::Expired => return Err(MeterError::HoldExpired(id.clone())),
             TransactionState::Open => {}
         }
-        if record
-            .expires_at_ms
-            .is_some_and(|expiry| expiry <= self.builder.batch.at_ms)
-        {
+        if expires_at_ms.is_some_and(|expiry| expiry <= self.builder.batch.at_ms) {
             return Err(MeterError::HoldExpired(id.clone()));
         }
         let info = self.policy(&digest)?;
-        let accounts = self.accounts(&record.tenant, &info.balances)?;
-        let authorization = &record.authorization;
+        let accounts = self.accounts(&tenant, &info.balances)?;
+        let record = self.state.transaction(id).ok_or_else(|| {
+            MeterError::StoreUnavailable(format!("transaction '{id}' left memory mid-decision"))
+        })?;
         let admitted = sdk::Admitted {
             request: sdk::Request {
                 transaction_id: id.clone(),
-                tenant: record.tenant.clone(),
+                tenant: tenant.clone(),
                 operation: record.operation.clone(),
                 items: record.request.items.clone(),
                 attributes: record.request.attributes.clone(),
                 body: record.request.body.clone(),
             },
-            admitted_items: authorization.admitted_items,
+            admitted_items: record.authorization.admitted_items,
             held: to_policy_amounts(&record.held),
-            charged: to_policy_amounts(&authorization.charged),
+            charged: to_policy_amounts(&record.authorization.charged),
         };
+        let held = crate::ledger::record::amounts(&record.held);
         let outcome = sdk::Outcome {
             status: request.status,
             attributes: pairs(&request.attributes),
@@ -451,34 +475,30 @@ impl Decider<'_> {
             meta,
         } = self.registry.settle(
             &digest,
-            &record.operation,
             &admitted,
             &outcome,
             &available(&accounts, &info.balances),
         )?;
-        let held = crate::ledger::record::amounts(&record.held);
         let posting = post_settle(&accounts, &held, &charge);
-        let answer = ReceiptRecord {
-            charged: crate::ledger::record::amount_list(&posting.charged),
-            released: crate::ledger::record::amount_list(&posting.released),
-            uncollected: crate::ledger::record::amount_list(&posting.uncollected),
-            headers: pairs(&headers),
-            meta_json: meta.to_string(),
-            balances: crate::ledger::record::amount_list(&available_amounts(
-                &posting.accounts,
-                &info.balances,
-            )),
+        let receipt = Receipt {
+            transaction_id: id.clone(),
+            balances: available_amounts(&posting.accounts, &info.balances),
+            charged: posting.charged,
+            released: posting.released,
+            uncollected: posting.uncollected,
+            headers,
+            meta,
+            policy: policy_ref(&info),
         };
-        let receipt = answer.answer(id, policy_ref(&info));
         let policy = self.builder.policy(&digest);
         self.builder.record(
             self.state,
             Decision::Settle(Settled {
                 id: id.clone(),
-                tenant: record.tenant.clone(),
+                tenant,
                 policy,
                 status: request.status,
-                answer,
+                answer: ReceiptRecord::of(&receipt),
                 posting: PostingRecord {
                     entries: entry_records(&posting.entries),
                     accounts: accounts_after(&posting.accounts),

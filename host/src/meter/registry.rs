@@ -139,7 +139,6 @@ impl Registry {
     pub fn settle(
         &mut self,
         digest: &PolicyDigest,
-        operation: &str,
         admitted: &sdk::Admitted,
         outcome: &sdk::Outcome,
         balances: &[sdk::BalanceAmount],
@@ -150,7 +149,7 @@ impl Registry {
             shadow.observe_settle(
                 &admitted.request.transaction_id,
                 &admitted.request.tenant,
-                operation,
+                &admitted.request.operation,
                 &decision,
                 candidate,
             );

@@ -138,10 +138,10 @@ impl Sequencer {
         let durability = store.durability()?;
         let sync_health = Arc::clone(&health);
         let sync_thread = std::thread::Builder::new()
-            .name("creditgate-sync".to_owned())
+            .name("creditgate-log".to_owned())
             .spawn(move || sync_and_answer(durability, committed, &sync_health))
             .map_err(|error| {
-                MeterError::StoreUnavailable(format!("cannot start the sync thread: {error}"))
+                MeterError::StoreUnavailable(format!("cannot start the log thread: {error}"))
             })?;
         Ok(Self {
             store,
@@ -548,9 +548,10 @@ fn claims(batch: &[Command]) -> BatchClaims {
     claims
 }
 
-/// The sync thread: takes every batch committed so far, syncs once for all of them,
-/// hands them on (the views) and then answers them. A failed sync fails them and every
-/// batch after: the meter stops.
+/// The log thread: takes every batch committed so far, makes them durable at once
+/// (SQLite: appends them to the log and syncs it once), hands them on (the views) and
+/// then answers them. A failed write or sync fails them and every batch after: the
+/// meter stops.
 fn sync_and_answer(
     mut durability: Box<dyn Durability>,
     committed: Receiver<Committed>,
@@ -559,21 +560,23 @@ fn sync_and_answer(
     while let Ok(first) = committed.recv() {
         let mut group = vec![first];
         group.extend(committed.try_iter());
-        let synced = match health.error() {
+        let batches: Vec<Arc<Batch>> = group
+            .iter()
+            .filter_map(|committed| committed.batch.clone())
+            .collect();
+        let persisted = match health.error() {
             Some(error) => Err(error),
-            None => durability.sync(),
+            None => durability.persist(&batches),
         };
-        if let Err(error) = &synced {
+        if let Err(error) = &persisted {
             health.fail(format!(
-                "the ledger's log could not be synced to disk: {error}"
+                "the ledger's log could not be written to disk: {error}"
             ));
         }
-        let failure = synced.err();
+        let failure = persisted.err();
         if failure.is_none() {
-            for committed in &group {
-                if let Some(batch) = &committed.batch {
-                    durability.durable(Arc::clone(batch));
-                }
+            for batch in batches {
+                durability.durable(batch);
             }
         }
         for committed in group {

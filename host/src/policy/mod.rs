@@ -53,10 +53,14 @@ impl PolicyDigest {
 
 impl fmt::Display for PolicyDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 64];
+        for (index, byte) in self.0.iter().enumerate() {
+            text[2 * index] = HEX[usize::from(byte >> 4)];
+            text[2 * index + 1] = HEX[usize::from(byte & 0x0f)];
         }
-        Ok(())
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -135,8 +135,10 @@ pub trait ColdStore {
 /// Makes committed batches durable, from a thread of its own (group commit across
 /// batches), and hands them on once they are.
 pub trait Durability: Send {
-    /// When it returns, every batch committed before the call is on disk.
-    fn sync(&mut self) -> StoreResult<()>;
+    /// Makes every batch committed so far durable, `batches` among them (in order):
+    /// the embedded store appends them to its log and syncs it once; a store whose
+    /// commit is durable (PostgreSQL) has nothing left to do.
+    fn persist(&mut self, batches: &[std::sync::Arc<Batch>]) -> StoreResult<()>;
     /// A batch that is now durable, in order: the views follow it (SQLite).
     fn durable(&mut self, _batch: std::sync::Arc<Batch>) {}
 }
@@ -148,13 +150,13 @@ pub trait Store: ColdStore {
     /// store's state is whole already; a store shared with other processes locks what
     /// the batch claims and reads it into a fresh state.
     fn load(&self, claims: &BatchClaims, state: &mut LiveState, now_ms: u64) -> StoreResult<()>;
-    /// Persists a batch; `state` is the live state after it (a store of tables writes
-    /// the rows it touched from there). It is acknowledged once [`Durability::sync`]
-    /// returned after this.
+    /// Ends a batch: a store of tables applies its record (with the rows it touched as
+    /// `state` has them after it) and commits; the embedded store leaves the record to
+    /// its log thread ([`Durability::persist`]). Answers go out once that returned.
     fn commit(&self, batch: &Batch, state: &LiveState) -> StoreResult<()>;
     /// Gives up the batch in progress, if any.
     fn abort(&self);
-    /// The handle the sync thread makes commits durable with.
+    /// The handle the log thread makes batches durable with.
     fn durability(&self) -> StoreResult<Box<dyn Durability>>;
     /// The last batch the views applied: what memory may forget (none: the state holds
     /// one batch only, nothing to forget).

@@ -1,6 +1,7 @@
 //! The log: one row per batch, `log(seq INTEGER PRIMARY KEY, record BLOB)`, appended
-//! by the sequencer at the right edge of one B-tree. The store the sequencer drives:
-//! it commits batches there and answers cold reads from the views and the log.
+//! at the right edge of one B-tree by the log thread ([`super::durability`]). This is
+//! the store the sequencer drives: it answers cold reads from the views and the log,
+//! and hands batches and snapshot parts on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,13 +11,12 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::checkpoint::Checkpointer;
-use super::durability::WalSync;
+use super::durability::LogWriter;
 use super::lock::LedgerLock;
 use super::reader::SqliteReader;
 use super::views::{Progress, ViewJob, ViewThread};
-use super::{SqliteOptions, open_reading, records, to_i64, to_u64, views_path};
+use super::{SqliteOptions, open_reading, records, to_u64, views_path};
 use crate::error::MeterError;
-use crate::ledger::codec;
 use crate::ledger::record::Batch;
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::policy::{PolicyDigest, PolicyInfo};
@@ -24,14 +24,10 @@ use crate::store::{
     BatchClaims, ColdStore, Durability, SnapshotPart, Store, StoreResult, StoredPolicy,
 };
 
-/// The writer's page cache, in KiB: it appends, so it needs little.
-const WRITER_CACHE_KIB: i64 = 4 * 1024;
-/// Pages (4 KiB) the write-ahead log may grow to before the writer checkpoints it itself.
-const WAL_PAGES_MAX: i64 = 16_384;
-
 /// The sequencer's side of a SQLite ledger. Not `Sync`: it lives on the sequencer thread.
 pub struct SqliteStore {
     path: PathBuf,
+    /// Cold reads of the log, on the sequencer thread.
     log: Connection,
     /// Cold reads of the views, on the sequencer thread.
     views: Connection,
@@ -53,11 +49,7 @@ impl SqliteStore {
         (applied_seq, last_seq): (u64, u64),
         options: SqliteOptions,
     ) -> StoreResult<(Self, SqliteReader)> {
-        // The writer commits without fsync; the sync thread syncs the log after, before
-        // any answer of the batch goes out.
-        log.pragma_update(None, "synchronous", "NORMAL")?;
-        log.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-        log.pragma_update(None, "wal_autocheckpoint", WAL_PAGES_MAX)?;
+        log.pragma_update(None, "query_only", true)?;
         // Records recovery read may have reached only the page cache (a process killed,
         // not the machine): make them durable before deciding anything on them.
         super::durability::sync_wal(&super::durability::open_wal(path)?)?;
@@ -197,21 +189,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn commit(&self, batch: &Batch, _state: &LiveState) -> StoreResult<()> {
-        if batch.decisions.is_empty() {
-            return Ok(());
-        }
-        let record = codec::encode(batch);
-        self.log
-            .prepare_cached("INSERT INTO log (seq, record) VALUES (?1, ?2)")?
-            .execute(params![to_i64(batch.seq), record])?;
+    /// The log thread appends the batch ([`LogWriter`]).
+    fn commit(&self, _batch: &Batch, _state: &LiveState) -> StoreResult<()> {
         Ok(())
     }
 
     fn abort(&self) {}
 
     fn durability(&self) -> StoreResult<Box<dyn Durability>> {
-        Ok(Box::new(WalSync::open(
+        Ok(Box::new(LogWriter::open(
             &self.path,
             self.jobs.clone(),
             Arc::clone(&self.progress),

@@ -43,7 +43,7 @@ impl Default for ViewLimits {
             window_decisions_min: 4_096,
             window_ms_max: 50,
             window_decisions_max: 65_536,
-            lag_decisions_max: 1_000_000,
+            lag_decisions_max: 131_072,
         }
     }
 }
