@@ -12,6 +12,7 @@ pub mod legacy;
 mod posting;
 pub mod record;
 pub mod state;
+pub mod tenants;
 
 pub use posting::{AuthorizePosting, SettlePosting, post_authorize, post_expiry, post_settle};
 

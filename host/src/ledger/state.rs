@@ -15,19 +15,16 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use growable_bloom_filter::GrowableBloom;
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 use super::record::{
     AmountList, AuthorizationRecord, Batch, Decision, Digest, ReceiptRecord, RequestRecord,
     TransactionState,
 };
+use super::tenants::Tenants;
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
 
-/// Distinct balance names a ledger can hold accounts on (policies list at most 16 each).
-pub const BALANCE_NAMES_MAX: usize = u16::MAX as usize;
 /// The false-positive rate of the id and mark filters: the share of never-seen ids or
 /// marks that still cost one indexed read.
 pub const FILTER_FALSE_POSITIVE_RATE: f64 = 0.01;
@@ -196,16 +193,11 @@ impl RecentMarks {
     }
 }
 
-type TenantAccounts = SmallVec<[(u16, AccountState); 2]>;
-
 /// The live state of a ledger.
 pub struct LiveState {
     limits: StateLimits,
-    balance_names: Vec<Box<str>>,
-    balance_index: HashMap<Box<str>, u16>,
-    /// Every tenant's accounts, in the order tenants first appeared (never removed: a
-    /// snapshot copies them in index slices).
-    tenants: IndexMap<Box<str>, TenantAccounts>,
+    /// Every tenant's accounts, in the order tenants first appeared.
+    tenants: Tenants,
     /// Open transactions holding credits, and every transaction decided in a batch the
     /// views have not applied yet, with the seq of the batch that last changed it.
     transactions: HashMap<Box<str>, (u64, TransactionRecord)>,
@@ -245,9 +237,7 @@ impl LiveState {
         let whole = coverage == Coverage::Whole;
         Self {
             limits,
-            balance_names: Vec::new(),
-            balance_index: HashMap::new(),
-            tenants: IndexMap::new(),
+            tenants: Tenants::default(),
             transactions: HashMap::new(),
             recent: VecDeque::new(),
             expiry: BinaryHeap::new(),
@@ -300,26 +290,9 @@ impl LiveState {
         Rc::clone(&self.marks)
     }
 
-    fn balance_id(&mut self, name: &str) -> Result<u16, MeterError> {
-        if let Some(index) = self.balance_index.get(name) {
-            return Ok(*index);
-        }
-        let index = u16::try_from(self.balance_names.len())
-            .ok()
-            .filter(|index| usize::from(*index) < BALANCE_NAMES_MAX)
-            .ok_or_else(|| {
-                MeterError::StoreUnavailable(format!(
-                    "the ledger already has {BALANCE_NAMES_MAX} balance names"
-                ))
-            })?;
-        self.balance_names.push(name.into());
-        self.balance_index.insert(name.into(), index);
-        Ok(index)
-    }
-
     /// Whether the tenant's accounts are here (on a whole state: whether it ever had one).
     pub fn has_tenant(&self, tenant: &str) -> bool {
-        self.tenants.contains_key(tenant)
+        self.tenants.contains(tenant)
     }
 
     /// The tenant's accounts for `balances` (zero where none exists yet).
@@ -328,10 +301,11 @@ impl LiveState {
             .iter()
             .map(|balance| (balance.clone(), AccountState::default()))
             .collect();
-        if let Some(rows) = self.tenants.get(tenant) {
-            for (index, state) in rows {
-                if let Some(name) = self.balance_names.get(usize::from(*index)) {
-                    accounts.insert(name.to_string(), *state);
+        for (balance, state) in self.tenants.accounts(tenant) {
+            match accounts.get_mut(balance) {
+                Some(known) => *known = state,
+                None => {
+                    accounts.insert(balance.to_owned(), state);
                 }
             }
         }
@@ -349,28 +323,12 @@ impl LiveState {
         tenant: &str,
         states: impl IntoIterator<Item = (&'a String, &'a AccountState)>,
     ) -> Result<(), MeterError> {
-        let mut updates: SmallVec<[(u16, AccountState); 4]> = SmallVec::new();
-        for (balance, state) in states {
-            updates.push((self.balance_id(balance)?, *state));
-        }
-        let rows = match self.tenants.get_mut(tenant) {
-            Some(rows) => rows,
-            None => self.tenants.entry(tenant.into()).or_default(),
-        };
-        for (index, state) in updates {
-            match rows.iter_mut().find(|(known, _)| *known == index) {
-                Some((_, known)) => *known = state,
-                None => rows.push((index, state)),
-            }
-        }
-        Ok(())
+        self.tenants.set(tenant, states)
     }
 
     /// Marks a tenant as loaded with no accounts (PostgreSQL: it has none yet).
-    pub fn touch_tenant(&mut self, tenant: &str) {
-        if !self.tenants.contains_key(tenant) {
-            self.tenants.insert(tenant.into(), TenantAccounts::new());
-        }
+    pub fn touch_tenant(&mut self, tenant: &str) -> Result<(), MeterError> {
+        self.tenants.touch(tenant)
     }
 
     pub fn tenant_count(&self) -> usize {
@@ -378,25 +336,8 @@ impl LiveState {
     }
 
     /// Tenants `start..end` in the order they appeared, with their accounts.
-    pub fn tenant_slice(
-        &self,
-        start: usize,
-        end: usize,
-    ) -> Vec<(String, Vec<(String, AccountState)>)> {
-        let end = end.min(self.tenants.len());
-        (start.min(end)..end)
-            .filter_map(|index| self.tenants.get_index(index))
-            .map(|(name, rows)| {
-                let accounts = rows
-                    .iter()
-                    .filter_map(|(index, state)| {
-                        let balance = self.balance_names.get(usize::from(*index))?;
-                        Some((balance.to_string(), *state))
-                    })
-                    .collect();
-                (name.to_string(), accounts)
-            })
-            .collect()
+    pub fn tenant_slice(&self, start: usize, end: usize) -> TenantSlice {
+        self.tenants.slice(start, end)
     }
 
     /// Every account of every tenant (the audit).

@@ -669,3 +669,405 @@ impl Decider<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decisions on a live state alone: no thread, no store (a whole state asks the
+    //! store only for what it lacks, and here it lacks nothing).
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::ledger::codec;
+    use crate::ledger::state::{Coverage, GrantRecord, StateLimits};
+    use crate::meter::marks::LedgerMarks;
+    use crate::policy::native::NativeRuntime;
+    use crate::policy::{MarkLookup, component};
+    use crate::store::{BatchClaims, Durability, Store, StoreResult, StoredPolicy};
+
+    /// A store that holds nothing: what a whole state lacks does not exist.
+    struct Nothing;
+
+    impl ColdStore for Nothing {
+        fn transaction(&self, _id: &str) -> StoreResult<Option<TransactionRecord>> {
+            Ok(None)
+        }
+        fn grant(&self, _grant_id: &str) -> StoreResult<Option<GrantRecord>> {
+            Ok(None)
+        }
+        fn marked(&self, _tenant: &str, _scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>> {
+            Ok(vec![false; keys.len()])
+        }
+        fn policy(&self, _digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
+            Ok(None)
+        }
+        fn latest_activation(&self) -> StoreResult<Option<PolicyDigest>> {
+            Ok(None)
+        }
+        fn load_tenant(&self, _tenant: &str, _state: &mut LiveState) -> StoreResult<()> {
+            Ok(())
+        }
+    }
+
+    impl Store for Nothing {
+        fn load(&self, _: &BatchClaims, _: &mut LiveState, _: u64) -> StoreResult<()> {
+            Ok(())
+        }
+        fn commit(&self, _: &Batch, _: &LiveState) -> StoreResult<()> {
+            Ok(())
+        }
+        fn abort(&self) {}
+        fn durability(&self) -> StoreResult<Box<dyn Durability>> {
+            Err(MeterError::StoreUnavailable("no disk here".to_owned()))
+        }
+    }
+
+    /// A meter's parts without its threads: a whole live state and a registry.
+    struct Desk {
+        state: LiveState,
+        registry: Registry,
+        store: Rc<dyn Store>,
+        batches: Vec<Batch>,
+        now_ms: u64,
+    }
+
+    impl Desk {
+        fn new(policy: &str) -> Self {
+            let state = LiveState::new(Coverage::Whole, StateLimits::default());
+            let store: Rc<dyn Store> = Rc::new(Nothing);
+            let marks: Rc<dyn MarkLookup> = Rc::new(LedgerMarks {
+                recent: state.marks(),
+                store: Rc::clone(&store),
+            });
+            let runtime: Box<dyn crate::policy::PolicyRuntime> = match policy {
+                "smarte" => Box::new(
+                    NativeRuntime::<smarte::Smarte>::new("smarte", Rc::clone(&marks)).unwrap(),
+                ),
+                _ => Box::new(
+                    NativeRuntime::<donoratlas::DonorAtlas>::new("donoratlas", Rc::clone(&marks))
+                        .unwrap(),
+                ),
+            };
+            let registry = Registry::new(
+                component::engine().unwrap(),
+                Default::default(),
+                None,
+                marks,
+                runtime,
+            );
+            Self {
+                state,
+                registry,
+                store,
+                batches: Vec::new(),
+                now_ms: 1_700_000_000_000,
+            }
+        }
+
+        /// Runs `decide` as one batch and keeps the batch.
+        fn batch<T>(&mut self, decide: impl FnOnce(&mut Decider<'_>) -> T) -> T {
+            let mut builder = BatchBuilder::new(
+                self.state.last_seq + 1,
+                self.now_ms,
+                self.state.next_entry_id,
+            );
+            let answer = decide(&mut Decider {
+                state: &mut self.state,
+                store: self.store.as_ref(),
+                registry: &mut self.registry,
+                builder: &mut builder,
+            });
+            if !builder.is_empty() {
+                self.batches.push(builder.batch);
+            }
+            answer
+        }
+
+        fn authorize(
+            &mut self,
+            id: &str,
+            tenant: &str,
+            operation: &str,
+            items: &[&str],
+        ) -> Result<Authorization, MeterError> {
+            let request = AuthorizeRequest {
+                transaction_id: Some(id.to_owned()),
+                tenant: tenant.to_owned(),
+                operation: operation.to_owned(),
+                items: items.iter().map(|item| (*item).to_owned()).collect(),
+                ..AuthorizeRequest::default()
+            };
+            let checked = CheckedAuthorize {
+                id: id.to_owned(),
+                fingerprint: crate::meter::validate::fingerprint(&request),
+                request,
+            };
+            self.batch(|decider| decider.authorize(&checked))
+        }
+
+        fn settle(&mut self, id: &str, status: u16, records: &str) -> Result<Receipt, MeterError> {
+            let request = SettleRequest {
+                transaction_id: id.to_owned(),
+                status,
+                attributes: [("records".to_owned(), records.to_owned())].into(),
+                body: None,
+            };
+            self.batch(|decider| decider.settle(&request))
+        }
+
+        fn grant(
+            &mut self,
+            id: &str,
+            tenant: &str,
+            balance: &str,
+            amount: i64,
+        ) -> Result<TenantBalances, MeterError> {
+            let grant = GrantRequest {
+                grant_id: id.to_owned(),
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                amount,
+            };
+            self.batch(|decider| decider.grant(&grant))
+        }
+
+        fn available(&self, tenant: &str, balance: &str) -> i64 {
+            self.state.accounts(tenant, &[balance.to_owned()])[balance].available
+        }
+    }
+
+    #[test]
+    fn an_authorize_holds_and_its_settle_captures_and_releases_on_the_live_state() {
+        let mut desk = Desk::new("smarte");
+        desk.grant("g", "acme", "default", 5).unwrap();
+        let admitted = desk
+            .authorize("t1", "acme", "person.enrich", &["a", "b"])
+            .unwrap();
+        assert!(admitted.admitted);
+        assert_eq!(admitted.held["default"], 2);
+        assert_eq!(desk.available("acme", "default"), 3);
+        let receipt = desk.settle("t1", 200, "1").unwrap();
+        assert_eq!(
+            (receipt.charged["default"], receipt.released["default"]),
+            (1, 1)
+        );
+        assert_eq!(desk.available("acme", "default"), 4);
+        // One batch each, with exactly the decisions made.
+        assert_eq!(desk.batches.len(), 3);
+        assert!(matches!(
+            desk.batches[1].decisions[..],
+            [Decision::Authorize(_)]
+        ));
+    }
+
+    #[test]
+    fn a_refused_request_records_a_refusal_and_moves_nothing() {
+        let mut desk = Desk::new("smarte");
+        desk.grant("g", "acme", "default", 1).unwrap();
+        let refused = desk
+            .authorize("t1", "acme", "person.enrich", &["a", "b"])
+            .unwrap();
+        assert_eq!((refused.admitted, refused.status), (false, Some(402)));
+        assert_eq!(desk.available("acme", "default"), 1);
+        assert_eq!(
+            desk.settle("t1", 200, "1").unwrap_err().code(),
+            "transaction_rejected"
+        );
+        // A request that fails outright writes nothing at all.
+        let before = desk.batches.len();
+        assert_eq!(
+            desk.settle("never", 200, "1").unwrap_err().code(),
+            "unknown_transaction"
+        );
+        assert_eq!(desk.batches.len(), before);
+    }
+
+    #[test]
+    fn a_lapsed_hold_is_released_by_the_expiry_decision() {
+        let mut desk = Desk::new("smarte");
+        desk.grant("g", "acme", "default", 3).unwrap();
+        desk.authorize("t1", "acme", "person.enrich", &["a", "b"])
+            .unwrap();
+        desk.now_ms += smarte::HOLD_TTL_MS;
+        let released = desk.batch(|decider| decider.expire_due(10)).unwrap();
+        assert_eq!(released, 1);
+        assert_eq!(desk.available("acme", "default"), 3);
+        assert_eq!(
+            desk.settle("t1", 200, "1").unwrap_err().code(),
+            "hold_expired"
+        );
+    }
+
+    /// xorshift64*: reproducible sequences without a dependency.
+    struct Random(u64);
+
+    impl Random {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
+        }
+    }
+
+    /// Runs a random mix of decisions, as the sequencer would, for `policy`.
+    fn random_history(desk: &mut Desk, seed: u64, steps: usize) {
+        let mut random = Random(seed | 1);
+        let donoratlas = desk.registry.active_info().unwrap().name == "donoratlas";
+        let mut open: Vec<String> = Vec::new();
+        for step in 0..steps {
+            let tenant = format!("tenant-{}", random.below(5));
+            match random.below(10) {
+                0 => {
+                    let balance = if donoratlas {
+                        ["enhancement", "export"][random.below(2) as usize]
+                    } else {
+                        "default"
+                    };
+                    let _ = desk.grant(
+                        &format!("g{step}"),
+                        &tenant,
+                        balance,
+                        1 + random.below(4) as i64,
+                    );
+                }
+                1..=5 => {
+                    let id = format!("t{step}");
+                    let (operation, items): (&str, Vec<String>) = if donoratlas {
+                        match random.below(3) {
+                            0 => (
+                                "enhance",
+                                (0..1 + random.below(4))
+                                    .map(|item| format!("p{item}"))
+                                    .collect(),
+                            ),
+                            1 => (
+                                "export",
+                                (0..1 + random.below(3))
+                                    .map(|_| format!("d{}", random.below(6)))
+                                    .collect(),
+                            ),
+                            _ => ("search", Vec::new()),
+                        }
+                    } else {
+                        (
+                            "person.enrich",
+                            (0..1 + random.below(3))
+                                .map(|item| format!("r{item}"))
+                                .collect(),
+                        )
+                    };
+                    let items: Vec<&str> = items.iter().map(String::as_str).collect();
+                    if desk
+                        .authorize(&id, &tenant, operation, &items)
+                        .is_ok_and(|answer| answer.admitted)
+                    {
+                        open.push(id);
+                    }
+                }
+                6..=8 if !open.is_empty() => {
+                    let id = open.swap_remove(random.below(open.len() as u64) as usize);
+                    let status = [200, 200, 404, 429][random.below(4) as usize];
+                    let _ = desk.settle(&id, status, &random.below(4).to_string());
+                }
+                _ => {
+                    desk.now_ms += random.below(smarte::HOLD_TTL_MS / 2);
+                    let _ = desk.batch(|decider| decider.expire_due(1_000));
+                }
+            }
+        }
+    }
+
+    /// Everything replay must reproduce: accounts, counters, open holds.
+    type Observable = (
+        Vec<((String, String), crate::ledger::AccountState)>,
+        u64,
+        u64,
+        (usize, usize),
+    );
+
+    fn observable(state: &LiveState) -> Observable {
+        let mut accounts = state.all_accounts();
+        accounts.sort_by(|a, b| a.0.cmp(&b.0));
+        (
+            accounts,
+            state.next_entry_id,
+            state.last_seq,
+            state.open_holds(),
+        )
+    }
+
+    #[test]
+    fn replaying_the_recorded_batches_rebuilds_exactly_the_state_the_decisions_left() {
+        for (seed, policy) in (1..=40).map(|seed| {
+            (
+                seed,
+                if seed % 2 == 0 {
+                    "smarte"
+                } else {
+                    "donoratlas"
+                },
+            )
+        }) {
+            let mut desk = Desk::new(policy);
+            random_history(&mut desk, seed, 300);
+            let mut replayed = LiveState::new(Coverage::Whole, StateLimits::default());
+            for batch in &desk.batches {
+                // Through the stored form, as recovery reads it.
+                let batch = codec::decode(&codec::encode(batch)).unwrap();
+                replayed.apply_batch(&batch).unwrap();
+            }
+            assert_eq!(
+                observable(&replayed),
+                observable(&desk.state),
+                "seed {seed}"
+            );
+            // And independently of the recorded states: every account is the sum of its
+            // journal entries.
+            let mut sums: std::collections::BTreeMap<
+                (String, String),
+                crate::ledger::AccountState,
+            > = Default::default();
+            for batch in &desk.batches {
+                for decision in &batch.decisions {
+                    let tenant = match decision {
+                        Decision::Authorize(decision) => &decision.tenant,
+                        Decision::Settle(decision) => &decision.tenant,
+                        Decision::Expire(decision) => &decision.tenant,
+                        Decision::Grant(decision) => &decision.tenant,
+                        _ => continue,
+                    };
+                    for entry in decision.entries() {
+                        let sum = sums
+                            .entry((tenant.clone(), entry.balance.clone()))
+                            .or_default();
+                        let (available, held) = entry.kind.effect(entry.amount);
+                        sum.available += available;
+                        sum.held += held;
+                    }
+                }
+            }
+            let accounts: std::collections::BTreeMap<_, _> = replayed
+                .all_accounts()
+                .into_iter()
+                .filter(|(_, state)| *state != crate::ledger::AccountState::default())
+                .collect();
+            sums.retain(|_, state| *state != crate::ledger::AccountState::default());
+            assert_eq!(
+                accounts, sums,
+                "seed {seed}: accounts against their journal"
+            );
+            for batch in &desk.batches {
+                for decision in &batch.decisions {
+                    if let Decision::Authorize(authorized) = decision {
+                        assert_eq!(
+                            replayed.transaction(&authorized.id),
+                            desk.state.transaction(&authorized.id),
+                            "seed {seed}, transaction {}",
+                            authorized.id
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -191,7 +191,7 @@ impl PostgresStore {
             Ok((accounts, due))
         })?;
         for tenant in tenants {
-            state.touch_tenant(tenant);
+            state.touch_tenant(tenant)?;
         }
         for row in accounts {
             let tenant: String = row.try_get(0)?;
