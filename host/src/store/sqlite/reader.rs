@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, params};
 
 use super::log::stored_policy;
-use super::records::{self, kind_name};
+use super::records;
 use super::views::Progress;
 use super::{open_reading, to_i64, to_u64, views_path};
+use crate::ledger::codec::{self, Header};
 use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
 use crate::policy::PolicyDigest;
 use crate::store::{
@@ -65,21 +66,50 @@ impl SqliteReader {
     }
 }
 
-fn journal_from_row(row: &Row<'_>) -> rusqlite::Result<JournalEntry> {
-    Ok(JournalEntry {
-        id: row.get(0)?,
-        transaction_id: row.get(1)?,
-        tenant: row.get(2)?,
-        balance: row.get(3)?,
-        kind: kind_name(row.get(4)?),
-        amount: row.get(5)?,
-        policy_digest: row.get(6)?,
-        at_ms: to_u64(row.get(7)?),
-    })
+/// Journal entries of the decisions at `(seq, decision, first entry id)`, for `tenant`
+/// (or everyone): each log record read once.
+fn entries_of(
+    log: &Connection,
+    places: &[(u64, u64, u64)],
+    tenant: Option<&str>,
+) -> StoreResult<Vec<JournalEntry>> {
+    let mut entries = Vec::new();
+    let mut loaded: Option<(u64, Vec<u8>)> = None;
+    for &(seq, decision, first) in places {
+        if loaded.as_ref().is_none_or(|(known, _)| *known != seq) {
+            let bytes: Vec<u8> = log
+                .prepare_cached("SELECT record FROM log WHERE seq = ?1")?
+                .query_row(params![to_i64(seq)], |row| row.get(0))?;
+            loaded = Some((seq, bytes));
+        }
+        if let Some((_, bytes)) = &loaded {
+            let index = usize::try_from(decision).unwrap_or(usize::MAX);
+            let (header, decision) = codec::decode_decision(bytes, index)?;
+            entries.extend(records::decision_entries(
+                &header, &decision, first, tenant,
+            )?);
+        }
+    }
+    entries.sort_by_key(|entry| entry.id);
+    Ok(entries)
 }
 
-const JOURNAL: &str = "SELECT j.id, j.transaction_id, j.tenant, j.balance, j.kind, j.amount, \
-     p.digest, j.at_ms FROM journal j JOIN policies p ON p.id = j.policy";
+/// Every journal entry of a batch, with its id.
+fn batch_entries(batch: &crate::ledger::record::Batch) -> StoreResult<Vec<JournalEntry>> {
+    let header = Header {
+        seq: batch.seq,
+        at_ms: batch.at_ms,
+        first_entry_id: batch.first_entry_id,
+        policies: batch.policies.clone(),
+    };
+    let mut first = batch.first_entry_id;
+    let mut entries = Vec::new();
+    for decision in &batch.decisions {
+        entries.extend(records::decision_entries(&header, decision, first, None)?);
+        first += decision.entries().len() as u64;
+    }
+    Ok(entries)
+}
 
 fn limit(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
@@ -111,23 +141,58 @@ impl LedgerReader for SqliteReader {
 
     fn journal(&self, tenant: &str, count: usize) -> StoreResult<Vec<JournalEntry>> {
         self.read(|connections| {
-            Ok(connections
+            let places: Vec<(u64, u64, u64)> = connections
                 .views
-                .prepare_cached(&format!(
-                    "{JOURNAL} WHERE j.tenant = ?1 ORDER BY j.id LIMIT ?2"
-                ))?
-                .query_map(params![tenant, limit(count)], journal_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+                .prepare_cached(
+                    "SELECT seq, decision, first_entry FROM tenant_log WHERE tenant = ?1 \
+                     ORDER BY seq, decision",
+                )?
+                .query_map(params![tenant], |row| {
+                    Ok((
+                        to_u64(row.get(0)?),
+                        to_u64(row.get(1)?),
+                        to_u64(row.get(2)?),
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut entries = Vec::new();
+            for chunk in places.chunks(256) {
+                entries.extend(entries_of(&connections.log, chunk, Some(tenant))?);
+                if entries.len() >= count {
+                    break;
+                }
+            }
+            entries.truncate(count);
+            Ok(entries)
         })
     }
 
     fn journal_after(&self, after_id: i64, count: usize) -> StoreResult<Vec<JournalEntry>> {
         self.read(|connections| {
-            Ok(connections
+            let seqs: Vec<i64> = connections
                 .views
-                .prepare_cached(&format!("{JOURNAL} WHERE j.id > ?1 ORDER BY j.id LIMIT ?2"))?
-                .query_map(params![after_id, limit(count)], journal_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+                .prepare_cached("SELECT seq FROM batches WHERE last_entry > ?1 ORDER BY seq")?
+                .query_map(params![after_id], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut entries = Vec::new();
+            for seq in seqs {
+                let bytes: Vec<u8> = connections
+                    .log
+                    .prepare_cached("SELECT record FROM log WHERE seq = ?1")?
+                    .query_row(params![seq], |row| row.get(0))?;
+                let batch = codec::decode(&bytes)?;
+                entries.extend(
+                    batch_entries(&batch)?
+                        .into_iter()
+                        .filter(|entry| entry.id > after_id),
+                );
+                if entries.len() >= count {
+                    break;
+                }
+            }
+            entries.sort_by_key(|entry| entry.id);
+            entries.truncate(count);
+            Ok(entries)
         })
     }
 
@@ -162,26 +227,45 @@ impl LedgerReader for SqliteReader {
         Ok(None)
     }
 
+    /// The journal is summed from the log itself, through the batch the live accounts
+    /// were copied at: two independent records of the same decisions must agree.
     fn invariant_violations(&self, live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let point = live.unwrap_or_default();
-        self.progress.wait_applied(point.seq)?;
         self.read_now(|connections| {
-            let sums = connections
-                .views
-                .prepare(
-                    "SELECT tenant, balance, kind, SUM(amount) FROM journal WHERE id < ?1 \
-                     GROUP BY tenant, balance, kind",
-                )?
-                .query_map(params![to_i64(point.next_entry_id)], |row| {
-                    Ok(JournalSum {
-                        tenant: row.get(0)?,
-                        balance: row.get(1)?,
-                        kind: kind_name(row.get(2)?),
-                        amount: row.get(3)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(invariant_violations(sums, point.accounts))
+            let mut sums: std::collections::BTreeMap<(String, String, &'static str), i64> =
+                std::collections::BTreeMap::new();
+            let mut statement = connections
+                .log
+                .prepare("SELECT record FROM log WHERE seq <= ?1 ORDER BY seq")?;
+            let mut rows = statement.query(params![to_i64(point.seq)])?;
+            let mut overflow = false;
+            while let Some(row) = rows.next()? {
+                let bytes: Vec<u8> = row.get(0)?;
+                let batch = codec::decode(&bytes)?;
+                for entry in batch_entries(&batch)? {
+                    let kind = crate::ledger::EntryKind::parse(&entry.kind)
+                        .map_or("unknown", crate::ledger::EntryKind::as_str);
+                    let sum = sums.entry((entry.tenant, entry.balance, kind)).or_insert(0);
+                    match sum.checked_add(entry.amount) {
+                        Some(total) => *sum = total,
+                        None => overflow = true,
+                    }
+                }
+            }
+            let mut violations = invariant_violations(
+                sums.into_iter()
+                    .map(|((tenant, balance, kind), amount)| JournalSum {
+                        tenant,
+                        balance,
+                        kind: kind.to_owned(),
+                        amount,
+                    }),
+                point.accounts,
+            );
+            if overflow {
+                violations.push("the journal sums past i64".to_owned());
+            }
+            Ok(violations)
         })
     }
 }

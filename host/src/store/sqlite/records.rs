@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{to_i64, to_u64};
 use crate::error::MeterError;
 use crate::ledger::codec::{self, Header};
-use crate::ledger::record::{Decision, Digest, EntryRecord, RequestRecord, TransactionState};
+use crate::ledger::record::{
+    Decision, Digest, EntryRecord, ImportedEntry, RequestRecord, TransactionState,
+};
 use crate::ledger::state::TransactionRecord;
 use crate::model::JournalEntry;
 use crate::policy::PolicyDigest;
@@ -153,10 +155,16 @@ pub fn transaction(
             if item >= imported.transactions.len() {
                 return Err(damaged(id, "an imported row that is not there"));
             }
-            let transaction = imported.transactions.swap_remove(item);
             if with_entries {
-                entries.extend(imported_entries(views, id)?);
+                for entry in imported
+                    .journal
+                    .iter()
+                    .filter(|entry| entry.transaction_id == id)
+                {
+                    entries.push(imported_entry(&header, entry)?);
+                }
             }
+            let transaction = imported.transactions.swap_remove(item);
             TransactionRecord {
                 id: transaction.id,
                 tenant: transaction.tenant,
@@ -215,42 +223,52 @@ pub fn transaction(
     Ok(Some((record, entries)))
 }
 
-/// The journal entries of a transaction imported from a ledger written before the log.
-fn imported_entries(views: &Connection, id: &str) -> StoreResult<Vec<JournalEntry>> {
-    let mut statement = views.prepare_cached(
-        "SELECT j.id, j.tenant, j.balance, j.kind, j.amount, p.digest, j.at_ms \
-         FROM imported_journal i JOIN journal j ON j.id = i.id JOIN policies p ON p.id = j.policy \
-         WHERE i.transaction_id = ?1 ORDER BY j.id",
-    )?;
-    let rows = statement.query_map(params![id], |row| {
-        Ok(JournalEntry {
-            id: row.get(0)?,
-            transaction_id: id.to_owned(),
-            tenant: row.get(1)?,
-            balance: row.get(2)?,
-            kind: kind_name(row.get(3)?),
-            amount: row.get(4)?,
-            policy_digest: row.get(5)?,
-            at_ms: to_u64(row.get(6)?),
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+/// A journal entry carried over from a ledger written before the log.
+pub fn imported_entry(header: &Header, entry: &ImportedEntry) -> StoreResult<JournalEntry> {
+    Ok(JournalEntry {
+        id: to_i64(entry.id),
+        transaction_id: entry.transaction_id.clone(),
+        tenant: entry.tenant.clone(),
+        balance: entry.balance.clone(),
+        kind: entry.kind.as_str().to_owned(),
+        amount: entry.amount,
+        policy_digest: PolicyDigest::from_bytes(policy_of(header, entry.policy)?).to_string(),
+        at_ms: entry.at_ms,
+    })
 }
 
-/// How the views store an entry's kind: its position in [`crate::ledger::EntryKind::ALL`].
-pub fn kind_code(kind: crate::ledger::EntryKind) -> i64 {
-    crate::ledger::EntryKind::ALL
-        .iter()
-        .position(|known| *known == kind)
-        .map_or(-1, |index| index as i64)
-}
-
-pub fn kind_name(code: i64) -> String {
-    usize::try_from(code)
-        .ok()
-        .and_then(|index| crate::ledger::EntryKind::ALL.get(index))
-        .map_or_else(
-            || format!("unknown-{code}"),
-            |kind| kind.as_str().to_owned(),
-        )
+/// The journal entries a decision wrote, for `tenant` only (an import holds many
+/// tenants'); the decision's first entry has id `first`.
+pub fn decision_entries(
+    header: &Header,
+    decision: &Decision,
+    first: u64,
+    tenant: Option<&str>,
+) -> StoreResult<Vec<JournalEntry>> {
+    let (transaction_id, owner, policy) = match decision {
+        Decision::Authorize(decision) => (&decision.id, &decision.tenant, decision.policy),
+        Decision::Settle(decision) => (&decision.id, &decision.tenant, decision.policy),
+        Decision::Expire(decision) => (&decision.id, &decision.tenant, decision.policy),
+        Decision::Grant(decision) => (&decision.grant_id, &decision.tenant, decision.policy),
+        Decision::Import(imported) => {
+            return imported
+                .journal
+                .iter()
+                .filter(|entry| tenant.is_none_or(|tenant| entry.tenant == tenant))
+                .map(|entry| imported_entry(header, entry))
+                .collect();
+        }
+        Decision::Policy(_) | Decision::Activate(_) => return Ok(Vec::new()),
+    };
+    if tenant.is_some_and(|tenant| tenant != owner) {
+        return Ok(Vec::new());
+    }
+    Ok(journal_entries(
+        decision.entries(),
+        first,
+        transaction_id,
+        owner,
+        &policy_of(header, policy)?,
+        header.at_ms,
+    ))
 }

@@ -190,22 +190,18 @@ CREATE TABLE transactions (
     closed_index  INTEGER,
     closed_entry  INTEGER
 ) WITHOUT ROWID;
-CREATE TABLE journal (
-    id             INTEGER PRIMARY KEY,
-    tenant         TEXT NOT NULL,
-    transaction_id TEXT NOT NULL,
-    balance        TEXT NOT NULL,
-    kind           INTEGER NOT NULL,
-    amount         INTEGER NOT NULL CHECK (amount > 0),
-    policy         INTEGER NOT NULL REFERENCES policies (id),
-    at_ms          INTEGER NOT NULL
-);
-CREATE INDEX journal_by_tenant ON journal (tenant, id);
-CREATE TABLE imported_journal (
-    transaction_id TEXT NOT NULL,
-    id             INTEGER NOT NULL,
-    PRIMARY KEY (transaction_id, id)
+CREATE TABLE tenant_log (
+    tenant      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    decision    INTEGER NOT NULL,
+    first_entry INTEGER NOT NULL,
+    PRIMARY KEY (tenant, seq, decision)
 ) WITHOUT ROWID;
+CREATE TABLE batches (
+    seq        INTEGER PRIMARY KEY,
+    last_entry INTEGER NOT NULL
+);
+CREATE INDEX batches_by_last_entry ON batches (last_entry);
 CREATE TABLE marks (
     tenant         TEXT NOT NULL,
     scope          TEXT NOT NULL,

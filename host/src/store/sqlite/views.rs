@@ -8,7 +8,7 @@
 //! what it has at once. The sequencer forgets what the views applied, and waits when
 //! they lag more than [`ViewLimits::lag_decisions_max`] decisions behind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
-use super::records::kind_code;
 use super::{to_i64, to_u64};
 use crate::error::MeterError;
 use crate::ledger::codec;
@@ -461,28 +460,24 @@ impl ViewThread {
         }
         {
             let mut insert = views.prepare_cached(
-                "INSERT INTO journal (id, tenant, transaction_id, balance, kind, amount, policy, at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO tenant_log (tenant, seq, decision, first_entry) \
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for entry in &rows.journal {
+            for (tenant, seq, decision, first_entry) in &rows.tenant_log {
                 insert.execute(params![
-                    to_i64(entry.id),
-                    entry.tenant,
-                    entry.transaction_id,
-                    entry.balance,
-                    entry.kind,
-                    entry.amount,
-                    self.policy_id(&entry.policy)?,
-                    to_i64(entry.at_ms),
+                    tenant,
+                    to_i64(*seq),
+                    *decision as i64,
+                    to_i64(*first_entry)
                 ])?;
             }
         }
         {
             let mut insert = views.prepare_cached(
-                "INSERT OR IGNORE INTO imported_journal (transaction_id, id) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO batches (seq, last_entry) VALUES (?1, ?2)",
             )?;
-            for (transaction_id, id) in &rows.imported_journal {
-                insert.execute(params![transaction_id, to_i64(*id)])?;
+            for (seq, last_entry) in &rows.batches {
+                insert.execute(params![to_i64(*seq), to_i64(*last_entry)])?;
             }
         }
         {
@@ -553,17 +548,6 @@ struct TransactionRow {
     closed: Option<At>,
 }
 
-struct JournalRow {
-    id: u64,
-    tenant: String,
-    transaction_id: String,
-    balance: String,
-    kind: i64,
-    amount: i64,
-    policy: Digest,
-    at_ms: u64,
-}
-
 struct PolicyRow {
     digest: Digest,
     name: String,
@@ -577,8 +561,10 @@ struct PolicyRow {
 #[derive(Default)]
 struct WindowRows {
     transactions: BTreeMap<String, TransactionRow>,
-    journal: Vec<JournalRow>,
-    imported_journal: Vec<(String, u64)>,
+    /// `(tenant, seq, decision, first entry id)`: where a tenant's journal entries are.
+    tenant_log: BTreeSet<(String, u64, usize, u64)>,
+    /// `(seq, last entry id)` of every batch: where journal entries by id are.
+    batches: Vec<(u64, u64)>,
     marks: BTreeMap<(String, String, String), String>,
     grants: BTreeMap<String, (String, String, i64, u64)>,
     policies: Vec<PolicyRow>,
@@ -596,36 +582,28 @@ impl WindowRows {
             })
         };
         let mut next_entry = batch.first_entry_id;
+        let mut last_entry = batch.first_entry_id.saturating_sub(1);
         for (index, decision) in batch.decisions.iter().enumerate() {
             let first_entry = next_entry;
             next_entry += decision.entries().len() as u64;
+            if !decision.entries().is_empty() {
+                last_entry = next_entry - 1;
+            }
             let at = At {
                 seq: batch.seq,
                 index,
                 item: None,
                 first_entry,
             };
-            let mut journal = |tenant: &str, transaction_id: &str, digest: Digest| {
-                for (offset, entry) in decision.entries().iter().enumerate() {
-                    self.journal.push(JournalRow {
-                        id: first_entry + offset as u64,
-                        tenant: tenant.to_owned(),
-                        transaction_id: transaction_id.to_owned(),
-                        balance: entry.balance.clone(),
-                        kind: kind_code(entry.kind),
-                        amount: entry.amount,
-                        policy: digest,
-                        at_ms: batch.at_ms,
-                    });
+            let mut journal = |tenant: &str| {
+                if !decision.entries().is_empty() {
+                    self.tenant_log
+                        .insert((tenant.to_owned(), batch.seq, index, first_entry));
                 }
             };
             match decision {
                 Decision::Authorize(authorized) => {
-                    journal(
-                        &authorized.tenant,
-                        &authorized.id,
-                        policy(authorized.policy)?,
-                    );
+                    journal(&authorized.tenant);
                     self.transactions.insert(
                         authorized.id.clone(),
                         TransactionRow {
@@ -642,16 +620,16 @@ impl WindowRows {
                     self.add_marks(&authorized.tenant, &authorized.id, &authorized.marks);
                 }
                 Decision::Settle(settled) => {
-                    journal(&settled.tenant, &settled.id, policy(settled.policy)?);
+                    journal(&settled.tenant);
                     self.close(&settled.id, &settled.tenant, TransactionState::Settled, at);
                     self.add_marks(&settled.tenant, &settled.id, &settled.marks);
                 }
                 Decision::Expire(expired) => {
-                    journal(&expired.tenant, &expired.id, policy(expired.policy)?);
+                    journal(&expired.tenant);
                     self.close(&expired.id, &expired.tenant, TransactionState::Expired, at);
                 }
                 Decision::Grant(granted) => {
-                    journal(&granted.tenant, &granted.grant_id, policy(granted.policy)?);
+                    journal(&granted.tenant);
                     self.grants.insert(
                         granted.grant_id.clone(),
                         (
@@ -692,18 +670,9 @@ impl WindowRows {
                         );
                     }
                     for entry in &imported.journal {
-                        self.journal.push(JournalRow {
-                            id: entry.id,
-                            tenant: entry.tenant.clone(),
-                            transaction_id: entry.transaction_id.clone(),
-                            balance: entry.balance.clone(),
-                            kind: kind_code(entry.kind),
-                            amount: entry.amount,
-                            policy: policy(entry.policy)?,
-                            at_ms: entry.at_ms,
-                        });
-                        self.imported_journal
-                            .push((entry.transaction_id.clone(), entry.id));
+                        self.tenant_log
+                            .insert((entry.tenant.clone(), batch.seq, index, 0));
+                        last_entry = last_entry.max(entry.id);
                     }
                     for (tenant, scope, key, transaction_id) in &imported.marks {
                         self.marks
@@ -731,6 +700,7 @@ impl WindowRows {
                 }
             }
         }
+        self.batches.push((batch.seq, last_entry));
         Ok(())
     }
 
