@@ -512,12 +512,7 @@ impl Decider<'_> {
     pub fn grant(&mut self, grant: &GrantRequest) -> Result<TenantBalances, MeterError> {
         let active = self.registry.active();
         let info = self.policy(&active)?;
-        if !info.has_balance(&grant.balance) {
-            return Err(MeterError::UnknownBalance {
-                balance: grant.balance.clone(),
-                known: info.balances.join(", "),
-            });
-        }
+        // A retry is answered first, whatever the active policy is now.
         let existing = match self.state.grant(&grant.grant_id) {
             Some(existing) => Some(existing.clone()),
             None if self.state.may_know_grant(&grant.grant_id) => {
@@ -536,6 +531,12 @@ impl Decider<'_> {
             }
             let accounts = self.accounts(&grant.tenant, &info.balances)?;
             return Ok(tenant_balances(&grant.tenant, &accounts, &info.balances));
+        }
+        if !info.has_balance(&grant.balance) {
+            return Err(MeterError::UnknownBalance {
+                balance: grant.balance.clone(),
+                known: info.balances.join(", "),
+            });
         }
         let mut accounts = self.accounts(&grant.tenant, &info.balances)?;
         let entries = [Entry {

@@ -1208,7 +1208,8 @@ fn restart_from_the_snapshot_alone(
     }
     activate(&meter, "smarte");
     model.check_smarte(&meter);
-    assert_sound(&meter);
+    // No audit here: it sums the journal, and this copy's journal before the snapshot
+    // was deleted on purpose. The balances checked against the model above are the proof.
 }
 
 // ---------------------------------------------------------------------------------

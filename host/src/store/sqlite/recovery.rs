@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{records, to_i64, to_u64, views};
 use crate::ledger::codec;
 use crate::ledger::record::Decision;
+use crate::error::MeterError;
 use crate::ledger::state::{self, Coverage, LiveState, StateLimits};
 use crate::store::StoreResult;
 
@@ -53,11 +54,17 @@ pub fn recover(
     };
     let from = snapshot_seq.min(applied_seq);
     let mut replayed = 0u64;
-    let mut rows = log.prepare("SELECT record FROM log WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = log.prepare("SELECT seq, record FROM log WHERE seq > ?1 ORDER BY seq")?;
     let mut rows = rows.query(params![to_i64(from)])?;
     while let Some(row) = rows.next()? {
-        let bytes: Vec<u8> = row.get(0)?;
-        let batch = codec::decode(&bytes)?;
+        let seq: i64 = row.get(0)?;
+        let bytes: Vec<u8> = row.get(1)?;
+        let batch = codec::decode(&bytes).map_err(|error| match MeterError::from(error) {
+            MeterError::StoreCorrupt(why) => {
+                MeterError::StoreCorrupt(format!("log record {seq}: {why}"))
+            }
+            other => other,
+        })?;
         // A settle may close a transaction memory let go of (admitted without a hold,
         // before the replay's start): the views have it.
         for decision in &batch.decisions {

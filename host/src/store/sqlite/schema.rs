@@ -431,6 +431,14 @@ fn import_legacy(connection: &Connection) -> StoreResult<()> {
         .optional()?
         .flatten()
         .map_or(0, to_u64);
+    // Imported entries keep their ids; the next new entry follows the largest. Every
+    // import record says so: replay starts each batch's entry ids at its
+    // `first_entry_id`, and the last record may hold no journal entry at all.
+    let first_entry_id = connection
+        .query_row("SELECT MAX(id) FROM journal", [], |row| {
+            row.get::<_, Option<i64>>(0)
+        })?
+        .map_or(1, |largest| to_u64(largest).saturating_add(1));
     let mut append = connection.prepare("INSERT INTO log (seq, record) VALUES (?1, ?2)")?;
     let mut seq = 0u64;
     let mut decisions: Vec<Decision> = policies
@@ -443,8 +451,7 @@ fn import_legacy(connection: &Connection) -> StoreResult<()> {
         let batch = Batch {
             seq,
             at_ms,
-            // Imported entries keep their ids; the next new entry follows the largest.
-            first_entry_id: 1,
+            first_entry_id,
             policies: digests.clone(),
             decisions: std::mem::take(&mut decisions),
         };
