@@ -171,6 +171,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
         "code": failure.as_ref().map(|_| "sequencer_stopped"),
         "policy": state.meter.policy_ref(),
         "batches": state.meter.batch_stats(),
+        "views": state.meter.views_lag(),
     });
     let status = if failure.is_some() {
         StatusCode::SERVICE_UNAVAILABLE

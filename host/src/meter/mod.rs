@@ -54,7 +54,7 @@ use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime};
 use crate::store::sqlite::{self, SqliteOptions, lock::LedgerLock};
-use crate::store::{ColdStore, LedgerReader, Store, StoreLocation, postgres};
+use crate::store::{ColdStore, LedgerReader, Store, StoreLocation, ViewsLag, postgres};
 use command::{Command, Reply};
 use decide::CheckedAuthorize;
 use registry::Registry;
@@ -215,6 +215,12 @@ impl Meter {
     /// How decisions have been grouped into commits since the meter opened.
     pub fn batch_stats(&self) -> BatchStats {
         self.counters.snapshot()
+    }
+
+    /// How far the queryable views trail the log (SQLite); none on PostgreSQL, whose
+    /// tables are current at every commit.
+    pub fn views_lag(&self) -> Option<ViewsLag> {
+        self.reader.views_lag()
     }
 
     /// Why the meter cannot decide, if it cannot (a failed write or sync of the log, a

@@ -216,6 +216,18 @@ pub trait LedgerReader: Send + Sync {
     /// Every account whose state differs from the sum of its journal: the live accounts
     /// at `live` (SQLite) against the journal up to there, or the tables (PostgreSQL).
     fn invariant_violations(&self, live: Option<AuditPoint>) -> StoreResult<Vec<String>>;
+    /// How far the queryable views trail the log; none where the tables are current at
+    /// every commit (PostgreSQL).
+    fn views_lag(&self) -> Option<ViewsLag>;
+}
+
+/// How far the views trail the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ViewsLag {
+    /// Durable batches not applied to the views yet.
+    pub behind_batches: u64,
+    /// The longest a durable batch waited to be applied since the meter opened, in µs.
+    pub worst_us: u64,
 }
 
 /// How the audit shows a transaction: its record and its journal lines.

@@ -375,6 +375,76 @@ fn operator_commands_work_on_the_ledger_beside_a_running_server() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not one of this policy's balances"));
 }
 
+/// Runs an operator command on the ledger at `db`; its standard output and whether it succeeded.
+fn operator(db: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    let text = if output.status.success() {
+        &output.stdout
+    } else {
+        &output.stderr
+    };
+    (
+        output.status.success(),
+        String::from_utf8_lossy(text).into_owned(),
+    )
+}
+
+#[test]
+fn operator_commands_never_register_or_activate_a_policy() {
+    let (_dir, db) = ledger();
+    let server = Server::start("donoratlas", &db, None);
+    server.grant("partner", "export", 5, "g0");
+    let policy = |server: &Server| server.get("/v1/policy").1;
+    let before = policy(&server);
+    assert_eq!(
+        before["history"].as_array().map(Vec::len),
+        Some(1),
+        "{before}"
+    );
+
+    // Operator commands cannot be given a module to load.
+    let smarte = component_path("smarte");
+    let (succeeded, error) = operator(
+        &db,
+        &[
+            "grant",
+            "partner",
+            "export",
+            "1",
+            "--policy",
+            smarte.to_str().unwrap(),
+        ],
+    );
+    assert!(!succeeded && error.contains("--policy"), "{error}");
+
+    // Beside the running server, and then alone on its ledger once it is gone.
+    let commands = |grant_id: &str| {
+        for args in [
+            &["grant", "partner", "export", "1", "--grant-id", grant_id][..],
+            &["balance", "partner"],
+            &["ledger", "partner"],
+        ] {
+            let (succeeded, output) = operator(&db, args);
+            assert!(succeeded, "{args:?}: {output}");
+        }
+    };
+    commands("ops-beside");
+    assert_eq!(policy(&server)["history"], before["history"]);
+    server.kill();
+    commands("ops-alone");
+
+    let server = Server::start_with(None, &db, None);
+    let after = policy(&server);
+    assert_eq!(after["history"], before["history"]);
+    assert_eq!(after["active"], before["active"]);
+    assert_eq!(server.balances("partner")["balances"]["export"], json!(7));
+}
+
 #[test]
 fn http_put_policy_activates_a_checked_module_and_rollback_returns() {
     let (_dir, db) = ledger();

@@ -15,6 +15,12 @@
 //! acknowledging loses. `fsync` of a directory is accepted and changes nothing. File locks are the
 //! kernel's (the file system does not ask for them), which is what SQLite needs from
 //! one machine.
+//!
+//! Fault injection: after [`LossyFs::fail_syncs`], every `fsync` or `fdatasync` of a
+//! file answers `EIO` and syncs nothing (the file's synced contents stay as they were),
+//! as a dying disk would; [`LossyFs::heal_syncs`] makes them work again, and from then
+//! on a sync makes whatever the file holds durable, including what was written while
+//! they failed. Directory syncs never fail.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -70,6 +76,19 @@ impl LossyFs {
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         self.mount_point.path()
+    }
+
+    /// From now on every `fsync`/`fdatasync` of a file fails with `EIO` and makes
+    /// nothing durable, until [`LossyFs::heal_syncs`].
+    pub fn fail_syncs(&self) {
+        lock(&self.state).syncs_fail = true;
+    }
+
+    /// Syncs work again; returns how many were refused since [`LossyFs::fail_syncs`].
+    pub fn heal_syncs(&self) -> u64 {
+        let mut state = lock(&self.state);
+        state.syncs_fail = false;
+        std::mem::take(&mut state.syncs_refused)
     }
 
     /// A power cut: every file loses whatever was written since it was last synced.
@@ -207,6 +226,9 @@ struct Node {
 struct State {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
+    /// Set by [`LossyFs::fail_syncs`]: file syncs answer `EIO`.
+    syncs_fail: bool,
+    syncs_refused: u64,
 }
 
 /// Every answer is fresh: after a crash the kernel must ask again.
@@ -230,6 +252,8 @@ impl State {
         Self {
             nodes: HashMap::from([(INodeNo::ROOT.0, root)]),
             next_ino: INodeNo::ROOT.0 + 1,
+            syncs_fail: false,
+            syncs_refused: 0,
         }
     }
 
@@ -709,11 +733,16 @@ impl fuser::Filesystem for Server {
         reply: ReplyEmpty,
     ) {
         // The kernel has already written back the file's dirty pages; whatever this
-        // file holds now is on "disk".
-        let result = self
-            .state()
-            .file_mut(ino.0)
-            .map(|(current, synced, _)| *synced = current.clone());
+        // file holds now is on "disk", unless syncs fail.
+        let mut state = self.state();
+        let result = if state.syncs_fail {
+            state.syncs_refused += 1;
+            Err(Errno::EIO)
+        } else {
+            state
+                .file_mut(ino.0)
+                .map(|(current, synced, _)| *synced = current.clone())
+        };
         reply_empty(reply, result);
     }
 
@@ -847,4 +876,34 @@ fn the_lossy_fs_keeps_synced_contents_and_loses_the_rest_in_a_crash() {
     std::fs::remove_file(&synced).unwrap();
     std::fs::remove_dir_all(fs.path().join("dir")).unwrap();
     assert_eq!(std::fs::read_dir(fs.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_failing_sync_answers_eio_and_makes_nothing_durable() {
+    use std::io::Write;
+    let fs = LossyFs::mount().expect("mount the lossy file system");
+    let path = fs.path().join("file");
+    {
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"kept").unwrap();
+        file.sync_data().unwrap();
+        fs.fail_syncs();
+        file.write_all(b" lost").unwrap();
+        let error = file.sync_data().unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(5), "not EIO: {error}");
+        assert!(file.sync_all().is_err());
+        assert_eq!(fs.heal_syncs(), 2);
+    }
+    fs.crash();
+    assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b" and this").unwrap();
+        file.sync_data().unwrap();
+    }
+    fs.crash();
+    assert_eq!(std::fs::read(&path).unwrap(), b"kept and this");
 }

@@ -36,6 +36,7 @@ impl Samples {
             authorize_us: Percentiles::of(&self.authorize_us),
             settle_us: Percentiles::of(&self.settle_us),
             failures: self.failures,
+            transactions: self.transactions,
         }
     }
 }
@@ -70,6 +71,23 @@ pub struct Measure {
     pub authorize_us: Percentiles,
     pub settle_us: Percentiles,
     pub failures: u64,
+    /// Transactions settled (authorize and settle both answered).
+    pub transactions: u64,
+}
+
+/// What a row's SQLite ledgers cost, measured after its traffic (creditgate rows on
+/// SQLite only).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LedgerFigures {
+    /// Bytes of the ledgers' files (log and views) once closed, over the transactions of
+    /// the row; the grants that fund the tenants are counted in the bytes, not as
+    /// transactions.
+    pub disk_bytes_per_txn: f64,
+    /// The longest a durable batch waited to be applied to the views during the row.
+    pub views_lag_worst_ms: f64,
+    /// `Meter::open` of a ledger after the row (the slower of the two): lock, snapshot,
+    /// replay, the policy from the compile cache.
+    pub restart_ms: f64,
 }
 
 /// One line of the table: each figure is the median of the repetitions.
@@ -90,6 +108,7 @@ pub struct Row {
     /// Decisions per store commit, on average (creditgate rows only): what group
     /// commit gathered.
     pub decisions_per_commit: Option<f64>,
+    pub ledger: Option<LedgerFigures>,
     pub failures: u64,
     /// Why the row could not run, when it could not.
     pub error: Option<String>,
@@ -117,6 +136,7 @@ impl Row {
             settle_p999_us: median_u64(&|m| m.settle_us.p999),
             rss_bytes,
             decisions_per_commit: None,
+            ledger: None,
             failures: measures.iter().map(|measure| measure.failures).sum(),
             error: None,
         }
@@ -135,6 +155,7 @@ impl Row {
             settle_p999_us: 0,
             rss_bytes: None,
             decisions_per_commit: None,
+            ledger: None,
             failures: 0,
             error: Some(format!("{error:#}")),
         }
@@ -148,8 +169,16 @@ pub fn reset_peak_rss() {
 
 /// The peak resident set of this process since the last reset, if the OS tells.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_kib("VmHWM:").map(|kib| kib * 1024)
+}
+
+/// The resident set of this process now, if the OS tells.
+pub fn resident_bytes() -> Option<u64> {
+    status_kib("VmRSS:").map(|kib| kib * 1024)
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

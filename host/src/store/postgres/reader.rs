@@ -10,8 +10,8 @@ use crate::ledger::AccountState;
 use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
 use crate::policy::PolicyDigest;
 use crate::store::{
-    AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations,
-    transaction_view,
+    AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, ViewsLag,
+    invariant_violations, transaction_view,
 };
 
 /// Reading connections at most.
@@ -176,6 +176,10 @@ impl LedgerReader for PostgresReader {
     }
 
     /// The tables are current at every commit: the live state adds nothing.
+    fn views_lag(&self) -> Option<ViewsLag> {
+        None
+    }
+
     fn invariant_violations(&self, _live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let journal_sums = self
             .query(

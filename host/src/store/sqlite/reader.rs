@@ -17,8 +17,8 @@ use crate::ledger::codec::{self, Header};
 use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
 use crate::policy::PolicyDigest;
 use crate::store::{
-    AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, invariant_violations,
-    transaction_view,
+    AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, ViewsLag,
+    invariant_violations, transaction_view,
 };
 
 /// Connections to the views and the log.
@@ -229,6 +229,10 @@ impl LedgerReader for SqliteReader {
 
     /// The journal is summed from the log itself, through the batch the live accounts
     /// were copied at: two independent records of the same decisions must agree.
+    fn views_lag(&self) -> Option<ViewsLag> {
+        Some(self.progress.lag())
+    }
+
     fn invariant_violations(&self, live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let point = live.unwrap_or_default();
         self.read_now(|connections| {

@@ -9,9 +9,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{records, to_i64, to_u64, views};
+use crate::error::MeterError;
 use crate::ledger::codec;
 use crate::ledger::record::Decision;
-use crate::error::MeterError;
 use crate::ledger::state::{self, Coverage, LiveState, StateLimits};
 use crate::store::StoreResult;
 

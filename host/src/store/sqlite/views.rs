@@ -9,7 +9,7 @@
 //! they lag more than [`ViewLimits::lag_decisions_max`] decisions behind.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use crate::error::MeterError;
 use crate::ledger::codec;
 use crate::ledger::record::{Batch, Decision, Digest, TransactionState};
 use crate::policy::PolicyDigest;
-use crate::store::{SnapshotPart, StoreResult};
+use crate::store::{SnapshotPart, StoreResult, ViewsLag};
 
 /// Bounds of the view thread's work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,8 @@ pub struct Progress {
     jobs: Sender<ViewJob>,
     /// Why the views cannot be written, while they cannot.
     trouble: Mutex<Option<String>>,
+    /// The longest a durable batch waited to be queryable in the views, in µs.
+    lag_us_max: AtomicU64,
 }
 
 impl Progress {
@@ -81,6 +83,18 @@ impl Progress {
             changed: Condvar::new(),
             jobs,
             trouble: Mutex::new(None),
+            lag_us_max: AtomicU64::new(0),
+        }
+    }
+
+    /// How far the views trail the log now, and the worst they did since the meter opened.
+    pub fn lag(&self) -> ViewsLag {
+        ViewsLag {
+            behind_batches: self
+                .durable_seq
+                .load(Ordering::Acquire)
+                .saturating_sub(self.applied()),
+            worst_us: self.lag_us_max.load(Ordering::Relaxed),
         }
     }
 
@@ -222,6 +236,12 @@ impl ViewThread {
             if due && !window.batches.is_empty() {
                 match self.apply(&window.batches) {
                     Ok(()) => {
+                        // The window opened when its first batch arrived, durable.
+                        let lag_us = u64::try_from(window.opened_at.elapsed().as_micros())
+                            .unwrap_or(u64::MAX);
+                        self.progress
+                            .lag_us_max
+                            .fetch_max(lag_us, Ordering::Relaxed);
                         let stop = window.stop;
                         window = Window {
                             stop,
