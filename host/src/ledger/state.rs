@@ -488,6 +488,15 @@ fn corrupt(why: impl std::fmt::Display) -> MeterError {
     MeterError::StoreCorrupt(format!("the log does not replay: {why}"))
 }
 
+/// The digest a decision of `batch` names by its index in the batch's policies.
+fn batch_policy(batch: &Batch, index: u32) -> Result<Digest, MeterError> {
+    batch
+        .policies
+        .get(index as usize)
+        .copied()
+        .ok_or_else(|| corrupt(format!("policy index {index} is not in its batch")))
+}
+
 impl LiveState {
     fn note_id(&mut self, kind: u8, id: &str) {
         if let Some(ids) = &mut self.ids {
@@ -597,13 +606,7 @@ impl LiveState {
     /// Call in order: the journal entry ids of the batch follow from it.
     pub fn apply(&mut self, batch: &Batch, decision: &Decision) -> Result<(), MeterError> {
         let seq = batch.seq;
-        let policy = |index: u32| {
-            batch
-                .policies
-                .get(index as usize)
-                .copied()
-                .ok_or_else(|| corrupt(format!("policy index {index} is not in its batch")))
-        };
+        let policy = |index: u32| batch_policy(batch, index);
         match decision {
             Decision::Authorize(authorized) => {
                 let digest = policy(authorized.policy)?;
@@ -699,13 +702,7 @@ impl LiveState {
         imported: &super::record::Imported,
     ) -> Result<(), MeterError> {
         let seq = batch.seq;
-        let policy = |index: u32| {
-            batch
-                .policies
-                .get(index as usize)
-                .copied()
-                .ok_or_else(|| corrupt(format!("policy index {index} is not in its batch")))
-        };
+        let policy = |index: u32| batch_policy(batch, index);
         for (tenant, balance, state) in &imported.accounts {
             self.set_accounts(tenant, [(balance, state)])?;
         }

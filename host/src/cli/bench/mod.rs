@@ -410,9 +410,7 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
                 scratches.push(scratch);
                 location
             }
-            None => {
-                StoreLocation::Sqlite(dir.path().join(format!("ledger-{}.db", product.index())))
-            }
+            None => StoreLocation::Sqlite(dir.path().join(ledger_file(product))),
         };
         let mut meters = Vec::new();
         for _ in 0..variant.postgres_replicas.unwrap_or(1) {
@@ -497,9 +495,12 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
         Some(worst_us) => {
             let transactions = measures.iter().map(|measure| measure.transactions).sum();
             let dir = dir.path().to_path_buf();
+            let native = variant.native;
             Some(
-                tokio::task::spawn_blocking(move || ledger_figures(&dir, transactions, worst_us))
-                    .await??,
+                tokio::task::spawn_blocking(move || {
+                    ledger_figures(&dir, transactions, worst_us, native)
+                })
+                .await??,
             )
         }
         None => None,
@@ -509,6 +510,11 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
         decisions_per_commit,
         ledger,
     })
+}
+
+/// The SQLite ledger of a product in a row's directory.
+fn ledger_file(product: Product) -> String {
+    format!("ledger-{}.db", product.index())
 }
 
 /// A meter's configuration in the bench: as `serve` runs it, the compiled policy cached
@@ -525,27 +531,26 @@ fn ledger_figures(
     dir: &Path,
     transactions: u64,
     views_lag_worst_us: u64,
+    native: bool,
 ) -> anyhow::Result<LedgerFigures> {
     let mut bytes = 0;
-    let mut ledgers = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("ledger-") {
+        if entry.file_name().to_string_lossy().starts_with("ledger-") {
             bytes += entry.metadata()?.len();
-            if name.ends_with(".db") {
-                ledgers.push(entry.path());
-            }
         }
     }
     let mut restart_ms: f64 = 0.0;
-    for path in ledgers {
-        let location = StoreLocation::Sqlite(path);
+    for product in Product::ALL {
+        let location = StoreLocation::Sqlite(dir.join(ledger_file(product)));
         let started = Instant::now();
-        let meter = Meter::open(
-            bench_config(&location, dir),
-            PolicySource::Resume { fallback: None },
-        )?;
+        // A restart resumes the ledger's own policy; native rules are linked, not stored.
+        let source = match (native, product) {
+            (false, _) => PolicySource::Resume { fallback: None },
+            (true, Product::Smarte) => PolicySource::Native(NativePolicy::Smarte),
+            (true, Product::DonorAtlas) => PolicySource::Native(NativePolicy::DonorAtlas),
+        };
+        let meter = Meter::open(bench_config(&location, dir), source)?;
         restart_ms = restart_ms.max(started.elapsed().as_secs_f64() * 1e3);
         drop(meter);
     }
@@ -933,6 +938,20 @@ fn targets(rows: &[Row], large: &str) -> Vec<Target> {
             "(6) large / (1) >= 0.8".to_owned(),
             ratio(large, IN_PROCESS),
             0.8,
+        ),
+        at_most(
+            "memory, large row",
+            "(6) peak RSS <= 512 MiB".to_owned(),
+            find(large)
+                .and_then(|row| row.rss_bytes)
+                .map(|bytes| bytes as f64 / f64::from(1 << 20)),
+            512.0,
+        ),
+        at_least(
+            "PostgreSQL, 1 replica",
+            "1 replica / (5) >= 1.32 (before the log)".to_owned(),
+            ratio(PG_ONE, POSTGRES),
+            1.32,
         ),
         at_least(
             "steady as the ledger grows",
