@@ -42,6 +42,18 @@ const MIGRATIONS: &[Migration] = &[
          DROP COLUMN held_json, DROP COLUMN receipt_json; \
          ALTER TABLE transactions ALTER COLUMN record SET NOT NULL",
     ),
+    // The writer closes transactions `WHERE id = .. AND state = 'open'`, and that
+    // predicate implied this index's: on a ledger that grew faster than autovacuum
+    // analyzed it, the generic plan scanned the whole index (dead entries included) for
+    // every batch instead of looking the ids up (measured: 1,300 index entries read per
+    // batch after 5,000 transactions, and throughput falling by a third each
+    // repetition). A predicate the writer's statements do not imply keeps it to the
+    // sweep's query, which names it.
+    Migration::Sql(
+        "DROP INDEX transactions_open_by_policy; \
+         CREATE INDEX transactions_open_by_policy ON transactions (policy_digest) \
+         WHERE state = 'open' AND policy_digest IS NOT NULL",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.

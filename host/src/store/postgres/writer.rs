@@ -39,7 +39,9 @@ const MARKED: &str = "SELECT key FROM marks WHERE tenant = $1 AND scope = $2 AND
 const POLICY_BY_DIGEST: &str = "SELECT digest, name, version, balances_json, hold_ttl_ms, \
      component FROM policies WHERE digest = $1";
 const LATEST_ACTIVATION: &str = "SELECT digest FROM policy_activations ORDER BY id DESC LIMIT 1";
-const OPEN_POLICIES: &str = "SELECT DISTINCT policy_digest FROM transactions WHERE state = 'open'";
+/// Names the predicate of `transactions_open_by_policy` whole, so that index serves it.
+const OPEN_POLICIES: &str = "SELECT DISTINCT policy_digest FROM transactions \
+     WHERE state = 'open' AND policy_digest IS NOT NULL";
 
 // The batch's writes, a statement per table at commit.
 const INSERT_TRANSACTIONS: &str = "INSERT INTO transactions (id, tenant, state, fingerprint, \
