@@ -100,6 +100,15 @@ pub struct PolicyMeta {
     pub hold_ttl_ms: u64,
 }
 
+/// The bytes of the live state's filters, as serialized (their bit arrays and
+/// parameters): what they keep in memory, without the allocator's overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FilterBytes {
+    /// Transaction and grant ids.
+    pub ids: usize,
+    pub marks: usize,
+}
+
 /// Limits of the structures kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateLimits {
@@ -404,6 +413,19 @@ impl LiveState {
     /// Open holds, and the heap bytes they keep.
     pub fn open_holds(&self) -> (usize, usize) {
         (self.open_holds, self.open_hold_bytes)
+    }
+
+    /// The bytes of the filters now.
+    pub fn filter_bytes(&self) -> FilterBytes {
+        let size = |filter: Option<&GrowableBloom>| {
+            filter.map_or(0, |filter| {
+                postcard::to_allocvec(filter).map_or(0, |bytes| bytes.len())
+            })
+        };
+        FilterBytes {
+            ids: size(self.ids.as_ref()),
+            marks: size(self.marks.borrow().filter.as_ref()),
+        }
     }
 
     /// Whether one more open hold of `bytes` fits the limits.

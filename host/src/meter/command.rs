@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::decide::CheckedAuthorize;
 use crate::error::MeterError;
+use crate::ledger::state::FilterBytes;
 use crate::model::{
     Authorization, GrantRequest, Receipt, SettleRequest, ShadowReport, TenantBalances,
 };
@@ -44,6 +45,8 @@ pub enum Command {
     LoadedPolicies(Reply<Vec<String>>),
     /// The live accounts and where the log is, for the audit.
     Audit(Reply<AuditPoint>),
+    /// The bytes of the live state's filters now.
+    Filters(Reply<FilterBytes>),
 }
 
 impl Command {
@@ -80,6 +83,7 @@ impl Command {
             Command::TakeShadow(reply) => drop(reply.send(Err(error))),
             Command::LoadedPolicies(reply) => drop(reply.send(Err(error))),
             Command::Audit(reply) => drop(reply.send(Err(error))),
+            Command::Filters(reply) => drop(reply.send(Err(error))),
         }
     }
 }

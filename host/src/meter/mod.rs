@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
-use crate::ledger::state::{Coverage, LiveState};
+use crate::ledger::state::{Coverage, FilterBytes, LiveState};
 use crate::model::{
     ActivePolicy, Authorization, AuthorizeRequest, BatchStats, GrantRequest, JournalEntry,
     PolicyActivation, PolicyRef, Receipt, SettleRequest, ShadowReport, TenantBalances,
@@ -483,6 +483,12 @@ impl Meter {
     pub fn invariant_violations(&self) -> Result<Vec<String>, MeterError> {
         let point = self.call(Command::Audit)?;
         self.reader.invariant_violations(Some(point))
+    }
+
+    /// The bytes the live state's filters of transaction ids and marks take now
+    /// (SQLite; zero where the state is read per batch, on PostgreSQL).
+    pub fn filter_bytes(&self) -> Result<FilterBytes, MeterError> {
+        self.call(Command::Filters)
     }
 }
 

@@ -499,6 +499,7 @@ fn execute(
         Command::ShadowReport(reply) => answer!(reply, Ok(decider.registry.shadow_report())),
         Command::TakeShadow(reply) => answer!(reply, Ok(decider.registry.take_shadow())),
         Command::LoadedPolicies(reply) => answer!(reply, Ok(decider.registry.loaded())),
+        Command::Filters(reply) => answer!(reply, Ok(decider.state.filter_bytes())),
         Command::Audit(reply) => {
             let seq = if decider.builder.is_empty() {
                 decider.state.last_seq
@@ -542,7 +543,8 @@ fn claims(batch: &[Command]) -> BatchClaims {
             | Command::ShadowReport(_)
             | Command::TakeShadow(_)
             | Command::LoadedPolicies(_)
-            | Command::Audit(_) => {}
+            | Command::Audit(_)
+            | Command::Filters(_) => {}
         }
     }
     claims

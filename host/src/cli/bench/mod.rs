@@ -158,11 +158,13 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
                 .await??;
         println!(
             "{FOOTPRINT} (resident memory per entry, all in: structures, allocator, filters): \
-             {:.0} B a tenant with one balance ({} tenants), {:.0} B an open hold ({} holds)",
+             {:.0} B a tenant with one balance ({} tenants), {:.0} B an open hold ({} holds); \
+             the id filter {:.2} B an id",
             footprint.bytes_per_tenant,
             thousands(tenants),
             footprint.bytes_per_open_hold,
-            thousands(holds)
+            thousands(holds),
+            footprint.filter_bytes_per_id
         );
         Some(footprint)
     } else {
@@ -566,6 +568,8 @@ fn ledger_figures(
 struct Footprint {
     bytes_per_tenant: f64,
     bytes_per_open_hold: f64,
+    /// The id filter's own bytes (transaction and grant ids) over the ids it holds.
+    filter_bytes_per_id: f64,
 }
 
 /// Opens a meter (native SMARTe rules) on a fresh SQLite ledger and measures the growth
@@ -619,9 +623,13 @@ fn live_state_footprint(dir: &Path, tenants: usize, holds: usize) -> anyhow::Res
     })?;
     let with_holds = settled(&meter, "holds")?;
     let per = |grown: u64, count: usize| grown as f64 / count.max(1) as f64;
+    // Every grant and transaction id so far: the tenants' grants, the holds, and the
+    // three grants of `settled`.
+    let ids = tenants + holds + 3;
     Ok(Footprint {
         bytes_per_tenant: per(with_tenants.saturating_sub(before), tenants),
         bytes_per_open_hold: per(with_holds.saturating_sub(with_tenants), holds),
+        filter_bytes_per_id: per(meter.filter_bytes()?.ids as u64, ids),
     })
 }
 
