@@ -9,15 +9,18 @@
 //!
 //! ```text
 //! request -> api (HTTP) / Meter (library) -> meter (sequencer) -> policy (wasm) -> verdict
-//!                                               \-> ledger (posting rules) -> store (SQLite)
+//!                                               \-> ledger (live state, batch record) -> store (log)
 //! ```
 //!
 //! - [`policy`]: where a charge is decided (the sandboxed component, its contract).
-//! - [`ledger`]: how a decision becomes journal entries; the host's own guarantees
-//!   (never below zero, journal sums to balances) whatever the policy says.
-//! - [`store`]: where it is written (SQLite, WAL, fsync before acknowledging).
-//! - [`meter`]: the entry point, [`Meter`]; one sequencer thread gives every decision
-//!   one total order and batches them into one store transaction each.
+//! - [`ledger`]: what a decision is: posting rules and the host's own guarantees (never
+//!   below zero, journal sums to balances) whatever the policy says; the batch record
+//!   and its binary codec; the live state in memory that records change.
+//! - [`store`]: where records are written: the SQLite log (fsynced before any answer),
+//!   its views, snapshots and recovery; PostgreSQL for replicas.
+//! - [`meter`]: the entry point, [`Meter`]; one sequencer thread decides every request
+//!   in one total order, a batch at a time, and a log thread makes each batch durable
+//!   before its answers go out (see `docs/ledger.md`).
 //! - [`api`]: the HTTP sidecar (axum), no business rules.
 //! - [`conformance`]: the checks any policy module must pass before it prices a call.
 
