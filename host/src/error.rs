@@ -49,6 +49,19 @@ pub enum MeterError {
     /// The policy used up its CPU budget for one call.
     #[error("the policy exceeded its CPU budget of {fuel} fuel units for one call")]
     PolicyFuelExhausted { fuel: u64 },
+    /// The policy call ran past its wall-clock bound.
+    #[error("the policy exceeded its time budget of {ms} ms for one call")]
+    PolicyTimeExceeded { ms: u64 },
+    /// The policy asked the host for more than one call may: too many `marked` lookups
+    /// or keys, or too many bytes passed between policy and host.
+    #[error("the policy exceeded a host-call limit: {0}")]
+    PolicyHostLimit(String),
+    /// The tenant's policy calls keep exceeding their budget: they are refused for a
+    /// while without running, so other tenants are not stalled.
+    #[error(
+        "this tenant's policy calls keep exceeding their budget; they are refused for {retry_after_ms} ms"
+    )]
+    PolicyBudgetExceeded { retry_after_ms: u64 },
     /// The policy answered something the contract forbids.
     #[error("the policy broke the contract: {0}")]
     PolicyInvalidVerdict(String),
@@ -78,6 +91,14 @@ pub enum MeterError {
 }
 
 impl MeterError {
+    /// How long a client should wait before trying again, when that is known.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            MeterError::PolicyBudgetExceeded { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
     /// The HTTP status a sidecar answers with.
     pub fn status(&self) -> u16 {
         match self {
@@ -94,7 +115,10 @@ impl MeterError {
             | MeterError::HoldExpired(_) => 409,
             MeterError::PolicyTrap(_)
             | MeterError::PolicyFuelExhausted { .. }
+            | MeterError::PolicyTimeExceeded { .. }
+            | MeterError::PolicyHostLimit(_)
             | MeterError::PolicyInvalidVerdict(_) => 500,
+            MeterError::PolicyBudgetExceeded { .. } => 503,
             MeterError::StoreUnavailable(_)
             | MeterError::StoreIncompatible(_)
             | MeterError::StoreCorrupt(_)
@@ -121,6 +145,9 @@ impl MeterError {
             MeterError::HoldExpired(_) => "hold_expired",
             MeterError::PolicyTrap(_) => "policy_trap",
             MeterError::PolicyFuelExhausted { .. } => "policy_fuel_exhausted",
+            MeterError::PolicyTimeExceeded { .. } => "policy_time_exceeded",
+            MeterError::PolicyHostLimit(_) => "policy_host_limit",
+            MeterError::PolicyBudgetExceeded { .. } => "policy_budget_exceeded",
             MeterError::PolicyInvalidVerdict(_) => "policy_invalid_verdict",
             MeterError::StoreUnavailable(_) => "store_unavailable",
             MeterError::StoreIncompatible(_) => "store_incompatible",

@@ -146,6 +146,10 @@ pub struct ShadowReport {
     /// Tenants with differences beyond the itemized limit.
     pub tenants_not_itemized: u64,
     pub examples: Vec<ShadowExample>,
+    /// Candidate calls that went over budget or ran slower than half the wall bound.
+    pub over_budget: u64,
+    /// Why the candidate is no longer run, once it has stopped.
+    pub stopped: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

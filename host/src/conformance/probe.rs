@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::error::MeterError;
 use crate::policy::component::{CompiledPolicy, Limits};
 use crate::policy::{
-    AuthorizeDecision, MarkLookup, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
+    AuthorizeDecision, MarkAnswers, MarkLookup, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
 };
 
 /// One contract check's verdict.
@@ -43,11 +43,18 @@ impl MarkLookup for ProbeMarks {
         _tenant: &str,
         _scope: &str,
         keys: &[String],
-    ) -> Result<Vec<bool>, MeterError> {
-        Ok(keys
+        stored_keys_max: usize,
+    ) -> Result<Option<MarkAnswers>, MeterError> {
+        let marked: Vec<bool> = keys
             .iter()
             .map(|key| key.starts_with(MARKED_PREFIX))
-            .collect())
+            .collect();
+        // A marked key is one a ledger's filter cannot rule out: it costs a store read.
+        let stored_keys = marked.iter().filter(|marked| **marked).count();
+        Ok((stored_keys <= stored_keys_max).then_some(MarkAnswers {
+            marked,
+            stored_keys,
+        }))
     }
 }
 

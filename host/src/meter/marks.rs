@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use crate::error::MeterError;
 use crate::ledger::state::{RecentMarks, mark_key};
-use crate::policy::MarkLookup;
+use crate::policy::{MarkAnswers, MarkLookup};
 use crate::store::Store;
 
 pub struct LedgerMarks {
@@ -16,7 +16,13 @@ pub struct LedgerMarks {
 }
 
 impl MarkLookup for LedgerMarks {
-    fn marked(&self, tenant: &str, scope: &str, keys: &[String]) -> Result<Vec<bool>, MeterError> {
+    fn marked(
+        &self,
+        tenant: &str,
+        scope: &str,
+        keys: &[String],
+        stored_keys_max: usize,
+    ) -> Result<Option<MarkAnswers>, MeterError> {
         let mut answers = Vec::with_capacity(keys.len());
         let mut unknown: Vec<(usize, &str)> = Vec::new();
         {
@@ -36,6 +42,10 @@ impl MarkLookup for LedgerMarks {
                 }
             }
         }
+        if unknown.len() > stored_keys_max {
+            return Ok(None);
+        }
+        let stored_keys = unknown.len();
         if !unknown.is_empty() {
             let asked: Vec<&str> = unknown.iter().map(|(_, key)| *key).collect();
             let stored = self.store.marked(tenant, scope, &asked)?;
@@ -43,6 +53,9 @@ impl MarkLookup for LedgerMarks {
                 answers[index] = marked;
             }
         }
-        Ok(answers)
+        Ok(Some(MarkAnswers {
+            marked: answers,
+            stored_keys,
+        }))
     }
 }

@@ -24,8 +24,10 @@
 //!
 //! Parts: [`command`] (typed commands and replies), [`decide`] (the decisions as
 //! functions over the live state), [`registry`] (active, loaded and shadow policies),
+//! [`breaker`] (a tenant whose policy calls keep exceeding their budget is refused),
 //! [`sequencer`] (the batching loop, commit and durability), [`validate`] (the limits).
 
+mod breaker;
 mod command;
 pub mod decide;
 mod marks;

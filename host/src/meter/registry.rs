@@ -1,12 +1,16 @@
 //! The policy registry: which policy is active, which versions are loaded (settles run
 //! on the version that authorized, loaded again from the ledger by digest when needed),
 //! and the shadow candidate. Lives on the sequencer thread: runtimes are not `Send`.
+//!
+//! Every policy call goes through here, past the tenant's [`Breakers`] entry.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::breaker::{Breakers, CallOutcome};
 use super::shadow::Shadow;
 use crate::error::MeterError;
 use crate::model::ShadowReport;
@@ -24,6 +28,7 @@ pub struct Registry {
     active: PolicyDigest,
     runtimes: HashMap<PolicyDigest, Box<dyn PolicyRuntime>>,
     shadow: Option<Shadow>,
+    breakers: Breakers,
 }
 
 impl Registry {
@@ -43,6 +48,7 @@ impl Registry {
             active,
             runtimes: HashMap::from([(active, first)]),
             shadow: None,
+            breakers: Breakers::new(limits.wall_ms_per_call),
         }
     }
 
@@ -62,16 +68,6 @@ impl Registry {
 
     pub fn info(&self, digest: &PolicyDigest) -> Option<&PolicyInfo> {
         self.runtimes.get(digest).map(|runtime| runtime.info())
-    }
-
-    /// The runtime of a loaded version.
-    fn runtime(
-        &mut self,
-        digest: &PolicyDigest,
-    ) -> Result<&mut Box<dyn PolicyRuntime>, MeterError> {
-        self.runtimes
-            .get_mut(digest)
-            .ok_or_else(|| MeterError::StoreUnavailable(format!("policy {digest} is not loaded")))
     }
 
     pub fn is_loaded(&self, digest: &PolicyDigest) -> bool {
@@ -113,20 +109,32 @@ impl Registry {
         }
     }
 
-    /// Asks `digest` to authorize, and the shadow beside it (counted only).
+    /// Asks `digest` to authorize, and the shadow beside it (counted only). Refused
+    /// without a call while the tenant's breaker is open.
     pub fn authorize(
         &mut self,
         digest: &PolicyDigest,
         request: &sdk::Request,
         balances: &[sdk::BalanceAmount],
     ) -> Result<AuthorizeDecision, MeterError> {
-        let decision = self.runtime(digest)?.authorize(request, balances)?;
-        if let Some(shadow) = &mut self.shadow {
+        let tenant = &request.tenant;
+        self.breakers.admit(tenant, Instant::now())?;
+        let runtime = self
+            .runtimes
+            .get_mut(digest)
+            .ok_or_else(|| not_loaded(digest))?;
+        let decision = runtime.authorize(request, balances);
+        let cost = runtime.last_cost();
+        self.breakers
+            .record(tenant, Instant::now(), cost, CallOutcome::of(&decision));
+        let decision = decision?;
+        if let Some(shadow) = self.shadow.as_mut().filter(|shadow| shadow.is_running()) {
             // The candidate sees exactly what the active policy saw.
             let candidate = shadow.runtime.authorize(request, balances);
+            shadow.count_cost(&candidate, self.limits.wall_ms_per_call);
             shadow.observe_authorize(
                 &request.transaction_id,
-                &request.tenant,
+                tenant,
                 &request.operation,
                 &decision,
                 candidate,
@@ -135,7 +143,8 @@ impl Registry {
         Ok(decision)
     }
 
-    /// Asks `digest` to settle, and the shadow beside it (counted only).
+    /// Asks `digest` to settle, and the shadow beside it (counted only). Refused
+    /// without a call while the tenant's breaker is open.
     pub fn settle(
         &mut self,
         digest: &PolicyDigest,
@@ -143,12 +152,23 @@ impl Registry {
         outcome: &sdk::Outcome,
         balances: &[sdk::BalanceAmount],
     ) -> Result<SettleDecision, MeterError> {
-        let decision = self.runtime(digest)?.settle(admitted, outcome, balances)?;
-        if let Some(shadow) = &mut self.shadow {
+        let tenant = &admitted.request.tenant;
+        self.breakers.admit(tenant, Instant::now())?;
+        let runtime = self
+            .runtimes
+            .get_mut(digest)
+            .ok_or_else(|| not_loaded(digest))?;
+        let decision = runtime.settle(admitted, outcome, balances);
+        let cost = runtime.last_cost();
+        self.breakers
+            .record(tenant, Instant::now(), cost, CallOutcome::of(&decision));
+        let decision = decision?;
+        if let Some(shadow) = self.shadow.as_mut().filter(|shadow| shadow.is_running()) {
             let candidate = shadow.runtime.settle(admitted, outcome, balances);
+            shadow.count_cost(&candidate, self.limits.wall_ms_per_call);
             shadow.observe_settle(
                 &admitted.request.transaction_id,
-                &admitted.request.tenant,
+                tenant,
                 &admitted.request.operation,
                 &decision,
                 candidate,
@@ -195,4 +215,8 @@ impl Registry {
     pub fn take_shadow(&mut self) -> Option<Vec<u8>> {
         self.shadow.take().map(|shadow| shadow.component)
     }
+}
+
+fn not_loaded(digest: &PolicyDigest) -> MeterError {
+    MeterError::StoreUnavailable(format!("policy {digest} is not loaded"))
 }

@@ -2,6 +2,7 @@
 //! active one, moving no credit; the differences are counted per kind and per tenant,
 //! with examples (Envoy's shadow rules, for billing).
 
+use super::breaker::CallOutcome;
 use crate::error::MeterError;
 use crate::model::{Amounts, PolicyRef, ShadowExample, ShadowReport, TenantDifferences};
 use crate::policy::{AuthorizeDecision, PolicyRuntime, SettleDecision};
@@ -9,6 +10,9 @@ use crate::policy::{AuthorizeDecision, PolicyRuntime, SettleDecision};
 /// Bounds on what a report keeps (TigerBeetle: a limit on everything).
 const EXAMPLES_MAX: usize = 20;
 const TENANTS_MAX: usize = 10_000;
+/// Calls over budget, or slower than half the wall bound, after which the candidate is
+/// no longer run: a shadow must never slow the active path for long.
+pub const SHADOW_STRIKES_MAX: u64 = 16;
 
 /// The candidate and what it has disagreed on so far.
 pub(super) struct Shadow {
@@ -33,6 +37,30 @@ impl Shadow {
             runtime,
             component,
             report,
+        }
+    }
+
+    /// Whether the candidate is still run (it stops past [`SHADOW_STRIKES_MAX`]).
+    pub fn is_running(&self) -> bool {
+        self.report.stopped.is_none()
+    }
+
+    /// Counts a candidate's call that went over budget or ran slow; past the bound, the
+    /// candidate stops and the report says why.
+    pub fn count_cost<T>(&mut self, result: &Result<T, MeterError>, wall_ms_per_call: u64) {
+        let cost = self.runtime.last_cost();
+        let slow = cost.wall_us > wall_ms_per_call.saturating_mul(1_000) / 2;
+        if CallOutcome::of(result) == CallOutcome::Ran && !slow {
+            return;
+        }
+        self.report.over_budget += 1;
+        if self.report.over_budget >= SHADOW_STRIKES_MAX {
+            let reason = format!(
+                "stopped after {SHADOW_STRIKES_MAX} calls over budget or slower than {} ms",
+                wall_ms_per_call / 2
+            );
+            tracing::warn!(shadow = %self.report.shadow.digest, %reason, "shadow policy stopped");
+            self.report.stopped = Some(reason);
         }
     }
 

@@ -6,21 +6,26 @@
 //! - Sandboxed: the only import provided is the read-only `ledger`; any WASI import a
 //!   std guest declares is linked to a function that traps, so a policy gets no files,
 //!   network, environment, clock or randomness. Any other import refuses the load.
-//! - Bounded: each call gets [`Limits::fuel_per_call`] units of fuel (deterministic
-//!   CPU accounting: the same call always costs the same) and at most
-//!   [`Limits::memory_bytes_max`] of linear memory.
+//! - Bounded (docs/policy-budget.md): each call gets [`Limits::fuel_per_call`] units of
+//!   fuel, spent by the guest's instructions and by the host's work on its behalf
+//!   (deterministic: the same call always costs the same); a wall-clock deadline
+//!   ([`Limits::wall_ms_per_call`], epoch interruption); hard bounds on `marked` lookups
+//!   and on the bytes lifted out of guest memory, checked before anything is copied;
+//!   and at most [`Limits::memory_bytes_max`] of linear memory.
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::contract::{check_settlement, check_verdict};
 use super::{
-    AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
+    AuthorizeDecision, CallCost, MarkAnswers, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime,
+    SettleDecision, sdk,
 };
 use crate::error::MeterError;
 
@@ -32,20 +37,37 @@ mod bindings {
     });
 }
 
-use bindings::creditgate::policy::{ledger, types as wit};
+use bindings::creditgate::policy::types as wit;
 
 /// The interface every policy imports, and the prefix of those it may import but never
 /// gets (linked to traps).
 const LEDGER_IMPORT: &str = "creditgate:policy/ledger@0.1.0";
+const MARKED_FUNCTION: &str = "marked";
 const TYPES_IMPORT: &str = "creditgate:policy/types@0.1.0";
 const TRAPPED_IMPORT_PREFIX: &str = "wasi:";
 
-/// Per-call resource bounds.
+/// Fuel one `marked` key costs: hashing it and probing the in-memory marks and filter.
+pub const FUEL_PER_MARK_KEY: u64 = 1_000;
+/// Fuel one `marked` key costs when memory cannot answer it and the store is read.
+pub const FUEL_PER_STORED_MARK_KEY: u64 = 20_000;
+/// How often the engine's epoch advances: the resolution of [`Limits::wall_ms_per_call`].
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Per-call resource bounds (docs/policy-budget.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Fuel for one describe, authorize or settle call (about one unit per wasm
-    /// instruction).
+    /// Fuel for one describe, authorize or settle call: about one unit per wasm
+    /// instruction, plus the host's work for the policy's imports.
     pub fuel_per_call: u64,
+    /// Wall-clock time one call may take, in milliseconds, whatever it spends it on.
+    pub wall_ms_per_call: u64,
+    /// Bytes one lift may copy out of guest memory: the arguments of one import call,
+    /// or one verdict. Checked by wasmtime before each string or list is copied.
+    pub lifted_bytes_max: usize,
+    /// Keys one `marked` lookup may ask about.
+    pub mark_keys_per_lookup_max: usize,
+    /// `marked` lookups one call may make.
+    pub mark_lookups_per_call_max: u32,
     /// Linear memory a policy instance may grow to.
     pub memory_bytes_max: usize,
 }
@@ -54,17 +76,37 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             fuel_per_call: 20_000_000,
+            wall_ms_per_call: 20,
+            lifted_bytes_max: 4 << 20,
+            mark_keys_per_lookup_max: crate::meter::validate::ITEMS_MAX,
+            mark_lookups_per_call_max: 16,
             memory_bytes_max: 64 << 20,
         }
     }
 }
 
-/// The wasmtime engine every policy compiles on: fuel metering on, Cranelift at speed.
+/// The wasmtime engine every policy compiles on: fuel metering and epoch interruption
+/// on, Cranelift at speed. A ticker thread advances its epoch every [`EPOCH_TICK`] for
+/// as long as the engine lives.
 pub fn engine() -> Result<Engine, MeterError> {
     let mut config = Config::new();
     config.consume_fuel(true);
+    config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    Engine::new(&config).map_err(|error| load_error(format!("cannot start wasmtime: {error}")))
+    let engine = Engine::new(&config)
+        .map_err(|error| load_error(format!("cannot start wasmtime: {error}")))?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("creditgate-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map_err(|error| load_error(format!("cannot start the epoch ticker: {error}")))?;
+    Ok(engine)
 }
 
 fn load_error(message: String) -> MeterError {
@@ -73,21 +115,63 @@ fn load_error(message: String) -> MeterError {
 
 /// What a policy call's store carries: its resource limits, and the ledger view.
 struct HostState {
-    limits: StoreLimits,
+    store_limits: StoreLimits,
+    limits: Limits,
     marks: Rc<dyn MarkLookup>,
     /// The tenant of the call in progress: `marked` answers for this tenant only.
     tenant: String,
-}
-
-impl ledger::Host for HostState {
-    fn marked(&mut self, scope: String, keys: Vec<String>) -> wasmtime::Result<Vec<bool>> {
-        self.marks
-            .marked(&self.tenant, &scope, &keys)
-            .map_err(|error| wasmtime::Error::msg(error.to_string()))
-    }
+    /// `marked` lookups made by the call in progress.
+    lookups: u32,
 }
 
 impl wit::Host for HostState {}
+
+/// A call went past one of [`Limits`]' bounds on host work.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HostLimitExceeded(String);
+
+/// The `marked` import. Bounds are checked and fuel is charged before the work: keys
+/// memory can answer cost [`FUEL_PER_MARK_KEY`], and the store is read only when the
+/// fuel left pays [`FUEL_PER_STORED_MARK_KEY`] for each key it must be asked about.
+fn marked(
+    mut store: StoreContextMut<'_, HostState>,
+    (scope, keys): (String, Vec<String>),
+) -> wasmtime::Result<(Vec<bool>,)> {
+    let state = store.data_mut();
+    let limits = state.limits;
+    state.lookups += 1;
+    if state.lookups > limits.mark_lookups_per_call_max {
+        return Err(HostLimitExceeded(format!(
+            "more than {} `marked` lookups in one call",
+            limits.mark_lookups_per_call_max
+        ))
+        .into());
+    }
+    if keys.len() > limits.mark_keys_per_lookup_max {
+        return Err(HostLimitExceeded(format!(
+            "{} keys in one `marked` lookup; at most {}",
+            keys.len(),
+            limits.mark_keys_per_lookup_max
+        ))
+        .into());
+    }
+    let keys_cost = u64::try_from(keys.len())?.saturating_mul(FUEL_PER_MARK_KEY);
+    let Some(fuel) = store.get_fuel()?.checked_sub(keys_cost) else {
+        return Err(Trap::OutOfFuel.into());
+    };
+    let stored_keys_max = usize::try_from(fuel / FUEL_PER_STORED_MARK_KEY).unwrap_or(usize::MAX);
+    let state = store.data();
+    let Some(answers) = state
+        .marks
+        .marked(&state.tenant, &scope, &keys, stored_keys_max)?
+    else {
+        return Err(Trap::OutOfFuel.into());
+    };
+    let stored_cost = u64::try_from(answers.stored_keys)?.saturating_mul(FUEL_PER_STORED_MARK_KEY);
+    store.set_fuel(fuel.saturating_sub(stored_cost))?;
+    Ok((answers.marked,))
+}
 
 /// A compiled, checked policy module; cheap to instantiate.
 pub struct CompiledPolicy {
@@ -138,10 +222,14 @@ impl CompiledPolicy {
                 )));
             }
         }
-        bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
-            state
-        })
-        .map_err(|error| load_error(format!("cannot link the ledger import: {error}")))?;
+        let link_error =
+            |error: wasmtime::Error| load_error(format!("cannot link the ledger import: {error}"));
+        wit::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(link_error)?;
+        linker
+            .instance(LEDGER_IMPORT)
+            .and_then(|mut ledger| ledger.func_wrap(MARKED_FUNCTION, marked))
+            .map_err(link_error)?;
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|error| load_error(format!("cannot stub the WASI imports: {error}")))?;
@@ -156,12 +244,14 @@ impl CompiledPolicy {
             ))
         })?;
         let mut probe = Instance::new(engine, &pre, limits, Rc::new(NoMarks))?;
-        let description = probe
-            .call(limits, |bindings, store| {
-                bindings.creditgate_policy_pricing().call_describe(store)
-            })
-            .map_err(|error| load_error(format!("describe failed: {error}")))?;
-        let info = PolicyInfo::from_description(description_from_wit(description), digest)?;
+        let (description, _cost) =
+            probe.call(|bindings, store| bindings.creditgate_policy_pricing().call_describe(store));
+        let description =
+            description.map_err(|error| load_error(format!("describe failed: {error}")))?;
+        // A description that breaks the contract refuses the module (422), like any
+        // other reason a module cannot be loaded.
+        let info = PolicyInfo::from_description(description_from_wit(description), digest)
+            .map_err(|error| load_error(error.to_string()))?;
         Ok(Arc::new(Self {
             engine: engine.clone(),
             pre,
@@ -180,6 +270,7 @@ impl CompiledPolicy {
             compiled: Arc::clone(self),
             marks,
             instance: None,
+            last_cost: CallCost::default(),
         }
     }
 }
@@ -248,7 +339,8 @@ impl MarkLookup for NoMarks {
         _tenant: &str,
         _scope: &str,
         _keys: &[String],
-    ) -> Result<Vec<bool>, MeterError> {
+        _stored_keys_max: usize,
+    ) -> Result<Option<MarkAnswers>, MeterError> {
         Err(MeterError::PolicyInvalidVerdict(
             "describe called the ledger".to_owned(),
         ))
@@ -260,6 +352,10 @@ struct Instance {
     bindings: bindings::Policy,
 }
 
+/// wasmtime's message when a lift would copy more than the store's hostcall fuel (its
+/// error type is private; a unit test below keeps this in step with wasmtime).
+const LIFT_BOUND_MESSAGE: &str = "too much data is being copied between the host and the guest";
+
 impl Instance {
     fn new(
         engine: &Engine,
@@ -268,56 +364,91 @@ impl Instance {
         marks: Rc<dyn MarkLookup>,
     ) -> Result<Self, MeterError> {
         let state = HostState {
-            limits: StoreLimitsBuilder::new()
+            store_limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes_max)
                 .instances(16)
                 .tables(16)
                 .memories(4)
                 .build(),
+            limits,
             marks,
             tenant: String::new(),
+            lookups: 0,
         };
         let mut store = Store::new(engine, state);
-        store.limiter(|state| &mut state.limits);
-        store
-            .set_fuel(limits.fuel_per_call)
-            .map_err(|error| MeterError::PolicyTrap(error.to_string()))?;
+        store.limiter(|state| &mut state.store_limits);
+        store.set_hostcall_fuel(limits.lifted_bytes_max);
+        Self::arm(&mut store, limits)?;
         let bindings = pre
             .instantiate(&mut store)
             .map_err(|error| MeterError::PolicyTrap(format!("instantiation failed: {error:#}")))?;
         Ok(Self { store, bindings })
     }
 
-    /// Runs one export with a fresh fuel budget, mapping traps to meter errors.
-    fn call<R>(
-        &mut self,
-        limits: Limits,
-        call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, MeterError> {
-        self.store
+    /// A fresh budget: fuel, the wall-clock deadline (one tick more than the bound, for
+    /// the tick in progress), and no lookups yet.
+    fn arm(store: &mut Store<HostState>, limits: Limits) -> Result<(), MeterError> {
+        store
             .set_fuel(limits.fuel_per_call)
             .map_err(|error| MeterError::PolicyTrap(error.to_string()))?;
-        call(&self.bindings, &mut self.store).map_err(|error| {
-            tracing::debug!(error = format!("{error:?}"), "policy call failed");
-            match error.downcast_ref::<Trap>() {
-                Some(Trap::OutOfFuel) => MeterError::PolicyFuelExhausted {
-                    fuel: limits.fuel_per_call,
-                },
-                // One line for the client; the wasm backtrace goes to the debug log.
-                Some(trap) => MeterError::PolicyTrap(format!("wasm trap: {trap}")),
-                None => {
-                    let cause = error.root_cause().to_string();
-                    if cause.contains("unknown import") {
-                        MeterError::PolicyTrap(format!(
-                            "{cause}: policies get no WASI (files, environment, clock, \
-                             randomness); note that a Rust panic reads the environment first"
-                        ))
-                    } else {
-                        MeterError::PolicyTrap(cause)
-                    }
-                }
+        let tick_ms = u64::try_from(EPOCH_TICK.as_millis()).unwrap_or(1).max(1);
+        store.set_epoch_deadline(limits.wall_ms_per_call.div_ceil(tick_ms) + 1);
+        store.data_mut().lookups = 0;
+        Ok(())
+    }
+
+    /// Runs one export with a fresh budget, mapping traps and exceeded bounds to meter
+    /// errors; answers what the call cost too.
+    fn call<R>(
+        &mut self,
+        call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> (Result<R, MeterError>, CallCost) {
+        let limits = self.store.data().limits;
+        if let Err(error) = Self::arm(&mut self.store, limits) {
+            return (Err(error), CallCost::default());
+        }
+        let started = Instant::now();
+        let result = call(&self.bindings, &mut self.store);
+        let fuel_left = self.store.get_fuel().unwrap_or(0);
+        let cost = CallCost::since(started, limits.fuel_per_call.saturating_sub(fuel_left));
+        (result.map_err(|error| call_error(&error, limits)), cost)
+    }
+}
+
+/// The meter error for a failed call: each exceeded bound has its own stable code.
+fn call_error(error: &wasmtime::Error, limits: Limits) -> MeterError {
+    tracing::debug!(error = format!("{error:?}"), "policy call failed");
+    if let Some(meter_error) = error.downcast_ref::<MeterError>() {
+        return meter_error.clone();
+    }
+    if let Some(exceeded) = error.downcast_ref::<HostLimitExceeded>() {
+        return MeterError::PolicyHostLimit(exceeded.0.clone());
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => MeterError::PolicyFuelExhausted {
+            fuel: limits.fuel_per_call,
+        },
+        Some(Trap::Interrupt) => MeterError::PolicyTimeExceeded {
+            ms: limits.wall_ms_per_call,
+        },
+        // One line for the client; the wasm backtrace goes to the debug log.
+        Some(trap) => MeterError::PolicyTrap(format!("wasm trap: {trap}")),
+        None => {
+            let cause = error.root_cause().to_string();
+            if cause.starts_with(LIFT_BOUND_MESSAGE) {
+                MeterError::PolicyHostLimit(format!(
+                    "the call passed more than {} bytes between the policy and the host",
+                    limits.lifted_bytes_max
+                ))
+            } else if cause.contains("unknown import") {
+                MeterError::PolicyTrap(format!(
+                    "{cause}: policies get no WASI (files, environment, clock, \
+                     randomness); note that a Rust panic reads the environment first"
+                ))
+            } else {
+                MeterError::PolicyTrap(cause)
             }
-        })
+        }
     }
 }
 
@@ -327,6 +458,7 @@ pub struct ComponentRuntime {
     marks: Rc<dyn MarkLookup>,
     /// None until first use, and again after a trap.
     instance: Option<Instance>,
+    last_cost: CallCost,
 }
 
 impl ComponentRuntime {
@@ -336,6 +468,7 @@ impl ComponentRuntime {
         call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, MeterError> {
         let compiled = &self.compiled;
+        self.last_cost = CallCost::default();
         let instance = match &mut self.instance {
             Some(instance) => instance,
             empty => empty.insert(Instance::new(
@@ -347,7 +480,8 @@ impl ComponentRuntime {
         };
         instance.store.data_mut().tenant.clear();
         instance.store.data_mut().tenant.push_str(tenant);
-        let result = instance.call(compiled.limits, call);
+        let (result, cost) = instance.call(call);
+        self.last_cost = cost;
         if result.is_err() {
             // A trapped instance may be left inconsistent: never reuse it.
             self.instance = None;
@@ -359,6 +493,10 @@ impl ComponentRuntime {
 impl PolicyRuntime for ComponentRuntime {
     fn info(&self) -> &PolicyInfo {
         &self.compiled.info
+    }
+
+    fn last_cost(&self) -> CallCost {
+        self.last_cost
     }
 
     fn authorize(

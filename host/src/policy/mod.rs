@@ -67,13 +67,48 @@ impl fmt::Display for PolicyDigest {
 /// Answers "which of these keys does the tenant already have under `scope`?", seeing
 /// every decision committed before the one in progress.
 pub trait MarkLookup {
-    fn marked(&self, tenant: &str, scope: &str, keys: &[String]) -> Result<Vec<bool>, MeterError>;
+    /// Reads the store only when at most `stored_keys_max` keys need it (the rest are
+    /// answered from memory); answers `None`, having read nothing, when more would.
+    fn marked(
+        &self,
+        tenant: &str,
+        scope: &str,
+        keys: &[String],
+        stored_keys_max: usize,
+    ) -> Result<Option<MarkAnswers>, MeterError>;
+}
+
+/// A lookup's answers, one per key, and how many keys the store was asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkAnswers {
+    pub marked: Vec<bool>,
+    pub stored_keys: usize,
+}
+
+/// What one policy call cost: fuel (guest instructions and host work) and wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCost {
+    pub fuel: u64,
+    pub wall_us: u64,
+}
+
+impl CallCost {
+    /// A call that started at `started` and burnt `fuel`.
+    pub fn since(started: std::time::Instant, fuel: u64) -> Self {
+        Self {
+            fuel,
+            wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// A loaded policy that can decide requests. One instance serves one thread; it was
 /// built with the [`MarkLookup`] its `marked` calls go to.
 pub trait PolicyRuntime {
     fn info(&self) -> &PolicyInfo;
+
+    /// What the last authorize or settle cost, failed or not.
+    fn last_cost(&self) -> CallCost;
 
     fn authorize(
         &mut self,

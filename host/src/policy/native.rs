@@ -3,10 +3,12 @@
 
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::time::Instant;
 
 use super::contract::{check_settlement, check_verdict};
 use super::{
-    AuthorizeDecision, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
+    AuthorizeDecision, CallCost, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime,
+    SettleDecision, sdk,
 };
 use crate::error::MeterError;
 
@@ -14,6 +16,8 @@ use crate::error::MeterError;
 pub struct NativeRuntime<P> {
     info: PolicyInfo,
     marks: Rc<dyn MarkLookup>,
+    /// Wall time only: native code burns no fuel.
+    last_cost: CallCost,
     policy: PhantomData<P>,
 }
 
@@ -24,6 +28,7 @@ impl<P: sdk::Policy> NativeRuntime<P> {
         Ok(Self {
             info: PolicyInfo::from_description(P::describe(), digest)?,
             marks,
+            last_cost: CallCost::default(),
             policy: PhantomData,
         })
     }
@@ -38,12 +43,15 @@ struct TenantMarks<'a> {
 
 impl sdk::Ledger for TenantMarks<'_> {
     fn marked(&self, scope: &str, keys: &[String]) -> Vec<bool> {
-        self.marks
-            .marked(self.tenant, scope, keys)
-            .unwrap_or_else(|error| {
+        // Native code is not metered: the store may be read for every key.
+        match self.marks.marked(self.tenant, scope, keys, usize::MAX) {
+            Ok(Some(answers)) => answers.marked,
+            Ok(None) => vec![false; keys.len()],
+            Err(error) => {
                 self.failure.replace(Some(error));
                 vec![false; keys.len()]
-            })
+            }
+        }
     }
 }
 
@@ -70,13 +78,19 @@ impl<P: sdk::Policy> PolicyRuntime for NativeRuntime<P> {
         &self.info
     }
 
+    fn last_cost(&self) -> CallCost {
+        self.last_cost
+    }
+
     fn authorize(
         &mut self,
         request: &sdk::Request,
         balances: &[sdk::BalanceAmount],
     ) -> Result<AuthorizeDecision, MeterError> {
+        let started = Instant::now();
         let ledger = TenantMarks::new(self.marks.as_ref(), &request.tenant);
         let verdict = P::authorize(request, balances, &ledger);
+        self.last_cost = CallCost::since(started, 0);
         check_verdict(&self.info, request.items.len(), ledger.finish(verdict)?)
     }
 
@@ -86,8 +100,10 @@ impl<P: sdk::Policy> PolicyRuntime for NativeRuntime<P> {
         outcome: &sdk::Outcome,
         balances: &[sdk::BalanceAmount],
     ) -> Result<SettleDecision, MeterError> {
+        let started = Instant::now();
         let ledger = TenantMarks::new(self.marks.as_ref(), &admitted.request.tenant);
         let settlement = P::settle(admitted, outcome, balances, &ledger);
+        self.last_cost = CallCost::since(started, 0);
         check_settlement(&self.info, ledger.finish(settlement)?)
     }
 }
