@@ -46,10 +46,14 @@ const MARKED_FUNCTION: &str = "marked";
 const TYPES_IMPORT: &str = "creditgate:policy/types@0.1.0";
 const TRAPPED_IMPORT_PREFIX: &str = "wasi:";
 
-/// Fuel one `marked` key costs: hashing it and probing the in-memory marks and filter.
-pub const FUEL_PER_MARK_KEY: u64 = 1_000;
-/// Fuel one `marked` key costs when memory cannot answer it and the store is read.
-pub const FUEL_PER_STORED_MARK_KEY: u64 = 20_000;
+/// Fuel one `marked` key costs: hashing it and probing the in-memory marks and filter
+/// (~0.1 µs; a unit of fuel is ~0.5 ns of a guest's tight loop here).
+pub const FUEL_PER_MARK_KEY: u64 = 200;
+/// Fuel one `marked` key costs when memory cannot answer it and the store is read (an
+/// indexed SQLite read, ~5 µs when its pages are cached).
+pub const FUEL_PER_STORED_MARK_KEY: u64 = 10_000;
+/// The wall-clock bound of the `describe` call made when a module is loaded.
+const DESCRIBE_WALL_MS: u64 = 1_000;
 /// How often the engine's epoch advances: the resolution of [`Limits::wall_ms_per_call`].
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -75,8 +79,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            fuel_per_call: 20_000_000,
-            wall_ms_per_call: 20,
+            fuel_per_call: 10_000_000,
+            wall_ms_per_call: 10,
             lifted_bytes_max: 4 << 20,
             mark_keys_per_lookup_max: crate::meter::validate::ITEMS_MAX,
             mark_lookups_per_call_max: 16,
@@ -243,7 +247,13 @@ impl CompiledPolicy {
                 "the component does not export creditgate:policy/pricing@0.1.0: {error:#}"
             ))
         })?;
-        let mut probe = Instance::new(engine, &pre, limits, Rc::new(NoMarks))?;
+        // Loading is off the request path, and a fresh instance's first call pays for
+        // its memory's first touches: `describe` gets a longer wall-clock bound.
+        let describe_limits = Limits {
+            wall_ms_per_call: limits.wall_ms_per_call.max(DESCRIBE_WALL_MS),
+            ..limits
+        };
+        let mut probe = Instance::new(engine, &pre, describe_limits, Rc::new(NoMarks))?;
         let (description, _cost) =
             probe.call(|bindings, store| bindings.creditgate_policy_pricing().call_describe(store));
         let description =

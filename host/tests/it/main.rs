@@ -9,6 +9,7 @@ mod conformance;
 mod donoratlas;
 mod durability;
 mod guarantees;
+mod hostile;
 mod http;
 mod ledger_log;
 mod lifecycle;

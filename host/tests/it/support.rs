@@ -11,6 +11,7 @@ use creditgate::model::{
     Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest, TenantBalances,
     TransactionView,
 };
+use creditgate::policy::component::Limits;
 use creditgate::store::scratch::{ScratchLedger, ScratchStore};
 use creditgate::store::{self, LedgerReader, StoreLocation};
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
@@ -67,9 +68,14 @@ impl TestMeter {
     }
 
     pub fn on(store: &ScratchStore, policy: &str) -> Self {
+        Self::with_limits(store, policy, deterministic_limits())
+    }
+
+    /// On a fresh ledger, with these per-call bounds.
+    pub fn with_limits(store: &ScratchStore, policy: &str, limits: Limits) -> Self {
         let scratch = store.create().expect("fresh ledger");
         let clock = ManualClock::starting_at(START_MS);
-        let meter = open_meter(&scratch, &clock, policy);
+        let meter = open_meter(&scratch, &clock, policy, limits);
         Self {
             meter,
             clock,
@@ -85,7 +91,7 @@ impl TestMeter {
             scratch,
         } = self;
         drop(meter);
-        let meter = open_meter(&scratch, &clock, policy);
+        let meter = open_meter(&scratch, &clock, policy, deterministic_limits());
         Self {
             meter,
             clock,
@@ -155,9 +161,20 @@ impl Gate for TestMeter {
     }
 }
 
-fn open_meter(scratch: &ScratchLedger, clock: &ManualClock, policy: &str) -> Meter {
+/// The default bounds, but a wall-clock bound no call reaches on a loaded machine
+/// before its fuel runs out: the tests see the deterministic outcome (fuel), and the
+/// tests of the wall bound set their own.
+pub fn deterministic_limits() -> Limits {
+    Limits {
+        wall_ms_per_call: 5_000,
+        ..Limits::default()
+    }
+}
+
+fn open_meter(scratch: &ScratchLedger, clock: &ManualClock, policy: &str, limits: Limits) -> Meter {
     let mut config = MeterConfig::new(scratch.location().clone());
     config.clock = std::sync::Arc::new(clock.clone());
+    config.limits = limits;
     config.sweep_interval_ms = 0;
     Meter::open(config, PolicySource::Component(component(policy))).expect("open meter")
 }
