@@ -72,7 +72,7 @@ fn every_attack_in_the_gallery_fails_closed_with_its_code_and_moves_nothing() {
 }
 
 #[test]
-fn marks_the_filter_cannot_rule_out_cost_fuel_before_the_store_is_read() {
+fn marks_only_the_store_can_answer_cost_the_call_its_fuel() {
     let meter = TestMeter::new("hostile");
     meter.grant("seeder", "default", GRANTED);
     let seeded = meter.authorize("seed", "seeder", "seed-marks", &[], &[]);
