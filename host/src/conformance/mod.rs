@@ -3,7 +3,9 @@
 //! - **Contract checks** ([`probe`]) hold for any module: it loads and describes itself
 //!   well; its answers keep the contract (no negative or overflowing amounts, no
 //!   undescribed balance, admitted items within the batch, meta a JSON object); it is
-//!   deterministic; it stays within its CPU budget; it does not trap.
+//!   deterministic; it stays within its budget (fuel, wall-clock time, host-call
+//!   limits) and its calls cost at most half of it; it does not trap. The report says
+//!   what the calls cost (fuel and wall time, median and maximum).
 //! - **Cases** ([`case`], in `tests/conformance/cases`) are language-neutral JSON files,
 //!   one scenario each, stating the exact answers, balances and journal entries each
 //!   step must produce; they run against the module on a fresh temporary ledger
@@ -43,6 +45,8 @@ pub struct Report {
     pub module: Option<String>,
     pub profile: String,
     pub rows: Vec<Row>,
+    /// What the contract probes' calls cost, once the module loaded.
+    pub cost: Option<probe::CostSummary>,
 }
 
 impl Report {
@@ -74,6 +78,13 @@ impl Report {
         let mut out = String::new();
         if let Some(module) = &self.module {
             let _ = writeln!(out, "module {module}, profile {}", self.profile);
+        }
+        if let Some(cost) = &self.cost {
+            let _ = writeln!(
+                out,
+                "cost per call ({} probe calls): fuel p50 {}, max {}; wall p50 {} µs, max {} µs",
+                cost.calls, cost.fuel_p50, cost.fuel_max, cost.wall_us_p50, cost.wall_us_max
+            );
         }
         let width = self
             .rows
@@ -125,10 +136,11 @@ pub fn check_compiled(compiled: &Arc<CompiledPolicy>) -> Report {
         )),
         profile: info.name.clone(),
         rows: vec![loaded_row(None)],
+        cost: None,
     };
-    report
-        .rows
-        .extend(contract_rows(probe::probe(compiled, &BTreeSet::new())));
+    let probed = probe::probe(compiled, &BTreeSet::new());
+    report.cost = Some(probed.cost);
+    report.rows.extend(contract_rows(probed.checks));
     report
 }
 
@@ -161,9 +173,10 @@ pub fn check_module(
         })
         .collect();
     let info = match probe::check_contract(&engine, module, limits, &operations) {
-        Ok((info, checks)) => {
+        Ok((info, probed)) => {
             report.rows.push(loaded_row(None));
-            report.rows.extend(contract_rows(checks));
+            report.rows.extend(contract_rows(probed.checks));
+            report.cost = Some(probed.cost);
             info
         }
         Err(error) => {
@@ -210,7 +223,7 @@ fn loaded_row(failure: Option<String>) -> Row {
 fn contract_rows(checks: Vec<probe::ContractCheck>) -> impl Iterator<Item = Row> {
     checks.into_iter().map(|check| Row {
         name: check.name.to_owned(),
-        rule: check.rule.to_owned(),
+        rule: check.rule,
         tier: Tier::Must,
         failure: check.failure,
     })

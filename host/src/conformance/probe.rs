@@ -8,17 +8,23 @@ use std::sync::Arc;
 use crate::error::MeterError;
 use crate::policy::component::{CompiledPolicy, Limits};
 use crate::policy::{
-    AuthorizeDecision, MarkAnswers, MarkLookup, PolicyInfo, PolicyRuntime, SettleDecision, sdk,
+    AuthorizeDecision, CallCost, MarkAnswers, MarkLookup, PolicyInfo, PolicyRuntime,
+    SettleDecision, sdk,
 };
 
 /// One contract check's verdict.
 #[derive(Debug, Clone)]
 pub struct ContractCheck {
     pub name: &'static str,
-    pub rule: &'static str,
+    pub rule: String,
     /// The first counter-example, if any.
     pub failure: Option<String>,
 }
+
+/// The wall-clock bound of a probe call, at least.
+const PROBE_WALL_MS: u64 = 1_000;
+/// A probe call may cost at most this fraction of the per-call budget.
+pub const PROBE_COST_FRACTION: u64 = 2;
 
 /// Operations every module is probed with, besides those its cases name.
 const PROBE_OPERATIONS: [&str; 8] = [
@@ -58,6 +64,41 @@ impl MarkLookup for ProbeMarks {
     }
 }
 
+/// What the probe calls cost, per call: the operator sees a policy that is legal but
+/// slow before it is live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CostSummary {
+    pub calls: usize,
+    pub fuel_p50: u64,
+    pub fuel_max: u64,
+    pub wall_us_p50: u64,
+    pub wall_us_max: u64,
+}
+
+impl CostSummary {
+    fn of(costs: &[CallCost]) -> Self {
+        let mut fuel: Vec<u64> = costs.iter().map(|cost| cost.fuel).collect();
+        let mut wall: Vec<u64> = costs.iter().map(|cost| cost.wall_us).collect();
+        fuel.sort_unstable();
+        wall.sort_unstable();
+        let median = |sorted: &[u64]| sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+        let max = |sorted: &[u64]| sorted.last().copied().unwrap_or(0);
+        Self {
+            calls: costs.len(),
+            fuel_p50: median(&fuel),
+            fuel_max: max(&fuel),
+            wall_us_p50: median(&wall),
+            wall_us_max: max(&wall),
+        }
+    }
+}
+
+/// What probing found: the checks, and what the calls cost.
+pub struct Probed {
+    pub checks: Vec<ContractCheck>,
+    pub cost: CostSummary,
+}
+
 /// Compiles the module and runs the contract checks. `Err` when it cannot even load
 /// (not a component, another WIT world or version, a `describe` that traps or lies).
 pub fn check_contract(
@@ -65,17 +106,27 @@ pub fn check_contract(
     module: &[u8],
     limits: Limits,
     operations: &BTreeSet<String>,
-) -> Result<(PolicyInfo, Vec<ContractCheck>), MeterError> {
+) -> Result<(PolicyInfo, Probed), MeterError> {
     let compiled = CompiledPolicy::compile(engine, module, limits)?;
-    let checks = probe(&compiled, operations);
-    Ok((compiled.info().clone(), checks))
+    let probed = probe(&compiled, operations);
+    Ok((compiled.info().clone(), probed))
 }
 
-/// Runs the probe corpus through an already compiled module.
-pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> Vec<ContractCheck> {
+/// Runs the probe corpus through an already compiled module, under the budgets it was
+/// compiled with.
+pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> Probed {
     let info = compiled.info().clone();
-    let mut runtime = compiled.runtime(Rc::new(ProbeMarks));
+    let limits = compiled.limits();
+    // Fuel is the bound a probe judges by: a probe call descheduled on a loaded machine
+    // must not fail a module, so its wall-clock bound is generous and the cost check
+    // below judges wall time by the median.
+    let probe_limits = Limits {
+        wall_ms_per_call: limits.wall_ms_per_call.max(PROBE_WALL_MS),
+        ..limits
+    };
+    let mut runtime = compiled.runtime_with(Rc::new(ProbeMarks), probe_limits);
     let mut findings = Findings::default();
+    let mut costs: Vec<CallCost> = Vec::new();
     let mut all_operations: BTreeSet<&str> = PROBE_OPERATIONS.into_iter().collect();
     all_operations.extend(operations.iter().map(String::as_str));
     let item_sets: [Vec<String>; 5] = [
@@ -115,6 +166,7 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> V
                         .map(|balance| sdk::BalanceAmount::new(balance.clone(), amount))
                         .collect();
                     let first = runtime.authorize(&request, &balances);
+                    costs.push(runtime.last_cost());
                     let second = runtime.authorize(&request, &balances);
                     let context = || {
                         format!(
@@ -148,6 +200,7 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> V
                             body: None,
                         };
                         let first = runtime.settle(&admitted, &outcome, &balances);
+                        costs.push(runtime.last_cost());
                         let second = runtime.settle(&admitted, &outcome, &balances);
                         let context = || {
                             format!(
@@ -160,7 +213,38 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> V
             }
         }
     }
-    findings.into_checks()
+    let cost = CostSummary::of(&costs);
+    let mut checks = findings.into_checks();
+    checks.push(cost_check(&cost, limits));
+    Probed { checks, cost }
+}
+
+/// A module whose probes come close to the budget is refused: live traffic, with larger
+/// batches than the probes send, would exceed it. Fuel is deterministic, so its maximum
+/// is the bound; wall time varies with the machine, so its median is.
+fn cost_check(cost: &CostSummary, limits: Limits) -> ContractCheck {
+    let fuel_max = limits.fuel_per_call / PROBE_COST_FRACTION;
+    let wall_us_p50_max = limits.wall_ms_per_call.saturating_mul(1_000) / PROBE_COST_FRACTION;
+    let failure = if cost.fuel_max > fuel_max {
+        Some(format!(
+            "a probe call burnt {} fuel; at most {fuel_max} (1/{PROBE_COST_FRACTION} of the budget)",
+            cost.fuel_max
+        ))
+    } else if cost.wall_us_p50 > wall_us_p50_max {
+        Some(format!(
+            "the median probe call took {} µs; at most {wall_us_p50_max} µs (1/{PROBE_COST_FRACTION} of the wall-clock bound)",
+            cost.wall_us_p50
+        ))
+    } else {
+        None
+    };
+    ContractCheck {
+        name: "contract/cost",
+        rule: format!(
+            "probe calls stay within 1/{PROBE_COST_FRACTION} of the budget: at most {fuel_max} fuel each, a median under {wall_us_p50_max} µs"
+        ),
+        failure,
+    }
 }
 
 fn to_amounts(amounts: &crate::model::Amounts) -> Vec<sdk::BalanceAmount> {
@@ -193,7 +277,11 @@ impl Findings {
         for result in [first, second] {
             let slot = match result {
                 Err(MeterError::PolicyInvalidVerdict(_)) => &mut self.invalid,
-                Err(MeterError::PolicyFuelExhausted { .. }) => &mut self.over_budget,
+                Err(
+                    MeterError::PolicyFuelExhausted { .. }
+                    | MeterError::PolicyTimeExceeded { .. }
+                    | MeterError::PolicyHostLimit(_),
+                ) => &mut self.over_budget,
                 Err(_) => &mut self.trapped,
                 Ok(_) => continue,
             };
@@ -203,7 +291,16 @@ impl Findings {
                 *slot = Some(format!("{}: {error}", context()));
             }
         }
-        if first != second && self.nondeterministic.is_none() {
+        // Which budget a call exceeds first can depend on the machine (fuel or wall
+        // time); that it exceeds one does not.
+        let over_budget = |result: &Result<D, MeterError>| {
+            matches!(
+                result,
+                Err(MeterError::PolicyFuelExhausted { .. } | MeterError::PolicyTimeExceeded { .. })
+            )
+        };
+        let same = first == second || (over_budget(first) && over_budget(second));
+        if !same && self.nondeterministic.is_none() {
             self.nondeterministic =
                 Some(format!("{}: first {first:?}, then {second:?}", context()));
         }
@@ -213,22 +310,23 @@ impl Findings {
         vec![
             ContractCheck {
                 name: "contract/answers-keep-the-contract",
-                rule: "no negative or overflowing hold or charge, no undescribed balance, admitted items within the batch, meta a JSON object",
+                rule: "no negative or overflowing hold or charge, no undescribed balance, admitted items within the batch, meta a JSON object".to_owned(),
                 failure: self.invalid,
             },
             ContractCheck {
                 name: "contract/deterministic",
-                rule: "the same input gives the same verdict twice",
+                rule: "the same input gives the same verdict twice".to_owned(),
                 failure: self.nondeterministic,
             },
             ContractCheck {
-                name: "contract/within-cpu-budget",
-                rule: "each call stays within its fuel budget",
+                name: "contract/within-budget",
+                rule: "each call stays within its budget: fuel, wall-clock time, host-call limits"
+                    .to_owned(),
                 failure: self.over_budget,
             },
             ContractCheck {
                 name: "contract/no-traps",
-                rule: "no call traps on a well-formed request",
+                rule: "no call traps on a well-formed request".to_owned(),
                 failure: self.trapped,
             },
         ]

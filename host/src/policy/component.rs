@@ -80,7 +80,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             fuel_per_call: 10_000_000,
-            wall_ms_per_call: 10,
+            wall_ms_per_call: 20,
             lifted_bytes_max: 4 << 20,
             mark_keys_per_lookup_max: crate::meter::validate::ITEMS_MAX,
             mark_lookups_per_call_max: 16,
@@ -274,10 +274,26 @@ impl CompiledPolicy {
         &self.info
     }
 
+    /// The per-call bounds its runtimes run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// A runtime for one thread, whose `marked` calls go to `marks`.
     pub fn runtime(self: &Arc<Self>, marks: Rc<dyn MarkLookup>) -> ComponentRuntime {
+        self.runtime_with(marks, self.limits)
+    }
+
+    /// As [`CompiledPolicy::runtime`], with other per-call bounds (the contract probes'
+    /// wall-clock bound).
+    pub fn runtime_with(
+        self: &Arc<Self>,
+        marks: Rc<dyn MarkLookup>,
+        limits: Limits,
+    ) -> ComponentRuntime {
         ComponentRuntime {
             compiled: Arc::clone(self),
+            limits,
             marks,
             instance: None,
             last_cost: CallCost::default(),
@@ -465,6 +481,7 @@ fn call_error(error: &wasmtime::Error, limits: Limits) -> MeterError {
 /// One thread's reusable instance of a compiled policy.
 pub struct ComponentRuntime {
     compiled: Arc<CompiledPolicy>,
+    limits: Limits,
     marks: Rc<dyn MarkLookup>,
     /// None until first use, and again after a trap.
     instance: Option<Instance>,
@@ -484,7 +501,7 @@ impl ComponentRuntime {
             empty => empty.insert(Instance::new(
                 &compiled.engine,
                 &compiled.pre,
-                compiled.limits,
+                self.limits,
                 Rc::clone(&self.marks),
             )?),
         };

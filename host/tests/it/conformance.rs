@@ -134,8 +134,9 @@ fn the_host_keeps_its_guarantees_against_a_misbehaving_policy() {
     // It does break the contract, and the probes say how.
     for check in [
         "contract/answers-keep-the-contract",
-        "contract/within-cpu-budget",
+        "contract/within-budget",
         "contract/no-traps",
+        "contract/cost",
     ] {
         assert!(
             failed.contains(&check),
@@ -193,6 +194,26 @@ fn the_contract_checks_catch_a_nondeterministic_policy() {
         ["contract/deterministic"],
         "{}",
         report.render()
+    );
+}
+
+/// A module that keeps every rule but spends most of its budget on every call is
+/// refused from what its probes cost, and the report says what they cost.
+#[test]
+fn the_contract_checks_catch_a_policy_that_is_legal_but_slow() {
+    let report = check("slow_legal");
+    assert_eq!(failures(&report), ["contract/cost"], "{}", report.render());
+    let cost = report.cost.unwrap();
+    assert!(
+        cost.fuel_max > Limits::default().fuel_per_call / 2,
+        "{cost:?}"
+    );
+    assert!(cost.fuel_max <= Limits::default().fuel_per_call, "{cost:?}");
+    assert!(report.render().contains("cost per call"));
+    let smarte = check("smarte").cost.unwrap();
+    assert!(
+        smarte.fuel_max < cost.fuel_p50 / 10,
+        "{smarte:?} against {cost:?}"
     );
 }
 

@@ -121,6 +121,21 @@ fn a_describe_far_beyond_the_contract_is_an_invalid_policy() {
     );
 }
 
+/// A legal but slow module is refused at activation, with what its calls cost.
+#[test]
+fn activating_a_legal_but_slow_policy_is_refused_with_its_cost() {
+    let meter = TestMeter::new("hostile");
+    let error = meter
+        .meter
+        .activate(component("slow_legal"), "test")
+        .unwrap_err();
+    assert_eq!((error.status(), error.code()), (422, "invalid_policy"));
+    let message = error.to_string();
+    assert!(message.contains("contract/cost"), "{message}");
+    assert!(message.contains("cost per call"), "{message}");
+    assert_eq!(meter.meter.policy().name, "hostile");
+}
+
 /// Fuel does not see everything a call spends time on: the wall-clock bound stops any
 /// call, here a loop given far more fuel than it can burn in 3 ms.
 #[test]
