@@ -1,8 +1,9 @@
-//! Command-line parsing and the operator commands; `serve` and `bench` have modules
-//! of their own.
+//! Command-line parsing and the operator commands; `serve`, `bench` and `gallery` have
+//! modules of their own.
 
 mod bench;
 mod check;
+mod gallery;
 mod new_policy;
 mod operator;
 mod policy;
@@ -46,6 +47,8 @@ enum Command {
     NewPolicy(new_policy::NewPolicyArgs),
     /// Measure authorize+settle throughput: in process and over HTTP, wasm and native.
     Bench(bench::BenchArgs),
+    /// Run the hostile gallery: attacks by a policy, and what other tenants kept.
+    Gallery(gallery::GalleryArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -76,6 +79,7 @@ pub fn run() -> ExitCode {
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),
         Command::Bench(args) => bench::run(args),
+        Command::Gallery(args) => gallery::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

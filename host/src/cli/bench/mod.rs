@@ -2,7 +2,7 @@
 //! instead (Redis + Lua, naive PostgreSQL) and beside the HTTP framework's ceiling, on
 //! one workload, and checks the figures against the speed targets.
 
-mod stats;
+pub mod stats;
 mod systems;
 mod workload;
 
