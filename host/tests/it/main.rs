@@ -10,6 +10,7 @@ mod donoratlas;
 mod durability;
 mod guarantees;
 mod http;
+mod http_limits;
 mod ledger_log;
 mod lifecycle;
 mod lossy_fs;
