@@ -75,6 +75,22 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Connections accepted by the kernel and waiting for `accept`, at most: where clients
+/// wait while the server is at `connections_max` (std's and tokio's default, 128, would
+/// leave a burst of clients retrying their SYN after 1, 3, 7 seconds).
+pub const LISTEN_BACKLOG: u32 = 1_024;
+
+/// A listener on `address` with a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises the soft limit on open files to the hard limit (as Go's runtime does at
 /// start) and returns the soft limit in force.
 pub fn raise_open_files_limit() -> std::io::Result<u64> {
