@@ -1,13 +1,14 @@
 //! Admin calls: the token is checked from the request's headers by a route layer, before
-//! the handler runs, so a refused caller never gets a byte of its body read (a client
-//! that sent `Expect: 100-continue` gets the 401 instead of `100 Continue`).
+//! the handler runs, so a refused caller's body is never read into memory: a client that
+//! sent `Expect: 100-continue` gets the 401 instead of `100 Continue`, and the bytes of
+//! one still sending are discarded as they arrive (see [`super::upload::refuse_unread`]).
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::MethodRouter;
 use sha2::{Digest, Sha256};
 
@@ -28,7 +29,7 @@ async fn require_admin(
 ) -> Response {
     match check_admin(&state, request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => state.admission.refuse_unread(request, refusal),
     }
 }
 

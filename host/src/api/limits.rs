@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
+use super::upload::refuse_unread;
 
 /// The HTTP API's bounds; `serve` sets each from a flag of the same name.
 #[derive(Clone, Copy, Debug)]
@@ -75,6 +76,11 @@ impl Admission {
             .try_acquire_owned()
             .map_err(|_| ApiError::overloaded("as many policy uploads as allowed are in progress"))
     }
+
+    /// Answers `refusal` without reading the request's body (see [`refuse_unread`]).
+    pub fn refuse_unread(&self, request: Request, refusal: ApiError) -> Response {
+        refuse_unread(request, refusal, self.body_read_timeout)
+    }
 }
 
 /// The route layer that bounds requests in flight: a request past the bound is answered
@@ -86,6 +92,9 @@ pub async fn bound_in_flight(
 ) -> Response {
     match Arc::clone(&admission.requests).try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::overloaded("as many requests as allowed are in flight").into_response(),
+        Err(_) => admission.refuse_unread(
+            request,
+            ApiError::overloaded("as many requests as allowed are in flight"),
+        ),
     }
 }

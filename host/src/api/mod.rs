@@ -293,26 +293,40 @@ struct ActivationQuery {
     mode: Option<String>,
 }
 
-/// `PUT /v1/policy` (admin): the body is the component's bytes, received into a
-/// temporary file under a bound on uploads at once. Compiling and checking take tens of
-/// milliseconds, so they run off the async workers.
+/// `PUT /v1/policy` (admin): the body is the component's bytes. An unknown mode, or an
+/// upload past the bound on uploads at once, is refused before the body is read.
 async fn activate_policy(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ActivationQuery>,
     body: Request,
-) -> ApiResult {
-    let shadow = match query.mode.as_deref() {
-        None | Some("active") => false,
-        Some("shadow") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("mode '{other}' is not one of: active, shadow"),
-            ));
-        }
-    };
-    let _upload = state.admission.upload()?;
+) -> Response {
+    let admitted = shadow_mode(query.mode.as_deref())
+        .and_then(|shadow| Ok((shadow, state.admission.upload()?)));
+    match admitted {
+        Ok((shadow, _upload)) => activate_uploaded(&state, shadow, body)
+            .await
+            .into_response(),
+        Err(refusal) => state.admission.refuse_unread(body, refusal),
+    }
+}
+
+/// Whether `?mode=` asks for shadow mode.
+fn shadow_mode(mode: Option<&str>) -> Result<bool, ApiError> {
+    match mode {
+        None | Some("active") => Ok(false),
+        Some("shadow") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("mode '{other}' is not one of: active, shadow"),
+        )),
+    }
+}
+
+/// Receives the component into a temporary file, then activates it (or loads it as the
+/// shadow). Compiling and checking take tens of milliseconds, so they run off the async
+/// workers.
+async fn activate_uploaded(state: &AppState, shadow: bool, body: Request) -> ApiResult {
     let component = upload::receive_policy(body, state.admission.body_read_timeout).await?;
     let meter = Arc::clone(&state.meter);
     if shadow {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
@@ -83,6 +84,32 @@ async fn spool(mut body: Body, file: &mut tokio::fs::File) -> Result<(), ApiErro
             .map_err(|error| spool_failed(&error))?;
     }
     file.flush().await.map_err(|error| spool_failed(&error))
+}
+
+/// Answers `refusal` to a request whose body is not wanted, discarding the body as it
+/// arrives (never keeping it; at most [`POLICY_BYTES_MAX`] bytes within `timeout`), so
+/// that the answer reaches a client still sending instead of a connection reset by a
+/// close with unread bytes. A client that sent `Expect: 100-continue` is not asked for
+/// its body: it gets the refusal instead of `100 Continue`.
+pub fn refuse_unread(request: Request, refusal: ApiError, timeout: Duration) -> Response {
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue {
+        let mut body = request.into_body();
+        tokio::spawn(tokio::time::timeout(timeout, async move {
+            let mut discarded_bytes = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                let length = frame.data_ref().map_or(0, Bytes::len);
+                discarded_bytes = discarded_bytes.saturating_add(length);
+                if discarded_bytes > POLICY_BYTES_MAX {
+                    break;
+                }
+            }
+        }));
+    }
+    refusal.into_response()
 }
 
 /// The request's body, unless its declared Content-Length is already over `cap`.
