@@ -197,6 +197,25 @@ fn http_every_admin_call_is_refused_before_its_body_is_read() {
 }
 
 #[test]
+fn http_a_client_still_sending_a_refused_upload_gets_the_401_not_a_reset() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, Some("s3cret"));
+    // ureq sends the whole body before it reads the answer: more than the sockets
+    // buffer, so the server must take the bytes (and drop them) for the 401 to arrive.
+    let (status, body) = server
+        .with_token(Some("guess"))
+        .put_bytes("/v1/policy", &vec![0u8; 16 << 20]);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(
+        server.get("/v1/policy").1["active"]["name"],
+        json!("smarte")
+    );
+}
+
+#[test]
 fn http_the_bearer_scheme_is_accepted_in_any_case() {
     let (_dir, db) = ledger();
     let server = Server::start("smarte", &db, Some("s3cret"));
@@ -402,9 +421,14 @@ fn http_connections_holding_half_a_header_are_closed_and_real_clients_served() {
         ],
     );
     server.grant("acme", "default", 10, "g");
+    let address = server.address().parse().unwrap();
     let mut slow: Vec<TcpStream> = (0..SLOW_CONNECTIONS)
-        .map(|_| {
-            let mut stream = connect(&server);
+        .map(|index| {
+            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+                .unwrap_or_else(|error| panic!("slow connection {index}: {error}"));
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             stream
                 .write_all(b"POST /v1/authorize HTTP/1.1\r\nhost: creditgate\r\ncontent-ty")
                 .unwrap();
