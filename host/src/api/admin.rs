@@ -1,7 +1,7 @@
 //! Admin calls: the token is checked from the request's headers by a route layer, before
 //! the handler runs, so a refused caller's body is never read into memory: a client that
 //! sent `Expect: 100-continue` gets the 401 instead of `100 Continue`, and the bytes of
-//! one still sending are discarded as they arrive (see [`super::upload::refuse_unread`]).
+//! one still sending are discarded as they arrive (see [`super::body::refuse_unread`]).
 
 use std::sync::Arc;
 

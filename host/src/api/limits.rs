@@ -11,7 +11,7 @@ use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
-use super::upload::refuse_unread;
+use super::body::refuse_unread;
 
 /// The HTTP API's bounds; `serve` sets each from a flag of the same name.
 #[derive(Clone, Copy, Debug)]
@@ -77,7 +77,8 @@ impl Admission {
             .map_err(|_| ApiError::overloaded("as many policy uploads as allowed are in progress"))
     }
 
-    /// Answers `refusal` without reading the request's body (see [`refuse_unread`]).
+    /// Answers `refusal` without reading the request's body into memory: the body is
+    /// discarded as it arrives, unless the client waits for `100 Continue`.
     pub fn refuse_unread(&self, request: Request, refusal: ApiError) -> Response {
         refuse_unread(request, refusal, self.body_read_timeout)
     }

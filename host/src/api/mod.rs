@@ -5,13 +5,13 @@
 //! gateway should give its client; 4xx and 5xx are for errors in calling the sidecar.
 //!
 //! Before a handler runs, two route layers may answer instead: [`limits`] bounds the
-//! requests in flight (`/healthz` aside), and [`admin`] checks the admin token from the
+//! requests in flight (`/healthz` aside), and `admin` checks the admin token from the
 //! headers. [`server`] accepts the connections, with their own bounds.
 
 mod admin;
+mod body;
 pub mod limits;
 pub mod server;
-mod upload;
 
 use std::sync::Arc;
 
@@ -29,8 +29,8 @@ use crate::error::MeterError;
 use crate::meter::Meter;
 use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
 use admin::admin;
+pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
 use limits::{Admission, ApiLimits};
-pub use upload::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
 
 /// What every handler shares.
 pub struct AppState {
@@ -151,7 +151,7 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Reads a JSON body under the size and time caps, naming what is wrong with it.
 async fn read_json<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, ApiError> {
-    let bytes = upload::read_bytes(
+    let bytes = body::read_bytes(
         request,
         REQUEST_BYTES_MAX,
         state.admission.body_read_timeout,
@@ -213,7 +213,7 @@ struct GrantBody {
     grant_id: String,
 }
 
-/// (admin)
+/// (admin) Adds credits to a tenant's balance, once per `grant_id`.
 async fn grant(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
@@ -327,7 +327,7 @@ fn shadow_mode(mode: Option<&str>) -> Result<bool, ApiError> {
 /// shadow). Compiling and checking take tens of milliseconds, so they run off the async
 /// workers.
 async fn activate_uploaded(state: &AppState, shadow: bool, body: Request) -> ApiResult {
-    let component = upload::receive_policy(body, state.admission.body_read_timeout).await?;
+    let component = body::receive_policy(body, state.admission.body_read_timeout).await?;
     let meter = Arc::clone(&state.meter);
     if shadow {
         let report = blocking(move || meter.set_shadow(component)).await?;
