@@ -3,15 +3,24 @@
 //!
 //! A policy's refusal is a 200 answer with `admitted: false` and the status the
 //! gateway should give its client; 4xx and 5xx are for errors in calling the sidecar.
+//!
+//! Before a handler runs, two route layers may answer instead: [`limits`] bounds the
+//! requests in flight (`/healthz` aside), and `admin` checks the admin token from the
+//! headers. [`server`] accepts the connections, with their own bounds.
+
+mod admin;
+mod body;
+pub mod limits;
+pub mod server;
 
 use std::sync::Arc;
 
-use axum::body::to_bytes;
 use axum::extract::Request;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -19,34 +28,58 @@ use serde::de::DeserializeOwned;
 use crate::error::MeterError;
 use crate::meter::Meter;
 use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
-
-/// The largest request body the sidecar reads; larger ones get 413.
-pub const REQUEST_BYTES_MAX: usize = 2 << 20;
-/// The largest policy component `PUT /v1/policy` accepts.
-pub const POLICY_BYTES_MAX: usize = 32 << 20;
+use admin::admin;
+pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
+use limits::{Admission, ApiLimits};
 
 /// What every handler shares.
 pub struct AppState {
     pub meter: Arc<Meter>,
     /// When set, admin calls need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    pub admission: Arc<Admission>,
 }
 
-/// The sidecar's routes.
+impl AppState {
+    pub fn new(meter: Arc<Meter>, admin_token: Option<String>, limits: ApiLimits) -> Self {
+        Self {
+            meter,
+            admin_token,
+            admission: Arc::new(Admission::new(limits)),
+        }
+    }
+}
+
+/// The sidecar's routes. Every route but `/healthz` counts against the requests in
+/// flight, so that a full sidecar still says whether it is alive.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let bounded = Router::new()
         .route("/v1/authorize", post(authorize))
         .route("/v1/settle", post(settle))
-        .route("/v1/tenants/{tenant}/grants", post(grant))
+        .route("/v1/tenants/{tenant}/grants", admin(&state, post(grant)))
         .route("/v1/tenants/{tenant}/balances", get(balances))
         .route("/v1/tenants/{tenant}/journal", get(journal))
-        .route("/v1/audit", get(audit))
+        .route("/v1/audit", admin(&state, get(audit)))
         .route("/v1/transactions/{id}", get(transaction))
-        .route("/v1/policy", get(policy).put(activate_policy))
-        .route("/v1/policy/rollback", post(rollback_policy))
-        .route("/v1/policy/shadow", get(shadow_report).delete(clear_shadow))
-        .route("/v1/policy/shadow/promote", post(promote_shadow))
+        .route(
+            "/v1/policy",
+            get(policy).merge(admin(&state, put(activate_policy))),
+        )
+        .route("/v1/policy/rollback", admin(&state, post(rollback_policy)))
+        .route(
+            "/v1/policy/shadow",
+            get(shadow_report).merge(admin(&state, delete(clear_shadow))),
+        )
+        .route(
+            "/v1/policy/shadow/promote",
+            admin(&state, post(promote_shadow)),
+        )
+        .route_layer(from_fn_with_state(
+            Arc::clone(&state.admission),
+            limits::bound_in_flight,
+        ));
+    bounded
+        .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -58,6 +91,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Retry-After`, in seconds, for a refusal the caller should retry.
+    retry_after_s: Option<u32>,
 }
 
 impl ApiError {
@@ -66,6 +101,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 503 `overloaded`: a bound of the sidecar is reached; nothing moved, retry shortly.
+    fn overloaded(what: &str) -> Self {
+        Self {
+            retry_after_s: Some(ApiLimits::RETRY_AFTER_S),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "the sidecar is overloaded: {what}; nothing moved, retry after {} s",
+                    ApiLimits::RETRY_AFTER_S
+                ),
+            )
         }
     }
 }
@@ -77,6 +128,13 @@ impl From<MeterError> for ApiError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: error.code(),
             message: error.to_string(),
+            retry_after_s: match &error {
+                MeterError::Overloaded => Some(ApiLimits::RETRY_AFTER_S),
+                // Whole seconds, rounded up: never earlier than the meter said.
+                other => other
+                    .retry_after_ms()
+                    .map(|ms| u32::try_from(ms.div_ceil(1_000)).unwrap_or(u32::MAX)),
+            },
         }
     }
 }
@@ -84,38 +142,26 @@ impl From<MeterError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Reads a body of at most `cap` bytes; a declared Content-Length over it is refused
-/// before a byte of the body is read.
-async fn read_bytes(request: Request, cap: usize) -> Result<axum::body::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is larger than {cap} bytes"),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > cap as u64) {
-        return Err(too_large());
-    }
-    to_bytes(request.into_body(), cap)
-        .await
-        .map_err(|_| too_large())
-}
-
-/// Reads a JSON body with the size cap, naming what is wrong with it.
-async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
-    let bytes = read_bytes(request, REQUEST_BYTES_MAX).await?;
+/// Reads a JSON body under the size and time caps, naming what is wrong with it.
+async fn read_json<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, ApiError> {
+    let bytes = body::read_bytes(
+        request,
+        REQUEST_BYTES_MAX,
+        state.admission.body_read_timeout,
+    )
+    .await?;
     serde_json::from_slice(&bytes).map_err(|error| {
         let code = match error.classify() {
             serde_json::error::Category::Data => "invalid_request",
@@ -127,34 +173,6 @@ async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError>
             format!("invalid request body: {error}"),
         )
     })
-}
-
-fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.admin_token else {
-        return Ok(());
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this admin call needs the header 'Authorization: Bearer <admin token>'",
-        )),
-    }
-}
-
-/// Compares secrets without an early exit that would leak their common prefix.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
 }
 
 fn ok<T: serde::Serialize>(value: T) -> ApiResult {
@@ -182,12 +200,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
 }
 
 async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
-    let request: AuthorizeRequest = read_json(body).await?;
+    let request: AuthorizeRequest = read_json(&state, body).await?;
     ok(state.meter.authorize_async(request).await?)
 }
 
 async fn settle(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
-    let request: SettleRequest = read_json(body).await?;
+    let request: SettleRequest = read_json(&state, body).await?;
     ok(state.meter.settle_async(request).await?)
 }
 
@@ -200,14 +218,13 @@ struct GrantBody {
     grant_id: String,
 }
 
+/// (admin) Adds credits to a tenant's balance, once per `grant_id`.
 async fn grant(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
     body: Request,
 ) -> ApiResult {
-    let grant: GrantBody = read_json(body).await?;
-    check_admin(&state, &headers)?;
+    let grant: GrantBody = read_json(&state, body).await?;
     let amount = grant.amount.as_i64().ok_or_else(|| {
         MeterError::InvalidAmount(format!(
             "amount {} is not a whole number of credits between 1 and {}",
@@ -255,8 +272,7 @@ async fn journal(
 
 /// (admin) Every account whose state differs from the sum of its journal: empty when
 /// the ledger is sound. Reads the whole journal.
-async fn audit(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
-    check_admin(&state, &headers)?;
+async fn audit(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     let violations = blocking(move || meter.invariant_violations()).await?;
     ok(serde_json::json!({"violations": violations}))
@@ -282,29 +298,41 @@ struct ActivationQuery {
     mode: Option<String>,
 }
 
-/// `PUT /v1/policy` (admin): the body is the component's bytes. Compiling and
-/// checking take tens of milliseconds, so they run off the async workers.
+/// `PUT /v1/policy` (admin): the body is the component's bytes. An unknown mode, or an
+/// upload past the bound on uploads at once, is refused before the body is read.
 async fn activate_policy(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ActivationQuery>,
-    headers: HeaderMap,
     body: Request,
-) -> ApiResult {
-    // Read the (bounded) body before answering anything, so that a refusal reaches a
-    // client still sending its upload instead of a reset connection.
-    let component = read_bytes(body, POLICY_BYTES_MAX).await?.to_vec();
-    check_admin(&state, &headers)?;
-    let shadow = match query.mode.as_deref() {
-        None | Some("active") => false,
-        Some("shadow") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("mode '{other}' is not one of: active, shadow"),
-            ));
-        }
-    };
+) -> Response {
+    let admitted = shadow_mode(query.mode.as_deref())
+        .and_then(|shadow| Ok((shadow, state.admission.upload()?)));
+    match admitted {
+        Ok((shadow, _upload)) => activate_uploaded(&state, shadow, body)
+            .await
+            .into_response(),
+        Err(refusal) => state.admission.refuse_unread(body, refusal),
+    }
+}
+
+/// Whether `?mode=` asks for shadow mode.
+fn shadow_mode(mode: Option<&str>) -> Result<bool, ApiError> {
+    match mode {
+        None | Some("active") => Ok(false),
+        Some("shadow") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("mode '{other}' is not one of: active, shadow"),
+        )),
+    }
+}
+
+/// Receives the component into a temporary file, then activates it (or loads it as the
+/// shadow). Compiling and checking take tens of milliseconds, so they run off the async
+/// workers.
+async fn activate_uploaded(state: &AppState, shadow: bool, body: Request) -> ApiResult {
+    let component = body::receive_policy(body, state.admission.body_read_timeout).await?;
     let meter = Arc::clone(&state.meter);
     if shadow {
         let report = blocking(move || meter.set_shadow(component)).await?;
@@ -332,22 +360,19 @@ async fn shadow_report(State(state): State<Arc<AppState>>) -> ApiResult {
     ok(blocking(move || meter.shadow_report()).await?)
 }
 
-async fn clear_shadow(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
-    check_admin(&state, &headers)?;
+async fn clear_shadow(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     blocking(move || meter.clear_shadow()).await?;
     ok(serde_json::json!({"active": state.meter.active_policy(), "shadow": null}))
 }
 
-async fn promote_shadow(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
-    check_admin(&state, &headers)?;
+async fn promote_shadow(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     blocking(move || meter.promote_shadow()).await?;
     ok(serde_json::json!({"active": state.meter.active_policy()}))
 }
 
-async fn rollback_policy(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
-    check_admin(&state, &headers)?;
+async fn rollback_policy(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     blocking(move || meter.rollback()).await?;
     ok(serde_json::json!({"active": state.meter.active_policy()}))

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use clap::builder::TypedValueParser;
 
+use creditgate::api::limits::ApiLimits;
+use creditgate::api::server::{self, ConnectionLimits};
 use creditgate::api::{AppState, router};
 use creditgate::policy::component::Limits;
 use creditgate::store::StoreLocation;
@@ -42,6 +45,23 @@ pub struct ServeArgs {
     /// at most 100,000).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MeterConfig::BATCH_WAIT_US_LIMIT))]
     batch_wait_us_max: u64,
+    /// Connections open at once; more wait in the listen backlog. Lowered to the
+    /// open-file limit (whose soft limit `serve` raises to the hard one) less 128.
+    #[arg(long, default_value_t = ConnectionLimits::CONNECTIONS_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    connections_max: usize,
+    /// How long a connection may take to send a complete request head, in ms, counted
+    /// from accept or from the previous answer: also the idle keep-alive timeout.
+    #[arg(long, default_value_t = ConnectionLimits::HEADER_READ_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive, in ms; a slower one gets 408.
+    #[arg(long, default_value_t = ApiLimits::BODY_READ_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout_ms: u64,
+    /// Requests handled at once (`/healthz` aside); more get 503 `overloaded`.
+    #[arg(long, default_value_t = ApiLimits::REQUESTS_IN_FLIGHT_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    requests_in_flight_max: usize,
+    /// `PUT /v1/policy` uploads received and checked at once; more get 503 `overloaded`.
+    #[arg(long, default_value_t = ApiLimits::POLICY_UPLOADS_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    policy_uploads_max: usize,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -65,13 +85,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let (true, Some(path)) = (args.watch, &args.policy) {
         watch(Arc::clone(&meter), path.clone());
     }
+    let connection_limits = connection_limits(&args);
+    let api_limits = ApiLimits {
+        requests_in_flight_max: args.requests_in_flight_max,
+        policy_uploads_max: args.policy_uploads_max,
+        body_read_timeout_ms: args.body_read_timeout_ms,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = server::bind(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         meter
@@ -83,15 +108,35 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             &args.db.describe(),
             args.admin_token.is_some(),
         );
-        let app = router(Arc::new(AppState {
-            meter,
-            admin_token: args.admin_token,
-        }));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server failed")
+        let app = router(Arc::new(AppState::new(meter, args.admin_token, api_limits)));
+        server::serve(listener, app, connection_limits, shutdown_signal()).await;
+        Ok(())
     })
+}
+
+/// The connection bounds of the flags, with the connections lowered to fit the
+/// open-file limit once its soft limit is raised to the hard one.
+fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
+    let asked = ConnectionLimits {
+        connections_max: args.connections_max,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+    };
+    let open_files_max = match server::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            return asked;
+        }
+    };
+    let fitted = asked.fitted_to(open_files_max);
+    if fitted.connections_max < asked.connections_max {
+        tracing::warn!(
+            connections_max = fitted.connections_max,
+            open_files_max,
+            "--connections-max lowered to fit the open-file limit"
+        );
+    }
+    fitted
 }
 
 /// Says where the sidecar listens and how to try it. A closed stdout (a supervisor that

@@ -11,6 +11,7 @@ mod durability;
 mod guarantees;
 mod hostile;
 mod http;
+mod http_limits;
 mod ledger_log;
 mod lifecycle;
 mod lossy_fs;

@@ -360,6 +360,31 @@ macro_rules! on_both_stores {
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_creditgate");
 
+/// `serve`'s arguments: a loopback port of its choosing, the ledger, the policy and the
+/// token when given, then `extra`.
+fn serve_args(
+    policy: Option<&str>,
+    db: &std::ffi::OsStr,
+    token: Option<&str>,
+    extra: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = ["serve", "--listen", "127.0.0.1:0", "--db"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    args.push(db.to_owned());
+    args.extend(extra.iter().map(Into::into));
+    if let Some(policy) = policy {
+        args.push("--policy".into());
+        args.push(component_path(policy).into_os_string());
+    }
+    if let Some(token) = token {
+        args.push("--admin-token".into());
+        args.push(token.into());
+    }
+    args
+}
+
 /// A running `creditgate serve`; killed (SIGKILL) when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -389,19 +414,33 @@ impl Server {
         extra: &[&str],
     ) -> Self {
         let mut command = Command::new(BINARY);
+        command.args(serve_args(policy, db.as_ref(), token, extra));
+        Self::spawn(command, token)
+    }
+
+    /// As [`Server::start_with_args`], run by `sh` after `shell` (such as
+    /// `ulimit -n 1024`); `sh` execs the server, which keeps its pid.
+    pub fn start_in_shell(
+        shell: &str,
+        policy: Option<&str>,
+        db: impl AsRef<std::ffi::OsStr>,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
+        let mut command = Command::new("sh");
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
+            .arg("-c")
+            .arg(format!("{shell} && exec \"$0\" \"$@\""))
+            .arg(BINARY)
+            .args(serve_args(policy, db.as_ref(), token, extra));
+        Self::spawn(command, token)
+    }
+
+    fn spawn(mut command: Command, token: Option<&str>) -> Self {
+        command
             .env_remove("CREDITGATE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(policy) = policy {
-            command.arg("--policy").arg(component_path(policy));
-        }
-        if let Some(token) = token {
-            command.args(["--admin-token", token]);
-        }
         let mut child = command.spawn().expect("spawn creditgate serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut stdout = BufReader::new(stdout);
@@ -419,6 +458,38 @@ impl Server {
             base,
             token: token.map(str::to_owned),
         }
+    }
+
+    /// The server's `host:port`.
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// The server process's id (none for a client made by [`Server::with_token`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits, at most `timeout`, for the server to exit; whether it
+    /// exited successfully.
+    pub fn terminate(mut self, timeout: std::time::Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let signalled = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        let deadline = std::time::Instant::now() + timeout;
+        while signalled && std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// A client of the same server presenting another token (or none).

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use creditgate::Meter;
+use creditgate::api::limits::ApiLimits;
 use creditgate::api::{AppState, router};
 
 use super::workload::{BaselineAmounts, Product, Transaction, tenant_name};
@@ -137,10 +138,11 @@ impl HttpServer {
 
     /// The creditgate sidecar's routes over `meter`, no admin token.
     pub async fn sidecar(meter: Arc<Meter>) -> anyhow::Result<Self> {
-        Self::start(router(Arc::new(AppState {
+        Self::start(router(Arc::new(AppState::new(
             meter,
-            admin_token: None,
-        })))
+            None,
+            ApiLimits::default(),
+        ))))
         .await
     }
 
