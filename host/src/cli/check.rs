@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use creditgate::conformance::{self, case};
-use creditgate::policy::component::Limits;
 use creditgate::store::scratch::ScratchStore;
+
+use super::limits::PolicyLimitArgs;
 
 /// Where the repository keeps its conformance cases.
 pub const DEFAULT_CASES: &str = "tests/conformance/cases";
@@ -25,6 +26,8 @@ pub struct CheckArgs {
     /// `postgres://...` database (a schema per case, dropped after).
     #[arg(long, default_value = "sqlite")]
     db: String,
+    #[command(flatten)]
+    limits: PolicyLimitArgs,
 }
 
 /// Exit status 0 when every must-check passed, 1 otherwise.
@@ -56,7 +59,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
         &module,
         &cases,
         args.profile.as_deref(),
-        Limits::default(),
+        args.limits.limits(),
         &resolve,
         &ScratchStore::parse(&args.db),
     );

@@ -20,6 +20,7 @@ use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, PolicySource};
 
 use super::bench::stats::{Percentiles, peak_rss_bytes, reset_peak_rss};
+use super::limits::PolicyLimitArgs;
 
 /// The attacks, as operations of the hostile fixture.
 const CASES: &[&str] = &[
@@ -61,6 +62,8 @@ pub struct GalleryArgs {
     /// Only these cases (comma-separated operations of the hostile policy).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
+    #[command(flatten)]
+    limits: PolicyLimitArgs,
 }
 
 /// What one side of a run saw.
@@ -102,7 +105,8 @@ impl Outcome {
 pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
     let component = super::read_policy(&args.policy)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let config = MeterConfig::new(StoreLocation::Sqlite(dir.path().join("gallery.db")));
+    let mut config = MeterConfig::new(StoreLocation::Sqlite(dir.path().join("gallery.db")));
+    config.limits = args.limits.limits();
     let meter = Arc::new(
         Meter::open(config, PolicySource::Component(component))
             .context("cannot start a meter with the hostile policy")?,

@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod gallery;
+mod limits;
 mod new_policy;
 mod operator;
 mod policy;

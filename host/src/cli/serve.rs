@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+
+use super::limits::PolicyLimitArgs;
 use clap::builder::TypedValueParser;
 
 use creditgate::api::limits::ApiLimits;
 use creditgate::api::server::{self, ConnectionLimits};
 use creditgate::api::{AppState, router};
-use creditgate::policy::component::Limits;
 use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, PolicySource};
 
@@ -62,6 +63,8 @@ pub struct ServeArgs {
     /// `PUT /v1/policy` uploads received and checked at once; more get 503 `overloaded`.
     #[arg(long, default_value_t = ApiLimits::POLICY_UPLOADS_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     policy_uploads_max: usize,
+    #[command(flatten)]
+    policy_limits: PolicyLimitArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -73,6 +76,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (source, name) = policy_to_start_with(&args)?;
     let mut config = MeterConfig::new(args.db.clone());
+    config.limits = args.policy_limits.limits();
     config.batch_size_max = args.batch_size_max as usize;
     config.batch_wait_us_max = args.batch_wait_us_max;
     config.compile_cache_dir = match (&args.cache_dir, &args.db) {
@@ -178,7 +182,8 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
 fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(PolicySource, String)> {
     let checked = |path: &std::path::Path| -> anyhow::Result<Vec<u8>> {
         let component = super::read_policy(path)?;
-        let report = creditgate::conformance::check_contract(&component, Limits::default());
+        let report =
+            creditgate::conformance::check_contract(&component, args.policy_limits.limits());
         if !report.ok() {
             eprint!("{}", report.render());
             anyhow::bail!(

@@ -201,7 +201,7 @@ pub fn check_module(
                 name: loaded.name.clone(),
                 rule: case.rule.clone(),
                 tier: case.tier,
-                failure: runner::run_case(case, module, resolve, store).err(),
+                failure: runner::run_case(case, module, resolve, store, limits).err(),
             }),
             Ok(_) => None,
         };

@@ -23,6 +23,15 @@ pub struct ContractCheck {
 
 /// The wall-clock bound of a probe call, at least.
 const PROBE_WALL_MS: u64 = 1_000;
+/// `limits` with a wall-clock bound of at least [`PROBE_WALL_MS`]: what the checks run
+/// calls under.
+pub fn lenient_wall(limits: Limits) -> Limits {
+    Limits {
+        wall_ms_per_call: limits.wall_ms_per_call.max(PROBE_WALL_MS),
+        ..limits
+    }
+}
+
 /// A probe call may cost at most this fraction of the per-call budget.
 pub const PROBE_COST_FRACTION: u64 = 2;
 
@@ -120,11 +129,7 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> P
     // Fuel is the bound a probe judges by: a probe call descheduled on a loaded machine
     // must not fail a module, so its wall-clock bound is generous and the cost check
     // below judges wall time by the median.
-    let probe_limits = Limits {
-        wall_ms_per_call: limits.wall_ms_per_call.max(PROBE_WALL_MS),
-        ..limits
-    };
-    let mut runtime = compiled.runtime_with(Rc::new(ProbeMarks), probe_limits);
+    let mut runtime = compiled.runtime_with(Rc::new(ProbeMarks), lenient_wall(limits));
     let mut findings = Findings::default();
     let mut costs: Vec<CallCost> = Vec::new();
     let mut all_operations: BTreeSet<&str> = PROBE_OPERATIONS.into_iter().collect();

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use super::case::{Action, Case, Expect, ExpectedEntry};
+use super::probe;
 use crate::clock::ManualClock;
 use crate::error::MeterError;
 use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use crate::policy::component::Limits;
 use crate::store::scratch::{ScratchLedger, ScratchStore};
 use crate::{Meter, MeterConfig, PolicySource};
 
@@ -30,6 +32,7 @@ enum Answer {
 struct Ledger {
     scratch: ScratchLedger,
     clock: ManualClock,
+    limits: Limits,
     /// None only while a swap closes one meter before opening the next: a SQLite
     /// ledger has one owner at a time.
     meter: Option<Meter>,
@@ -49,29 +52,36 @@ fn open_meter(
     scratch: &ScratchLedger,
     clock: &ManualClock,
     module: Vec<u8>,
+    limits: Limits,
 ) -> Result<Meter, String> {
     let mut config = MeterConfig::new(scratch.location().clone());
     config.clock = Arc::new(clock.clone());
+    config.limits = limits;
     config.sweep_interval_ms = 0;
     Meter::open(config, PolicySource::Component(module))
         .map_err(|error| format!("the module did not load: {error}"))
 }
 
-/// Runs the case; `Err` describes the first step that did not go as expected.
+/// Runs the case under the check's bounds (with the probes' wall-clock bound, so that a
+/// loaded machine does not fail a step); `Err` describes the first step that did not go
+/// as expected.
 pub fn run_case(
     case: &Case,
     module: &[u8],
     resolve: ModuleResolver<'_>,
     store: &ScratchStore,
+    limits: Limits,
 ) -> Result<(), String> {
+    let limits = probe::lenient_wall(limits);
     let scratch = store
         .create()
         .map_err(|error| format!("cannot make a fresh ledger: {error}"))?;
     let clock = ManualClock::starting_at(CASE_START_MS);
-    let meter = open_meter(&scratch, &clock, module.to_vec())?;
+    let meter = open_meter(&scratch, &clock, module.to_vec(), limits)?;
     let mut ledger = Ledger {
         scratch,
         clock,
+        limits,
         meter: Some(meter),
         journal_seen: 0,
     };
@@ -226,7 +236,12 @@ fn perform(
             // The same ledger file, restarted on another module.
             let module = resolve(name)?;
             drop(ledger.meter.take());
-            ledger.meter = Some(open_meter(&ledger.scratch, &ledger.clock, module)?);
+            ledger.meter = Some(open_meter(
+                &ledger.scratch,
+                &ledger.clock,
+                module,
+                ledger.limits,
+            )?);
             Answer::Swapped
         }
         Action::Repeat(_) => return Err("a repeat cannot repeat a repeat".to_owned()),

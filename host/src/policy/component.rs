@@ -76,16 +76,20 @@ pub struct Limits {
     pub memory_bytes_max: usize,
 }
 
+impl Limits {
+    pub const DEFAULT: Self = Self {
+        fuel_per_call: 10_000_000,
+        wall_ms_per_call: 20,
+        lifted_bytes_max: 4 << 20,
+        mark_keys_per_lookup_max: crate::meter::validate::ITEMS_MAX,
+        mark_lookups_per_call_max: 16,
+        memory_bytes_max: 64 << 20,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            fuel_per_call: 10_000_000,
-            wall_ms_per_call: 20,
-            lifted_bytes_max: 4 << 20,
-            mark_keys_per_lookup_max: crate::meter::validate::ITEMS_MAX,
-            mark_lookups_per_call_max: 16,
-            memory_bytes_max: 64 << 20,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -374,6 +374,12 @@ fn serve_args(
         .collect();
     args.push(db.to_owned());
     args.extend(extra.iter().map(Into::into));
+    // As in-process (`deterministic_limits`): tests see the fuel outcome, not whether a
+    // loaded machine descheduled a call past the default wall-clock bound.
+    if !extra.contains(&"--policy-wall-ms-per-call") {
+        args.push("--policy-wall-ms-per-call".into());
+        args.push(deterministic_limits().wall_ms_per_call.to_string().into());
+    }
     if let Some(policy) = policy {
         args.push("--policy".into());
         args.push(component_path(policy).into_os_string());
