@@ -47,10 +47,10 @@ const TYPES_IMPORT: &str = "creditgate:policy/types@0.1.0";
 const TRAPPED_IMPORT_PREFIX: &str = "wasi:";
 
 /// Fuel one `marked` key costs: hashing it and probing the in-memory marks and filter
-/// (~0.1 µs; a unit of fuel is ~0.5 ns of a guest's tight loop here).
+/// (estimated ~0.1 µs; a unit of fuel is ~0.5 ns of a guest's tight loop here).
 pub const FUEL_PER_MARK_KEY: u64 = 200;
 /// Fuel one `marked` key costs when memory cannot answer it and the store is read (an
-/// indexed SQLite read, ~5 µs when its pages are cached).
+/// indexed SQLite read, estimated ~5 µs when its pages are cached).
 pub const FUEL_PER_STORED_MARK_KEY: u64 = 10_000;
 /// The wall-clock bound of the `describe` call made when a module is loaded.
 const DESCRIBE_WALL_MS: u64 = 1_000;
