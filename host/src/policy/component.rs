@@ -257,7 +257,8 @@ impl CompiledPolicy {
             wall_ms_per_call: limits.wall_ms_per_call.max(DESCRIBE_WALL_MS),
             ..limits
         };
-        let mut probe = Instance::new(engine, &pre, describe_limits, Rc::new(NoMarks))?;
+        let mut probe = Instance::new(engine, &pre, describe_limits, Rc::new(NoMarks))
+            .map_err(|error| load_error(error.to_string()))?;
         let (description, _cost) =
             probe.call(|bindings, store| bindings.creditgate_policy_pricing().call_describe(store));
         let description =
