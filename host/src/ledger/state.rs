@@ -848,8 +848,8 @@ impl LiveState {
     }
 }
 
-const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
-const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
+pub(crate) const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
+pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
 
 pub fn encode_tenants(slice: &TenantSlice) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_TENANTS, slice)
