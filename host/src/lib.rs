@@ -28,6 +28,7 @@ pub mod api;
 pub mod clock;
 pub mod conformance;
 pub mod error;
+pub mod fuzzing;
 pub mod ledger;
 pub mod meter;
 pub mod model;

@@ -105,6 +105,16 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable code of the answer, e.g. `invalid_json`.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
     /// 503 `overloaded`: a bound of the sidecar is reached; nothing moved, retry shortly.
     fn overloaded(what: &str) -> Self {
         Self {
@@ -162,7 +172,14 @@ async fn read_json<T: DeserializeOwned>(state: &AppState, request: Request) -> R
         state.admission.body_read_timeout,
     )
     .await?;
-    serde_json::from_slice(&bytes).map_err(|error| {
+    parse_json(&bytes)
+}
+
+/// Parses a JSON request body, naming what is wrong with it: 400 `invalid_json` for
+/// bytes that are not JSON, 400 `invalid_request` for JSON of the wrong shape. Public
+/// for the fuzz targets (`creditgate::fuzzing`), which feed it what a client could.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
         let code = match error.classify() {
             serde_json::error::Category::Data => "invalid_request",
             _ => "invalid_json",
@@ -225,6 +242,14 @@ async fn grant(
     body: Request,
 ) -> ApiResult {
     let grant: GrantBody = read_json(&state, body).await?;
+    ok(state
+        .meter
+        .grant_async(grant_request(tenant, grant)?)
+        .await?)
+}
+
+/// The grant of a `POST /v1/tenants/{tenant}/grants` body.
+fn grant_request(tenant: String, grant: GrantBody) -> Result<GrantRequest, ApiError> {
     let amount = grant.amount.as_i64().ok_or_else(|| {
         MeterError::InvalidAmount(format!(
             "amount {} is not a whole number of credits between 1 and {}",
@@ -232,15 +257,18 @@ async fn grant(
             i64::MAX
         ))
     })?;
-    ok(state
-        .meter
-        .grant_async(GrantRequest {
-            grant_id: grant.grant_id,
-            tenant,
-            balance: grant.balance,
-            amount,
-        })
-        .await?)
+    Ok(GrantRequest {
+        grant_id: grant.grant_id,
+        tenant,
+        balance: grant.balance,
+        amount,
+    })
+}
+
+/// A grant body read as the grant handler reads it (before the meter validates it).
+/// Public for the fuzz targets (`creditgate::fuzzing`).
+pub fn parse_grant(tenant: &str, bytes: &[u8]) -> Result<GrantRequest, ApiError> {
+    grant_request(tenant.to_owned(), parse_json(bytes)?)
 }
 
 async fn balances(State(state): State<Arc<AppState>>, Path(tenant): Path<String>) -> ApiResult {

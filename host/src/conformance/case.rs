@@ -121,10 +121,7 @@ pub struct LoadedCase {
 
 /// Reads every `*.json` below `dir` (sorted), validating each against [`SCHEMA`].
 pub fn load_dir(dir: &Path) -> Result<Vec<LoadedCase>, String> {
-    let schema: serde_json::Value = serde_json::from_str(SCHEMA)
-        .map_err(|error| format!("the built-in case schema is not JSON: {error}"))?;
-    let validator = jsonschema::validator_for(&schema)
-        .map_err(|error| format!("the built-in case schema is invalid: {error}"))?;
+    let validator = validator()?;
     let mut paths = Vec::new();
     collect_json(dir, &mut paths)
         .map_err(|error| format!("cannot read the cases directory {}: {error}", dir.display()))?;
@@ -159,10 +156,23 @@ fn collect_json(dir: &Path, paths: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The compiled [`SCHEMA`].
+pub fn validator() -> Result<jsonschema::Validator, String> {
+    let schema: serde_json::Value = serde_json::from_str(SCHEMA)
+        .map_err(|error| format!("the built-in case schema is not JSON: {error}"))?;
+    jsonschema::validator_for(&schema)
+        .map_err(|error| format!("the built-in case schema is invalid: {error}"))
+}
+
 fn load_file(path: &Path, validator: &jsonschema::Validator) -> Result<Case, String> {
     let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read: {error}"))?;
+    parse(&text, validator)
+}
+
+/// A case from the text of its file, checked against the schema ([`validator`]).
+pub fn parse(text: &str, validator: &jsonschema::Validator) -> Result<Case, String> {
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|error| format!("not JSON: {error}"))?;
+        serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
     let problems: Vec<String> = validator
         .iter_errors(&value)
         .map(|error| {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{Batch, Decision, Digest};
 
-const MAGIC: &[u8; 4] = b"CGB1";
+pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
 pub const FORMAT_VERSION: u8 = 1;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
@@ -125,7 +125,7 @@ fn frame(magic: &[u8; 4], payload: &[u8]) -> Vec<u8> {
     frame_version(magic, FORMAT_VERSION, payload)
 }
 
-fn frame_version(magic: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame_version(magic: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     out.extend_from_slice(magic);
     out.push(version);

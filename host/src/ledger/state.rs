@@ -848,8 +848,8 @@ impl LiveState {
     }
 }
 
-const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
-const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
+pub(crate) const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
+pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
 
 pub fn encode_tenants(slice: &TenantSlice) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_TENANTS, slice)
@@ -864,5 +864,109 @@ pub fn encode_tail(tail: &SnapshotTail) -> Vec<u8> {
 }
 
 pub fn decode_tail(bytes: &[u8]) -> Result<SnapshotTail, super::codec::CodecError> {
-    super::codec::decode_value(SNAPSHOT_TAIL, bytes)
+    let tail: SnapshotTail = super::codec::decode_value(SNAPSHOT_TAIL, bytes)?;
+    for filter in [&tail.ids, &tail.marks].into_iter().flatten() {
+        filter_shape_sound(filter).map_err(super::codec::CodecError::Damaged)?;
+    }
+    Ok(tail)
+}
+
+/// A stored filter's parameters, as `growable-bloom-filter` serializes them (its fields
+/// are private): read back to check them before the filter is used.
+#[derive(Deserialize)]
+struct FilterShape {
+    blooms: Vec<(serde_bytes::ByteBuf, u64)>,
+    desired_error_prob: f64,
+    est_insertions: usize,
+    inserts: usize,
+    capacity: usize,
+    growth_factor: usize,
+    tightening_ratio: f64,
+}
+
+/// The filters are read from disk and the library panics (or allocates without
+/// bound) on parameters it never makes: a slice shorter than one bit per hash, an
+/// error rate outside (0, 1), a capacity whose next growth overflows or is far larger
+/// than the filter read. Those are refused as damage.
+fn filter_shape_sound(filter: &GrowableBloom) -> Result<(), String> {
+    let bytes = postcard::to_allocvec(filter).map_err(|error| error.to_string())?;
+    let shape: FilterShape = postcard::from_bytes(&bytes).map_err(|error| error.to_string())?;
+    let unit = |value: f64| value > 0.0 && value < 1.0;
+    let mut bits = 0u64;
+    for (buffer, hashes) in &shape.blooms {
+        let buffer_bits = (buffer.len() as u64).saturating_mul(8);
+        if *hashes == 0 || *hashes > 64 || buffer_bits < *hashes {
+            return Err(format!(
+                "a filter has {hashes} hashes over {buffer_bits} bits"
+            ));
+        }
+        bits = bits.saturating_add(buffer_bits);
+    }
+    // The next growth allocates about its capacity in bits, times the hashes: at most
+    // a few times the filter already read, never more than the initial size beyond it.
+    let next_capacity = u32::try_from(shape.blooms.len())
+        .ok()
+        .and_then(|grown| shape.growth_factor.checked_pow(grown))
+        .and_then(|factor| shape.est_insertions.checked_mul(factor));
+    let sound = unit(shape.desired_error_prob)
+        && shape.desired_error_prob >= 1e-6
+        && unit(shape.tightening_ratio)
+        && shape.tightening_ratio >= 0.5
+        && (2..=16).contains(&shape.growth_factor)
+        && (1..=FILTER_INITIAL_ITEMS).contains(&shape.est_insertions)
+        && shape.inserts <= shape.capacity
+        && next_capacity.is_some_and(|next| {
+            next as u64
+                <= bits
+                    .saturating_mul(shape.growth_factor as u64)
+                    .max(FILTER_INITIAL_ITEMS as u64)
+                && shape.capacity.checked_add(next).is_some()
+        });
+    if sound {
+        Ok(())
+    } else {
+        Err("a filter's parameters are not ones this build makes".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    /// A tail whose id filter has one bloom of zero bits: the library divides by the
+    /// bits per hash (a panic on the first lookup) unless decoding refuses it.
+    #[test]
+    fn a_snapshot_filter_with_impossible_parameters_is_refused_as_damage() {
+        let mut live = LiveState::new(Coverage::Whole, StateLimits::default());
+        let sound = encode_tail(&live.snapshot_tail());
+        assert!(decode_tail(&sound).is_ok());
+        let bloom = FilterShapeOut {
+            blooms: vec![(serde_bytes::ByteBuf::new(), 7)],
+            desired_error_prob: 0.01,
+            est_insertions: 16,
+            inserts: 0,
+            capacity: 16,
+            growth_factor: 2,
+            tightening_ratio: 0.85,
+        };
+        let filter: GrowableBloom =
+            postcard::from_bytes(&postcard::to_allocvec(&bloom).unwrap()).unwrap();
+        live.ids = Some(filter);
+        let damaged = encode_tail(&live.snapshot_tail());
+        assert!(matches!(
+            decode_tail(&damaged),
+            Err(super::super::codec::CodecError::Damaged(_))
+        ));
+    }
+
+    #[derive(Serialize)]
+    struct FilterShapeOut {
+        blooms: Vec<(serde_bytes::ByteBuf, u64)>,
+        desired_error_prob: f64,
+        est_insertions: usize,
+        inserts: usize,
+        capacity: usize,
+        growth_factor: usize,
+        tightening_ratio: f64,
+    }
 }

@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod http_limits;
 mod ledger_log;
+mod ledger_model;
 mod lifecycle;
 mod lossy_fs;
 mod replicas;
