@@ -265,18 +265,20 @@ fn client(http: &Http, load: &Load, client: usize, seed: u64) -> Vec<Attempt> {
             continue;
         }
         let (authorize, settle) = product.transaction(&mut rng, &id, &tenant);
-        if !send(
+        let alive = send(
             &mut attempts,
             Call::Authorize,
             &id,
             &tenant,
             "/v1/authorize",
             authorize,
-        ) {
-            break;
-        }
+        );
+        // Kept even when unanswered: the authorize may be on the ledger, open.
         if let Some(last) = attempts.last_mut() {
             last.settle = settle.clone();
+        }
+        if !alive {
+            break;
         }
         let admitted = attempts
             .last()
@@ -632,9 +634,13 @@ fn check(
     }
     assert!(
         lost.is_empty() && problems.is_empty(),
-        "cycle {cycle} ({}): {} acknowledged answers lost or changed, {} other problems after the crash; first lost:\n{}\nfirst problems:\n{}",
+        "cycle {cycle} ({}): {} of the cycle's {} acknowledged answers lost or changed, {} other problems after the crash; first lost:\n{}\nfirst problems:\n{}",
         ledger.product.policy(),
         lost.len(),
+        attempts
+            .iter()
+            .filter(|attempt| attempt.acknowledged().is_some())
+            .count(),
         problems.len(),
         first(&lost),
         first(&problems)
