@@ -1045,7 +1045,7 @@ fn garbage(rng: &mut Rng, len: usize) -> Vec<u8> {
 /// Runs traffic on a fresh ledger at `dir/ledger.db`, kills the server while answers
 /// are in flight (no file-system crash: the page cache keeps every write), and answers
 /// what was acknowledged.
-fn traffic_then_kill(dir: &Path, cache_dir: &str, rng: &mut Rng) -> Vec<Attempt> {
+fn traffic_then_kill(dir: &Path, cache_dir: &str, rng: &mut Rng, quiet: bool) -> Vec<Attempt> {
     let db = dir.join("ledger.db");
     let server = Server::start_with_args(Some("smarte"), &db, None, &["--cache-dir", cache_dir]);
     let http = Http::new(&server.base);
@@ -1084,10 +1084,47 @@ fn traffic_then_kill(dir: &Path, cache_dir: &str, rng: &mut Rng) -> Vec<Attempt>
         assert!(Instant::now() < deadline, "no traffic answered");
         std::thread::sleep(Duration::from_millis(2));
     }
-    server.kill();
+    let server = if quiet {
+        Some(server)
+    } else {
+        server.kill();
+        None
+    };
     load.stop.store(true, Ordering::Relaxed);
     for client in clients {
         attempts.extend(client.join().unwrap());
+    }
+    if let Some(server) = server {
+        // The traffic stopped; one last acknowledged authorize is the log's last batch,
+        // and the views apply it before the kill.
+        let body = json!({"transaction_id": "last", "tenant": "smarte-t0", "operation": "person.enrich", "items": ["a"]});
+        let answer = Some(http.must("POST", "/v1/authorize", Some(&body)));
+        assert_eq!(
+            answer.as_ref().map(|answer| answer.0),
+            Some(200),
+            "{answer:?}"
+        );
+        attempts.push(Attempt {
+            call: Call::Authorize,
+            id: "last".to_owned(),
+            tenant: "smarte-t0".to_owned(),
+            body,
+            settle: Value::Null,
+            answer,
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, health) = http.must("GET", "/healthz", None);
+            if health["views"]["behind_batches"] == json!(0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the views never caught up: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill();
     }
     attempts
 }
@@ -1107,7 +1144,11 @@ fn lost_answers(http: &Http, attempts: &[Attempt]) -> Vec<String> {
                 if status != 200 || &view["authorization"] != answer {
                     lost.push(format!(
                         "{id}: authorize answered, the ledger has {status} {}",
-                        view["authorization"]
+                        if status == 200 {
+                            &view["authorization"]
+                        } else {
+                            &view
+                        }
                     ));
                 }
             }
@@ -1116,7 +1157,11 @@ fn lost_answers(http: &Http, attempts: &[Attempt]) -> Vec<String> {
                 if status != 200 || &view["receipt"] != answer {
                     lost.push(format!(
                         "{id}: settle answered, the ledger has {status} {}",
-                        view["receipt"]
+                        if status == 200 {
+                            &view["receipt"]
+                        } else {
+                            &view
+                        }
                     ));
                 }
             }
@@ -1136,12 +1181,12 @@ enum Outcome {
     },
 }
 
-fn damaged_restart(damage: impl FnOnce(&mut Vec<u8>, &mut Rng)) -> Outcome {
+fn damaged_restart(quiet: bool, damage: impl FnOnce(&mut Vec<u8>, &mut Rng)) -> Outcome {
     let mut rng = Rng::new(seed());
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("cache");
     let cache_dir = cache_dir.to_str().unwrap();
-    let attempts = traffic_then_kill(dir.path(), cache_dir, &mut rng);
+    let attempts = traffic_then_kill(dir.path(), cache_dir, &mut rng, quiet);
     let wal_path = dir.path().join("ledger.db-wal");
     let mut wal = std::fs::read(&wal_path).unwrap();
     damage(&mut wal, &mut rng);
@@ -1154,7 +1199,16 @@ fn damaged_restart(damage: impl FnOnce(&mut Vec<u8>, &mut Rng)) -> Outcome {
         Err(said) => Outcome::Refused(said),
         Ok(server) => {
             let http = Http::new(&server.base);
-            let lost = lost_answers(&http, &attempts);
+            let mut lost = lost_answers(&http, &attempts);
+            // One more decision: it must not take the place of anything acknowledged.
+            let body = json!({"transaction_id": "after-restart", "tenant": "smarte-t0", "operation": "person.enrich", "items": ["a"]});
+            let (status, answer) = http.must("POST", "/v1/authorize", Some(&body));
+            assert_eq!(status, 200, "{answer}");
+            for line in lost_answers(&http, &attempts) {
+                if !lost.contains(&line) {
+                    lost.push(format!("after one more decision: {line}"));
+                }
+            }
             let (status, audit) = http.must("GET", "/v1/audit", None);
             assert_eq!(status, 200, "{audit}");
             server.kill();
@@ -1192,7 +1246,7 @@ fn assert_started_whole(what: &str, outcome: Outcome) {
 
 #[test]
 fn crash_with_garbage_appended_to_the_log_loses_nothing_acknowledged() {
-    let outcome = damaged_restart(|wal, rng| {
+    let outcome = damaged_restart(false, |wal, rng| {
         let len = 100 + rng.below(8_000) as usize;
         wal.extend(garbage(rng, len));
     });
@@ -1204,7 +1258,7 @@ fn crash_with_a_torn_frame_after_the_last_commit_loses_nothing_acknowledged() {
     // A frame that was being written when the power went: the current generation's
     // salts (so SQLite reads it as the next frame), a commit marker, then a page only
     // partly written. Its checksum cannot match: SQLite must drop it.
-    let outcome = damaged_restart(|wal, rng| {
+    let outcome = damaged_restart(false, |wal, rng| {
         let (end, page) = wal_end(wal);
         let mut frame = Vec::with_capacity(FRAME_HEADER + page);
         frame.extend(1u32.to_be_bytes()); // page 1
@@ -1219,13 +1273,21 @@ fn crash_with_a_torn_frame_after_the_last_commit_loses_nothing_acknowledged() {
     assert_started_whole("a torn frame after the last commit", outcome);
 }
 
-/// The last frame the log synced (the last acknowledged batch's commit) is overwritten:
-/// the design note promises nothing acknowledged is lost, so the ledger must either
-/// have every acknowledged answer or refuse to start naming the damage.
+/// The last frame the log synced (the commit of the last acknowledged batch, which the
+/// views have applied) is overwritten. Nothing acknowledged may be lost silently: the
+/// ledger must either have every acknowledged answer or refuse to start naming the
+/// damage (`store_corrupt`).
+///
+/// Known gap, so ignored: SQLite's recovery cannot tell a damaged synced frame from a
+/// torn unsynced one and drops the last commit; creditgate starts (`/healthz` ok, audit
+/// clean), the lost transaction reads 503 `store_corrupt` ("the views name log record
+/// N, which is missing"), and once the next batch reuses seq N, reading the lost
+/// transaction's id answers the new transaction's record. The views' applied seq is
+/// past the log's last seq at start: recovery could refuse there.
 #[test]
-#[ignore = "known gap: SQLite drops a damaged synced last frame silently; see crash_cycles.rs"]
+#[ignore = "known gap: a damaged synced last WAL frame is dropped silently and its seq reused (see the doc comment)"]
 fn crash_with_the_last_synced_frame_overwritten_is_refused_or_loses_nothing() {
-    let outcome = damaged_restart(|wal, rng| {
+    let outcome = damaged_restart(true, |wal, rng| {
         let (end, _) = wal_end(wal);
         let len = 300.min(end - WAL_HEADER);
         let noise = garbage(rng, len);
