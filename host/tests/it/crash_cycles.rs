@@ -1006,8 +1006,9 @@ fn acknowledged_answers_survive_a_hundred_crash_cycles_under_load() {
                 .unwrap_or(0)
         }
     );
+    // The misbehaving ledger's second cycle (the sixth) finds holds of its first expired.
     assert!(
-        totals.expired_after_restart > 0,
+        cycles < 6 || totals.expired_after_restart > 0,
         "no hold expired across a restart: expiries were not exercised"
     );
 }
