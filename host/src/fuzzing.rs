@@ -41,8 +41,11 @@ use crate::ledger::{AccountState, EntryKind};
 use crate::meter::validate;
 use crate::model::{AuthorizeRequest, SettleRequest};
 
+/// A fuzz target: takes any bytes, panics only on a broken property.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME` call it.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("api_authorize", api_authorize),
     ("api_settle", api_settle),
     ("api_grant", api_grant),

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod conformance;
+mod crash_cycles;
 mod donoratlas;
 mod durability;
 mod guarantees;

@@ -498,6 +498,46 @@ impl Server {
         false
     }
 
+    /// As [`Server::start_with_args`] with `--db` and `--cache-dir` only, but a server
+    /// that exits before it listens is an `Err` with what it wrote to stderr (a start-up
+    /// refusal to report), not a panic. Its stderr is passed on once it listens.
+    pub fn try_start(
+        policy: Option<&str>,
+        db: &std::path::Path,
+        cache_dir: &str,
+    ) -> Result<Self, String> {
+        let mut command = Command::new(BINARY);
+        command
+            .args(serve_args(
+                policy,
+                db.as_os_str(),
+                None,
+                &["--cache-dir", cache_dir],
+            ))
+            .env_remove("CREDITGATE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn creditgate serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let mut first_line = String::new();
+        stdout.read_line(&mut first_line).expect("banner");
+        let Some(base) = first_line.trim().strip_prefix("creditgate listening on ") else {
+            let mut said = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut said).expect("stderr");
+            let status = child.wait().expect("wait for serve");
+            return Err(format!("{status}: {first_line}{said}"));
+        };
+        let base = base.to_owned();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+        Ok(Self {
+            child: Some(child),
+            base,
+            token: None,
+        })
+    }
+
     /// A client of the same server presenting another token (or none).
     pub fn with_token(&self, token: Option<&str>) -> Self {
         Self {
