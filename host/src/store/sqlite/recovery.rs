@@ -82,6 +82,19 @@ pub fn recover(
         state.apply_batch(&batch)?;
         replayed += batch.decisions.len() as u64;
     }
+    // The views and the snapshot are written only from records the log had made durable:
+    // a log that ends before them lost synced records (SQLite's recovery drops a damaged
+    // WAL frame as if it were torn). Deciding on would reuse their seqs and answer other
+    // transactions under the lost ones' ids.
+    let seen_elsewhere = applied_seq.max(snapshot_seq);
+    if seen_elsewhere > state.last_seq {
+        return Err(MeterError::StoreCorrupt(format!(
+            "the log ends at record {}, but the views or the snapshot were built from record \
+             {seen_elsewhere}: the log lost records it had made durable (a damaged write-ahead \
+             log?); restore the ledger from a backup",
+            state.last_seq
+        )));
+    }
     state.evict_through(applied_seq);
     tracing::info!(
         snapshot_seq,
