@@ -679,48 +679,12 @@ mod tests {
 
     use super::*;
     use crate::ledger::codec;
-    use crate::ledger::state::{Coverage, GrantRecord, StateLimits};
+    use crate::ledger::state::{Coverage, StateLimits};
     use crate::meter::marks::LedgerMarks;
     use crate::policy::native::NativeRuntime;
     use crate::policy::{MarkLookup, component};
-    use crate::store::{BatchClaims, Durability, Store, StoreResult, StoredPolicy};
-
-    /// A store that holds nothing: what a whole state lacks does not exist.
-    struct Nothing;
-
-    impl ColdStore for Nothing {
-        fn transaction(&self, _id: &str) -> StoreResult<Option<TransactionRecord>> {
-            Ok(None)
-        }
-        fn grant(&self, _grant_id: &str) -> StoreResult<Option<GrantRecord>> {
-            Ok(None)
-        }
-        fn marked(&self, _tenant: &str, _scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>> {
-            Ok(vec![false; keys.len()])
-        }
-        fn policy(&self, _digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
-            Ok(None)
-        }
-        fn latest_activation(&self) -> StoreResult<Option<PolicyDigest>> {
-            Ok(None)
-        }
-        fn load_tenant(&self, _tenant: &str, _state: &mut LiveState) -> StoreResult<()> {
-            Ok(())
-        }
-    }
-
-    impl Store for Nothing {
-        fn load(&self, _: &BatchClaims, _: &mut LiveState, _: u64) -> StoreResult<()> {
-            Ok(())
-        }
-        fn commit(&self, _: &Batch, _: &LiveState) -> StoreResult<()> {
-            Ok(())
-        }
-        fn abort(&self) {}
-        fn durability(&self) -> StoreResult<Box<dyn Durability>> {
-            Err(MeterError::StoreUnavailable("no disk here".to_owned()))
-        }
-    }
+    use crate::store::Store;
+    use crate::store::empty::EmptyStore;
 
     /// A meter's parts without its threads: a whole live state and a registry.
     struct Desk {
@@ -734,7 +698,7 @@ mod tests {
     impl Desk {
         fn new(policy: &str) -> Self {
             let state = LiveState::new(Coverage::Whole, StateLimits::default());
-            let store: Rc<dyn Store> = Rc::new(Nothing);
+            let store: Rc<dyn Store> = Rc::new(EmptyStore::default());
             let marks: Rc<dyn MarkLookup> = Rc::new(LedgerMarks {
                 recent: state.marks(),
                 store: Rc::clone(&store),

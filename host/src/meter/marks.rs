@@ -62,64 +62,17 @@ impl MarkLookup for LedgerMarks {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-    use std::collections::BTreeSet;
-
     use super::*;
-    use crate::ledger::record::Batch;
-    use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
-    use crate::policy::PolicyDigest;
-    use crate::store::{BatchClaims, ColdStore, Durability, StoreResult, StoredPolicy};
-
-    /// A store where every key is marked, counting the keys it was asked about.
-    #[derive(Default)]
-    struct CountingMarks {
-        keys_read: Cell<usize>,
-    }
-
-    impl ColdStore for CountingMarks {
-        fn transaction(&self, _id: &str) -> StoreResult<Option<TransactionRecord>> {
-            Ok(None)
-        }
-        fn grant(&self, _grant_id: &str) -> StoreResult<Option<GrantRecord>> {
-            Ok(None)
-        }
-        fn marked(&self, _tenant: &str, _scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>> {
-            self.keys_read.set(self.keys_read.get() + keys.len());
-            Ok(vec![true; keys.len()])
-        }
-        fn policy(&self, _digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
-            Ok(None)
-        }
-        fn latest_activation(&self) -> StoreResult<Option<PolicyDigest>> {
-            Ok(None)
-        }
-        fn open_policies(&self) -> StoreResult<Option<BTreeSet<[u8; 32]>>> {
-            Ok(None)
-        }
-        fn load_tenant(&self, _tenant: &str, _state: &mut LiveState) -> StoreResult<()> {
-            Ok(())
-        }
-    }
-
-    impl Store for CountingMarks {
-        fn load(&self, _: &BatchClaims, _: &mut LiveState, _: u64) -> StoreResult<()> {
-            Ok(())
-        }
-        fn commit(&self, _: &Batch, _: &LiveState) -> StoreResult<()> {
-            Ok(())
-        }
-        fn abort(&self) {}
-        fn durability(&self) -> StoreResult<Box<dyn Durability>> {
-            Err(MeterError::StoreUnavailable("no disk here".to_owned()))
-        }
-    }
+    use crate::store::empty::EmptyStore;
 
     /// The budget for store reads is checked before the store is read: a lookup that
     /// would cost more reads than the call can pay reads nothing.
     #[test]
     fn keys_only_the_store_can_answer_are_read_only_when_the_budget_pays_for_all() {
-        let store = Rc::new(CountingMarks::default());
+        let store = Rc::new(EmptyStore {
+            every_key_marked: true,
+            ..EmptyStore::default()
+        });
         // No filter (as on PostgreSQL): only the store knows any key.
         let marks = LedgerMarks {
             recent: Rc::new(RefCell::new(RecentMarks::default())),

@@ -7,6 +7,8 @@
 //! ledger: a log of batches, views built from it, snapshots), and [`postgres`], shared by
 //! replicas (every batch locks what it touches and applies its record to the tables).
 
+#[cfg(test)]
+pub mod empty;
 pub mod postgres;
 pub mod scratch;
 pub mod sqlite;
