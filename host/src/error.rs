@@ -91,6 +91,30 @@ pub enum MeterError {
 }
 
 impl MeterError {
+    /// Whether the policy caused it (it failed, broke the contract or passed a bound of
+    /// its call, or its tenant's breaker is open), rather than the request or the meter.
+    pub fn caused_by_policy(&self) -> bool {
+        matches!(
+            self,
+            MeterError::PolicyTrap(_)
+                | MeterError::PolicyFuelExhausted { .. }
+                | MeterError::PolicyTimeExceeded { .. }
+                | MeterError::PolicyHostLimit(_)
+                | MeterError::PolicyInvalidVerdict(_)
+                | MeterError::PolicyBudgetExceeded { .. }
+        )
+    }
+
+    /// Whether a policy call passed one of its bounds (fuel, wall time, host limits).
+    pub fn over_budget(&self) -> bool {
+        matches!(
+            self,
+            MeterError::PolicyFuelExhausted { .. }
+                | MeterError::PolicyTimeExceeded { .. }
+                | MeterError::PolicyHostLimit(_)
+        )
+    }
+
     /// How long a client should wait before trying again, when that is known.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {

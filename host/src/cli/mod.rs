@@ -54,8 +54,9 @@ enum Command {
 
 pub fn run() -> ExitCode {
     let command = Cli::parse().command;
-    // `check` reports every failure in its table; its meter's own warnings would repeat them.
-    let default_level = if matches!(command, Command::Check(_)) {
+    // `check` and `gallery` report every failure in their tables; their meters' own
+    // warnings would repeat them.
+    let default_level = if matches!(command, Command::Check(_) | Command::Gallery(_)) {
         "error"
     } else {
         "warn"

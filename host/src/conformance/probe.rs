@@ -282,11 +282,7 @@ impl Findings {
         for result in [first, second] {
             let slot = match result {
                 Err(MeterError::PolicyInvalidVerdict(_)) => &mut self.invalid,
-                Err(
-                    MeterError::PolicyFuelExhausted { .. }
-                    | MeterError::PolicyTimeExceeded { .. }
-                    | MeterError::PolicyHostLimit(_),
-                ) => &mut self.over_budget,
+                Err(error) if error.over_budget() => &mut self.over_budget,
                 Err(_) => &mut self.trapped,
                 Ok(_) => continue,
             };

@@ -2,8 +2,9 @@
 //! keep burning their budget cannot keep the sequencer from everyone else
 //! (docs/policy-budget.md).
 //!
-//! A strike is a call that failed on a budget (fuel, wall time, host limits) or that
-//! cost more than half of the wall bound. [`STRIKES_TO_OPEN`] strikes in a row open the
+//! A strike is a call that failed (a trap, a verdict that breaks the contract, a bound
+//! passed: each costs the sequencer, a trap a fresh instance too) or that cost more than
+//! half of the wall bound. [`STRIKES_TO_OPEN`] strikes in a row open the
 //! breaker: the tenant's calls are refused without running until the cool-off ends.
 //! Then one call runs (decisions are serial, so "one" needs no bookkeeping): a clean
 //! call closes the breaker, a strike opens it again for twice as long.
@@ -25,20 +26,16 @@ pub const TENANTS_MAX: usize = 100_000;
 /// Whether a call's outcome counts against its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallOutcome {
-    /// Answered, failed on a contract check or trapped: judged by its cost alone.
+    /// Answered: judged by its cost alone.
     Ran,
-    /// Failed because it hit a budget.
-    OverBudget,
+    /// The policy failed: trapped, broke the contract or passed a bound.
+    Failed,
 }
 
 impl CallOutcome {
     pub fn of<T>(result: &Result<T, MeterError>) -> Self {
         match result {
-            Err(
-                MeterError::PolicyFuelExhausted { .. }
-                | MeterError::PolicyTimeExceeded { .. }
-                | MeterError::PolicyHostLimit(_),
-            ) => CallOutcome::OverBudget,
+            Err(error) if error.caused_by_policy() => CallOutcome::Failed,
             _ => CallOutcome::Ran,
         }
     }
@@ -82,7 +79,7 @@ impl Breakers {
 
     /// Counts a call that ran.
     pub fn record(&mut self, tenant: &str, now: Instant, cost: CallCost, outcome: CallOutcome) {
-        let strike = outcome == CallOutcome::OverBudget || cost.wall_us > self.slow_call_us;
+        let strike = outcome == CallOutcome::Failed || cost.wall_us > self.slow_call_us;
         if !strike {
             self.tenants.remove(tenant);
             return;
@@ -150,7 +147,7 @@ mod tests {
         let mut breakers = Breakers::new(WALL_MS);
         let now = Instant::now();
         for _ in 0..STRIKES_TO_OPEN - 1 {
-            breakers.record("slow", now, clean(), CallOutcome::OverBudget);
+            breakers.record("slow", now, clean(), CallOutcome::Failed);
             assert!(breakers.admit("slow", now).is_ok());
         }
         breakers.record("slow", now, slow(), CallOutcome::Ran);
@@ -174,7 +171,7 @@ mod tests {
         let mut breakers = Breakers::new(WALL_MS);
         let mut now = Instant::now();
         for _ in 0..STRIKES_TO_OPEN {
-            breakers.record("t", now, clean(), CallOutcome::OverBudget);
+            breakers.record("t", now, clean(), CallOutcome::Failed);
         }
         let mut expected = COOL_OFF_FIRST;
         for _ in 0..10 {
@@ -183,7 +180,7 @@ mod tests {
                 breakers.admit("t", now).is_ok(),
                 "half-open lets one through"
             );
-            breakers.record("t", now, clean(), CallOutcome::OverBudget);
+            breakers.record("t", now, clean(), CallOutcome::Failed);
             expected = (expected * 2).min(COOL_OFF_MAX);
             assert_eq!(
                 retry_after_ms(&breakers, "t", now),
@@ -193,7 +190,7 @@ mod tests {
         now += expected;
         breakers.record("t", now, clean(), CallOutcome::Ran);
         assert!(breakers.admit("t", now).is_ok(), "a clean call closes it");
-        breakers.record("t", now, clean(), CallOutcome::OverBudget);
+        breakers.record("t", now, clean(), CallOutcome::Failed);
         assert!(
             breakers.admit("t", now).is_ok(),
             "and the count starts again"
@@ -201,17 +198,22 @@ mod tests {
     }
 
     #[test]
-    fn only_budget_failures_and_slow_calls_are_strikes() {
-        assert_eq!(
-            CallOutcome::of::<()>(&Err(MeterError::PolicyTrap("x".to_owned()))),
-            CallOutcome::Ran
-        );
+    fn failures_of_the_policy_are_strikes_and_others_are_not() {
         for error in [
+            MeterError::PolicyTrap("x".to_owned()),
+            MeterError::PolicyInvalidVerdict("x".to_owned()),
             MeterError::PolicyFuelExhausted { fuel: 1 },
             MeterError::PolicyTimeExceeded { ms: 1 },
             MeterError::PolicyHostLimit("x".to_owned()),
         ] {
-            assert_eq!(CallOutcome::of::<()>(&Err(error)), CallOutcome::OverBudget);
+            assert_eq!(CallOutcome::of::<()>(&Err(error)), CallOutcome::Failed);
         }
+        for error in [
+            MeterError::StoreUnavailable("x".to_owned()),
+            MeterError::InvalidRequest("x".to_owned()),
+        ] {
+            assert_eq!(CallOutcome::of::<()>(&Err(error)), CallOutcome::Ran);
+        }
+        assert_eq!(CallOutcome::of(&Ok(())), CallOutcome::Ran);
     }
 }

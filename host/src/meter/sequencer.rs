@@ -422,11 +422,18 @@ fn execute(
     released: &mut usize,
     clock: &Arc<dyn Clock>,
 ) -> (Pending, Option<MeterError>) {
+    /// A failure of the meter is a warning; one of the policy is the tenant's answer,
+    /// logged at debug only: a tenant must not be able to flood the log (the breaker
+    /// warns once when it refuses a tenant).
     fn logged<T>(result: Result<T, MeterError>) -> Result<T, MeterError> {
-        if let Err(error) = &result
-            && error.status() >= 500
-        {
-            tracing::warn!(code = error.code(), %error, "a decision failed closed");
+        match &result {
+            Err(error) if error.caused_by_policy() => {
+                tracing::debug!(code = error.code(), %error, "a decision failed closed");
+            }
+            Err(error) if error.status() >= 500 => {
+                tracing::warn!(code = error.code(), %error, "a decision failed closed");
+            }
+            _ => {}
         }
         result
     }

@@ -2,7 +2,6 @@
 //! active one, moving no credit; the differences are counted per kind and per tenant,
 //! with examples (Envoy's shadow rules, for billing).
 
-use super::breaker::CallOutcome;
 use crate::error::MeterError;
 use crate::model::{Amounts, PolicyRef, ShadowExample, ShadowReport, TenantDifferences};
 use crate::policy::{AuthorizeDecision, PolicyRuntime, SettleDecision};
@@ -50,7 +49,8 @@ impl Shadow {
     pub fn count_cost<T>(&mut self, result: &Result<T, MeterError>, wall_ms_per_call: u64) {
         let cost = self.runtime.last_cost();
         let slow = cost.wall_us > wall_ms_per_call.saturating_mul(1_000) / 2;
-        if CallOutcome::of(result) == CallOutcome::Ran && !slow {
+        let over_budget = result.as_ref().err().is_some_and(MeterError::over_budget);
+        if !over_budget && !slow {
             return;
         }
         self.report.over_budget += 1;
