@@ -56,10 +56,10 @@ pub enum MeterError {
     /// or keys, or too many bytes passed between policy and host.
     #[error("the policy exceeded a host-call limit: {0}")]
     PolicyHostLimit(String),
-    /// The tenant's policy calls keep exceeding their budget: they are refused for a
-    /// while without running, so other tenants are not stalled.
+    /// The tenant's policy calls keep failing or exceeding their budget: they are refused
+    /// for a while without running, so other tenants are not stalled.
     #[error(
-        "this tenant's policy calls keep exceeding their budget; they are refused for {retry_after_ms} ms"
+        "this tenant's policy calls keep failing or exceeding their budget; they are refused for {retry_after_ms} ms"
     )]
     PolicyBudgetExceeded { retry_after_ms: u64 },
     /// The policy answered something the contract forbids.

@@ -108,7 +108,7 @@ impl Breakers {
             tracing::warn!(
                 tenant,
                 cool_off_ms = cool_off.as_millis(),
-                "the tenant's policy calls keep exceeding their budget; refusing them for a while"
+                "the tenant's policy calls keep failing or exceeding their budget; refusing them for a while"
             );
             breaker.open = Some((now + cool_off, cool_off));
         }

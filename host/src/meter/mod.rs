@@ -24,7 +24,7 @@
 //!
 //! Parts: [`command`] (typed commands and replies), [`decide`] (the decisions as
 //! functions over the live state), [`registry`] (active, loaded and shadow policies),
-//! [`breaker`] (a tenant whose policy calls keep exceeding their budget is refused),
+//! [`breaker`] (a tenant whose policy calls keep failing is refused for a while),
 //! [`sequencer`] (the batching loop, commit and durability), [`validate`] (the limits).
 
 mod breaker;
