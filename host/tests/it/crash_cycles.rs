@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::lossy_fs::LossyFs;
-use crate::support::Server;
+use crate::support::{Server, answer_of};
 
 /// A small deterministic generator (xorshift64*): a failing run is replayed from its seed.
 struct Rng(u64);
@@ -69,22 +69,12 @@ impl Http {
     /// `Err` when no answer came (the server is gone).
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
         let request = self.agent.request(method, &format!("{}{path}", self.base));
-        let result = match body {
+        answer_of(match body {
             Some(body) => request
                 .set("content-type", "application/json")
                 .send_string(&body.to_string()),
             None => request.call(),
-        };
-        let response = match result {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => return Err(error.to_string()),
-        };
-        let status = response.status();
-        let text = response.into_string().map_err(|error| error.to_string())?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        })
     }
 
     /// A call the check itself makes: the server must answer.

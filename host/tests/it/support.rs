@@ -391,6 +391,21 @@ fn serve_args(
     args
 }
 
+/// A call's status and JSON body (or its text, when not JSON), whatever the status;
+/// `Err` when no answer came.
+pub fn answer_of(result: Result<ureq::Response, ureq::Error>) -> Result<(u16, Value), String> {
+    let response = match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => return Err(error.to_string()),
+    };
+    let status = response.status();
+    let text = response.into_string().map_err(|error| error.to_string())?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
 /// A running `creditgate serve`; killed (SIGKILL) when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -553,20 +568,12 @@ impl Server {
         let agent = ureq::AgentBuilder::new()
             .timeout(std::time::Duration::from_secs(60))
             .build();
-        let result = agent
-            .post(&format!("{}{path}", self.base))
-            .set("content-type", "application/json")
-            .send_string(&body.to_string());
-        let response = match result {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => return Err(error.to_string()),
-        };
-        let status = response.status();
-        let text = response.into_string().map_err(|error| error.to_string())?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        answer_of(
+            agent
+                .post(&format!("{}{path}", self.base))
+                .set("content-type", "application/json")
+                .send_string(&body.to_string()),
+        )
     }
 
     /// Sends a request; returns the status and the JSON body, whatever the status.
@@ -575,23 +582,13 @@ impl Server {
         if let Some(token) = &self.token {
             request = request.set("authorization", &format!("Bearer {token}"));
         }
-        let result = match body {
+        answer_of(match body {
             Some(body) => request
                 .set("content-type", "application/json")
                 .send_string(body),
             None => request.call(),
-        };
-        let response = match result {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => panic!("{method} {path}: {error}"),
-        };
-        let status = response.status();
-        let text = response.into_string().expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        })
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
     }
 
     /// PUTs raw bytes (a policy component).
