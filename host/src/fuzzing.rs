@@ -409,14 +409,7 @@ impl<'a> Source<'a> {
     }
 
     fn kind(&mut self) -> EntryKind {
-        match self.byte() % 6 {
-            0 => EntryKind::Grant,
-            1 => EntryKind::Hold,
-            2 => EntryKind::Capture,
-            3 => EntryKind::Release,
-            4 => EntryKind::Charge,
-            _ => EntryKind::Expire,
-        }
+        EntryKind::ALL[usize::from(self.byte()) % EntryKind::ALL.len()]
     }
 
     fn posting(&mut self) -> PostingRecord {

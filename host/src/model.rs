@@ -81,6 +81,10 @@ pub struct Authorization {
     /// Credits available after this decision (open holds taken out).
     pub balances: Amounts,
     pub policy: PolicyRef,
+    /// Set when the policy failed and the failure mode admitted the request anyway,
+    /// unpriced: the failure (`docs/policy-budget.md`, "The failure mode").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_open: Option<ErrorBody>,
 }
 
 /// The answer to settle: what was captured or charged, and what was released.
@@ -95,6 +99,10 @@ pub struct Receipt {
     pub meta: serde_json::Value,
     pub balances: Amounts,
     pub policy: PolicyRef,
+    /// Set when the transaction was admitted open: its settle charged nothing and did
+    /// not run the policy. The failure the admission was made despite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_open: Option<ErrorBody>,
 }
 
 /// A tenant's credits: available now, and held by open transactions.
@@ -179,7 +187,8 @@ pub struct JournalEntry {
     pub transaction_id: String,
     pub tenant: String,
     pub balance: String,
-    /// grant, hold, capture, release, charge or expire.
+    /// grant, hold, capture, release, charge, expire, or open (an admission made open
+    /// by the failure mode, on the tenant's exposure account `exposure@START_MS`).
     pub kind: String,
     /// Always > 0; the kind says which way it moved.
     pub amount: i64,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod check;
+mod failure;
 mod gallery;
 mod limits;
 mod new_policy;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use super::failure::FailureArgs;
 use super::limits::PolicyLimitArgs;
 use clap::builder::TypedValueParser;
 
@@ -65,6 +66,8 @@ pub struct ServeArgs {
     policy_uploads_max: usize,
     #[command(flatten)]
     policy_limits: PolicyLimitArgs,
+    #[command(flatten)]
+    failure: FailureArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -77,6 +80,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (source, name) = policy_to_start_with(&args)?;
     let mut config = MeterConfig::new(args.db.clone());
     config.limits = args.policy_limits.limits();
+    config.failure = args.failure.policy();
     config.batch_size_max = args.batch_size_max as usize;
     config.batch_wait_us_max = args.batch_wait_us_max;
     config.compile_cache_dir = match (&args.cache_dir, &args.db) {

@@ -10,6 +10,11 @@
 //! of one transaction). Postcard is serde's compact, non-self-describing format: field
 //! order is the format, so a change of any stored type is a new version here, and every
 //! earlier version keeps its decoder (version 1 is the first).
+//!
+//! Version 2 added a variant at the end of an enum (the `open` entry kind): the bytes of
+//! every version-1 record mean the same in version 2, so both read with one decoder,
+//! and a build that knows only version 1 refuses a version-2 record as newer rather
+//! than misreading it as damage.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +22,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -192,7 +197,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<Batch, CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1 => {
+        1 | 2 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
@@ -220,7 +225,7 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, CodecError> {
 pub fn decode_decision(bytes: &[u8], index: usize) -> Result<(Header, Decision), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1 => {
+        1 | 2 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             if index as u64 >= count {
@@ -252,7 +257,7 @@ pub fn decode_value<T: for<'de> Deserialize<'de>>(
 ) -> Result<T, CodecError> {
     let (version, mut payload) = unframe(magic, bytes)?;
     match version {
-        1 => {
+        1 | 2 => {
             let value = take_value(&mut payload)?;
             if payload.is_empty() {
                 Ok(value)
@@ -352,6 +357,17 @@ mod tests {
         for length in 0..bytes.len() {
             assert!(decode(&bytes[..length]).is_err(), "truncated to {length}");
         }
+    }
+
+    #[test]
+    fn a_record_of_version_1_reads_as_it_did() {
+        let bytes = encode(&batch());
+        let version_1 = frame_version(MAGIC, 1, &bytes[HEADER_BYTES..]);
+        assert_eq!(decode(&version_1), Ok(batch()));
+        assert_eq!(
+            decode_decision(&version_1, 0).map(|(_, decision)| decision),
+            Ok(batch().decisions[0].clone())
+        );
     }
 
     #[test]

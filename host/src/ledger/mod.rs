@@ -36,16 +36,21 @@ pub enum EntryKind {
     Charge,
     /// Held credits returned because the transaction was never settled in time.
     Expire,
+    /// Credits admitted unpriced because the policy failed and the failure mode is
+    /// open: counted on the tenant's exposure window account, off its balances
+    /// (`meter::failure`). Added in record format 2.
+    Open,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 6] = [
+    pub const ALL: [EntryKind; 7] = [
         EntryKind::Grant,
         EntryKind::Hold,
         EntryKind::Capture,
         EntryKind::Release,
         EntryKind::Charge,
         EntryKind::Expire,
+        EntryKind::Open,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +61,7 @@ impl EntryKind {
             EntryKind::Release => "release",
             EntryKind::Charge => "charge",
             EntryKind::Expire => "expire",
+            EntryKind::Open => "open",
         }
     }
 
@@ -66,7 +72,7 @@ impl EntryKind {
     /// The change an entry of `amount` makes to (available, held).
     pub fn effect(self, amount: i64) -> (i64, i64) {
         match self {
-            EntryKind::Grant => (amount, 0),
+            EntryKind::Grant | EntryKind::Open => (amount, 0),
             EntryKind::Hold => (-amount, amount),
             EntryKind::Capture => (0, -amount),
             EntryKind::Release | EntryKind::Expire => (amount, -amount),

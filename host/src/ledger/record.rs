@@ -82,7 +82,8 @@ pub struct RequestRecord {
 pub struct AuthorizationRecord {
     pub admitted: bool,
     pub status: Option<u16>,
-    /// `(code, message)` of a refusal.
+    /// `(code, message)` of a refusal; on an admission, the failure of the policy it
+    /// was admitted open despite ([`Self::failed_open`]).
     pub error: Option<(String, String)>,
     pub admitted_items: u32,
     pub held: AmountList,
@@ -309,15 +310,28 @@ fn meta_value(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::Object(Default::default()))
 }
 
+fn error_pair(error: &ErrorBody) -> (String, String) {
+    (error.code.clone(), error.message.clone())
+}
+
+fn error_body((code, message): &(String, String)) -> ErrorBody {
+    ErrorBody {
+        code: code.clone(),
+        message: message.clone(),
+    }
+}
+
 impl AuthorizationRecord {
     pub fn of(answer: &Authorization) -> Self {
+        let error = if answer.admitted {
+            &answer.failed_open
+        } else {
+            &answer.error
+        };
         Self {
             admitted: answer.admitted,
             status: answer.status,
-            error: answer
-                .error
-                .as_ref()
-                .map(|error| (error.code.clone(), error.message.clone())),
+            error: error.as_ref().map(error_pair),
             admitted_items: answer.admitted_items,
             held: amount_list(&answer.held),
             charged: amount_list(&answer.charged),
@@ -327,15 +341,25 @@ impl AuthorizationRecord {
         }
     }
 
+    /// The failure of the policy an admission was made open despite.
+    pub fn failed_open(&self) -> Option<ErrorBody> {
+        self.error
+            .as_ref()
+            .filter(|_| self.admitted)
+            .map(error_body)
+    }
+
     pub fn answer(&self, transaction_id: &str, policy: PolicyRef) -> Authorization {
         Authorization {
             transaction_id: transaction_id.to_owned(),
             admitted: self.admitted,
             status: self.status,
-            error: self.error.as_ref().map(|(code, message)| ErrorBody {
-                code: code.clone(),
-                message: message.clone(),
-            }),
+            error: self
+                .error
+                .as_ref()
+                .filter(|_| !self.admitted)
+                .map(error_body),
+            failed_open: self.failed_open(),
             admitted_items: self.admitted_items,
             held: amounts(&self.held),
             charged: amounts(&self.charged),
@@ -359,8 +383,16 @@ impl ReceiptRecord {
         }
     }
 
-    pub fn answer(&self, transaction_id: &str, policy: PolicyRef) -> Receipt {
+    /// The answer; `admission` is the transaction's authorization, which says whether
+    /// it was admitted open (and so settled without the policy).
+    pub fn answer(
+        &self,
+        transaction_id: &str,
+        policy: PolicyRef,
+        admission: &AuthorizationRecord,
+    ) -> Receipt {
         Receipt {
+            failed_open: admission.failed_open(),
             transaction_id: transaction_id.to_owned(),
             charged: amounts(&self.charged),
             released: amounts(&self.released),

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::failure::{Exposure, FailurePolicy};
 use super::registry::Registry;
 use crate::error::MeterError;
 use crate::ledger::record::{
@@ -83,6 +84,8 @@ pub struct Decider<'a> {
     pub store: &'a dyn ColdStore,
     pub registry: &'a mut Registry,
     pub builder: &'a mut BatchBuilder,
+    /// What an authorize does when its policy fails.
+    pub failure: &'a FailurePolicy,
 }
 
 pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
@@ -169,6 +172,15 @@ fn pairs(attributes: &std::collections::BTreeMap<String, String>) -> Vec<(String
         .iter()
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
+}
+
+/// What settle will hand back to the policy.
+fn request_record(request: &AuthorizeRequest) -> RequestRecord {
+    RequestRecord {
+        items: request.items.clone(),
+        attributes: pairs(&request.attributes),
+        body: request.body.clone(),
+    }
 }
 
 fn to_policy_amounts(amounts: &[(String, i64)]) -> Vec<sdk::BalanceAmount> {
@@ -283,9 +295,21 @@ impl Decider<'_> {
             body: request.body.clone(),
         };
         let balances = available(&accounts, &info.balances);
-        let decision = self
-            .registry
-            .authorize(&active, &policy_request, &balances)?;
+        let decision = match self.registry.authorize(&active, &policy_request, &balances) {
+            Ok(decision) => decision,
+            Err(error) => {
+                let at_ms = self.builder.batch.at_ms;
+                let spent =
+                    |account: &str| accounts.get(account).map_or(0, |state| state.available);
+                return match self
+                    .failure
+                    .open_admission(&request.operation, &error, at_ms, spent)
+                {
+                    Some(exposure) => self.admit_open(checked, &info, accounts, exposure, &error),
+                    None => Err(error),
+                };
+            }
+        };
 
         let policy_ref = policy_ref(&info);
         let rejected = |status: u16, code: &str, message: &str| Authorization {
@@ -303,6 +327,7 @@ impl Decider<'_> {
             meta: serde_json::Value::Object(serde_json::Map::new()),
             balances: available_amounts(&accounts, &info.balances),
             policy: policy_ref.clone(),
+            failed_open: None,
         };
         let unchanged = || PostingRecord {
             entries: Vec::new(),
@@ -358,15 +383,11 @@ impl Decider<'_> {
                         meta,
                         balances: available_amounts(&posting.accounts, &info.balances),
                         policy: policy_ref.clone(),
-                    };
-                    let request_record = RequestRecord {
-                        items: request.items.clone(),
-                        attributes: pairs(&request.attributes),
-                        body: request.body.clone(),
+                        failed_open: None,
                     };
                     (
                         authorization,
-                        Some(request_record),
+                        Some(request_record(request)),
                         expires_at_ms,
                         PostingRecord {
                             entries: entry_records(&posting.entries),
@@ -415,6 +436,80 @@ impl Decider<'_> {
         Ok(authorization)
     }
 
+    /// Admits a request whose policy failed, unpriced, as the open failure mode says:
+    /// every item admitted, nothing held or charged, and the exposure counted on the
+    /// tenant's window account by an `open` entry.
+    fn admit_open(
+        &mut self,
+        checked: &CheckedAuthorize,
+        info: &PolicyInfo,
+        mut accounts: Accounts,
+        exposure: Exposure,
+        failure: &MeterError,
+    ) -> Result<Authorization, MeterError> {
+        let CheckedAuthorize {
+            id,
+            request,
+            fingerprint,
+        } = checked;
+        let entries = [Entry {
+            balance: exposure.account.clone(),
+            kind: EntryKind::Open,
+            amount: exposure.credits,
+        }];
+        // Cannot fail: the window's room was checked against a cap that is an i64.
+        ledger::apply(&mut accounts, &entries).map_err(MeterError::StoreCorrupt)?;
+        let authorization = Authorization {
+            transaction_id: id.clone(),
+            admitted: true,
+            status: None,
+            error: None,
+            admitted_items: u32::try_from(request.items.len()).unwrap_or(u32::MAX),
+            held: Amounts::new(),
+            charged: Amounts::new(),
+            headers: Default::default(),
+            meta: serde_json::Value::Object(serde_json::Map::new()),
+            balances: available_amounts(&accounts, &info.balances),
+            policy: policy_ref(info),
+            failed_open: Some(ErrorBody {
+                code: failure.code().to_owned(),
+                message: failure.to_string(),
+            }),
+        };
+        let policy = self.builder.policy(&info.digest);
+        self.builder.record(
+            self.state,
+            Decision::Authorize(Authorized {
+                id: id.clone(),
+                tenant: request.tenant.clone(),
+                fingerprint: *fingerprint,
+                policy,
+                operation: request.operation.clone(),
+                request: Some(request_record(request)),
+                answer: AuthorizationRecord::of(&authorization),
+                expires_at_ms: None,
+                posting: PostingRecord {
+                    entries: entry_records(&entries),
+                    accounts: accounts_after(&accounts),
+                },
+                marks: Vec::new(),
+            }),
+        )?;
+        let spent = accounts
+            .get(&exposure.account)
+            .map_or(0, |account| account.available);
+        tracing::debug!(tenant = %request.tenant, transaction = %id, code = failure.code(), spent, "admitted open");
+        if spent.saturating_add(exposure.credits) > self.failure.open_credits_per_tenant_per_hour {
+            tracing::warn!(
+                tenant = %request.tenant,
+                window = %exposure.account,
+                spent,
+                "the tenant's failure-open exposure window is full: its policy failures fail closed until the window rolls over"
+            );
+        }
+        Ok(authorization)
+    }
+
     pub fn settle(&mut self, request: &SettleRequest) -> Result<Receipt, MeterError> {
         let id = &request.transaction_id;
         if !self.load_transaction(id)? {
@@ -432,10 +527,11 @@ impl Decider<'_> {
         match state {
             TransactionState::Settled => {
                 let policy = self.policy_ref_of(&digest)?;
-                let receipt = self.loaded(id)?.receipt.as_ref().ok_or_else(|| {
+                let record = self.loaded(id)?;
+                let receipt = record.receipt.as_ref().ok_or_else(|| {
                     MeterError::StoreCorrupt(format!("settled transaction '{id}' has no receipt"))
                 })?;
-                return Ok(receipt.answer(id, policy));
+                return Ok(receipt.answer(id, policy, &record.authorization));
             }
             TransactionState::Rejected => return Err(MeterError::TransactionRejected(id.clone())),
             TransactionState::Expired => return Err(MeterError::HoldExpired(id.clone())),
@@ -463,22 +559,34 @@ impl Decider<'_> {
             charged: to_policy_amounts(&record.authorization.charged),
         };
         let held = crate::ledger::record::amounts(&record.held);
+        let failed_open = record.authorization.failed_open();
         let outcome = sdk::Outcome {
             status: request.status,
             attributes: pairs(&request.attributes),
             body: request.body.clone(),
         };
+        // An admission made open was unpriced: its settle charges nothing and does not
+        // ask the policy, whose failure the exposure window already counted.
         let SettleDecision {
             charge,
             marks,
             headers,
             meta,
-        } = self.registry.settle(
-            &digest,
-            &admitted,
-            &outcome,
-            &available(&accounts, &info.balances),
-        )?;
+        } = if failed_open.is_some() {
+            SettleDecision {
+                charge: Amounts::new(),
+                marks: Vec::new(),
+                headers: Default::default(),
+                meta: serde_json::Value::Object(serde_json::Map::new()),
+            }
+        } else {
+            self.registry.settle(
+                &digest,
+                &admitted,
+                &outcome,
+                &available(&accounts, &info.balances),
+            )?
+        };
         let posting = post_settle(&accounts, &held, &charge);
         let receipt = Receipt {
             transaction_id: id.clone(),
@@ -489,6 +597,7 @@ impl Decider<'_> {
             headers,
             meta,
             policy: policy_ref(&info),
+            failed_open,
         };
         let policy = self.builder.policy(&digest);
         self.builder.record(
@@ -693,6 +802,7 @@ mod tests {
         store: Rc<dyn Store>,
         batches: Vec<Batch>,
         now_ms: u64,
+        failure: FailurePolicy,
     }
 
     impl Desk {
@@ -725,6 +835,7 @@ mod tests {
                 store,
                 batches: Vec::new(),
                 now_ms: 1_700_000_000_000,
+                failure: FailurePolicy::default(),
             }
         }
 
@@ -740,6 +851,7 @@ mod tests {
                 store: self.store.as_ref(),
                 registry: &mut self.registry,
                 builder: &mut builder,
+                failure: &self.failure,
             });
             if !builder.is_empty() {
                 self.batches.push(builder.batch);

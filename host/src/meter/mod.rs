@@ -30,6 +30,7 @@
 mod breaker;
 mod command;
 pub mod decide;
+pub mod failure;
 mod marks;
 mod registry;
 mod sequencer;
@@ -44,6 +45,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use self::failure::FailurePolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
 use crate::ledger::state::{Coverage, FilterBytes, LiveState};
@@ -90,6 +92,8 @@ pub struct MeterConfig {
     /// Where precompiled policy components are cached; none compiles every time.
     pub compile_cache_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// What an authorize does when its policy fails: closed (refused) or open.
+    pub failure: FailurePolicy,
     /// Decisions per batch (one record, one commit), at most.
     pub batch_size_max: usize,
     /// Bytes of requests (items, attributes, bodies) per batch, at most.
@@ -122,6 +126,7 @@ impl MeterConfig {
             store: store.into(),
             compile_cache_dir: None,
             limits: Limits::default(),
+            failure: FailurePolicy::default(),
             batch_size_max: Self::BATCH_SIZE_MAX as usize,
             batch_bytes_max: 16 << 20,
             batch_wait_us_max: 0,

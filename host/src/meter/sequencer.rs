@@ -278,6 +278,7 @@ impl Sequencer {
                 store: self.store.as_ref(),
                 registry: &mut self.registry,
                 builder: &mut builder,
+                failure: &self.config.failure,
             };
             let mut prepare = || -> Result<usize, MeterError> {
                 if let Some((info, component)) = &self.unregistered {

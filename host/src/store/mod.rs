@@ -251,7 +251,7 @@ pub fn transaction_view(
         receipt: record
             .receipt
             .as_ref()
-            .map(|receipt| receipt.answer(&record.id, policy)),
+            .map(|receipt| receipt.answer(&record.id, policy, &record.authorization)),
         entries,
     }
 }

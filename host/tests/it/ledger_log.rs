@@ -238,6 +238,7 @@ fn smarte_admission(id: &str, items: u32, balance_after: i64) -> Authorization {
         meta: json!({"credits_held": items}),
         balances: amounts(&[("default", balance_after)]),
         policy: policy_ref("smarte", SMARTE_V1),
+        failed_open: None,
     }
 }
 
@@ -254,6 +255,7 @@ fn smarte_receipt(id: &str, records: i64, released: i64, balance_after: i64) -> 
         meta: json!({"credits_deducted": records, "reason": "delivered", "records_delivered": records}),
         balances: amounts(&[("default", balance_after)]),
         policy: policy_ref("smarte", SMARTE_V1),
+        failed_open: None,
     }
 }
 
@@ -327,6 +329,7 @@ fn fixture_transactions() -> BTreeMap<&'static str, TransactionView> {
             meta: json!({"credits_used": 2, "exports_remaining": 3}),
             balances: amounts(&[("enhancement", 2), ("export", 3)]),
             policy: donoratlas.clone(),
+            failed_open: None,
         },
         receipt: Some(Receipt {
             transaction_id: "x-1".to_owned(),
@@ -337,6 +340,7 @@ fn fixture_transactions() -> BTreeMap<&'static str, TransactionView> {
             meta: json!({}),
             balances: amounts(&[("enhancement", 2), ("export", 3)]),
             policy: donoratlas.clone(),
+            failed_open: None,
         }),
         entries: partner[2..3].to_vec(),
         ..view("x-1", "partner", "settled", "export", DONORATLAS_V1)
@@ -362,6 +366,7 @@ fn fixture_transactions() -> BTreeMap<&'static str, TransactionView> {
             }),
             balances: amounts(&[("enhancement", 0), ("export", 3)]),
             policy: donoratlas,
+            failed_open: None,
         },
         entries: partner[3..4].to_vec(),
         ..view("e-1", "partner", "open", "enhance", DONORATLAS_V1)
@@ -612,6 +617,7 @@ fn a_ledger_written_before_the_log_is_migrated_once_and_keeps_every_answer_balan
             meta: json!({}),
             balances: amounts(&[("enhancement", 0), ("export", 3)]),
             policy: policy_ref("donoratlas", DONORATLAS_V1),
+            failed_open: None,
         }
     );
     let e_1 = views.get_mut("e-1").unwrap();

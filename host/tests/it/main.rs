@@ -9,6 +9,7 @@ mod conformance;
 mod crash_cycles;
 mod donoratlas;
 mod durability;
+mod failure_mode;
 mod guarantees;
 mod hostile;
 mod http;

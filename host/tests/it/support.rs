@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use creditgate::clock::ManualClock;
+use creditgate::meter::failure::FailurePolicy;
 use creditgate::model::{
     Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest, TenantBalances,
     TransactionView,
@@ -53,6 +54,8 @@ pub struct TestMeter {
     pub meter: Meter,
     pub clock: ManualClock,
     pub scratch: ScratchLedger,
+    /// The failure mode it opens (and reopens) with.
+    pub failure: FailurePolicy,
 }
 
 pub const START_MS: u64 = 1_700_000_000_000;
@@ -73,13 +76,23 @@ impl TestMeter {
 
     /// On a fresh ledger, with these per-call bounds.
     pub fn with_limits(store: &ScratchStore, policy: &str, limits: Limits) -> Self {
+        Self::open(store, policy, limits, FailurePolicy::default())
+    }
+
+    /// On a fresh ledger, with this failure mode.
+    pub fn with_failure(store: &ScratchStore, policy: &str, failure: FailurePolicy) -> Self {
+        Self::open(store, policy, deterministic_limits(), failure)
+    }
+
+    fn open(store: &ScratchStore, policy: &str, limits: Limits, failure: FailurePolicy) -> Self {
         let scratch = store.create().expect("fresh ledger");
         let clock = ManualClock::starting_at(START_MS);
-        let meter = open_meter(&scratch, &clock, policy, limits);
+        let meter = open_meter(&scratch, &clock, policy, limits, &failure);
         Self {
             meter,
             clock,
             scratch,
+            failure,
         }
     }
 
@@ -89,13 +102,15 @@ impl TestMeter {
             meter,
             clock,
             scratch,
+            failure,
         } = self;
         drop(meter);
-        let meter = open_meter(&scratch, &clock, policy, deterministic_limits());
+        let meter = open_meter(&scratch, &clock, policy, deterministic_limits(), &failure);
         Self {
             meter,
             clock,
             scratch,
+            failure,
         }
     }
 }
@@ -171,10 +186,17 @@ pub fn deterministic_limits() -> Limits {
     }
 }
 
-fn open_meter(scratch: &ScratchLedger, clock: &ManualClock, policy: &str, limits: Limits) -> Meter {
+fn open_meter(
+    scratch: &ScratchLedger,
+    clock: &ManualClock,
+    policy: &str,
+    limits: Limits,
+    failure: &FailurePolicy,
+) -> Meter {
     let mut config = MeterConfig::new(scratch.location().clone());
     config.clock = std::sync::Arc::new(clock.clone());
     config.limits = limits;
+    config.failure = failure.clone();
     config.sweep_interval_ms = 0;
     Meter::open(config, PolicySource::Component(component(policy))).expect("open meter")
 }
