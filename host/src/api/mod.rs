@@ -207,6 +207,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
         "policy": state.meter.policy_ref(),
         "batches": state.meter.batch_stats(),
         "views": state.meter.views_lag(),
+        "policy_failures": state.meter.failure_stats(),
     });
     let status = if failure.is_some() {
         StatusCode::SERVICE_UNAVAILABLE

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::failure::{Exposure, FailurePolicy};
+use super::failure::{Exposure, FailureCounts, FailurePolicy};
 use super::registry::Registry;
 use crate::error::MeterError;
 use crate::ledger::record::{
@@ -84,8 +84,9 @@ pub struct Decider<'a> {
     pub store: &'a dyn ColdStore,
     pub registry: &'a mut Registry,
     pub builder: &'a mut BatchBuilder,
-    /// What an authorize does when its policy fails.
+    /// What an authorize does when its policy fails, and how often it did.
     pub failure: &'a FailurePolicy,
+    pub failure_counts: &'a FailureCounts,
 }
 
 pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
@@ -301,10 +302,13 @@ impl Decider<'_> {
                 let at_ms = self.builder.batch.at_ms;
                 let spent =
                     |account: &str| accounts.get(account).map_or(0, |state| state.available);
-                return match self
+                let opened = self
                     .failure
-                    .open_admission(&request.operation, &error, at_ms, spent)
-                {
+                    .open_admission(&request.operation, &error, at_ms, spent);
+                if error.caused_by_policy() {
+                    self.failure_counts.count(opened.is_some());
+                }
+                return match opened {
                     Some(exposure) => self.admit_open(checked, &info, accounts, exposure, &error),
                     None => Err(error),
                 };
@@ -852,6 +856,7 @@ mod tests {
                 registry: &mut self.registry,
                 builder: &mut builder,
                 failure: &self.failure,
+                failure_counts: &FailureCounts::default(),
             });
             if !builder.is_empty() {
                 self.batches.push(builder.batch);

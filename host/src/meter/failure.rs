@@ -11,6 +11,9 @@
 //! let through unpriced" is a sum over those accounts.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
 
 use crate::error::MeterError;
 
@@ -28,6 +31,13 @@ pub enum FailureMode {
 }
 
 impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Closed => "closed",
+            FailureMode::Open => "open",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "closed" => Some(FailureMode::Closed),
@@ -100,6 +110,45 @@ impl FailurePolicy {
             .open_credits_per_tenant_per_hour
             .checked_sub(spent(&account))?;
         (credits <= room).then_some(Exposure { account, credits })
+    }
+}
+
+/// What the failure mode has done since the meter opened, for `/healthz`. Counted on
+/// the sequencer thread, read from any.
+#[derive(Debug, Default)]
+pub struct FailureCounts {
+    admitted_open: AtomicU64,
+    failed_closed: AtomicU64,
+}
+
+/// The failure mode and its counts, as `/healthz` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailureStats {
+    /// The meter's mode (operations may override it).
+    pub mode: &'static str,
+    /// Requests admitted open because their policy failed.
+    pub admitted_open: u64,
+    /// Requests refused because their policy failed: closed by the mode, or by a full
+    /// exposure window.
+    pub failed_closed: u64,
+}
+
+impl FailureCounts {
+    pub fn count(&self, admitted_open: bool) {
+        let counter = if admitted_open {
+            &self.admitted_open
+        } else {
+            &self.failed_closed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self, mode: FailureMode) -> FailureStats {
+        FailureStats {
+            mode: mode.as_str(),
+            admitted_open: self.admitted_open.load(Ordering::Relaxed),
+            failed_closed: self.failed_closed.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use self::failure::FailurePolicy;
+use self::failure::{FailureCounts, FailureMode, FailurePolicy, FailureStats};
 use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
 use crate::ledger::state::{Coverage, FilterBytes, LiveState};
@@ -153,6 +153,8 @@ pub struct Meter {
     /// One activation at a time: its checks run outside the sequencer, its switch inside.
     activation: Mutex<()>,
     counters: Arc<BatchCounters>,
+    failure_mode: FailureMode,
+    failure_counts: Arc<FailureCounts>,
     health: Arc<Health>,
     /// The SQLite ledger's lock, where the owner says where it serves.
     lock: Option<Arc<LedgerLock>>,
@@ -172,13 +174,15 @@ impl Meter {
         let engine = component::engine()?;
         let (jobs, queue) = std::sync::mpsc::sync_channel(config.queue_depth_max);
         let counters = Arc::new(BatchCounters::default());
+        let failure_counts = Arc::new(FailureCounts::default());
         let health = Arc::new(Health::default());
         let (started, start_result) = std::sync::mpsc::channel();
         let thread = {
-            let (config, engine, counters, health) = (
+            let (config, engine, counters, failure_counts, health) = (
                 config.clone(),
                 engine.clone(),
                 Arc::clone(&counters),
+                Arc::clone(&failure_counts),
                 Arc::clone(&health),
             );
             std::thread::Builder::new()
@@ -188,7 +192,7 @@ impl Meter {
                         health: Arc::clone(&health),
                         clean: false,
                     };
-                    match start(config, engine, source, counters, health) {
+                    match start(config, engine, source, counters, failure_counts, health) {
                         Ok((sequencer, info)) => {
                             let _ = started.send(Ok(info));
                             sequencer.run(queue);
@@ -214,6 +218,8 @@ impl Meter {
             compile_cache_dir: config.compile_cache_dir.clone(),
             activation: Mutex::new(()),
             counters,
+            failure_mode: config.failure.mode,
+            failure_counts,
             health,
             lock: started.lock,
         })
@@ -222,6 +228,11 @@ impl Meter {
     /// How decisions have been grouped into commits since the meter opened.
     pub fn batch_stats(&self) -> BatchStats {
         self.counters.snapshot()
+    }
+
+    /// The failure mode, and how many policy failures it admitted open or refused.
+    pub fn failure_stats(&self) -> FailureStats {
+        self.failure_counts.stats(self.failure_mode)
     }
 
     /// How far the queryable views trail the log (SQLite); none on PostgreSQL, whose
@@ -544,6 +555,7 @@ fn start(
     engine: wasmtime::Engine,
     source: PolicySource,
     counters: Arc<BatchCounters>,
+    failure_counts: Arc<FailureCounts>,
     health: Arc<Health>,
 ) -> Result<(Sequencer, Started), MeterError> {
     let (store, state, reader, lock): (Rc<dyn Store>, LiveState, Arc<dyn LedgerReader>, _) =
@@ -574,7 +586,15 @@ fn start(
         runtime,
     );
     let record_start = config.record_start;
-    let mut sequencer = Sequencer::new(store, state, registry, config, counters, health)?;
+    let mut sequencer = Sequencer::new(
+        store,
+        state,
+        registry,
+        config,
+        counters,
+        failure_counts,
+        health,
+    )?;
     if record_start {
         sequencer.unregistered = Some((info.clone(), component));
         sequencer.register_start()?;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::MeterConfig;
 use super::command::{Command, Pending};
 use super::decide::{BatchBuilder, Decider};
+use super::failure::FailureCounts;
 use super::registry::Registry;
 use crate::clock::Clock;
 use crate::error::MeterError;
@@ -116,6 +117,7 @@ pub struct Sequencer {
     pub config: MeterConfig,
     pub clock: Arc<dyn Clock>,
     pub counters: Arc<BatchCounters>,
+    pub failure_counts: Arc<FailureCounts>,
     pub health: Arc<Health>,
     /// The starting policy's bytes (none: linked natively), until a batch records it.
     pub unregistered: Option<(PolicyInfo, Option<Vec<u8>>)>,
@@ -132,6 +134,7 @@ impl Sequencer {
         registry: Registry,
         config: MeterConfig,
         counters: Arc<BatchCounters>,
+        failure_counts: Arc<FailureCounts>,
         health: Arc<Health>,
     ) -> Result<Self, MeterError> {
         let (durable, committed) = mpsc::channel::<Committed>();
@@ -150,6 +153,7 @@ impl Sequencer {
             clock: Arc::clone(&config.clock),
             config,
             counters,
+            failure_counts,
             health,
             unregistered: None,
             durable: Some(durable),
@@ -279,6 +283,7 @@ impl Sequencer {
                 registry: &mut self.registry,
                 builder: &mut builder,
                 failure: &self.config.failure,
+                failure_counts: &self.failure_counts,
             };
             let mut prepare = || -> Result<usize, MeterError> {
                 if let Some((info, component)) = &self.unregistered {

@@ -224,6 +224,12 @@ fn both_modes_over_http_with_the_hostile_fixture() {
         .count();
     assert_eq!(open_entries, 2, "{journal}");
     assert_eq!(open.balances("acme")["balances"]["default"], GRANTED);
+    let (_, health) = open.get("/healthz");
+    assert_eq!(
+        health["policy_failures"],
+        json!({"mode": "open", "admitted_open": 2, "failed_closed": 1}),
+        "{health}"
+    );
     drop(open);
 
     let closed = Server::start("hostile", &db, Some(token));
@@ -232,6 +238,12 @@ fn both_modes_over_http_with_the_hostile_fixture() {
         (status, answer["error"]["code"].as_str()),
         (500, Some("policy_trap")),
         "{answer}"
+    );
+    let (_, health) = closed.get("/healthz");
+    assert_eq!(
+        health["policy_failures"],
+        json!({"mode": "closed", "admitted_open": 0, "failed_closed": 1}),
+        "{health}"
     );
     drop(closed);
     assert_ledger_sound(&creditgate::store::StoreLocation::Sqlite(db));
