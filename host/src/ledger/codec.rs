@@ -193,54 +193,67 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
     frame(MAGIC, &payload)
 }
 
-/// A batch from its stored bytes.
-pub fn decode(bytes: &[u8]) -> Result<Batch, CodecError> {
+/// The header of a stored batch and each decision's bytes, undecoded. The frame, the
+/// header and the layout (the count, every length, no byte after the last decision)
+/// are checked here, for the full read and the read of one decision alike: a record
+/// one of them refuses for its layout, the other refuses too.
+fn layout(bytes: &[u8]) -> Result<(Header, Vec<&[u8]>), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
         1 | 2 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
-            let mut decisions = Vec::with_capacity((count as usize).min(payload.len()));
+            let mut parts = Vec::with_capacity((count as usize).min(payload.len()));
             for _ in 0..count {
-                decisions.push(take_value(&mut payload)?);
+                let length = take_varint(&mut payload)?;
+                parts.push(take(&mut payload, length)?);
             }
             if !payload.is_empty() {
                 return Err(damaged("bytes follow the last decision"));
             }
-            Ok(Batch {
-                seq: header.seq,
-                at_ms: header.at_ms,
-                first_entry_id: header.first_entry_id,
-                policies: header.policies,
-                decisions,
-            })
+            Ok((header, parts))
         }
         other => Err(damaged(format!("unknown format version {other}"))),
     }
 }
 
+fn decode_part(part: &[u8]) -> Result<Decision, CodecError> {
+    postcard::from_bytes(part).map_err(damaged)
+}
+
+/// A batch from its stored bytes.
+pub fn decode(bytes: &[u8]) -> Result<Batch, CodecError> {
+    let (header, parts) = layout(bytes)?;
+    let decisions = parts
+        .into_iter()
+        .map(decode_part)
+        .collect::<Result<_, _>>()?;
+    Ok(Batch {
+        seq: header.seq,
+        at_ms: header.at_ms,
+        first_entry_id: header.first_entry_id,
+        policies: header.policies,
+        decisions,
+    })
+}
+
+/// How many decisions a stored batch has (its layout checked, no decision decoded).
+pub fn decision_count(bytes: &[u8]) -> Result<usize, CodecError> {
+    layout(bytes).map(|(_, parts)| parts.len())
+}
+
 /// The header of a stored batch and its decision number `index`, without decoding the
-/// other decisions.
+/// other decisions (their layout is checked, as [`decode`] checks it).
 pub fn decode_decision(bytes: &[u8], index: usize) -> Result<(Header, Decision), CodecError> {
-    let (version, mut payload) = unframe(MAGIC, bytes)?;
-    match version {
-        1 | 2 => {
-            let header: Header = take_value(&mut payload)?;
-            let count = take_varint(&mut payload)?;
-            if index as u64 >= count {
-                return Err(damaged(format!(
-                    "decision {index} asked of a batch of {count}"
-                )));
-            }
-            for _ in 0..index {
-                let length = take_varint(&mut payload)?;
-                take(&mut payload, length)?;
-            }
-            Ok((header, take_value(&mut payload)?))
-        }
-        other => Err(damaged(format!("unknown format version {other}"))),
-    }
+    let (header, parts) = layout(bytes)?;
+    let part = parts.get(index).ok_or_else(|| {
+        damaged(format!(
+            "decision {index} asked of a batch of {}",
+            parts.len()
+        ))
+    })?;
+    Ok((header, decode_part(part)?))
 }
 
 /// Frames any stored value of the ledger (a snapshot's parts) the way batches are.
@@ -342,6 +355,20 @@ mod tests {
         assert_eq!((header.seq, header.first_entry_id), (7, 41));
         assert_eq!(decision, batch.decisions[1]);
         assert!(decode_decision(&encode(&batch), 2).is_err());
+    }
+
+    /// Found by the `ledger_record` fuzz target: the read of one decision skipped the
+    /// check that nothing follows the last one, so it answered a decision of a record
+    /// the full read refuses.
+    #[test]
+    fn a_record_with_bytes_after_its_last_decision_is_refused_by_every_read() {
+        let mut payload = encode(&batch())[HEADER_BYTES..].to_vec();
+        payload.push(0);
+        let bytes = frame(MAGIC, &payload);
+        assert!(decode(&bytes).is_err());
+        assert!(decision_count(&bytes).is_err());
+        assert!(decode_decision(&bytes, 0).is_err());
+        assert!(decode_decision(&bytes, 1).is_err());
     }
 
     #[test]
