@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets: every decoder that reads bytes a client, an operator
 //! or a damaged disk can hand the host, fed through the same functions the server and
-//! recovery call. `fuzz/` (cargo-fuzz, nightly) runs them under libFuzzer; the replay
+//! recovery call. `fuzz/run` runs them under libFuzzer (in `.ci/run`, briefly); the replay
 //! test at the end of this file runs every committed corpus file and crash reproducer
 //! through them on stable, in `cargo test --release --workspace`.
 //!
