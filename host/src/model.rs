@@ -87,6 +87,25 @@ pub struct Authorization {
     pub failed_open: Option<ErrorBody>,
 }
 
+/// The answer to quote: what authorize would answer now, with nothing recorded, held or
+/// marked. Serialized as the authorization's fields beside `"quote": true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quote {
+    /// Always true: says that this answer moved and reserved nothing.
+    pub quote: bool,
+    #[serde(flatten)]
+    pub authorization: Authorization,
+}
+
+impl From<Authorization> for Quote {
+    fn from(authorization: Authorization) -> Self {
+        Self {
+            quote: true,
+            authorization,
+        }
+    }
+}
+
 /// The answer to settle: what was captured or charged, and what was released.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {

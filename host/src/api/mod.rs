@@ -55,6 +55,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let bounded = Router::new()
         .route("/v1/authorize", post(authorize))
+        .route("/v1/quote", post(quote))
         .route("/v1/settle", post(settle))
         .route("/v1/tenants/{tenant}/grants", admin(&state, post(grant)))
         .route("/v1/tenants/{tenant}/balances", get(balances))
@@ -220,6 +221,13 @@ async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
 async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
     let request: AuthorizeRequest = read_json(&state, body).await?;
     ok(state.meter.authorize_async(request).await?)
+}
+
+/// What authorize would answer, with nothing recorded: the same body, the same answer
+/// beside `"quote": true`.
+async fn quote(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
+    let request: AuthorizeRequest = read_json(&state, body).await?;
+    ok(state.meter.quote_async(request).await?)
 }
 
 async fn settle(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {

@@ -19,6 +19,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, MeterError>>;
 
 pub enum Command {
     Authorize(CheckedAuthorize, Reply<Authorization>),
+    /// What an authorize would answer now, with nothing recorded.
+    Quote(CheckedAuthorize, Reply<Authorization>),
     Settle(SettleRequest, Reply<Receipt>),
     Grant(GrantRequest, Reply<TenantBalances>),
     /// A tenant's credits as of every decision queued before.
@@ -53,7 +55,7 @@ impl Command {
     /// Bytes of the request the command carries, for the batch's size bound.
     pub fn request_bytes(&self) -> usize {
         match self {
-            Command::Authorize(checked, _) => {
+            Command::Authorize(checked, _) | Command::Quote(checked, _) => {
                 let request = &checked.request;
                 request.items.iter().map(String::len).sum::<usize>()
                     + request
@@ -73,7 +75,7 @@ impl Command {
     /// Fails the command without running it.
     pub fn refuse(self, error: MeterError) {
         match self {
-            Command::Authorize(_, reply) => drop(reply.send(Err(error))),
+            Command::Authorize(_, reply) | Command::Quote(_, reply) => drop(reply.send(Err(error))),
             Command::Settle(_, reply) => drop(reply.send(Err(error))),
             Command::Grant(_, reply) | Command::Balances(_, reply) => drop(reply.send(Err(error))),
             Command::ExpireDue(reply) => drop(reply.send(Err(error))),

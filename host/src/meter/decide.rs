@@ -37,6 +37,14 @@ pub struct CheckedAuthorize {
     pub fingerprint: [u8; 32],
 }
 
+/// What an authorize is for: to admit (the decision is applied and recorded) or to
+/// quote (the same answer, with nothing applied or recorded: no hold, no mark, no log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pricing {
+    Admit,
+    Quote,
+}
+
 /// The batch being built: its header and the decisions so far.
 pub struct BatchBuilder {
     pub batch: Batch,
@@ -267,7 +275,14 @@ impl Decider<'_> {
         Ok(policy_ref(&stored.info))
     }
 
-    pub fn authorize(&mut self, checked: &CheckedAuthorize) -> Result<Authorization, MeterError> {
+    /// Decides an authorize on the live state: admits it (applies and records the
+    /// decision) or quotes it (answers the same and records nothing). A quote does not
+    /// feed the shadow, is not counted as a failure and is never admitted open.
+    pub fn authorize(
+        &mut self,
+        checked: &CheckedAuthorize,
+        pricing: Pricing,
+    ) -> Result<Authorization, MeterError> {
         let CheckedAuthorize {
             id,
             request,
@@ -296,8 +311,13 @@ impl Decider<'_> {
             body: request.body.clone(),
         };
         let balances = available(&accounts, &info.balances);
-        let decision = match self.registry.authorize(&active, &policy_request, &balances) {
+        let admitting = pricing == Pricing::Admit;
+        let decision = match self
+            .registry
+            .authorize(&active, &policy_request, &balances, admitting)
+        {
             Ok(decision) => decision,
+            Err(error) if !admitting => return Err(error),
             Err(error) => {
                 let at_ms = self.builder.batch.at_ms;
                 let spent =
@@ -420,6 +440,9 @@ impl Decider<'_> {
                 );
                 return Err(MeterError::Overloaded);
             }
+        }
+        if !admitting {
+            return Ok(authorization);
         }
         let policy = self.builder.policy(&active);
         self.builder.record(
@@ -883,7 +906,7 @@ mod tests {
                 fingerprint: crate::meter::validate::fingerprint(&request),
                 request,
             };
-            self.batch(|decider| decider.authorize(&checked))
+            self.batch(|decider| decider.authorize(&checked, Pricing::Admit))
         }
 
         fn settle(&mut self, id: &str, status: u16, records: &str) -> Result<Receipt, MeterError> {

@@ -51,7 +51,7 @@ use crate::error::MeterError;
 use crate::ledger::state::{Coverage, FilterBytes, LiveState};
 use crate::model::{
     ActivePolicy, Authorization, AuthorizeRequest, BatchStats, GrantRequest, JournalEntry,
-    PolicyActivation, PolicyRef, Receipt, SettleRequest, ShadowReport, TenantBalances,
+    PolicyActivation, PolicyRef, Quote, Receipt, SettleRequest, ShadowReport, TenantBalances,
     TransactionView,
 };
 use crate::policy::component::{self, CompiledPolicy, Limits};
@@ -430,6 +430,22 @@ impl Meter {
         let checked = check_authorize(request)?;
         self.call_async(|reply| Command::Authorize(checked, reply))
             .await
+    }
+
+    /// What [`Meter::authorize`] would answer now, on the live balances, with nothing
+    /// recorded, held or marked. A transaction id the ledger knows answers its recorded
+    /// answer. Blocking: from async code use [`Meter::quote_async`].
+    pub fn quote(&self, request: AuthorizeRequest) -> Result<Quote, MeterError> {
+        let checked = check_authorize(request)?;
+        self.call(|reply| Command::Quote(checked, reply))
+            .map(Quote::from)
+    }
+
+    pub async fn quote_async(&self, request: AuthorizeRequest) -> Result<Quote, MeterError> {
+        let checked = check_authorize(request)?;
+        self.call_async(|reply| Command::Quote(checked, reply))
+            .await
+            .map(Quote::from)
     }
 
     /// Prices an outcome on the policy version that authorized it.

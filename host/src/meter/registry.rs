@@ -109,13 +109,15 @@ impl Registry {
         }
     }
 
-    /// Asks `digest` to authorize, and the shadow beside it (counted only). Refused
-    /// without a call while the tenant's breaker is open.
+    /// Asks `digest` to authorize, and the shadow beside it (counted only) when
+    /// `shadowed` (an admission, not a quote). Refused without a call while the
+    /// tenant's breaker is open.
     pub fn authorize(
         &mut self,
         digest: &PolicyDigest,
         request: &sdk::Request,
         balances: &[sdk::BalanceAmount],
+        shadowed: bool,
     ) -> Result<AuthorizeDecision, MeterError> {
         let tenant = &request.tenant;
         self.breakers.admit(tenant, Instant::now())?;
@@ -128,7 +130,11 @@ impl Registry {
         self.breakers
             .record(tenant, Instant::now(), cost, CallOutcome::of(&decision));
         let decision = decision?;
-        if let Some(shadow) = self.shadow.as_mut().filter(|shadow| shadow.is_running()) {
+        if let Some(shadow) = self
+            .shadow
+            .as_mut()
+            .filter(|shadow| shadowed && shadow.is_running())
+        {
             // The candidate sees exactly what the active policy saw.
             let candidate = shadow.runtime.authorize(request, balances);
             shadow.count_cost(&candidate, self.limits.wall_ms_per_call);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::MeterConfig;
 use super::command::{Command, Pending};
-use super::decide::{BatchBuilder, Decider};
+use super::decide::{BatchBuilder, Decider, Pricing};
 use super::failure::FailureCounts;
 use super::registry::Registry;
 use crate::clock::Clock;
@@ -459,7 +459,12 @@ fn execute(
         }};
     }
     match command {
-        Command::Authorize(checked, reply) => answer!(reply, decider.authorize(&checked)),
+        Command::Authorize(checked, reply) => {
+            answer!(reply, decider.authorize(&checked, Pricing::Admit))
+        }
+        Command::Quote(checked, reply) => {
+            answer!(reply, decider.authorize(&checked, Pricing::Quote))
+        }
         Command::Settle(request, reply) => answer!(reply, decider.settle(&request)),
         Command::Grant(grant, reply) => answer!(reply, decider.grant(&grant)),
         Command::Balances(tenant, reply) => answer!(reply, decider.balances(&tenant)),
@@ -536,7 +541,8 @@ fn claims(batch: &[Command]) -> BatchClaims {
     let mut claims = BatchClaims::default();
     for job in batch {
         match job {
-            Command::Authorize(checked, _) => {
+            // A quote reads what an authorize would, under the same locks.
+            Command::Authorize(checked, _) | Command::Quote(checked, _) => {
                 claims.tenants.insert(checked.request.tenant.clone());
                 claims.transaction_ids.insert(checked.id.clone());
             }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use creditgate::clock::ManualClock;
 use creditgate::meter::failure::FailurePolicy;
 use creditgate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, Receipt, SettleRequest, TenantBalances,
+    Authorization, AuthorizeRequest, GrantRequest, Quote, Receipt, SettleRequest, TenantBalances,
     TransactionView,
 };
 use creditgate::policy::component::Limits;
@@ -145,6 +145,23 @@ impl Gate for TestMeter {
         })?)
     }
 
+    fn try_quote(
+        &self,
+        id: &str,
+        tenant: &str,
+        operation: &str,
+        items: &[&str],
+    ) -> Result<Quote, Failure> {
+        Ok(self.meter.quote(AuthorizeRequest {
+            transaction_id: Some(id.to_owned()),
+            tenant: tenant.to_owned(),
+            operation: operation.to_owned(),
+            items: items.iter().map(|item| (*item).to_owned()).collect(),
+            attributes: BTreeMap::new(),
+            body: None,
+        })?)
+    }
+
     fn try_settle(
         &self,
         id: &str,
@@ -264,6 +281,14 @@ pub trait Gate {
         items: &[&str],
         attributes: &[(&str, &str)],
     ) -> Result<Authorization, Failure>;
+    /// What authorize would answer, with nothing recorded.
+    fn try_quote(
+        &self,
+        id: &str,
+        tenant: &str,
+        operation: &str,
+        items: &[&str],
+    ) -> Result<Quote, Failure>;
     fn try_settle(
         &self,
         id: &str,
@@ -716,6 +741,19 @@ impl Gate for HttpGate {
         Server::typed(self.server.post(
             "/v1/authorize",
             json!({"transaction_id": id, "tenant": tenant, "operation": operation, "items": items, "attributes": pairs(attributes)}),
+        ))
+    }
+
+    fn try_quote(
+        &self,
+        id: &str,
+        tenant: &str,
+        operation: &str,
+        items: &[&str],
+    ) -> Result<Quote, Failure> {
+        Server::typed(self.server.post(
+            "/v1/quote",
+            json!({"transaction_id": id, "tenant": tenant, "operation": operation, "items": items}),
         ))
     }
 
