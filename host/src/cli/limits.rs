@@ -1,5 +1,5 @@
-//! The per-call bounds of a policy, as flags: `serve`, `check` and `gallery` run
-//! policies under the same ones (docs/policy-budget.md).
+//! The per-call bounds of a policy, as flags: `serve`, `check`, `gallery` and `bench`
+//! run policies under the same ones (docs/policy-budget.md).
 
 use clap::Args;
 

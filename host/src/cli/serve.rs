@@ -181,30 +181,18 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
 }
 
 /// The policy to start on: `--policy`, else the one the ledger last ran (a restart
-/// resumes where it was), else the SMARTe reference policy. A file given here must pass
-/// the contract checks; a policy the ledger ran passed them when it was activated.
+/// resumes where it was), else the SMARTe reference policy. `Meter::open` puts a file
+/// given here through the activation gate; a policy the ledger ran passed it when it
+/// was activated.
 fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(PolicySource, String)> {
-    let checked = |path: &std::path::Path| -> anyhow::Result<Vec<u8>> {
-        let component = super::read_policy(path)?;
-        let report =
-            creditgate::conformance::check_contract(&component, args.policy_limits.limits());
-        if !report.ok() {
-            eprint!("{}", report.render());
-            anyhow::bail!(
-                "refusing to serve {}: it fails the contract checks above",
-                path.display()
-            );
-        }
-        Ok(component)
-    };
     if let Some(path) = &args.policy {
         return Ok((
-            PolicySource::Component(checked(path)?),
+            PolicySource::Component(super::read_policy(path)?),
             format!("policy {}", path.display()),
         ));
     }
     let fallback = PathBuf::from(super::DEFAULT_POLICY);
-    let (fallback, why_not) = match checked(&fallback) {
+    let (fallback, why_not) = match super::read_policy(&fallback) {
         Ok(component) => (Some(component), String::new()),
         Err(error) => (None, format!(": {error:#}")),
     };

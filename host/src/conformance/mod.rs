@@ -1,6 +1,6 @@
 //! The conformance suite: what any policy module must pass before it touches money.
 //!
-//! - **Contract checks** ([`probe`]) hold for any module: it loads and describes itself
+//! - **Contract checks** ([`crate::policy::probe`], the activation gate) hold for any module: it loads and describes itself
 //!   well; its answers keep the contract (no negative or overflowing amounts, no
 //!   undescribed balance, admitted items within the batch, meta a JSON object); it is
 //!   deterministic; it stays within its budget (fuel, wall-clock time, host-call
@@ -11,21 +11,20 @@
 //!   step must produce; they run against the module on a fresh temporary ledger
 //!   ([`runner`]).
 //!
-//! `creditgate check` prints the report; `creditgate serve` refuses a module that fails
-//! the contract checks.
+//! `creditgate check` prints the report; activation, and a meter opened on a given
+//! component, refuse a module that fails the contract checks.
 
 pub mod case;
-pub mod probe;
 pub mod runner;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use case::{Action, LoadedCase, Tier};
 use runner::ModuleResolver;
 
-use crate::policy::component::{self, CompiledPolicy, Limits};
+use crate::policy::component::{self, Limits};
+use crate::policy::probe;
 use crate::store::scratch::ScratchStore;
 
 /// One line of the report.
@@ -80,11 +79,7 @@ impl Report {
             let _ = writeln!(out, "module {module}, profile {}", self.profile);
         }
         if let Some(cost) = &self.cost {
-            let _ = writeln!(
-                out,
-                "cost per call ({} probe calls): fuel p50 {}, max {}; wall p50 {} µs, max {} µs",
-                cost.calls, cost.fuel_p50, cost.fuel_max, cost.wall_us_p50, cost.wall_us_max
-            );
+            let _ = writeln!(out, "{cost}");
         }
         let width = self
             .rows
@@ -111,37 +106,6 @@ impl Report {
         out.push('\n');
         out
     }
-}
-
-/// Runs the contract checks only (what activation requires).
-pub fn check_contract(module: &[u8], limits: Limits) -> Report {
-    let no_cases_no_ledger = ScratchStore::Sqlite;
-    check_module(
-        module,
-        &[],
-        None,
-        limits,
-        &|name| Err(format!("no module named '{name}' here")),
-        &no_cases_no_ledger,
-    )
-}
-
-/// The contract checks of a module the caller already compiled (activation).
-pub fn check_compiled(compiled: &Arc<CompiledPolicy>) -> Report {
-    let info = compiled.info();
-    let mut report = Report {
-        module: Some(format!(
-            "{} {} (sha256 {})",
-            info.name, info.version, info.digest
-        )),
-        profile: info.name.clone(),
-        rows: vec![loaded_row(None)],
-        cost: None,
-    };
-    let probed = probe::probe(compiled, &BTreeSet::new());
-    report.cost = Some(probed.cost);
-    report.rows.extend(contract_rows(probed.checks));
-    report
 }
 
 /// Runs the contract checks, then every case whose profile matches `profile` (by

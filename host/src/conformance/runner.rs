@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use super::case::{Action, Case, Expect, ExpectedEntry};
-use super::probe;
 use crate::clock::ManualClock;
 use crate::error::MeterError;
 use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
 use crate::policy::component::Limits;
+use crate::policy::probe;
 use crate::store::scratch::{ScratchLedger, ScratchStore};
 use crate::{Meter, MeterConfig, PolicySource};
 

@@ -56,7 +56,7 @@ use crate::model::{
 };
 use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
-use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime};
+use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, probe};
 use crate::store::sqlite::{self, SqliteOptions, lock::LedgerLock};
 use crate::store::{ColdStore, LedgerReader, Store, StoreLocation, ViewsLag, postgres};
 use command::{Command, Reply};
@@ -331,23 +331,13 @@ impl Meter {
         self.activate(component, "shadow-promotion")
     }
 
-    /// Compiles (or loads precompiled) and runs the contract checks.
     fn compile_checked(&self, component: &[u8]) -> Result<Arc<CompiledPolicy>, MeterError> {
-        let compiled = CompiledPolicy::load(
+        compile_gated(
             &self.engine,
             component,
             self.limits,
             self.compile_cache_dir.as_deref(),
-        )?;
-        let report = crate::conformance::check_compiled(&compiled);
-        if report.ok() {
-            Ok(compiled)
-        } else {
-            Err(MeterError::InvalidPolicy(format!(
-                "it fails the contract checks:\n{}",
-                report.render()
-            )))
-        }
+        )
     }
 
     /// Re-activates the policy that was active before the current one.
@@ -621,7 +611,23 @@ fn start(
 /// The runtime of the policy to start on, and its bytes (none: linked natively).
 type FirstRuntime = (Box<dyn PolicyRuntime>, Option<Vec<u8>>);
 
-/// The runtime of the policy to start on, and its bytes (none: linked natively).
+/// Compiles (or loads precompiled) `component` and puts it through the activation gate
+/// (`policy::probe::gate`): the contract probes, within their cost.
+fn compile_gated(
+    engine: &wasmtime::Engine,
+    component: &[u8],
+    limits: Limits,
+    cache_dir: Option<&std::path::Path>,
+) -> Result<Arc<CompiledPolicy>, MeterError> {
+    let compiled = CompiledPolicy::load(engine, component, limits, cache_dir)?;
+    probe::gate(&compiled)?;
+    Ok(compiled)
+}
+
+/// The runtime of the policy to start on, and its bytes (none: linked natively). A
+/// component the caller gives (or the fallback) passes the activation gate first; one
+/// the ledger ran passed it when it was activated, and is not judged again by today's
+/// budgets.
 fn first_runtime(
     config: &MeterConfig,
     engine: &wasmtime::Engine,
@@ -630,11 +636,11 @@ fn first_runtime(
     store: &dyn ColdStore,
     marks: &Rc<dyn MarkLookup>,
 ) -> Result<FirstRuntime, MeterError> {
-    let component = match source {
+    let (component, gated) = match source {
         PolicySource::Native(native) => {
             return Ok((native_runtime(native, Rc::clone(marks))?, None));
         }
-        PolicySource::Component(bytes) => bytes,
+        PolicySource::Component(bytes) => (bytes, true),
         PolicySource::Resume { fallback } => {
             let latest = match state.active_policy() {
                 Some(digest) => Some(PolicyDigest::from_bytes(digest)),
@@ -647,19 +653,23 @@ fn first_runtime(
                 },
                 None => None,
             };
-            stored.or(fallback).ok_or_else(|| {
-                MeterError::InvalidPolicy(
-                    "this ledger has never run a policy component; give one".to_owned(),
-                )
-            })?
+            match (stored, fallback) {
+                (Some(stored), _) => (stored, false),
+                (None, Some(fallback)) => (fallback, true),
+                (None, None) => {
+                    return Err(MeterError::InvalidPolicy(
+                        "this ledger has never run a policy component; give one".to_owned(),
+                    ));
+                }
+            }
         }
     };
-    let compiled = CompiledPolicy::load(
-        engine,
-        &component,
-        config.limits,
-        config.compile_cache_dir.as_deref(),
-    )?;
+    let cache_dir = config.compile_cache_dir.as_deref();
+    let compiled = if gated {
+        compile_gated(engine, &component, config.limits, cache_dir)?
+    } else {
+        CompiledPolicy::load(engine, &component, config.limits, cache_dir)?
+    };
     Ok((
         Box::new(compiled.runtime(Rc::clone(marks))),
         Some(component),

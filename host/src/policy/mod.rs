@@ -3,7 +3,8 @@
 //! A policy is a WebAssembly component of the `creditgate:policy` world
 //! ([`component`]), or, for measuring what the sandbox costs, the same rules linked
 //! natively ([`native`]). Either way the meter sees one [`PolicyRuntime`], and every
-//! answer passes [`contract`] checks before it can move a credit.
+//! answer passes [`contract`] checks before it can move a credit. A component becomes
+//! active only through the [`probe`] gate: the contract probes, within their cost.
 //!
 //! The runtime never touches the store: its only view of the ledger is the balances it
 //! is given and the read-only [`MarkLookup`].
@@ -11,6 +12,7 @@
 pub mod component;
 pub mod contract;
 pub mod native;
+pub mod probe;
 
 use std::fmt;
 

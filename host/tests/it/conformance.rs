@@ -8,6 +8,7 @@ use creditgate::conformance::case::{self, LoadedCase};
 use creditgate::conformance::{Report, check_module};
 use creditgate::policy::component::Limits;
 use creditgate::store::scratch::ScratchStore;
+use creditgate::{Meter, MeterConfig, PolicySource};
 
 use crate::support::{BINARY, component, component_path};
 
@@ -285,6 +286,34 @@ fn check_prints_the_table_and_exits_non_zero_on_any_failure() {
             .ends_with(" passed, 1 failed"),
         "{stdout}"
     );
+}
+
+/// `Meter::open` on a given component runs the gate `activate` runs: a library user
+/// cannot start on a module `serve` and activation would refuse.
+#[test]
+fn a_meter_refuses_to_open_on_a_module_that_fails_the_contract_checks() {
+    let scratch = ScratchStore::Sqlite.create().unwrap();
+    let refused = Meter::open(
+        MeterConfig::new(scratch.location().clone()),
+        PolicySource::Component(component("nondeterministic")),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(refused.code(), "invalid_policy", "{refused}");
+    assert!(
+        refused.to_string().contains("FAIL  contract/deterministic"),
+        "{refused}"
+    );
+    // The same module through the fallback of a ledger that never ran one: refused too.
+    let refused = Meter::open(
+        MeterConfig::new(scratch.location().clone()),
+        PolicySource::Resume {
+            fallback: Some(component("nondeterministic")),
+        },
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(refused.code(), "invalid_policy", "{refused}");
 }
 
 #[test]

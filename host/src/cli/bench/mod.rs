@@ -19,6 +19,8 @@ use creditgate::store::StoreLocation;
 use creditgate::store::scratch::ScratchStore;
 use creditgate::{Meter, MeterConfig, NativePolicy, PolicySource};
 
+use super::limits::PolicyLimitArgs;
+
 use stats::{LedgerFigures, Measure, Row, Samples};
 use systems::{Client, HttpServer, PostgresSystem, RedisSystem};
 use workload::{Generator, Product, tenant_name};
@@ -70,6 +72,9 @@ pub struct BenchArgs {
     /// Where the temporary ledgers go.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// The per-call bounds the policy components run under, as `serve` takes them.
+    #[command(flatten)]
+    limits: PolicyLimitArgs,
 }
 
 /// How the run is shaped, after `--quick`.
@@ -417,6 +422,7 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
         let mut meters = Vec::new();
         for _ in 0..variant.postgres_replicas.unwrap_or(1) {
             let mut config = bench_config(&location, dir.path());
+            config.limits = args.limits.limits();
             if let Some(batch_size_max) = variant.batch_size_max {
                 config.batch_size_max = batch_size_max;
             }

@@ -1,5 +1,7 @@
 //! Contract checks that hold for ANY module: run a corpus of probe requests through the
-//! module directly (no ledger) and check every answer against the host's contract.
+//! module directly (no ledger) and check every answer against the host's contract, and
+//! measure what the calls cost. [`gate`] is what every activation (and every meter
+//! opened on a given component) runs; `creditgate check` reports the same checks.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -102,10 +104,45 @@ impl CostSummary {
     }
 }
 
+impl std::fmt::Display for CostSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cost per call ({} probe calls): fuel p50 {}, max {}; wall p50 {} µs, max {} µs",
+            self.calls, self.fuel_p50, self.fuel_max, self.wall_us_p50, self.wall_us_max
+        )
+    }
+}
+
 /// What probing found: the checks, and what the calls cost.
 pub struct Probed {
     pub checks: Vec<ContractCheck>,
     pub cost: CostSummary,
+}
+
+/// The activation gate: every contract check passes, within the cost bound; else
+/// `invalid_policy`, naming each failed check.
+pub fn gate(compiled: &Arc<CompiledPolicy>) -> Result<Probed, MeterError> {
+    let probed = probe(compiled, &BTreeSet::new());
+    let failures: Vec<String> = probed
+        .checks
+        .iter()
+        .filter_map(|check| {
+            let failure = check.failure.as_ref()?;
+            Some(format!(
+                "FAIL  {}  {}\n      {failure}",
+                check.name, check.rule
+            ))
+        })
+        .collect();
+    if failures.is_empty() {
+        return Ok(probed);
+    }
+    Err(MeterError::InvalidPolicy(format!(
+        "it fails the contract checks:\n{}\n{}",
+        probed.cost,
+        failures.join("\n")
+    )))
 }
 
 /// Compiles the module and runs the contract checks. `Err` when it cannot even load
