@@ -76,11 +76,32 @@ pub enum PolicySource {
     Resume { fallback: Option<Vec<u8>> },
 }
 
-/// The reference policies, linked natively.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NativePolicy {
-    Smarte,
-    DonorAtlas,
+/// Any [`sdk::Policy`](crate::policy::sdk::Policy) linked natively, named for the
+/// journal (its digest is that of `native:NAME`): the same rules as a component, the
+/// same contract checks, no sandbox and no fuel.
+#[derive(Clone, Copy)]
+pub struct NativePolicy {
+    name: &'static str,
+    runtime: NativeStart,
+}
+
+/// Starts a native policy's runtime: its name, and the marks it may read.
+type NativeStart =
+    fn(&'static str, Rc<dyn MarkLookup>) -> Result<Box<dyn PolicyRuntime>, MeterError>;
+
+impl NativePolicy {
+    pub fn of<P: crate::policy::sdk::Policy + 'static>(name: &'static str) -> Self {
+        Self {
+            name,
+            runtime: |name, marks| Ok(Box::new(NativeRuntime::<P>::new(name, marks)?)),
+        }
+    }
+}
+
+impl std::fmt::Debug for NativePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NativePolicy({})", self.name)
+    }
 }
 
 /// How a meter runs. `new` gives production defaults.
@@ -541,19 +562,6 @@ fn check_authorize(request: AuthorizeRequest) -> Result<CheckedAuthorize, MeterE
     })
 }
 
-fn native_runtime(
-    native: NativePolicy,
-    marks: Rc<dyn MarkLookup>,
-) -> Result<Box<dyn PolicyRuntime>, MeterError> {
-    Ok(match native {
-        NativePolicy::Smarte => Box::new(NativeRuntime::<smarte::Smarte>::new("smarte", marks)?),
-        NativePolicy::DonorAtlas => Box::new(NativeRuntime::<donoratlas::DonorAtlas>::new(
-            "donoratlas",
-            marks,
-        )?),
-    })
-}
-
 /// On the sequencer thread: opens the store, recovers the live state, loads the
 /// policy and records its activation.
 fn start(
@@ -638,7 +646,7 @@ fn first_runtime(
 ) -> Result<FirstRuntime, MeterError> {
     let (component, gated) = match source {
         PolicySource::Native(native) => {
-            return Ok((native_runtime(native, Rc::clone(marks))?, None));
+            return Ok(((native.runtime)(native.name, Rc::clone(marks))?, None));
         }
         PolicySource::Component(bytes) => (bytes, true),
         PolicySource::Resume { fallback } => {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use creditgate::model::{BatchStats, GrantRequest};
 use creditgate::store::StoreLocation;
 use creditgate::store::scratch::ScratchStore;
-use creditgate::{Meter, MeterConfig, NativePolicy, PolicySource};
+use creditgate::{Meter, MeterConfig, PolicySource};
 
 use super::limits::PolicyLimitArgs;
 
@@ -406,8 +406,7 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
             (Product::DonorAtlas, false) => {
                 PolicySource::Component(super::read_policy(&args.donoratlas)?)
             }
-            (Product::Smarte, true) => PolicySource::Native(NativePolicy::Smarte),
-            (Product::DonorAtlas, true) => PolicySource::Native(NativePolicy::DonorAtlas),
+            (_, true) => PolicySource::Native(product.native()),
         };
         let location = match variant.postgres_replicas {
             Some(_) => {
@@ -555,8 +554,7 @@ fn ledger_figures(
         // A restart resumes the ledger's own policy; native rules are linked, not stored.
         let source = match (native, product) {
             (false, _) => PolicySource::Resume { fallback: None },
-            (true, Product::Smarte) => PolicySource::Native(NativePolicy::Smarte),
-            (true, Product::DonorAtlas) => PolicySource::Native(NativePolicy::DonorAtlas),
+            (true, _) => PolicySource::Native(product.native()),
         };
         let meter = Meter::open(bench_config(&location, dir), source)?;
         restart_ms = restart_ms.max(started.elapsed().as_secs_f64() * 1e3);
@@ -589,7 +587,7 @@ fn live_state_footprint(dir: &Path, tenants: usize, holds: usize) -> anyhow::Res
     let location = StoreLocation::Sqlite(dir.path().join("ledger.db"));
     let meter = Arc::new(Meter::open(
         bench_config(&location, dir.path()),
-        PolicySource::Native(NativePolicy::Smarte),
+        PolicySource::Native(Product::Smarte.native()),
     )?);
     let settled = |meter: &Meter, round: &str| -> anyhow::Result<u64> {
         // A read of the journal waits for the views; the batch after it evicts what

@@ -2,6 +2,7 @@
 //! transaction picks a product, a tenant and an operation of that product, with as many
 //! items as the seeds' requests carry, and is settled with a 200 outcome.
 
+use creditgate::NativePolicy;
 use creditgate::model::{AuthorizeRequest, SettleRequest};
 use creditgate_policy_sdk::{self as sdk, BalanceAmount, Ledger, Policy, Verdict};
 
@@ -18,6 +19,14 @@ impl Product {
         match self {
             Product::Smarte => 0,
             Product::DonorAtlas => 1,
+        }
+    }
+
+    /// The product's reference rules, linked natively.
+    pub fn native(self) -> NativePolicy {
+        match self {
+            Product::Smarte => NativePolicy::of::<smarte::Smarte>("smarte"),
+            Product::DonorAtlas => NativePolicy::of::<donoratlas::DonorAtlas>("donoratlas"),
         }
     }
 }
