@@ -11,6 +11,7 @@
 mod admin;
 mod body;
 pub mod limits;
+mod metrics;
 pub mod server;
 
 use std::sync::Arc;
@@ -41,7 +42,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Installs the process's Prometheus recorder (`GET /metrics`) if it has none yet,
+    /// so that it counts from the first request.
     pub fn new(meter: Arc<Meter>, admin_token: Option<String>, limits: ApiLimits) -> Self {
+        metrics::exporter();
         Self {
             meter,
             admin_token,
@@ -81,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     bounded
         .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -216,6 +221,29 @@ async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
         StatusCode::OK
     };
     Ok((status, Json(body)).into_response())
+}
+
+/// The Prometheus text exposition; like `/healthz`, outside the bound on requests in
+/// flight, so that an overloaded sidecar can still be watched.
+async fn prometheus(State(state): State<Arc<AppState>>) -> ApiResult {
+    let handle = metrics::exporter().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "this process has a metrics recorder of its own; its metrics go there",
+        )
+    })?;
+    if let Some(lag) = state.meter.views_lag() {
+        crate::meter::metrics::views_behind(lag.behind_batches);
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response())
 }
 
 async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {

@@ -32,6 +32,7 @@ mod command;
 pub mod decide;
 pub mod failure;
 mod marks;
+pub mod metrics;
 mod registry;
 mod sequencer;
 mod shadow;
@@ -430,56 +431,76 @@ impl Meter {
     /// Decides a request and applies the verdict. Blocking: from async code use
     /// [`Meter::authorize_async`].
     pub fn authorize(&self, request: AuthorizeRequest) -> Result<Authorization, MeterError> {
-        let checked = check_authorize(request)?;
-        self.call(|reply| Command::Authorize(checked, reply))
+        metrics::call("authorize", || {
+            let checked = check_authorize(request)?;
+            self.call(|reply| Command::Authorize(checked, reply))
+        })
     }
 
     pub async fn authorize_async(
         &self,
         request: AuthorizeRequest,
     ) -> Result<Authorization, MeterError> {
-        let checked = check_authorize(request)?;
-        self.call_async(|reply| Command::Authorize(checked, reply))
-            .await
+        metrics::call_async("authorize", async {
+            let checked = check_authorize(request)?;
+            self.call_async(|reply| Command::Authorize(checked, reply))
+                .await
+        })
+        .await
     }
 
     /// What [`Meter::authorize`] would answer now, on the live balances, with nothing
     /// recorded, held or marked. A transaction id the ledger knows answers its recorded
     /// answer. Blocking: from async code use [`Meter::quote_async`].
     pub fn quote(&self, request: AuthorizeRequest) -> Result<Quote, MeterError> {
-        let checked = check_authorize(request)?;
-        self.call(|reply| Command::Quote(checked, reply))
-            .map(Quote::from)
+        metrics::call("quote", || {
+            let checked = check_authorize(request)?;
+            self.call(|reply| Command::Quote(checked, reply))
+                .map(Quote::from)
+        })
     }
 
     pub async fn quote_async(&self, request: AuthorizeRequest) -> Result<Quote, MeterError> {
-        let checked = check_authorize(request)?;
-        self.call_async(|reply| Command::Quote(checked, reply))
-            .await
-            .map(Quote::from)
+        metrics::call_async("quote", async {
+            let checked = check_authorize(request)?;
+            self.call_async(|reply| Command::Quote(checked, reply))
+                .await
+                .map(Quote::from)
+        })
+        .await
     }
 
     /// Prices an outcome on the policy version that authorized it.
     pub fn settle(&self, request: SettleRequest) -> Result<Receipt, MeterError> {
-        validate::settle(&request)?;
-        self.call(|reply| Command::Settle(request, reply))
+        metrics::call("settle", || {
+            validate::settle(&request)?;
+            self.call(|reply| Command::Settle(request, reply))
+        })
     }
 
     pub async fn settle_async(&self, request: SettleRequest) -> Result<Receipt, MeterError> {
-        validate::settle(&request)?;
-        self.call_async(|reply| Command::Settle(request, reply))
-            .await
+        metrics::call_async("settle", async {
+            validate::settle(&request)?;
+            self.call_async(|reply| Command::Settle(request, reply))
+                .await
+        })
+        .await
     }
 
     /// Tops up a balance; a repeated grant id moves nothing.
     pub fn grant(&self, grant: GrantRequest) -> Result<TenantBalances, MeterError> {
-        validate::grant(&grant)?;
-        self.call(|reply| Command::Grant(grant, reply))
+        metrics::call("grant", || {
+            validate::grant(&grant)?;
+            self.call(|reply| Command::Grant(grant, reply))
+        })
     }
 
     pub async fn grant_async(&self, grant: GrantRequest) -> Result<TenantBalances, MeterError> {
-        validate::grant(&grant)?;
-        self.call_async(|reply| Command::Grant(grant, reply)).await
+        metrics::call_async("grant", async {
+            validate::grant(&grant)?;
+            self.call_async(|reply| Command::Grant(grant, reply)).await
+        })
+        .await
     }
 
     /// Releases every hold whose TTL has passed, and unloads the policy versions no open

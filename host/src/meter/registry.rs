@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::breaker::{Breakers, CallOutcome};
+use super::metrics;
 use super::shadow::Shadow;
 use crate::error::MeterError;
 use crate::model::ShadowReport;
@@ -127,6 +128,7 @@ impl Registry {
             .ok_or_else(|| not_loaded(digest))?;
         let decision = runtime.authorize(request, balances);
         let cost = runtime.last_cost();
+        metrics::policy_call("authorize", cost);
         self.breakers
             .record(tenant, Instant::now(), cost, CallOutcome::of(&decision));
         let decision = decision?;
@@ -166,6 +168,7 @@ impl Registry {
             .ok_or_else(|| not_loaded(digest))?;
         let decision = runtime.settle(admitted, outcome, balances);
         let cost = runtime.last_cost();
+        metrics::policy_call("settle", cost);
         self.breakers
             .record(tenant, Instant::now(), cost, CallOutcome::of(&decision));
         let decision = decision?;

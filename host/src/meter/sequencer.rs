@@ -20,6 +20,7 @@ use super::MeterConfig;
 use super::command::{Command, Pending};
 use super::decide::{BatchBuilder, Decider, Pricing};
 use super::failure::FailureCounts;
+use super::metrics::{self, DurableMetrics};
 use super::registry::Registry;
 use crate::clock::Clock;
 use crate::error::MeterError;
@@ -322,6 +323,7 @@ impl Sequencer {
                     self.counters.count(decisions);
                     self.decisions_since_snapshot += decisions;
                 }
+                metrics::open_holds(self.state.open_holds().0);
                 let batch = (decisions > 0).then(|| Arc::new(builder.batch));
                 self.send(Committed { batch, answers });
             }
@@ -578,6 +580,7 @@ fn sync_and_answer(
     committed: Receiver<Committed>,
     health: &Health,
 ) {
+    let mut metrics = DurableMetrics::default();
     while let Ok(first) = committed.recv() {
         let mut group = vec![first];
         group.extend(committed.try_iter());
@@ -585,6 +588,7 @@ fn sync_and_answer(
             .iter()
             .filter_map(|committed| committed.batch.clone())
             .collect();
+        let started = Instant::now();
         let persisted = match health.error() {
             Some(error) => Err(error),
             None => durability.persist(&batches),
@@ -596,6 +600,7 @@ fn sync_and_answer(
         }
         let failure = persisted.err();
         if failure.is_none() {
+            metrics.durable(&batches, started.elapsed());
             for batch in batches {
                 durability.durable(batch);
             }

@@ -18,6 +18,7 @@ mod ledger_log;
 mod ledger_model;
 mod lifecycle;
 mod lossy_fs;
+mod metrics;
 mod quote;
 mod replicas;
 mod sandbox;
