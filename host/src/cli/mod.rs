@@ -11,6 +11,7 @@ mod operator;
 mod policy;
 mod serve;
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -68,6 +69,8 @@ pub fn run() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colors for a person at a terminal; plain text for a file or a log collector.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match command {
         Command::Check(args) => match check::run(args) {

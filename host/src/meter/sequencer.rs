@@ -430,6 +430,21 @@ fn execute(
     released: &mut usize,
     clock: &Arc<dyn Clock>,
 ) -> (Pending, Option<MeterError>) {
+    // Every log line of a decision names what it decides (a disabled span costs a
+    // check of its callsite's interest).
+    let span = match &command {
+        Command::Authorize(checked, _) | Command::Quote(checked, _) => {
+            tracing::info_span!("decide", tenant = %checked.request.tenant, transaction = %checked.id)
+        }
+        Command::Settle(request, _) => {
+            tracing::info_span!("decide", transaction = %request.transaction_id)
+        }
+        Command::Grant(grant, _) => {
+            tracing::info_span!("decide", tenant = %grant.tenant, grant = %grant.grant_id)
+        }
+        _ => tracing::Span::none(),
+    };
+    let _decision = span.enter();
     /// A failure of the meter is a warning; one of the policy is the tenant's answer,
     /// logged at debug only: a tenant must not be able to flood the log (the breaker
     /// warns once when it refuses a tenant).

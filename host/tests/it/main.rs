@@ -18,7 +18,7 @@ mod ledger_log;
 mod ledger_model;
 mod lifecycle;
 mod lossy_fs;
-mod metrics;
+mod observability;
 mod quote;
 mod replicas;
 mod sandbox;

@@ -1,12 +1,13 @@
-//! `GET /metrics` (docs/gateways.md, "Metrics"): a real `creditgate serve` is scraped
-//! before and after known traffic, and every counter moves by what that traffic did,
-//! read off the answers themselves.
+//! What an operator watches: `GET /metrics` (docs/gateways.md, "Metrics"), scraped from
+//! a real `creditgate serve` before and after known traffic, every counter moving by
+//! what that traffic did (read off the answers themselves); and the log, whose lines
+//! of a decision name its tenant and transaction.
 
 use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::support::{HttpGate, uuid};
+use crate::support::{HttpGate, Server, uuid};
 
 const TENANT: &str = "acme";
 
@@ -139,4 +140,41 @@ fn metrics_count_exactly_what_known_traffic_did() {
     assert_eq!(after.get("creditgate_open_holds"), 0.0);
     assert!(after.get("creditgate_batch_decisions_count") >= 1.0);
     assert!(after.get("creditgate_commit_seconds_count") >= 1.0);
+}
+
+/// A decision's log lines name its tenant and transaction, though they are written on
+/// the sequencer's thread, not the caller's: a policy failure, logged at debug.
+#[test]
+fn a_decisions_log_lines_name_its_tenant_and_transaction() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("serve.log");
+    let server = Server::start_in_shell(
+        &format!(
+            "export CREDITGATE_LOG=creditgate=debug && exec 2>'{}'",
+            log.display()
+        ),
+        Some("hostile"),
+        dir.path().join("ledger.db"),
+        None,
+        &[],
+    );
+    let (status, body) = server.post(
+        "/v1/authorize",
+        json!({"transaction_id": "traced-1", "tenant": "tenant-7", "operation": "burn-fuel", "items": ["a"]}),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("policy_fuel_exhausted")),
+        "{body}"
+    );
+    drop(server);
+    let text = std::fs::read_to_string(&log).expect("the server's log");
+    let line = text
+        .lines()
+        .find(|line| line.contains("a decision failed closed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    assert!(
+        line.contains("tenant=tenant-7") && line.contains("transaction=traced-1"),
+        "{line}"
+    );
 }
