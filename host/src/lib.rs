@@ -12,7 +12,8 @@
 //!                                               \-> ledger (live state, batch record) -> store (log)
 //! ```
 //!
-//! - [`policy`]: where a charge is decided (the sandboxed component, its contract).
+//! - [`policy`]: where a charge is decided (the sandboxed component, its contract, and
+//!   the gate every activation passes).
 //! - [`ledger`]: what a decision is: posting rules and the host's own guarantees (never
 //!   below zero, journal sums to balances) whatever the policy says; the batch record
 //!   and its binary codec; the live state in memory that records change.

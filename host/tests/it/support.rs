@@ -135,14 +135,9 @@ impl Gate for TestMeter {
         items: &[&str],
         attributes: &[(&str, &str)],
     ) -> Result<Authorization, Failure> {
-        Ok(self.meter.authorize(AuthorizeRequest {
-            transaction_id: Some(id.to_owned()),
-            tenant: tenant.to_owned(),
-            operation: operation.to_owned(),
-            items: items.iter().map(|item| (*item).to_owned()).collect(),
-            attributes: pairs(attributes),
-            body: None,
-        })?)
+        Ok(self
+            .meter
+            .authorize(authorize_request(id, tenant, operation, items, attributes))?)
     }
 
     fn try_quote(
@@ -152,14 +147,9 @@ impl Gate for TestMeter {
         operation: &str,
         items: &[&str],
     ) -> Result<Quote, Failure> {
-        Ok(self.meter.quote(AuthorizeRequest {
-            transaction_id: Some(id.to_owned()),
-            tenant: tenant.to_owned(),
-            operation: operation.to_owned(),
-            items: items.iter().map(|item| (*item).to_owned()).collect(),
-            attributes: BTreeMap::new(),
-            body: None,
-        })?)
+        Ok(self
+            .meter
+            .quote(authorize_request(id, tenant, operation, items, &[]))?)
     }
 
     fn try_settle(
@@ -190,6 +180,24 @@ impl Gate for TestMeter {
             violations.is_empty(),
             "ledger invariants broke: {violations:#?}"
         );
+    }
+}
+
+/// The body of an authorize (and of a quote).
+fn authorize_request(
+    id: &str,
+    tenant: &str,
+    operation: &str,
+    items: &[&str],
+    attributes: &[(&str, &str)],
+) -> AuthorizeRequest {
+    AuthorizeRequest {
+        transaction_id: Some(id.to_owned()),
+        tenant: tenant.to_owned(),
+        operation: operation.to_owned(),
+        items: items.iter().map(|item| (*item).to_owned()).collect(),
+        attributes: pairs(attributes),
+        body: None,
     }
 }
 
