@@ -1,5 +1,6 @@
-//! Command-line parsing and the operator commands; `serve`, `bench` and `gallery` have
-//! modules of their own.
+//! The `creditgate` command: the HTTP sidecar, the metering proxy, operator commands,
+//! policy checks, the hostile gallery and the benchmark. Parsing and the operator
+//! commands are here; `serve`, `proxy`, `bench` and `gallery` have modules of their own.
 
 mod bench;
 mod check;
@@ -9,6 +10,7 @@ mod limits;
 mod new_policy;
 mod operator;
 mod policy;
+mod proxy;
 mod serve;
 
 use std::io::IsTerminal;
@@ -36,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP sidecar.
     Serve(serve::ServeArgs),
+    /// Run a metering reverse proxy in front of an upstream API (and the sidecar's API).
+    Proxy(proxy::ProxyArgs),
     /// Top up a tenant's balance (idempotent by --grant-id).
     Grant(operator::GrantArgs),
     /// Show a tenant's balances.
@@ -54,7 +58,7 @@ enum Command {
     Gallery(gallery::GalleryArgs),
 }
 
-pub fn run() -> ExitCode {
+fn main() -> ExitCode {
     let command = Cli::parse().command;
     // `check` and `gallery` report every failure in their tables; their meters' own
     // warnings would repeat them.
@@ -81,6 +85,7 @@ pub fn run() -> ExitCode {
         Command::NewPolicy(args) => new_policy::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Grant(args) => operator::grant(args),
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),

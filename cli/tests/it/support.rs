@@ -608,6 +608,59 @@ impl Server {
         })
     }
 
+    /// `creditgate proxy` with `routes` in front of `upstream`, on a fresh ledger `db`
+    /// with `policy`: its sidecar API, and the proxy's address.
+    pub fn start_proxy(
+        policy: &str,
+        db: &std::path::Path,
+        routes: &std::path::Path,
+        upstream: &str,
+    ) -> (Self, String) {
+        let mut command = Command::new(BINARY);
+        command
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--routes")
+            .arg(routes)
+            .args(["--upstream", upstream, "--db"])
+            .arg(db)
+            .arg("--policy")
+            .arg(component_path(policy))
+            .arg("--policy-wall-ms-per-call")
+            .arg(deterministic_limits().wall_ms_per_call.to_string())
+            .env_remove("CREDITGATE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("spawn creditgate proxy");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut banner = [String::new(), String::new()];
+        for line in &mut banner {
+            stdout.read_line(line).expect("banner");
+        }
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let address_after = |line: &str, prefix: &str| {
+            line.strip_prefix(prefix)
+                .and_then(|rest| rest.split([',', ' ', '\n']).next())
+                .unwrap_or_else(|| panic!("unexpected banner: {banner:?}"))
+                .to_owned()
+        };
+        let proxy = address_after(&banner[0], "creditgate proxy listening on ");
+        let api = address_after(&banner[1], "sidecar API on ");
+        (
+            Self {
+                child: Some(child),
+                base: api,
+                token: None,
+            },
+            proxy,
+        )
+    }
+
     /// A client of the same server presenting another token (or none).
     pub fn with_token(&self, token: Option<&str>) -> Self {
         Self {

@@ -1,7 +1,7 @@
 //! One integration-test binary, a module per concern. Every test runs the real thing:
 //! wasm components built from `policy/` and `tests/fixtures/` (run `cargo policies`
-//! first), a SQLite file on disk or a PostgreSQL schema, and for `http` and `replicas`,
-//! `creditgate serve` processes.
+//! first), a SQLite file on disk or a PostgreSQL schema, and for `http`, `replicas` and
+//! `gateway`, `creditgate serve` and `creditgate proxy` processes.
 // Test helpers fail loudly by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,6 +10,7 @@ mod crash_cycles;
 mod donoratlas;
 mod durability;
 mod failure_mode;
+mod gateway;
 mod guarantees;
 mod hostile;
 mod http;

@@ -19,6 +19,18 @@ use creditgate::{Meter, MeterConfig, PolicySource};
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    meter: MeterArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// The meter's options: its policy and its ledger (`serve` and `proxy`).
+#[derive(Args)]
+pub struct MeterArgs {
     /// The policy component (.wasm). Default: the policy this ledger last ran, or else
     /// the SMARTe reference policy.
     #[arg(long)]
@@ -29,17 +41,11 @@ pub struct ServeArgs {
     /// The ledger: a SQLite file (created if missing; `sqlite://PATH` also works), or
     /// `postgres://...` for a database several gateway processes share.
     #[arg(long, default_value = super::DEFAULT_DB)]
-    db: StoreLocation,
-    /// Address to listen on; port 0 picks a free one.
-    #[arg(long, default_value = "127.0.0.1:8787")]
-    listen: SocketAddr,
+    pub db: StoreLocation,
     /// Where precompiled policy components are cached (default: the SQLite ledger
     /// file's name with `.cache`; none for PostgreSQL).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Token for admin calls (grants). Required on a non-loopback address.
-    #[arg(long, env = "CREDITGATE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     /// Decisions committed together, at most (group commit).
     #[arg(long, default_value_t = MeterConfig::BATCH_SIZE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size_max: u32,
@@ -47,6 +53,18 @@ pub struct ServeArgs {
     /// at most 100,000).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MeterConfig::BATCH_WAIT_US_LIMIT))]
     batch_wait_us_max: u64,
+    #[command(flatten)]
+    policy_limits: PolicyLimitArgs,
+    #[command(flatten)]
+    failure: FailureArgs,
+}
+
+/// The HTTP server's options and bounds (`serve` and `proxy`).
+#[derive(Args)]
+pub struct HttpArgs {
+    /// Token for admin calls (grants). Required on a non-loopback address.
+    #[arg(long, env = "CREDITGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Connections open at once; more wait in the listen backlog. Lowered to the
     /// open-file limit (whose soft limit `serve` raises to the hard one) less 128.
     #[arg(long, default_value_t = ConnectionLimits::CONNECTIONS_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
@@ -64,45 +82,14 @@ pub struct ServeArgs {
     /// `PUT /v1/policy` uploads received and checked at once; more get 503 `overloaded`.
     #[arg(long, default_value_t = ApiLimits::POLICY_UPLOADS_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     policy_uploads_max: usize,
-    #[command(flatten)]
-    policy_limits: PolicyLimitArgs,
-    #[command(flatten)]
-    failure: FailureArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && args.admin_token.is_none() {
-        anyhow::bail!(
-            "refusing to listen on {} without --admin-token: anyone on the network could grant credits",
-            args.listen
-        );
-    }
-    let (source, name) = policy_to_start_with(&args)?;
-    let mut config = MeterConfig::new(args.db.clone());
-    config.limits = args.policy_limits.limits();
-    config.failure = args.failure.policy();
-    config.batch_size_max = args.batch_size_max as usize;
-    config.batch_wait_us_max = args.batch_wait_us_max;
-    config.compile_cache_dir = match (&args.cache_dir, &args.db) {
-        (Some(dir), _) => Some(dir.clone()),
-        (None, StoreLocation::Sqlite(path)) => Some(path.with_extension("cache")),
-        (None, StoreLocation::Postgres(_)) => None,
-    };
-    let meter = Meter::open(config, source).with_context(|| format!("cannot start with {name}"))?;
-    let meter = Arc::new(meter);
-    if let (true, Some(path)) = (args.watch, &args.policy) {
-        watch(Arc::clone(&meter), path.clone());
-    }
-    let connection_limits = connection_limits(&args);
-    let api_limits = ApiLimits {
-        requests_in_flight_max: args.requests_in_flight_max,
-        policy_uploads_max: args.policy_uploads_max,
-        body_read_timeout_ms: args.body_read_timeout_ms,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    args.http.check_token(args.listen)?;
+    let meter = args.meter.open()?;
+    let connection_limits = args.http.connection_limits();
+    let api_limits = args.http.api_limits();
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let listener = server::bind(args.listen)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -113,38 +100,121 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         print_banner(
             address,
             &meter,
-            &args.db.describe(),
-            args.admin_token.is_some(),
+            &args.meter.db.describe(),
+            args.http.admin_token.is_some(),
         );
-        let app = router(Arc::new(AppState::new(meter, args.admin_token, api_limits)));
+        let app = router(Arc::new(AppState::new(
+            meter,
+            args.http.admin_token,
+            api_limits,
+        )));
         server::serve(listener, app, connection_limits, shutdown_signal()).await;
         Ok(())
     })
 }
 
-/// The connection bounds of the flags, with the connections lowered to fit the
-/// open-file limit once its soft limit is raised to the hard one.
-fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
-    let asked = ConnectionLimits {
-        connections_max: args.connections_max,
-        header_read_timeout_ms: args.header_read_timeout_ms,
-    };
-    let open_files_max = match server::raise_open_files_limit() {
-        Ok(limit) => limit,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read or raise the open-file limit");
-            return asked;
+/// The process's async runtime.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+impl MeterArgs {
+    /// Opens the meter on the ledger, with the policy to start on (watched with
+    /// `--watch`).
+    pub fn open(&self) -> anyhow::Result<Arc<Meter>> {
+        let (source, name) = self.policy_to_start_with()?;
+        let mut config = MeterConfig::new(self.db.clone());
+        config.limits = self.policy_limits.limits();
+        config.failure = self.failure.policy();
+        config.batch_size_max = self.batch_size_max as usize;
+        config.batch_wait_us_max = self.batch_wait_us_max;
+        config.compile_cache_dir = match (&self.cache_dir, &self.db) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, StoreLocation::Sqlite(path)) => Some(path.with_extension("cache")),
+            (None, StoreLocation::Postgres(_)) => None,
+        };
+        let meter =
+            Meter::open(config, source).with_context(|| format!("cannot start with {name}"))?;
+        let meter = Arc::new(meter);
+        if let (true, Some(path)) = (self.watch, &self.policy) {
+            watch(Arc::clone(&meter), path.clone());
         }
-    };
-    let fitted = asked.fitted_to(open_files_max);
-    if fitted.connections_max < asked.connections_max {
-        tracing::warn!(
-            connections_max = fitted.connections_max,
-            open_files_max,
-            "--connections-max lowered to fit the open-file limit"
-        );
+        Ok(meter)
     }
-    fitted
+
+    /// The policy to start on: `--policy`, else the one the ledger last ran (a restart
+    /// resumes where it was), else the SMARTe reference policy. `Meter::open` puts a file
+    /// given here through the activation gate; a policy the ledger ran passed it when it
+    /// was activated.
+    fn policy_to_start_with(&self) -> anyhow::Result<(PolicySource, String)> {
+        if let Some(path) = &self.policy {
+            return Ok((
+                PolicySource::Component(super::read_policy(path)?),
+                format!("policy {}", path.display()),
+            ));
+        }
+        let fallback = PathBuf::from(super::DEFAULT_POLICY);
+        let (fallback, why_not) = match super::read_policy(&fallback) {
+            Ok(component) => (Some(component), String::new()),
+            Err(error) => (None, format!(": {error:#}")),
+        };
+        Ok((
+            PolicySource::Resume { fallback },
+            format!(
+                "the policy {} last ran, or {}{why_not}",
+                self.db.describe(),
+                super::DEFAULT_POLICY
+            ),
+        ))
+    }
+}
+
+impl HttpArgs {
+    /// Refuses a non-loopback address without an admin token.
+    pub fn check_token(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        if !listen.ip().is_loopback() && self.admin_token.is_none() {
+            anyhow::bail!(
+                "refusing to listen on {listen} without --admin-token: anyone on the network could grant credits"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn api_limits(&self) -> ApiLimits {
+        ApiLimits {
+            requests_in_flight_max: self.requests_in_flight_max,
+            policy_uploads_max: self.policy_uploads_max,
+            body_read_timeout_ms: self.body_read_timeout_ms,
+        }
+    }
+
+    /// The connection bounds of the flags, with the connections lowered to fit the
+    /// open-file limit once its soft limit is raised to the hard one.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let asked = ConnectionLimits {
+            connections_max: self.connections_max,
+            header_read_timeout_ms: self.header_read_timeout_ms,
+        };
+        let open_files_max = match server::raise_open_files_limit() {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read or raise the open-file limit");
+                return asked;
+            }
+        };
+        let fitted = asked.fitted_to(open_files_max);
+        if fitted.connections_max < asked.connections_max {
+            tracing::warn!(
+                connections_max = fitted.connections_max,
+                open_files_max,
+                "--connections-max lowered to fit the open-file limit"
+            );
+        }
+        fitted
+    }
 }
 
 /// Says where the sidecar listens and how to try it. A closed stdout (a supervisor that
@@ -180,32 +250,6 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
     let _ = stdout.flush();
 }
 
-/// The policy to start on: `--policy`, else the one the ledger last ran (a restart
-/// resumes where it was), else the SMARTe reference policy. `Meter::open` puts a file
-/// given here through the activation gate; a policy the ledger ran passed it when it
-/// was activated.
-fn policy_to_start_with(args: &ServeArgs) -> anyhow::Result<(PolicySource, String)> {
-    if let Some(path) = &args.policy {
-        return Ok((
-            PolicySource::Component(super::read_policy(path)?),
-            format!("policy {}", path.display()),
-        ));
-    }
-    let fallback = PathBuf::from(super::DEFAULT_POLICY);
-    let (fallback, why_not) = match super::read_policy(&fallback) {
-        Ok(component) => (Some(component), String::new()),
-        Err(error) => (None, format!(": {error:#}")),
-    };
-    Ok((
-        PolicySource::Resume { fallback },
-        format!(
-            "the policy {} last ran, or {}{why_not}",
-            args.db.describe(),
-            super::DEFAULT_POLICY
-        ),
-    ))
-}
-
 /// Polls the policy file and activates it again whenever its contents change. A
 /// module that fails its checks is reported and the active policy stays.
 fn watch(meter: Arc<Meter>, path: PathBuf) {
@@ -231,7 +275,7 @@ fn watch(meter: Arc<Meter>, path: PathBuf) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
