@@ -1,5 +1,5 @@
 //! An axum API metered in credits by the layer: a SMARTe-style enrichment route charged
-//! per record delivered, a free status route, the ledger in a SQLite file.
+//! per record delivered, a status route left alone, the ledger in a SQLite file.
 //!
 //! ```sh
 //! rustup target add wasm32-wasip2 && cargo policies
@@ -14,27 +14,13 @@
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use creditgate::model::GrantRequest;
 use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, PolicySource};
 use creditgate_tower::{MeteringLayer, OutcomeSource, Route, Routes, TenantSource};
-use serde_json::{Value, json};
 
-/// The enrichment handler: one record per person whose email does not start with
-/// `nomatch`. It knows nothing of credits.
-async fn enrich(Json(body): Json<Value>) -> Json<Value> {
-    let records: Vec<Value> = body["persons"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|person| person["email"].as_str())
-        .filter(|email| !email.starts_with("nomatch"))
-        .map(|email| json!({"email": email, "name": "Jane Doe"}))
-        .collect();
-    Json(json!({"data": records}))
-}
+#[path = "common/enrichment.rs"]
+mod enrichment;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -60,10 +46,7 @@ async fn main() -> anyhow::Result<()> {
             .outcome("records", OutcomeSource::Length("/data".to_owned()))
             .meta("meta"),
     );
-    let app = Router::new()
-        .route("/v1/enrich/person", post(enrich))
-        .route("/v1/status", get(|| async { "ok" }))
-        .layer(MeteringLayer::new(meter, routes)?);
+    let app = enrichment::api().layer(MeteringLayer::new(meter, routes)?);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("metered API on http://{}", listener.local_addr()?);

@@ -8,35 +8,8 @@ use serde_json::{Value, json};
 
 use super::{Gateway, through_proxy_and_layer};
 
-pub const ROUTES: &str = r#"
-[tenant]
-header = "x-team"
-
-[[route]]
-method = "PUT"
-path = "/v1/enhance"
-operation = "enhance"
-items = { pointer = "/persons", id = "tracking_id" }
-meta = "meta"
-
-[[route]]
-method = "POST"
-path = "/v1/export"
-operation = "export"
-items = { pointer = "/donor_ids" }
-meta = "meta"
-
-[[route]]
-method = "GET"
-path = "/v1/search"
-operation = "search"
-
-[[route]]
-method = "GET"
-path = "/v1/donors/{id}"
-operation = "profile.get"
-attributes = { donor = { path = "id" } }
-"#;
+/// The README's routes file.
+const ROUTES: &str = include_str!("../../../../docs/routes/donoratlas.toml");
 
 fn routes() -> Routes {
     Routes::new(TenantSource::Header("x-team".into()))

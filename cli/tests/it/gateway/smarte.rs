@@ -9,32 +9,18 @@ use serde_json::{Value, json};
 
 use super::{Gateway, through_proxy_and_layer};
 
-/// The routes file an operator writes for a SMARTe-style API.
-pub const ROUTES: &str = r#"
-[tenant]
-api_key = "authorization"
-
-[api_keys]
-"sk_acme" = "acme"
-
-[limits]
-upstream_timeout_ms = 1000
-request_body_bytes_max = 65536
-
-[[route]]
-method = "POST"
-path = "/v1/enrich/person"
-operation = "person.enrich"
-items = { pointer = "/persons", id = "email" }
-attributes = { mode = { query = "mode" } }
-outcome = { records = { length = "/data" } }
-meta = "meta"
-"#;
+/// The README's routes file, with bounds short enough for a test.
+fn routes_file() -> String {
+    format!(
+        "{}\n[limits]\nupstream_timeout_ms = 1000\nrequest_body_bytes_max = 65536\n",
+        include_str!("../../../../docs/routes/smarte.toml")
+    )
+}
 
 /// The same routes, built in Rust.
 fn routes() -> Routes {
     Routes::new(TenantSource::ApiKey("authorization".into()))
-        .api_key("sk_acme", "acme")
+        .api_key("sk_test_acme", "acme")
         .limits(GatewayLimits {
             upstream_timeout_ms: 1_000,
             request_body_bytes_max: 65_536,
@@ -50,14 +36,14 @@ fn routes() -> Routes {
 }
 
 fn proxy() -> Gateway {
-    Gateway::proxy("smarte", ROUTES)
+    Gateway::proxy("smarte", &routes_file())
 }
 
 fn layer() -> Gateway {
     Gateway::layer("smarte", routes())
 }
 
-const KEY: (&str, &str) = ("authorization", "Bearer sk_acme");
+const KEY: (&str, &str) = ("authorization", "Bearer sk_test_acme");
 
 fn persons(emails: &[&str]) -> String {
     json!({"persons": emails.iter().map(|email| json!({"email": email})).collect::<Vec<_>>()})
@@ -242,7 +228,7 @@ fn an_unreachable_upstream_charges_nothing() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = closed.local_addr().unwrap();
     drop(closed);
-    let gateway = Gateway::proxy_to("smarte", ROUTES, &format!("http://{address}"));
+    let gateway = Gateway::proxy_to("smarte", &routes_file(), &format!("http://{address}"));
     gateway.grant("acme", "default", 3);
     let answer = enrich(&gateway, &["a@x.com"]);
     assert_eq!(answer.status, 502, "{}", answer.body);
