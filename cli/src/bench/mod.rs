@@ -98,6 +98,14 @@ const PG_ONE: &str = "creditgate on PostgreSQL, 1 replica";
 const PG_ONE_UNBATCHED: &str = "creditgate on PostgreSQL, 1 replica, unbatched";
 const PG_THREE: &str = "creditgate on PostgreSQL, 3 replicas";
 const FOOTPRINT: &str = "live state";
+const GATEWAY_DIRECT: &str = "do-nothing upstream API, called directly";
+const GATEWAY_PROXY: &str = "creditgate proxy in front of it, wasm";
+const GATEWAY_LAYER: &str = "creditgate tower layer on its handler, wasm";
+const SCRAPED: &str = "creditgate HTTP sidecar, wasm, /metrics scraped";
+
+/// How often the scraped row reads `/metrics` (as a Prometheus server would, 15 s by
+/// default: this is 15 times as often).
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the swap row activates the other build.
 const SWAP_EVERY: Duration = Duration::from_millis(100);
@@ -207,15 +215,47 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
                 &plan,
                 HTTP,
                 Variant {
-                    http: true,
+                    front: Front::Sidecar,
                     ..Variant::default()
                 },
             )
             .await,
         );
     }
+    if wanted(SCRAPED) {
+        let variant = Variant {
+            front: Front::Sidecar,
+            scraped: true,
+            ..Variant::default()
+        };
+        record(
+            &mut rows,
+            creditgate_row(&args, &plan, SCRAPED, variant).await,
+        );
+    }
     if wanted(BARE_AXUM) {
         record(&mut rows, bare_axum_row(&plan).await);
+    }
+    if [GATEWAY_DIRECT, GATEWAY_PROXY, GATEWAY_LAYER]
+        .iter()
+        .any(|name| wanted(name))
+    {
+        println!(
+            "{:<50} gateway rows: one request a transaction, its whole time in the authorize column",
+            ""
+        );
+    }
+    if wanted(GATEWAY_DIRECT) {
+        record(&mut rows, gateway_direct_row(&plan).await);
+    }
+    for (name, front) in [(GATEWAY_PROXY, Front::Proxy), (GATEWAY_LAYER, Front::Layer)] {
+        if wanted(name) {
+            let variant = Variant {
+                front,
+                ..Variant::default()
+            };
+            record(&mut rows, creditgate_row(&args, &plan, name, variant).await);
+        }
     }
     if wanted(REDIS) {
         record(&mut rows, redis_row(&args, &plan).await);
@@ -357,10 +397,26 @@ struct Report<'a> {
 }
 
 /// How a creditgate row differs from the default (in process, wasm, durable).
+/// What the clients call.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// The meters, in this process.
+    #[default]
+    InProcess,
+    /// The HTTP sidecar: authorize and settle are two calls.
+    Sidecar,
+    /// The do-nothing upstream API behind `creditgate proxy`: one call a transaction.
+    Proxy,
+    /// The do-nothing upstream API with the tower layer on its handler.
+    Layer,
+}
+
 #[derive(Default, Clone, Copy)]
 struct Variant {
     native: bool,
-    http: bool,
+    front: Front,
+    /// `/metrics` of the first sidecar read every [`SCRAPE_EVERY`] during the row.
+    scraped: bool,
     tenants: Option<usize>,
     /// Paced: this many transactions a second in all, instead of as fast as it goes.
     rate: Option<f64>,
@@ -434,27 +490,30 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
     let meters: [Arc<Meter>; 2] = [Arc::clone(&replicas[0][0]), Arc::clone(&replicas[1][0])];
 
     grant_everyone(&meters, tenants).await?;
-    let servers = if variant.http {
-        Some([
-            HttpServer::sidecar(Arc::clone(&meters[0])).await?,
-            HttpServer::sidecar(Arc::clone(&meters[1])).await?,
-        ])
-    } else {
-        None
-    };
+    let servers = servers(variant.front, &meters).await?;
     let mut clients = Vec::with_capacity(plan.clients);
     for index in 0..plan.clients {
         clients.push(match &servers {
-            Some([smarte, donoratlas]) => Client::Http([
-                systems::http_connect(smarte.address).await?,
-                systems::http_connect(donoratlas.address).await?,
-            ]),
+            Some(servers) => {
+                let connections = [
+                    systems::http_connect(servers.fronts[0].address).await?,
+                    systems::http_connect(servers.fronts[1].address).await?,
+                ];
+                match variant.front {
+                    Front::Sidecar => Client::Http(connections),
+                    _ => Client::Gateway(connections),
+                }
+            }
             None => Client::InProcess([
                 Arc::clone(&replicas[0][index % replicas[0].len()]),
                 Arc::clone(&replicas[1][index % replicas[1].len()]),
             ]),
         });
     }
+    let scraper = match (&servers, variant.scraped) {
+        (Some(servers), true) => Some(Scraper::start(servers.fronts[0].address).await?),
+        _ => None,
+    };
     let swapper = if variant.swaps {
         Some(Swapper::start(
             Arc::clone(&meters[0]),
@@ -483,6 +542,10 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
     if let Some(swapper) = swapper {
         let swaps = swapper.stop().await?;
         anyhow::ensure!(swaps > 0, "no swap happened during the row");
+    }
+    if let Some(scraper) = scraper {
+        let scrapes = scraper.stop().await?;
+        anyhow::ensure!(scrapes > 0, "/metrics was never scraped during the row");
     }
     drop(clients);
     drop(servers);
@@ -517,6 +580,78 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
         decisions_per_commit,
         ledger,
     })
+}
+
+/// The HTTP servers a row's clients call, one per product, and what they call.
+struct Servers {
+    fronts: [HttpServer; 2],
+    /// The proxy's upstream.
+    _upstream: Option<HttpServer>,
+}
+
+async fn servers(front: Front, meters: &[Arc<Meter>; 2]) -> anyhow::Result<Option<Servers>> {
+    let [smarte, donoratlas] = meters.clone();
+    Ok(Some(match front {
+        Front::InProcess => return Ok(None),
+        Front::Sidecar => Servers {
+            fronts: [
+                HttpServer::sidecar(smarte).await?,
+                HttpServer::sidecar(donoratlas).await?,
+            ],
+            _upstream: None,
+        },
+        Front::Layer => Servers {
+            fronts: [
+                HttpServer::metered_api(smarte, Product::Smarte).await?,
+                HttpServer::metered_api(donoratlas, Product::DonorAtlas).await?,
+            ],
+            _upstream: None,
+        },
+        Front::Proxy => {
+            let upstream = HttpServer::start(systems::upstream_api()).await?;
+            Servers {
+                fronts: [
+                    HttpServer::proxy(smarte, Product::Smarte, upstream.address).await?,
+                    HttpServer::proxy(donoratlas, Product::DonorAtlas, upstream.address).await?,
+                ],
+                _upstream: Some(upstream),
+            }
+        }
+    }))
+}
+
+/// Reads `/metrics` at once and then every [`SCRAPE_EVERY`], as Prometheus would.
+struct Scraper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl Scraper {
+    async fn start(address: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let mut connection = systems::http_connect(address).await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut scrapes = 0;
+            let mut every = tokio::time::interval(SCRAPE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return Ok(scrapes),
+                    _ = every.tick() => {
+                        let text = systems::get(&mut connection, "/metrics").await?;
+                        anyhow::ensure!(!text.is_empty(), "/metrics answered nothing");
+                        scrapes += 1;
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, task })
+    }
+
+    /// Stops scraping; how many scrapes there were.
+    async fn stop(self) -> anyhow::Result<u64> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
 }
 
 /// The SQLite ledger of a product in a row's directory.
@@ -745,6 +880,22 @@ async fn bare_axum_row(plan: &Plan) -> Row {
     .await
 }
 
+/// The gateway rows' baseline: the do-nothing upstream API, called directly.
+async fn gateway_direct_row(plan: &Plan) -> Row {
+    baseline_row(GATEWAY_DIRECT, async {
+        let server = HttpServer::start(systems::upstream_api()).await?;
+        let mut clients = Vec::with_capacity(plan.clients);
+        for _ in 0..plan.clients {
+            clients.push(Client::Gateway([
+                systems::http_connect(server.address).await?,
+                systems::http_connect(server.address).await?,
+            ]));
+        }
+        measure_all(&mut clients, plan, plan.tenants, None).await
+    })
+    .await
+}
+
 async fn redis_row(args: &BenchArgs, plan: &Plan) -> Row {
     baseline_row(REDIS, async {
         let system = RedisSystem::start(&args.redis, plan.tenants).await?;
@@ -857,6 +1008,10 @@ async fn drive(
                 if !admitted {
                     continue;
                 }
+                if client.settles_itself() {
+                    samples.transactions += 1;
+                    continue;
+                }
             }
             Err(error) => {
                 samples.fail(&error);
@@ -943,6 +1098,34 @@ fn targets(rows: &[Row], large: &str) -> Vec<Target> {
             "HTTP sidecar",
             "(3) / bare axum >= 0.5".to_owned(),
             ratio(HTTP, BARE_AXUM),
+            0.5,
+        ),
+        at_least(
+            "/metrics scraped",
+            "scraped / (3) >= 0.97".to_owned(),
+            ratio(SCRAPED, HTTP),
+            0.97,
+        ),
+        at_least(
+            "proxy throughput",
+            "proxy / direct >= 0.5".to_owned(),
+            ratio(GATEWAY_PROXY, GATEWAY_DIRECT),
+            0.5,
+        ),
+        at_most(
+            "proxy latency",
+            "proxy p50 - direct p50 <= 1000 µs".to_owned(),
+            find(GATEWAY_PROXY)
+                .zip(find(GATEWAY_DIRECT))
+                .map(|(proxy, direct)| {
+                    proxy.authorize_p50_us as f64 - direct.authorize_p50_us as f64
+                }),
+            1000.0,
+        ),
+        at_least(
+            "tower layer",
+            "layer / bare handler >= 0.5".to_owned(),
+            ratio(GATEWAY_LAYER, GATEWAY_DIRECT),
             0.5,
         ),
         at_least(

@@ -1,5 +1,7 @@
 //! The systems under test, each behind the same client: creditgate in process and over
-//! its HTTP sidecar, a bare axum endpoint, Redis with Lua scripts, naive PostgreSQL.
+//! its HTTP sidecar, a bare axum endpoint, Redis with Lua scripts, naive PostgreSQL;
+//! and for the gateway rows, a do-nothing upstream API called directly, through
+//! `creditgate proxy` and with the tower layer on its handler.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,10 @@ use serde::Deserialize;
 use creditgate::Meter;
 use creditgate::api::limits::ApiLimits;
 use creditgate::api::{AppState, router};
+use creditgate_tower::{MeteringLayer, OutcomeSource, Route, Routes, TenantSource};
+use tower::Layer;
+
+use crate::proxy::Upstream;
 
 use super::workload::{BaselineAmounts, Product, Transaction, tenant_name};
 
@@ -22,6 +28,9 @@ pub enum Client {
     InProcess([Arc<Meter>; 2]),
     /// One HTTP/1.1 keep-alive connection per product's endpoint.
     Http([SendRequest<Full<Bytes>>; 2]),
+    /// One keep-alive connection per product's API: each transaction is one call of the
+    /// API (through the proxy or the layer: authorize, forward, settle).
+    Gateway([SendRequest<Full<Bytes>>; 2]),
     Redis(Box<RedisClient>),
     Postgres(Box<PostgresClient>),
 }
@@ -30,6 +39,11 @@ impl Client {
     /// Whether the client is a baseline, pricing transactions with the rules itself.
     pub fn is_baseline(&self) -> bool {
         matches!(self, Client::Redis(_) | Client::Postgres(_))
+    }
+
+    /// Whether [`Client::authorize`] settles too (one metered call a transaction).
+    pub fn settles_itself(&self) -> bool {
+        matches!(self, Client::Gateway(_))
     }
 
     /// Authorizes; answers whether the transaction was admitted.
@@ -48,6 +62,28 @@ impl Client {
                 )
                 .await?;
                 Ok(serde_json::from_slice::<AdmittedField>(&answer)?.admitted)
+            }
+            Client::Gateway(connections) => {
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "items": transaction.authorize.items,
+                }))?;
+                let connection = &mut connections[transaction.product.index()];
+                let path = format!("/{}", transaction.authorize.operation);
+                let headers = [
+                    ("x-tenant", transaction.authorize.tenant.as_str()),
+                    (
+                        "idempotency-key",
+                        transaction.settle.transaction_id.as_str(),
+                    ),
+                ];
+                let (status, answer) = send(connection, &path, &headers, body).await?;
+                // A refusal (402) is an answer, as `admitted: false` is for the others.
+                anyhow::ensure!(
+                    status.is_success() || status == hyper::StatusCode::PAYMENT_REQUIRED,
+                    "{path} answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                Ok(status.is_success())
             }
             Client::Redis(client) => client.authorize(transaction).await,
             Client::Postgres(client) => client.authorize(transaction).await,
@@ -72,6 +108,7 @@ impl Client {
                 .await?;
                 Ok(())
             }
+            Client::Gateway(_) => anyhow::bail!("a gateway call settles itself"),
             Client::Redis(client) => client.settle(transaction).await,
             Client::Postgres(client) => client.settle(transaction).await,
         }
@@ -91,19 +128,46 @@ pub async fn http_connect(address: SocketAddr) -> anyhow::Result<SendRequest<Ful
     Ok(sender)
 }
 
+/// POSTs a JSON body with these headers; the answer's status and body.
+async fn send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    sender.ready().await?;
+    let mut request = hyper::Request::post(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let status = response.status();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
+}
+
+/// GETs `path`; its body, which must come with a 2xx status.
+pub async fn get(sender: &mut SendRequest<Full<Bytes>>, path: &str) -> anyhow::Result<Bytes> {
+    sender.ready().await?;
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "{path} answered {status}");
+    Ok(body)
+}
+
 async fn post(
     sender: &mut SendRequest<Full<Bytes>>,
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<Bytes> {
-    sender.ready().await?;
-    let request = hyper::Request::post(path)
-        .header(hyper::header::HOST, "127.0.0.1")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let (status, body) = send(sender, path, &[], body).await?;
     anyhow::ensure!(
         status.is_success(),
         "{path} answered {status}: {}",
@@ -155,6 +219,52 @@ impl HttpServer {
             .route("/v1/authorize", axum::routing::post(nothing))
             .route("/v1/settle", axum::routing::post(nothing));
         Self::start(app).await
+    }
+}
+
+/// The gateway rows' upstream API: `POST /{operation}` with `{"items": [...]}` answers
+/// `{"data": items}` (a record per item) and does nothing else.
+pub fn upstream_api() -> axum::Router {
+    async fn records(
+        axum::Json(body): axum::Json<serde_json::Value>,
+    ) -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({ "data": body["items"] }))
+    }
+    axum::Router::new().route("/{operation}", axum::routing::post(records))
+}
+
+/// The routes that meter [`upstream_api`] for `product`: one per operation, the items
+/// from the body, the records delivered from the answer, the tenant from `x-tenant`,
+/// the transaction id from `idempotency-key`.
+pub fn gateway_routes(product: Product) -> Routes {
+    product.operations().iter().fold(
+        Routes::new(TenantSource::Header("x-tenant".to_owned())),
+        |routes, operation| {
+            routes.route(
+                Route::new(hyper::Method::POST, format!("/{operation}"), *operation)
+                    .items("/items", None)
+                    .outcome("records", OutcomeSource::Length("/data".to_owned())),
+            )
+        },
+    )
+}
+
+impl HttpServer {
+    /// [`upstream_api`] with the tower layer on it, metering with `meter`.
+    pub async fn metered_api(meter: Arc<Meter>, product: Product) -> anyhow::Result<Self> {
+        let layer = MeteringLayer::new(meter, gateway_routes(product))?;
+        Self::start(upstream_api().layer(layer)).await
+    }
+
+    /// `creditgate proxy` in front of the API at `upstream`, metering with `meter`.
+    pub async fn proxy(
+        meter: Arc<Meter>,
+        product: Product,
+        upstream: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let layer = MeteringLayer::new(meter, gateway_routes(product))?;
+        let client = Upstream::new(format!("http://{upstream}").parse()?)?;
+        Self::start(axum::Router::new().fallback_service(layer.layer(client))).await
     }
 }
 

@@ -22,6 +22,14 @@ impl Product {
         }
     }
 
+    /// The operations the workload calls.
+    pub fn operations(self) -> &'static [&'static str] {
+        match self {
+            Product::Smarte => &smarte::OPERATIONS,
+            Product::DonorAtlas => &["enhance", "export", "search"],
+        }
+    }
+
     /// The product's reference rules, linked natively.
     pub fn native(self) -> NativePolicy {
         match self {
