@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::answer::{Body, BoxError, GatewayError, full};
+use crate::answer::{Body, BoxError, GatewayError, full, json_error};
 use crate::extract;
 use crate::routes::{CompiledRoute, CompiledRoutes, GatewayLimits, Routes, RoutesError};
 
@@ -333,6 +333,8 @@ async fn settle(meter: Arc<Meter>, request: SettleRequest) -> Option<Receipt> {
         Ok(receipt) => Some(receipt),
         Err(error) => {
             tracing::warn!(transaction = %transaction_id, %error, "settle failed; the hold lapses at its TTL");
+            metrics::counter!("creditgate_gateway_errors_total", "code" => "settle_failed")
+                .increment(1);
             None
         }
     }
@@ -435,11 +437,11 @@ fn refusal(authorization: &Authorization, meta_key: Option<&str>) -> Response<Bo
         .and_then(|status| StatusCode::from_u16(status).ok())
         .unwrap_or(StatusCode::PAYMENT_REQUIRED);
     let (code, message) = match &authorization.error {
-        Some(error) => (error.code.as_str(), error.message.clone()),
-        None => ("rejected", "the policy refused this call".to_owned()),
+        Some(error) => (error.code.as_str(), error.message.as_str()),
+        None => ("rejected", "the policy refused this call"),
     };
     let meta = meta_key.zip(extract::merged_meta(&[&authorization.meta]));
-    let mut response = GatewayError::new(status, code, message).into_response(meta);
+    let mut response = json_error(status, code, message, meta);
     add_policy_headers(response.headers_mut(), &authorization.headers);
     add_transaction_header(response.headers_mut(), &authorization.transaction_id);
     response

@@ -171,6 +171,17 @@ impl Gateway {
         )
     }
 
+    /// The proxy's `/metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        let Ledger::Proxy(server) = &self.ledger else {
+            panic!("the layer's app serves no /metrics");
+        };
+        match server.get("/metrics") {
+            (200, Value::String(text)) => text,
+            other => panic!("/metrics answered {other:?}"),
+        }
+    }
+
     /// Sends a request through the gateway with these headers and body.
     pub fn send(
         &self,

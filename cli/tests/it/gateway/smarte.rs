@@ -239,4 +239,9 @@ fn an_unreachable_upstream_charges_nothing() {
         (3, 0),
         "the hold is released"
     );
+    let metrics = gateway.metrics();
+    assert!(
+        metrics.contains(r#"creditgate_gateway_errors_total{code="upstream_unavailable"} 1"#),
+        "{metrics}"
+    );
 }
