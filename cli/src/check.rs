@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use creditgate::conformance::{self, case};
 use creditgate::store::scratch::ScratchStore;
+use creditgate_conformance::{self as conformance, case};
 
 use super::limits::PolicyLimitArgs;
 

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `creditgate::fuzzing::conformance_case` for what this target feeds and checks.
+//! See `creditgate_conformance::fuzzing::conformance_case` for what this target feeds and checks.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| creditgate::fuzzing::conformance_case(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| creditgate_conformance::fuzzing::conformance_case(data));

@@ -24,14 +24,12 @@
 //!   queried and grown, as the sequencer would.
 //! - **Legacy rows** (`ledger_legacy`): the JSON rows of schema v4 read by migration:
 //!   an error or an imported transaction, whose import record round-trips and replays.
-//! - **Conformance case files** (`conformance_case`): parsing and schema validation
-//!   never panic.
+//!
+//! The conformance crate's target (`conformance_case`) is in `creditgate_conformance::fuzzing`.
 //!
 //! Property failures panic on purpose: this module is a test harness that ships in
 //! the library only so that the fuzz crate and the stable replay test share it.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
-
-use std::sync::OnceLock;
 
 use crate::api::{self, ApiError};
 use crate::error::MeterError;
@@ -54,7 +52,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ledger_record", ledger_record),
     ("ledger_snapshot", ledger_snapshot),
     ("ledger_legacy", ledger_legacy),
-    ("conformance_case", conformance_case),
 ];
 
 /// The codes a request body can be refused with, before the meter decides anything.
@@ -316,20 +313,6 @@ pub fn ledger_legacy(data: &[u8]) {
         "an import record changed through encode and decode"
     );
     replay(&batch);
-}
-
-/// A conformance case file, as `creditgate check --cases` reads it.
-pub fn conformance_case(data: &[u8]) {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    let validator = VALIDATOR.get_or_init(|| {
-        crate::conformance::case::validator().expect("the built-in schema compiles")
-    });
-    let Ok(text) = std::str::from_utf8(data) else {
-        return; // the file is read as UTF-8 first: refused before the parser
-    };
-    if let Ok(case) = crate::conformance::case::parse(text, validator) {
-        assert!(!case.steps.is_empty(), "a case without steps was accepted");
-    }
 }
 
 /// Builds ledger records from fuzz bytes: every field is taken from the front of the
@@ -602,6 +585,40 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Replays every committed corpus file and crash reproducer of `targets` on stable
+/// (`fuzz/corpus/TARGET/*`, `fuzz/regressions/TARGET/*`); panics naming the first input
+/// a target fails, or when fewer inputs than targets were found. Each crate's tests run
+/// it on the targets it owns.
+pub fn replay_committed(targets: &[(&str, Target)]) {
+    let fuzz_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut replayed = 0usize;
+    for (name, target) in targets {
+        for kind in ["corpus", "regressions"] {
+            let dir = fuzz_dir.join(kind).join(name);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.expect("a directory entry").path();
+                let bytes = std::fs::read(&path).expect("a fuzz input reads");
+                if let Err(panic) = std::panic::catch_unwind(|| target(&bytes)) {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|why| (*why).to_owned()))
+                        .unwrap_or_default();
+                    panic!("{} fails {name}: {why}", path.display());
+                }
+                replayed += 1;
+            }
+        }
+    }
+    assert!(
+        replayed >= targets.len(),
+        "only {replayed} fuzz inputs found"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every committed corpus file and crash reproducer through its target on
@@ -648,31 +665,6 @@ mod tests {
 
     #[test]
     fn every_committed_fuzz_input_passes_its_target() {
-        let mut replayed = 0usize;
-        for (name, target) in TARGETS {
-            for kind in ["corpus", "regressions"] {
-                let dir = fuzz_dir().join(kind).join(name);
-                let Ok(entries) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for entry in entries {
-                    let path = entry.expect("a directory entry").path();
-                    let bytes = std::fs::read(&path).expect("a fuzz input reads");
-                    if let Err(panic) = std::panic::catch_unwind(|| target(&bytes)) {
-                        let why = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|why| (*why).to_owned()))
-                            .unwrap_or_default();
-                        panic!("{} fails {name}: {why}", path.display());
-                    }
-                    replayed += 1;
-                }
-            }
-        }
-        assert!(
-            replayed >= TARGETS.len(),
-            "only {replayed} fuzz inputs found"
-        );
+        super::replay_committed(TARGETS);
     }
 }

@@ -23,11 +23,13 @@
 //!   in one total order, a batch at a time, and a log thread makes each batch durable
 //!   before its answers go out (see `docs/ledger.md`).
 //! - [`api`]: the HTTP sidecar (axum), no business rules.
-//! - [`conformance`]: the checks any policy module must pass before it prices a call.
+//!
+//! Beside it: `creditgate-conformance` (the suite any policy module must pass),
+//! `creditgate-tower` (the metering layer and the proxy's core), `creditgate-cli` (the
+//! `creditgate` command).
 
 pub mod api;
 pub mod clock;
-pub mod conformance;
 pub mod error;
 pub mod fuzzing;
 pub mod ledger;

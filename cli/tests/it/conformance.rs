@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use creditgate::conformance::case::{self, LoadedCase};
-use creditgate::conformance::{Report, check_module};
 use creditgate::policy::component::Limits;
 use creditgate::store::scratch::ScratchStore;
 use creditgate::{Meter, MeterConfig, PolicySource};
+use creditgate_conformance::case::{self, LoadedCase};
+use creditgate_conformance::{Report, check_module};
 
 use crate::support::{BINARY, component, component_path};
 

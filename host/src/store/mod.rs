@@ -10,6 +10,7 @@
 #[cfg(test)]
 pub mod empty;
 pub mod postgres;
+#[cfg(feature = "scratch")]
 pub mod scratch;
 pub mod sqlite;
 

@@ -1,6 +1,6 @@
 //! The conformance suite: what any policy module must pass before it touches money.
 //!
-//! - **Contract checks** ([`crate::policy::probe`], the activation gate) hold for any module: it loads and describes itself
+//! - **Contract checks** ([`creditgate::policy::probe`], the activation gate) hold for any module: it loads and describes itself
 //!   well; its answers keep the contract (no negative or overflowing amounts, no
 //!   undescribed balance, admitted items within the batch, meta a JSON object); it is
 //!   deterministic; it stays within its budget (fuel, wall-clock time, host-call
@@ -15,6 +15,7 @@
 //! component, refuse a module that fails the contract checks.
 
 pub mod case;
+pub mod fuzzing;
 pub mod runner;
 
 use std::collections::BTreeSet;
@@ -23,9 +24,9 @@ use std::fmt::Write as _;
 use case::{Action, LoadedCase, Tier};
 use runner::ModuleResolver;
 
-use crate::policy::component::{self, Limits};
-use crate::policy::probe;
-use crate::store::scratch::ScratchStore;
+use creditgate::policy::component::{self, Limits};
+use creditgate::policy::probe;
+use creditgate::store::scratch::ScratchStore;
 
 /// One line of the report.
 #[derive(Debug, Clone)]

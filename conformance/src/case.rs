@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::Amounts;
+use creditgate::model::Amounts;
 
 /// The schema every case file must satisfy, compiled into the binary.
-pub const SCHEMA: &str = include_str!("../../../tests/conformance/case.schema.json");
+pub const SCHEMA: &str = include_str!("../../tests/conformance/case.schema.json");
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Case {

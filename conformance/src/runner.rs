@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use super::case::{Action, Case, Expect, ExpectedEntry};
-use crate::clock::ManualClock;
-use crate::error::MeterError;
-use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
-use crate::policy::component::Limits;
-use crate::policy::probe;
-use crate::store::scratch::{ScratchLedger, ScratchStore};
-use crate::{Meter, MeterConfig, PolicySource};
+use creditgate::clock::ManualClock;
+use creditgate::error::MeterError;
+use creditgate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use creditgate::policy::component::Limits;
+use creditgate::policy::probe;
+use creditgate::store::scratch::{ScratchLedger, ScratchStore};
+use creditgate::{Meter, MeterConfig, PolicySource};
 
 /// Finds another module by name, for `swap_policy` steps.
 pub type ModuleResolver<'a> = &'a dyn Fn(&str) -> Result<Vec<u8>, String>;
