@@ -196,12 +196,14 @@ pub fn open_reader(url: &str) -> StoreResult<PostgresReader> {
 }
 
 /// Creates an empty schema (for a scratch ledger).
+#[cfg(feature = "scratch")]
 pub(super) fn create_schema(url: &str, schema: &str) -> StoreResult<()> {
     let mut client = config(url)?.connect(NoTls)?;
     client.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))?;
     Ok(())
 }
 
+#[cfg(feature = "scratch")]
 pub(super) fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
     let mut client = config(url)?.connect(NoTls)?;
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))?;
@@ -209,6 +211,7 @@ pub(super) fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
 }
 
 /// The URL with every connection's `search_path` set to `schema`.
+#[cfg(any(feature = "scratch", test))]
 pub(super) fn with_search_path(url: &str, schema: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}options=-csearch_path%3D{schema}")
