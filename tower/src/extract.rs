@@ -232,3 +232,76 @@ pub(crate) fn merge_meta(answer: &mut Value, key: &str, meta: Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::routes::{Route, Routes, TenantSource};
+
+    fn route(items: &str, id: Option<&str>) -> Arc<CompiledRoute> {
+        let routes = Routes::new(TenantSource::Header("x-tenant".into()))
+            .route(Route::new(http::Method::POST, "/r", "op").items(items, id))
+            .compile()
+            .unwrap_or_else(|error| unreachable!("{error}"));
+        routes
+            .matching(&http::Method::POST, "/r")
+            .map(|(route, _)| route)
+            .unwrap_or_else(|| unreachable!("the route matches"))
+    }
+
+    #[test]
+    fn a_cut_batch_keeps_the_first_items_and_everything_else() {
+        let route = route("/batch/persons", Some("id"));
+        let mut body = json!({
+            "batch": {"persons": [{"id": "a"}, {"id": 7}, {"id": "c"}], "note": "kept"},
+            "mode": "full"
+        });
+        let items = items(&route, Some(&body)).unwrap_or_else(|error| unreachable!("{error:?}"));
+        assert_eq!(items, ["a", "7", "c"]);
+        cut_batch(&route, &mut body, 2);
+        assert_eq!(
+            body,
+            json!({"batch": {"persons": [{"id": "a"}, {"id": 7}], "note": "kept"}, "mode": "full"})
+        );
+    }
+
+    #[test]
+    fn items_that_are_not_strings_or_integers_are_refused() {
+        let route = route("/ids", None);
+        for body in [
+            json!({"ids": [1.5]}),
+            json!({"ids": [null]}),
+            json!({"ids": [[1]]}),
+            json!({"ids": "x"}),
+        ] {
+            let refused = items(&route, Some(&body)).err().map(|error| error.code);
+            assert_eq!(refused, Some("invalid_items"), "{body}");
+        }
+        assert_eq!(
+            items(&route, None).err().map(|error| error.code),
+            Some("invalid_json")
+        );
+    }
+
+    #[test]
+    fn meta_merges_over_the_answers_own_and_leaves_non_objects_alone() {
+        let meta = merged_meta(&[
+            &json!({"held": 2, "reason": "x"}),
+            &json!({"reason": "delivered"}),
+        ]);
+        let mut answer = json!({"data": [], "meta": {"page": 1}});
+        merge_meta(&mut answer, "meta", meta.clone().unwrap_or_default());
+        assert_eq!(
+            answer["meta"],
+            json!({"page": 1, "held": 2, "reason": "delivered"})
+        );
+        let mut list = json!([1, 2]);
+        merge_meta(&mut list, "meta", meta.unwrap_or_default());
+        assert_eq!(list, json!([1, 2]));
+        assert_eq!(merged_meta(&[&json!({}), &Value::Null]), None);
+    }
+}
