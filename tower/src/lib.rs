@@ -22,6 +22,7 @@
 
 mod answer;
 mod extract;
+pub mod fuzzing;
 mod pattern;
 mod routes;
 mod service;
