@@ -87,3 +87,6 @@ pub const UNAVAILABLE: &str = "The sidecar cannot answer now; nothing moved. `ov
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests;
