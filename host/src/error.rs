@@ -1,7 +1,9 @@
 //! The errors a caller of the meter can see. Each has an HTTP status, a stable code and
 //! a sentence; none of them leaves credits half-moved.
 
+use serde::Serialize;
 use thiserror::Error;
+use utoipa::ToSchema;
 
 /// Why a meter call failed. Codes are stable: clients may match on them.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -155,33 +157,97 @@ impl MeterError {
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The stable code, as the API's error answers carry it.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            MeterError::InvalidRequest(_) => "invalid_request",
-            MeterError::UnknownBalance { .. } => "unknown_balance",
-            MeterError::InvalidAmount(_) => "invalid_amount",
-            MeterError::UnknownTransaction(_) => "unknown_transaction",
-            MeterError::InvalidPolicy(_) => "invalid_policy",
-            MeterError::NoPreviousPolicy => "no_previous_policy",
-            MeterError::NoShadow => "no_shadow",
-            MeterError::TransactionConflict(_) => "transaction_conflict",
-            MeterError::GrantConflict(_) => "grant_conflict",
-            MeterError::TransactionRejected(_) => "transaction_rejected",
-            MeterError::HoldExpired(_) => "hold_expired",
-            MeterError::PolicyTrap(_) => "policy_trap",
-            MeterError::PolicyFuelExhausted { .. } => "policy_fuel_exhausted",
-            MeterError::PolicyTimeExceeded { .. } => "policy_time_exceeded",
-            MeterError::PolicyHostLimit(_) => "policy_host_limit",
-            MeterError::PolicyBudgetExceeded { .. } => "policy_budget_exceeded",
-            MeterError::PolicyInvalidVerdict(_) => "policy_invalid_verdict",
-            MeterError::StoreUnavailable(_) => "store_unavailable",
-            MeterError::StoreIncompatible(_) => "store_incompatible",
-            MeterError::StoreCorrupt(_) => "store_corrupt",
-            MeterError::LedgerInUse(_) => "ledger_in_use",
-            MeterError::SequencerStopped(_) => "sequencer_stopped",
-            MeterError::Overloaded => "overloaded",
-            MeterError::ShutDown => "shut_down",
+            MeterError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            MeterError::UnknownBalance { .. } => ErrorCode::UnknownBalance,
+            MeterError::InvalidAmount(_) => ErrorCode::InvalidAmount,
+            MeterError::UnknownTransaction(_) => ErrorCode::UnknownTransaction,
+            MeterError::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
+            MeterError::NoPreviousPolicy => ErrorCode::NoPreviousPolicy,
+            MeterError::NoShadow => ErrorCode::NoShadow,
+            MeterError::TransactionConflict(_) => ErrorCode::TransactionConflict,
+            MeterError::GrantConflict(_) => ErrorCode::GrantConflict,
+            MeterError::TransactionRejected(_) => ErrorCode::TransactionRejected,
+            MeterError::HoldExpired(_) => ErrorCode::HoldExpired,
+            MeterError::PolicyTrap(_) => ErrorCode::PolicyTrap,
+            MeterError::PolicyFuelExhausted { .. } => ErrorCode::PolicyFuelExhausted,
+            MeterError::PolicyTimeExceeded { .. } => ErrorCode::PolicyTimeExceeded,
+            MeterError::PolicyHostLimit(_) => ErrorCode::PolicyHostLimit,
+            MeterError::PolicyBudgetExceeded { .. } => ErrorCode::PolicyBudgetExceeded,
+            MeterError::PolicyInvalidVerdict(_) => ErrorCode::PolicyInvalidVerdict,
+            MeterError::StoreUnavailable(_) => ErrorCode::StoreUnavailable,
+            MeterError::StoreIncompatible(_) => ErrorCode::StoreIncompatible,
+            MeterError::StoreCorrupt(_) => ErrorCode::StoreCorrupt,
+            MeterError::LedgerInUse(_) => ErrorCode::LedgerInUse,
+            MeterError::SequencerStopped(_) => ErrorCode::SequencerStopped,
+            MeterError::Overloaded => ErrorCode::Overloaded,
+            MeterError::ShutDown => ErrorCode::ShutDown,
         }
     }
+}
+
+/// Declares [`ErrorCode`] from one list of variants and their codes, so that the code
+/// a variant is written as in JSON and the one [`ErrorCode::as_str`] gives (metrics
+/// labels, logs) are the same string.
+macro_rules! error_codes {
+    // `tt`, not `literal`: utoipa reads the renames only from plain tokens.
+    ($($variant:ident = $code:tt,)*) => {
+        /// Every stable code an error answer of the sidecar can carry: the meter's
+        /// ([`MeterError::error_code`]) and the HTTP API's own. The API document lists
+        /// them as the enum of `error.code`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+        pub enum ErrorCode {
+            $(#[serde(rename = $code)] $variant,)*
+        }
+
+        impl ErrorCode {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidRequest = "invalid_request",
+    UnknownBalance = "unknown_balance",
+    InvalidAmount = "invalid_amount",
+    UnknownTransaction = "unknown_transaction",
+    InvalidPolicy = "invalid_policy",
+    NoPreviousPolicy = "no_previous_policy",
+    NoShadow = "no_shadow",
+    TransactionConflict = "transaction_conflict",
+    GrantConflict = "grant_conflict",
+    TransactionRejected = "transaction_rejected",
+    HoldExpired = "hold_expired",
+    PolicyTrap = "policy_trap",
+    PolicyFuelExhausted = "policy_fuel_exhausted",
+    PolicyTimeExceeded = "policy_time_exceeded",
+    PolicyHostLimit = "policy_host_limit",
+    PolicyBudgetExceeded = "policy_budget_exceeded",
+    PolicyInvalidVerdict = "policy_invalid_verdict",
+    StoreUnavailable = "store_unavailable",
+    StoreIncompatible = "store_incompatible",
+    StoreCorrupt = "store_corrupt",
+    LedgerInUse = "ledger_in_use",
+    SequencerStopped = "sequencer_stopped",
+    Overloaded = "overloaded",
+    ShutDown = "shut_down",
+    // The HTTP API's own.
+    InvalidJson = "invalid_json",
+    Unauthorized = "unauthorized",
+    NotFound = "not_found",
+    MethodNotAllowed = "method_not_allowed",
+    RequestTimeout = "request_timeout",
+    PayloadTooLarge = "payload_too_large",
+    MetricsUnavailable = "metrics_unavailable",
 }
 
 impl From<rusqlite::Error> for MeterError {

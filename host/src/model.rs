@@ -4,38 +4,50 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Credits per balance name, e.g. `{"enhancement": 3}`.
 pub type Amounts = BTreeMap<String, i64>;
 
 /// One metered call, before the work is done.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuthorizeRequest {
     /// The idempotency key; generated (UUIDv7) when absent.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "demo-1")]
     pub transaction_id: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "acme")]
     pub tenant: String,
     /// The gateway's name for the call, e.g. `person.enrich`.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "person.enrich")]
     pub operation: String,
-    /// Ordered batch items; the policy admits a prefix of them.
+    /// Ordered batch items (1 to 512 bytes each, no NUL); the policy admits a prefix of
+    /// them.
     #[serde(default)]
+    #[schema(max_items = 10_000, example = json!(["jane@example.com"]))]
     pub items: Vec<String>,
+    /// At most 64; names of 1 to 128 bytes, values of at most 1,024.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    /// The raw request body; base64 in JSON.
+    /// The raw request body (at most 1 MiB); base64 in JSON.
     #[serde(default, rename = "body_base64", with = "base64_body")]
+    #[schema(value_type = Option<String>, content_encoding = "base64")]
     pub body: Option<Vec<u8>>,
 }
 
 /// How the gateway's work went.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SettleRequest {
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "demo-1")]
     pub transaction_id: String,
     /// The HTTP status of the upstream work.
+    #[schema(minimum = 100, maximum = 599, example = 200)]
     pub status: u16,
+    /// At most 64; names of 1 to 128 bytes, values of at most 1,024.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    /// The raw response body; base64 in JSON.
+    /// The raw response body (at most 1 MiB); base64 in JSON.
     #[serde(default, rename = "body_base64", with = "base64_body")]
+    #[schema(value_type = Option<String>, content_encoding = "base64")]
     pub body: Option<Vec<u8>>,
 }
 
@@ -49,7 +61,7 @@ pub struct GrantRequest {
 }
 
 /// Which policy decided: name and version from `describe`, and the sha256 of its bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PolicyRef {
     pub name: String,
     pub version: String,
@@ -57,7 +69,7 @@ pub struct PolicyRef {
 }
 
 /// A stable code and a sentence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
@@ -65,7 +77,7 @@ pub struct ErrorBody {
 
 /// The answer to authorize. A policy's refusal is an answer too (`admitted: false`,
 /// with the status the gateway should give its client).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Authorization {
     pub transaction_id: String,
     pub admitted: bool,
@@ -89,7 +101,7 @@ pub struct Authorization {
 
 /// The answer to quote: what authorize would answer now, with nothing recorded, held or
 /// marked. Serialized as the authorization's fields beside `"quote": true`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Quote {
     /// Always true: says that this answer moved and reserved nothing.
     pub quote: bool,
@@ -107,7 +119,7 @@ impl From<Authorization> for Quote {
 }
 
 /// The answer to settle: what was captured or charged, and what was released.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Receipt {
     pub transaction_id: String,
     pub charged: Amounts,
@@ -125,7 +137,7 @@ pub struct Receipt {
 }
 
 /// A tenant's credits: available now, and held by open transactions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TenantBalances {
     pub tenant: String,
     pub balances: Amounts,
@@ -133,7 +145,7 @@ pub struct TenantBalances {
 }
 
 /// One entry of the policy history: which policy became active, when, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PolicyActivation {
     pub id: i64,
     pub digest: String,
@@ -145,7 +157,7 @@ pub struct PolicyActivation {
 }
 
 /// The active policy, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ActivePolicy {
     pub name: String,
     pub version: String,
@@ -155,7 +167,7 @@ pub struct ActivePolicy {
 }
 
 /// What a shadow candidate would have done differently from the active policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShadowReport {
     pub shadow: PolicyRef,
     pub since_ms: u64,
@@ -179,7 +191,7 @@ pub struct ShadowReport {
     pub stopped: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TenantDifferences {
     pub authorize: u64,
     pub settle: u64,
@@ -187,7 +199,7 @@ pub struct TenantDifferences {
     pub charge_delta: Amounts,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShadowExample {
     pub transaction_id: String,
     pub tenant: String,
@@ -199,7 +211,7 @@ pub struct ShadowExample {
 }
 
 /// One line of the append-only journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JournalEntry {
     pub id: i64,
     /// The transaction (or, for a grant, the grant id) that moved the credits.
@@ -216,7 +228,7 @@ pub struct JournalEntry {
 }
 
 /// A transaction as the audit sees it: its state, its answers and its journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TransactionView {
     pub transaction_id: String,
     pub tenant: String,
@@ -262,7 +274,7 @@ mod base64_body {
 }
 
 /// How the meter's decisions were grouped into commits since it opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BatchStats {
     /// Store transactions committed (each one write of the log, synced before answers).
     pub batches: u64,

@@ -9,17 +9,20 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use axum::routing::MethodRouter;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::UtoipaMethodRouter;
 
 use super::{ApiError, AppState};
+use crate::error::ErrorCode;
 
 /// `route`, answering 401 `unauthorized` unless the request carries the admin token.
+/// Its `#[utoipa::path]` names the `admin_token` security scheme (a test checks both).
 pub fn admin(
     state: &Arc<AppState>,
-    route: MethodRouter<Arc<AppState>>,
-) -> MethodRouter<Arc<AppState>> {
-    route.route_layer(from_fn_with_state(Arc::clone(state), require_admin))
+    (schemas, paths, route): UtoipaMethodRouter<Arc<AppState>>,
+) -> UtoipaMethodRouter<Arc<AppState>> {
+    let route = route.route_layer(from_fn_with_state(Arc::clone(state), require_admin));
+    (schemas, paths, route)
 }
 
 async fn require_admin(
@@ -45,7 +48,7 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         Some(token) if same_secret(token, expected) => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "this admin call needs the header 'Authorization: Bearer <admin token>'",
         )),
     }

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
+use crate::error::ErrorCode;
 
 /// The largest request body the sidecar reads; larger ones get 413.
 pub const REQUEST_BYTES_MAX: usize = 2 << 20;
@@ -68,7 +69,7 @@ async fn spool(mut body: Body, file: &mut tokio::fs::File) -> Result<(), ApiErro
         let frame = frame.map_err(|error| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("the request body could not be read: {error}"),
             )
         })?;
@@ -128,7 +129,7 @@ fn bounded_body(request: Request, cap: usize) -> Result<Body, ApiError> {
 fn too_large(cap: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("the request body is larger than {cap} bytes"),
     )
 }
@@ -136,7 +137,7 @@ fn too_large(cap: usize) -> ApiError {
 fn too_slow(timeout: Duration) -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
+        ErrorCode::RequestTimeout,
         format!(
             "the request body did not arrive within {} ms (serve's --body-read-timeout-ms)",
             timeout.as_millis()
@@ -147,7 +148,7 @@ fn too_slow(timeout: Duration) -> ApiError {
 fn spool_failed(error: &dyn std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        ErrorCode::StoreUnavailable,
         format!("cannot keep the upload in a temporary file: {error}; nothing changed"),
     )
 }

@@ -5,33 +5,50 @@
 //! gateway should give its client; 4xx and 5xx are for errors in calling the sidecar.
 //!
 //! Before a handler runs, two route layers may answer instead: [`limits`] bounds the
-//! requests in flight (`/healthz` aside), and `admin` checks the admin token from the
-//! headers. [`server`] accepts the connections, with their own bounds.
+//! requests in flight (`/healthz`, `/metrics` and `/openapi.json` aside), and `admin`
+//! checks the admin token from the headers. [`server`] accepts the connections, with
+//! their own bounds. Each handler's `#[utoipa::path]` describes its route for the API
+//! document ([`openapi`]), and the router takes the route's method and path from it.
 
 mod admin;
+pub mod answers;
 mod body;
+mod extract;
 pub mod limits;
 mod metrics;
+pub mod openapi;
 pub mod server;
 
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::MeterError;
+use crate::error::{ErrorCode, MeterError};
 use crate::meter::Meter;
-use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use crate::model::{
+    Authorization, AuthorizeRequest, GrantRequest, Quote, Receipt, SettleRequest, ShadowReport,
+    TenantBalances, TransactionView,
+};
 use admin::admin;
+use answers::{
+    Activated, Audit, ErrorAnswer, ErrorDetail, Health, HealthStatus, Journal, PolicyState,
+};
 pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
+use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
+use openapi::{
+    INVALID_BODY, INVALID_ID, PAYLOAD_TOO_LARGE, POLICY_FAILED, REQUEST_TIMEOUT, UNAUTHORIZED,
+    UNAVAILABLE,
+};
 
 /// What every handler shares.
 pub struct AppState {
@@ -54,55 +71,59 @@ impl AppState {
     }
 }
 
-/// The sidecar's routes. Every route but `/healthz` counts against the requests in
-/// flight, so that a full sidecar still says whether it is alive.
+/// The sidecar's router: [`routes`], and the API's error answer for any other path or
+/// method.
 pub fn router(state: Arc<AppState>) -> Router {
-    let bounded = Router::new()
-        .route("/v1/authorize", post(authorize))
-        .route("/v1/quote", post(quote))
-        .route("/v1/settle", post(settle))
-        .route("/v1/tenants/{tenant}/grants", admin(&state, post(grant)))
-        .route("/v1/tenants/{tenant}/balances", get(balances))
-        .route("/v1/tenants/{tenant}/journal", get(journal))
-        .route("/v1/audit", admin(&state, get(audit)))
-        .route("/v1/transactions/{id}", get(transaction))
-        .route(
-            "/v1/policy",
-            get(policy).merge(admin(&state, put(activate_policy))),
-        )
-        .route("/v1/policy/rollback", admin(&state, post(rollback_policy)))
-        .route(
-            "/v1/policy/shadow",
-            get(shadow_report).merge(admin(&state, delete(clear_shadow))),
-        )
-        .route(
-            "/v1/policy/shadow/promote",
-            admin(&state, post(promote_shadow)),
-        )
+    let (routes, _document) = routes(&state).split_for_parts();
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Every route of the sidecar, each registered with `routes!` from its handler's
+/// `#[utoipa::path]`, so that the router serves the method and path the document names
+/// (add none with a plain `route`). Every route but `/healthz`, `/metrics` and
+/// `/openapi.json` counts against the requests in flight, so that a full sidecar still
+/// says whether it is alive and how it is doing.
+fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    let bounded = OpenApiRouter::new()
+        .routes(routes!(authorize))
+        .routes(routes!(quote))
+        .routes(routes!(settle))
+        .routes(admin(state, routes!(grant)))
+        .routes(routes!(balances))
+        .routes(routes!(journal))
+        .routes(admin(state, routes!(audit)))
+        .routes(routes!(transaction))
+        .routes(routes!(policy))
+        .routes(admin(state, routes!(activate_policy)))
+        .routes(admin(state, routes!(rollback_policy)))
+        .routes(routes!(shadow_report))
+        .routes(admin(state, routes!(clear_shadow)))
+        .routes(admin(state, routes!(promote_shadow)))
         .route_layer(from_fn_with_state(
             Arc::clone(&state.admission),
             limits::bound_in_flight,
         ));
     bounded
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(prometheus))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .routes(routes!(healthz))
+        .routes(routes!(prometheus))
+        .routes(routes!(openapi::document))
 }
 
 /// An error answer: `{"error": {"code", "message"}}` with its status.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// `Retry-After`, in seconds, for a refusal the caller should retry.
     retry_after_s: Option<u32>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -118,7 +139,7 @@ impl ApiError {
 
     /// The stable code of the answer, e.g. `invalid_json`.
     pub fn code(&self) -> &'static str {
-        self.code
+        self.code.as_str()
     }
 
     /// 503 `overloaded`: a bound of the sidecar is reached; nothing moved, retry shortly.
@@ -127,7 +148,7 @@ impl ApiError {
             retry_after_s: Some(ApiLimits::RETRY_AFTER_S),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                ErrorCode::Overloaded,
                 format!(
                     "the sidecar is overloaded: {what}; nothing moved, retry after {} s",
                     ApiLimits::RETRY_AFTER_S
@@ -142,7 +163,7 @@ impl From<MeterError> for ApiError {
         Self {
             status: StatusCode::from_u16(error.status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code: error.code(),
+            code: error.error_code(),
             message: error.to_string(),
             retry_after_s: match &error {
                 MeterError::Overloaded => Some(ApiLimits::RETRY_AFTER_S),
@@ -157,7 +178,12 @@ impl From<MeterError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorAnswer {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s {
             response
@@ -187,8 +213,8 @@ async fn read_json<T: DeserializeOwned>(state: &AppState, request: Request) -> R
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| {
         let code = match error.classify() {
-            serde_json::error::Category::Data => "invalid_request",
-            _ => "invalid_json",
+            serde_json::error::Category::Data => ErrorCode::InvalidRequest,
+            _ => ErrorCode::InvalidJson,
         };
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -204,32 +230,55 @@ fn ok<T: serde::Serialize>(value: T) -> ApiResult {
 
 /// 200 while the meter decides; 503 with the reason once it cannot (a failed write or
 /// sync of the ledger, a stopped sequencer), until a restart.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The meter decides", body = Health),
+        (status = 503, description = "The meter stopped deciding (`sequencer_stopped`) until a restart", body = Health),
+    )
+)]
 async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult {
     let failure = state.meter.failure();
-    let body = serde_json::json!({
-        "status": if failure.is_some() { "failing" } else { "ok" },
-        "reason": failure,
-        "code": failure.as_ref().map(|_| "sequencer_stopped"),
-        "policy": state.meter.policy_ref(),
-        "batches": state.meter.batch_stats(),
-        "views": state.meter.views_lag(),
-        "policy_failures": state.meter.failure_stats(),
-    });
-    let status = if failure.is_some() {
+    let failing = failure.is_some();
+    let health = Health {
+        status: if failing {
+            HealthStatus::Failing
+        } else {
+            HealthStatus::Ok
+        },
+        code: failing.then_some(ErrorCode::SequencerStopped),
+        reason: failure,
+        policy: state.meter.policy_ref(),
+        batches: state.meter.batch_stats(),
+        views: state.meter.views_lag(),
+        policy_failures: state.meter.failure_stats(),
+    };
+    let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(body)).into_response())
+    Ok((status, Json(health)).into_response())
 }
 
 /// The Prometheus text exposition; like `/healthz`, outside the bound on requests in
 /// flight, so that an overloaded sidecar can still be watched.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition (version 0.0.4)", body = String, content_type = "text/plain"),
+        (status = 503, description = "`metrics_unavailable`: this process has a metrics recorder of its own", body = ErrorAnswer),
+    )
+)]
 async fn prometheus(State(state): State<Arc<AppState>>) -> ApiResult {
     let handle = metrics::exporter().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "metrics_unavailable",
+            ErrorCode::MetricsUnavailable,
             "this process has a metrics recorder of its own; its metrics go there",
         )
     })?;
@@ -246,6 +295,23 @@ async fn prometheus(State(state): State<Arc<AppState>>) -> ApiResult {
         .into_response())
 }
 
+/// Decides a metered call before the work: admit (a prefix of the items, credits held
+/// or charged) or refuse. Idempotent by `transaction_id`.
+#[utoipa::path(
+    post,
+    path = "/v1/authorize",
+    tag = "metering",
+    request_body = AuthorizeRequest,
+    responses(
+        (status = 200, description = "The decision; a policy's refusal too, with `admitted: false` and the status for the gateway's client", body = Authorization),
+        (status = 400, description = INVALID_BODY, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 409, description = "`transaction_conflict`: the transaction id was authorized with a different request", body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 500, description = POLICY_FAILED, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
     let request: AuthorizeRequest = read_json(&state, body).await?;
     ok(state.meter.authorize_async(request).await?)
@@ -253,11 +319,44 @@ async fn authorize(State(state): State<Arc<AppState>>, body: Request) -> ApiResu
 
 /// What authorize would answer, with nothing recorded: the same body, the same answer
 /// beside `"quote": true`.
+#[utoipa::path(
+    post,
+    path = "/v1/quote",
+    tag = "metering",
+    request_body = AuthorizeRequest,
+    responses(
+        (status = 200, description = "What authorize would answer now, on the live balances, with nothing recorded, held or marked (a known `transaction_id` answers its recorded answer)", body = Quote),
+        (status = 400, description = INVALID_BODY, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 409, description = "`transaction_conflict`: the transaction id was authorized with a different request", body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 500, description = POLICY_FAILED, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn quote(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
     let request: AuthorizeRequest = read_json(&state, body).await?;
     ok(state.meter.quote_async(request).await?)
 }
 
+/// Prices the outcome of an authorized call on the policy version that authorized it:
+/// captures from the hold, releases the rest. Idempotent by `transaction_id`.
+#[utoipa::path(
+    post,
+    path = "/v1/settle",
+    tag = "metering",
+    request_body = SettleRequest,
+    responses(
+        (status = 200, description = "The receipt", body = Receipt),
+        (status = 400, description = INVALID_BODY, body = ErrorAnswer),
+        (status = 404, description = "`unknown_transaction`: no transaction with this id was authorized", body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 409, description = "`transaction_conflict`: settled before with a different outcome; `transaction_rejected`: refused at authorize; `hold_expired`: its hold lapsed and was released", body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 500, description = POLICY_FAILED, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn settle(State(state): State<Arc<AppState>>, body: Request) -> ApiResult {
     let request: SettleRequest = read_json(&state, body).await?;
     ok(state.meter.settle_async(request).await?)
@@ -265,17 +364,49 @@ async fn settle(State(state): State<Arc<AppState>>, body: Request) -> ApiResult 
 
 /// The grant body. `amount` is read as any JSON number so that fractions and values
 /// beyond i64 get `invalid_amount` rather than a parse error.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct GrantBody {
+    /// A balance the active policy names.
+    #[schema(example = "default")]
     balance: String,
+    /// Whole credits, 1 to 2^63 - 1.
+    #[schema(value_type = i64, minimum = 1, example = 10)]
     amount: serde_json::Number,
+    /// The idempotency key: a repeated grant moves nothing.
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "welcome")]
     grant_id: String,
 }
 
+/// A path's tenant.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TenantPath {
+    /// 1 to 128 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "acme")]
+    tenant: String,
+}
+
 /// (admin) Adds credits to a tenant's balance, once per `grant_id`.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/grants",
+    tag = "ledger",
+    params(TenantPath),
+    request_body = GrantBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits after the grant", body = TenantBalances),
+        (status = 400, description = "`invalid_json`, `invalid_request` (the body or the tenant), `unknown_balance`: the policy names no such balance, `invalid_amount`: not a whole number of credits from 1, or overflowing the balance", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 409, description = "`grant_conflict`: the grant id was applied with a different tenant, balance or amount", body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn grant(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
     body: Request,
 ) -> ApiResult {
     let grant: GrantBody = read_json(&state, body).await?;
@@ -308,23 +439,53 @@ pub fn parse_grant(tenant: &str, bytes: &[u8]) -> Result<GrantRequest, ApiError>
     grant_request(tenant.to_owned(), parse_json(bytes)?)
 }
 
-async fn balances(State(state): State<Arc<AppState>>, Path(tenant): Path<String>) -> ApiResult {
+/// A tenant's credits, available and held; a tenant never granted anything has zeros.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/balances",
+    tag = "ledger",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The tenant's credits", body = TenantBalances),
+        (status = 400, description = INVALID_ID, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn balances(
+    State(state): State<Arc<AppState>>,
+    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
+) -> ApiResult {
     ok(blocking(move || state.meter.balances(&tenant)).await?)
 }
 
-/// `?limit=N` of [`journal`]: entries to answer, at most [`JOURNAL_ENTRIES_MAX`].
-#[derive(Deserialize)]
+/// `?limit=N` of [`journal`].
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JournalQuery {
+    /// Entries to answer, oldest first: 1,000 when absent, at most 10,000.
+    #[param(minimum = 0, example = 100)]
     limit: Option<usize>,
 }
 
 /// The most journal entries one answer carries.
 pub const JOURNAL_ENTRIES_MAX: usize = 10_000;
 
+/// A tenant's journal, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/journal",
+    tag = "ledger",
+    params(TenantPath, JournalQuery),
+    responses(
+        (status = 200, description = "The tenant's oldest entries", body = Journal),
+        (status = 400, description = "`invalid_request`: the tenant is not 1 to 128 characters of `[A-Za-z0-9._:@-]`, or `limit` is not a whole number", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn journal(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
-    Query(query): Query<JournalQuery>,
+    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
+    ApiQuery(query): ApiQuery<JournalQuery>,
 ) -> ApiResult {
     let limit = query.limit.unwrap_or(1_000).min(JOURNAL_ENTRIES_MAX);
     let meter = Arc::clone(&state.meter);
@@ -332,64 +493,123 @@ async fn journal(
         let tenant = tenant.clone();
         blocking(move || meter.journal(&tenant, limit)).await?
     };
-    ok(serde_json::json!({"tenant": tenant, "entries": entries}))
+    ok(Journal { tenant, entries })
 }
 
 /// (admin) Every account whose state differs from the sum of its journal: empty when
 /// the ledger is sound. Reads the whole journal.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "ledger",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The accounts that do not sum; none when the ledger is sound", body = Audit),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn audit(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     let violations = blocking(move || meter.invariant_violations()).await?;
-    ok(serde_json::json!({"violations": violations}))
+    ok(Audit { violations })
 }
 
-async fn transaction(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+/// A path's transaction id.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TransactionPath {
+    /// 1 to 128 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "demo-1")]
+    id: String,
+}
+
+/// A transaction as the audit sees it: its state, its answers and its journal entries.
+#[utoipa::path(
+    get,
+    path = "/v1/transactions/{id}",
+    tag = "ledger",
+    params(TransactionPath),
+    responses(
+        (status = 200, description = "The transaction", body = TransactionView),
+        (status = 400, description = INVALID_ID, body = ErrorAnswer),
+        (status = 404, description = "`unknown_transaction`: no transaction with this id was authorized", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn transaction(
+    State(state): State<Arc<AppState>>,
+    ApiPath(TransactionPath { id }): ApiPath<TransactionPath>,
+) -> ApiResult {
     ok(blocking(move || state.meter.transaction(&id)).await?)
 }
 
+/// The active policy, the activation history and the versions loaded.
+#[utoipa::path(
+    get,
+    path = "/v1/policy",
+    tag = "policy",
+    responses(
+        (status = 200, description = "The active policy, its history (newest first) and the digests loaded", body = PolicyState),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn policy(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     let (history, loaded) =
         blocking(move || Ok((meter.policy_history(100)?, meter.loaded_policies()?))).await?;
-    ok(
-        serde_json::json!({"active": state.meter.active_policy(), "history": history, "loaded": loaded}),
-    )
+    ok(PolicyState {
+        active: state.meter.active_policy(),
+        history,
+        loaded,
+    })
 }
 
 /// How `PUT /v1/policy` applies the module.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ActivationQuery {
-    /// `shadow` evaluates the module beside the active one instead of activating it.
-    mode: Option<String>,
+    #[param(inline)]
+    mode: Option<ActivationMode>,
+}
+
+/// `active` (the default) activates the module; `shadow` evaluates it beside the active
+/// one, moving no credit.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum ActivationMode {
+    Active,
+    Shadow,
 }
 
 /// `PUT /v1/policy` (admin): the body is the component's bytes. An unknown mode, or an
 /// upload past the bound on uploads at once, is refused before the body is read.
-async fn activate_policy(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<ActivationQuery>,
-    body: Request,
-) -> Response {
-    let admitted = shadow_mode(query.mode.as_deref())
+#[utoipa::path(
+    put,
+    path = "/v1/policy",
+    tag = "policy",
+    params(ActivationQuery),
+    request_body(content(("application/octet-stream")), description = "The policy component's bytes (at most 32 MiB)"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The module passed the contract checks and is live (or, with `mode=shadow`, shadows the active policy)", body = Activated),
+        (status = 400, description = "`invalid_request`: `mode` is not `active` or `shadow`", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 422, description = "`invalid_policy`: not a component, another contract version, a failing `describe`, or failed contract checks (the report is in the message); the active policy stays", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn activate_policy(State(state): State<Arc<AppState>>, body: Request) -> Response {
+    let admitted = extract::query::<ActivationQuery>(body.uri())
+        .map(|query| query.mode == Some(ActivationMode::Shadow))
         .and_then(|shadow| Ok((shadow, state.admission.upload()?)));
     match admitted {
         Ok((shadow, _upload)) => activate_uploaded(&state, shadow, body)
             .await
             .into_response(),
         Err(refusal) => state.admission.refuse_unread(body, refusal),
-    }
-}
-
-/// Whether `?mode=` asks for shadow mode.
-fn shadow_mode(mode: Option<&str>) -> Result<bool, ApiError> {
-    match mode {
-        None | Some("active") => Ok(false),
-        Some("shadow") => Ok(true),
-        Some(other) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("mode '{other}' is not one of: active, shadow"),
-        )),
     }
 }
 
@@ -401,12 +621,21 @@ async fn activate_uploaded(state: &AppState, shadow: bool, body: Request) -> Api
     let meter = Arc::clone(&state.meter);
     if shadow {
         let report = blocking(move || meter.set_shadow(component)).await?;
-        return ok(
-            serde_json::json!({"active": state.meter.active_policy(), "shadow": report.shadow}),
-        );
+        return ok(Activated {
+            active: state.meter.active_policy(),
+            shadow: Some(report.shadow),
+        });
     }
     blocking(move || meter.activate(component, "http")).await?;
-    ok(serde_json::json!({"active": state.meter.active_policy()}))
+    ok(activated(state))
+}
+
+/// The active policy after a change.
+fn activated(state: &AppState) -> Activated {
+    Activated {
+        active: state.meter.active_policy(),
+        shadow: None,
+    }
 }
 
 /// Runs a meter call that blocks (store reads, compiling, checking, waiting on the
@@ -420,41 +649,93 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// What the shadow candidate would have done differently from the active policy so far.
+#[utoipa::path(
+    get,
+    path = "/v1/policy/shadow",
+    tag = "policy",
+    responses(
+        (status = 200, description = "The differences so far, by kind, in credits, per tenant, with examples", body = ShadowReport),
+        (status = 404, description = "`no_shadow`: no shadow policy is being evaluated", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn shadow_report(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     ok(blocking(move || meter.shadow_report()).await?)
 }
 
+/// (admin) Stops the shadow evaluation.
+#[utoipa::path(
+    delete,
+    path = "/v1/policy/shadow",
+    tag = "policy",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The active policy; nothing shadows it now", body = Activated),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 404, description = "`no_shadow`: no shadow policy is being evaluated", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn clear_shadow(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     blocking(move || meter.clear_shadow()).await?;
-    ok(serde_json::json!({"active": state.meter.active_policy(), "shadow": null}))
+    ok(activated(&state))
 }
 
+/// (admin) Makes the shadow candidate the active policy.
+#[utoipa::path(
+    post,
+    path = "/v1/policy/shadow/promote",
+    tag = "policy",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The candidate is the active policy", body = Activated),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 404, description = "`no_shadow`: no shadow policy is being evaluated", body = ErrorAnswer),
+        (status = 422, description = "`invalid_policy`: the candidate failed its checks again; the active policy stays", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn promote_shadow(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     blocking(move || meter.promote_shadow()).await?;
-    ok(serde_json::json!({"active": state.meter.active_policy()}))
+    ok(activated(&state))
 }
 
+/// (admin) Re-activates the policy that was active before the current one.
+#[utoipa::path(
+    post,
+    path = "/v1/policy/rollback",
+    tag = "policy",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The previous policy is active again", body = Activated),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 409, description = "`no_previous_policy`: no earlier policy in the history", body = ErrorAnswer),
+        (status = 422, description = "`invalid_policy`: the previous policy failed its checks again; the active policy stays", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
 async fn rollback_policy(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
     blocking(move || meter.rollback()).await?;
-    ok(serde_json::json!({"active": state.meter.active_policy()}))
+    ok(activated(&state))
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint; see the README for the API",
+        ErrorCode::NotFound,
+        "no such endpoint; see GET /openapi.json or the README for the API",
     )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }

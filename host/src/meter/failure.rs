@@ -122,7 +122,7 @@ pub struct FailureCounts {
 }
 
 /// The failure mode and its counts, as `/healthz` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FailureStats {
     /// The meter's mode (operations may override it).
     pub mode: &'static str,

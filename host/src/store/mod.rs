@@ -225,7 +225,7 @@ pub trait LedgerReader: Send + Sync {
 }
 
 /// How far the views trail the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ViewsLag {
     /// Durable batches not applied to the views yet.
     pub behind_batches: u64,

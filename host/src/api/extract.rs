@@ -1,0 +1,48 @@
+//! Path and query extractors whose refusals are the API's error answers (400
+//! `invalid_request` in `{"error": ...}`) rather than axum's plain-text ones: a path
+//! segment that is not UTF-8 once decoded, or a query that does not parse.
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+use crate::error::ErrorCode;
+
+/// [`Path`], refused with 400 `invalid_request`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(invalid_request(&rejection.body_text())),
+        }
+    }
+}
+
+/// [`Query`], refused with 400 `invalid_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        query(&parts.uri).map(Self)
+    }
+}
+
+/// The query of `uri` as `T`, refused with 400 `invalid_request`.
+pub fn query<T: DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    match Query::<T>::try_from_uri(uri) {
+        Ok(Query(value)) => Ok(value),
+        Err(rejection) => Err(invalid_request(&rejection.body_text())),
+    }
+}
+
+fn invalid_request(why: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, why)
+}
