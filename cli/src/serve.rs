@@ -11,11 +11,11 @@ use super::failure::FailureArgs;
 use super::limits::PolicyLimitArgs;
 use clap::builder::TypedValueParser;
 
-use creditgate::api::limits::ApiLimits;
-use creditgate::api::server::{self, ConnectionLimits};
-use creditgate::api::{AppState, router};
 use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, PolicySource};
+use creditgate_http::limits::ApiLimits;
+use creditgate_http::server::{self, ConnectionLimits};
+use creditgate_http::{AppState, router};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -86,6 +86,8 @@ pub struct HttpArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.http.check_token(args.listen)?;
+    // Counting from the start: the policy registered and activated on opening.
+    creditgate_http::metrics::exporter();
     let meter = args.meter.open()?;
     let connection_limits = args.http.connection_limits();
     let api_limits = args.http.api_limits();

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `creditgate::fuzzing::api_authorize` for what this target feeds and checks.
+//! See `creditgate_http::fuzzing::api_authorize` for what this target feeds and checks.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| creditgate::fuzzing::api_authorize(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| creditgate_http::fuzzing::api_authorize(data));

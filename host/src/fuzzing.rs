@@ -7,10 +7,6 @@
 //! Each target panics when a property breaks (that is how libFuzzer sees a finding)
 //! and returns quietly otherwise. The properties:
 //!
-//! - **HTTP bodies** (`api_authorize`, `api_settle`, `api_grant`): parsing and
-//!   validation never panic; every refusal is an [`ApiError`] or [`MeterError`] with a
-//!   stable code and a 4xx status; an accepted request serializes to JSON that parses
-//!   and validates to the same request (and, for authorize, the same fingerprint).
 //! - **Log records** (`ledger_record`): decoding never panics, whether the bytes are raw
 //!   or a payload behind a valid frame (so that the fuzzer gets past the checksum); a
 //!   decoded batch encodes and decodes to itself, each of its decisions reads alone as
@@ -25,120 +21,29 @@
 //! - **Legacy rows** (`ledger_legacy`): the JSON rows of schema v4 read by migration:
 //!   an error or an imported transaction, whose import record round-trips and replays.
 //!
-//! The conformance crate's target (`conformance_case`) is in `creditgate_conformance::fuzzing`.
+//! The other crates' targets are theirs: the HTTP bodies in `creditgate_http::fuzzing`,
+//! case files in `creditgate_conformance::fuzzing`, the gateway's reading of a request in
+//! `creditgate_tower::fuzzing`.
 //!
 //! Property failures panic on purpose: this module is a test harness that ships in
 //! the library only so that the fuzz crate and the stable replay test share it.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
-use crate::api::{self, ApiError};
-use crate::error::MeterError;
 use crate::ledger::codec;
 use crate::ledger::legacy::{self, TransactionRowV0};
 use crate::ledger::record::*;
 use crate::ledger::state::{self, Coverage, LiveState, StateLimits, TenantSlice};
 use crate::ledger::{AccountState, EntryKind};
-use crate::meter::validate;
-use crate::model::{AuthorizeRequest, SettleRequest};
 
 /// A fuzz target: takes any bytes, panics only on a broken property.
 pub type Target = fn(&[u8]);
 
 /// Every target by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME` call it.
 pub const TARGETS: &[(&str, Target)] = &[
-    ("api_authorize", api_authorize),
-    ("api_settle", api_settle),
-    ("api_grant", api_grant),
     ("ledger_record", ledger_record),
     ("ledger_snapshot", ledger_snapshot),
     ("ledger_legacy", ledger_legacy),
 ];
-
-/// The codes a request body can be refused with, before the meter decides anything.
-const REQUEST_CODES: &[&str] = &[
-    "invalid_json",
-    "invalid_request",
-    "invalid_amount",
-    "payload_too_large",
-];
-
-fn refused_with_stable_code(error: &ApiError) {
-    assert!(
-        REQUEST_CODES.contains(&error.code()) && error.status().is_client_error(),
-        "a body was refused with {} {}, not a stable 4xx code",
-        error.status(),
-        error.code()
-    );
-}
-
-fn refused_by_meter(error: MeterError) {
-    refused_with_stable_code(&ApiError::from(error));
-}
-
-/// `POST /v1/authorize`: the body as the handler parses it, then what
-/// `Meter::authorize` checks on the caller's thread (validation, fingerprint).
-pub fn api_authorize(data: &[u8]) {
-    let request: AuthorizeRequest = match api::parse_json(data) {
-        Ok(request) => request,
-        Err(error) => return refused_with_stable_code(&error),
-    };
-    if let Err(error) = validate::authorize(&request) {
-        return refused_by_meter(error);
-    }
-    let fingerprint = validate::fingerprint(&request);
-    let json = serde_json::to_vec(&request).expect("a request serializes");
-    let again: AuthorizeRequest = api::parse_json(&json)
-        .unwrap_or_else(|error| panic!("an accepted authorize does not parse again: {error:?}"));
-    assert_eq!(
-        again, request,
-        "an accepted authorize changed on a round trip"
-    );
-    assert!(validate::authorize(&again).is_ok());
-    assert_eq!(validate::fingerprint(&again), fingerprint);
-}
-
-/// `POST /v1/settle`: parsing, then `Meter::settle`'s validation.
-pub fn api_settle(data: &[u8]) {
-    let request: SettleRequest = match api::parse_json(data) {
-        Ok(request) => request,
-        Err(error) => return refused_with_stable_code(&error),
-    };
-    if let Err(error) = validate::settle(&request) {
-        return refused_by_meter(error);
-    }
-    let json = serde_json::to_vec(&request).expect("a request serializes");
-    let again: SettleRequest = api::parse_json(&json)
-        .unwrap_or_else(|error| panic!("an accepted settle does not parse again: {error:?}"));
-    assert_eq!(again, request, "an accepted settle changed on a round trip");
-    assert!(validate::settle(&again).is_ok());
-}
-
-/// `POST /v1/tenants/{tenant}/grants`: the input is the path's tenant, a newline, and
-/// the body (all body when there is no newline, for tenant `acme`).
-pub fn api_grant(data: &[u8]) {
-    let (tenant, body) = match data.iter().position(|&byte| byte == b'\n') {
-        Some(at) => (
-            String::from_utf8_lossy(&data[..at]).into_owned(),
-            &data[at + 1..],
-        ),
-        None => ("acme".to_owned(), data),
-    };
-    let grant = match api::parse_grant(&tenant, body) {
-        Ok(grant) => grant,
-        Err(error) => return refused_with_stable_code(&error),
-    };
-    if let Err(error) = validate::grant(&grant) {
-        return refused_by_meter(error);
-    }
-    let json = serde_json::json!({
-        "grant_id": grant.grant_id,
-        "balance": grant.balance,
-        "amount": grant.amount,
-    });
-    let again = api::parse_grant(&tenant, json.to_string().as_bytes())
-        .unwrap_or_else(|error| panic!("an accepted grant does not parse again: {error:?}"));
-    assert_eq!(again, grant, "an accepted grant changed on a round trip");
-}
 
 /// A log record: raw, and as the payload of a valid frame; and a batch built from the
 /// bytes, through encode and decode.

@@ -8,7 +8,7 @@
 //! Data flows one way; each folder is one concern:
 //!
 //! ```text
-//! request -> api (HTTP) / Meter (library) -> meter (sequencer) -> policy (wasm) -> verdict
+//! request -> Meter (this library; creditgate-http's sidecar) -> meter (sequencer) -> policy (wasm) -> verdict
 //!                                               \-> ledger (live state, batch record) -> store (log)
 //! ```
 //!
@@ -22,13 +22,12 @@
 //! - [`meter`]: the entry point, [`Meter`]; one sequencer thread decides every request
 //!   in one total order, a batch at a time, and a log thread makes each batch durable
 //!   before its answers go out (see `docs/ledger.md`).
-//! - [`api`]: the HTTP sidecar (axum), no business rules.
 //!
-//! Beside it: `creditgate-conformance` (the suite any policy module must pass),
+//! Beside it: `creditgate-http` (the HTTP sidecar: router, server, `/openapi.json`,
+//! `/metrics`), `creditgate-conformance` (the suite any policy module must pass),
 //! `creditgate-tower` (the metering layer and the proxy's core), `creditgate-cli` (the
 //! `creditgate` command).
 
-pub mod api;
 pub mod clock;
 pub mod error;
 pub mod fuzzing;

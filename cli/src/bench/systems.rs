@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use creditgate::Meter;
-use creditgate::api::limits::ApiLimits;
-use creditgate::api::{AppState, router};
+use creditgate_http::limits::ApiLimits;
+use creditgate_http::{AppState, router};
 use creditgate_tower::{MeteringLayer, OutcomeSource, Route, Routes, TenantSource};
 use tower::Layer;
 

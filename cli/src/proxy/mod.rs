@@ -13,8 +13,8 @@ use axum::Router;
 use axum::middleware::from_fn_with_state;
 use clap::Args;
 use creditgate::Meter;
-use creditgate::api::server;
-use creditgate::api::{AppState, limits, router};
+use creditgate_http::server;
+use creditgate_http::{AppState, limits, router};
 use creditgate_tower::{MeteringLayer, Routes};
 use tokio::sync::watch;
 use tower::Layer;
@@ -49,6 +49,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let routes = Routes::from_toml(&text)
         .with_context(|| format!("in the routes file {}", args.routes.display()))?;
     let upstream = Upstream::new(args.upstream.clone())?;
+    // Counting from the start: the policy registered and activated on opening.
+    creditgate_http::metrics::exporter();
     let meter = args.meter.open()?;
     let layer = MeteringLayer::new(Arc::clone(&meter), routes)
         .with_context(|| format!("in the routes file {}", args.routes.display()))?;

@@ -404,7 +404,7 @@ fn http_connections_holding_half_a_header_are_closed_and_real_clients_served() {
     const SLOW_CONNECTIONS: usize = 1_100;
     const HEADER_READ_TIMEOUT_MS: u64 = 1_000;
     // This process holds the slow connections; the server gets 1,024 files at most.
-    let open_files_max = creditgate::api::server::raise_open_files_limit().unwrap();
+    let open_files_max = creditgate_http::server::raise_open_files_limit().unwrap();
     assert!(
         open_files_max > 1_200,
         "this test needs 1,200 open files; the limit is {open_files_max}"

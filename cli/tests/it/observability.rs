@@ -59,6 +59,15 @@ fn sum(amounts: &serde_json::Value) -> f64 {
 fn metrics_count_exactly_what_known_traffic_did() {
     let gate = HttpGate::start("smarte");
     let before = Scrape::of(&gate);
+    // The start-up's own decisions on a fresh ledger: the policy registered, activated.
+    assert_eq!(
+        before.get("creditgate_decisions_total{kind=\"policy\"}"),
+        1.0
+    );
+    assert_eq!(
+        before.get("creditgate_decisions_total{kind=\"activate\"}"),
+        1.0
+    );
 
     gate.server
         .grant(TENANT, "default", 10, &format!("g-{}", uuid()));

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
-use crate::error::ErrorCode;
+use creditgate::error::ErrorCode;
 
 /// The largest request body the sidecar reads; larger ones get 413.
 pub const REQUEST_BYTES_MAX: usize = 2 << 20;

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
-use crate::error::ErrorCode;
+use creditgate::error::ErrorCode;
 
 /// [`Path`], refused with 400 `invalid_request`.
 pub struct ApiPath<T>(pub T);

@@ -24,6 +24,8 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The process's Prometheus recorder, installed on first use; none when the process
 /// already has a recorder of its own (a library user's), which then gets the metrics.
+/// A server calls it before it opens its meter, so that the start-up's decisions (the
+/// policy registered and activated) are counted too.
 pub fn exporter() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE

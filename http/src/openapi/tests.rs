@@ -16,9 +16,9 @@ use utoipa::OpenApi;
 use utoipa::openapi::path::{Operation, PathItem};
 
 use super::ApiDoc;
-use crate::api::limits::ApiLimits;
-use crate::api::{AppState, router, routes};
-use crate::{Meter, MeterConfig, NativePolicy, PolicySource};
+use crate::limits::ApiLimits;
+use crate::{AppState, router, routes};
+use creditgate::{Meter, MeterConfig, NativePolicy, PolicySource};
 
 const METHODS: [Method; 5] = [
     Method::GET,
@@ -169,7 +169,7 @@ async fn every_documented_route_answers_a_documented_status_and_only_admin_route
 
 /// The README's example requests: `curl ... [-X METHOD] http://HOST/PATH [-d 'BODY']`.
 fn readme_requests() -> Vec<(Method, String, Option<Value>)> {
-    include_str!("../../../../README.md")
+    include_str!("../../../README.md")
         .lines()
         .filter_map(|line| line.trim().strip_prefix("curl -s "))
         .map(|command| {
@@ -214,7 +214,7 @@ fn the_readme_example_requests_are_valid_requests_of_the_document() {
     let document = ApiDoc::openapi();
     let mut root = serde_json::to_value(&document).unwrap();
     let requests = readme_requests();
-    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert!(requests.len() >= 4, "{requests:?}");
     for (method, path, body) in requests {
         let template = template_of(&document, &path)
             .unwrap_or_else(|| panic!("{method} {path}: no such path in the document"));

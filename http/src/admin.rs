@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use utoipa_axum::router::UtoipaMethodRouter;
 
 use super::{ApiError, AppState};
-use crate::error::ErrorCode;
+use creditgate::error::ErrorCode;
 
 /// `route`, answering 401 `unauthorized` unless the request carries the admin token.
 /// Its `#[utoipa::path]` names the `admin_token` security scheme (a test checks both).

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of the sidecar, served at `GET /openapi.json`: the paths
 //! come from each handler's `#[utoipa::path]`, the schemas from the types the handlers
-//! read and answer ([`crate::model`], [`super::answers`]), the error codes from
-//! [`ErrorCode`](crate::error::ErrorCode).
+//! read and answer ([`creditgate::model`], [`super::answers`]), the error codes from
+//! [`ErrorCode`](creditgate::error::ErrorCode).
 
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};

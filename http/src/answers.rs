@@ -1,15 +1,15 @@
 //! The JSON answers only the HTTP API gives: the meter's results gathered into one object
 //! per call, `/healthz`'s report, and the error body. The meter's own answers
-//! ([`crate::model`]) are sent as they are. Each is a type so that the API document
+//! ([`creditgate::model`]) are sent as they are. Each is a type so that the API document
 //! (`GET /openapi.json`) describes what the handlers send.
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::ErrorCode;
-use crate::meter::failure::FailureStats;
-use crate::model::{ActivePolicy, BatchStats, JournalEntry, PolicyActivation, PolicyRef};
-use crate::store::ViewsLag;
+use creditgate::error::ErrorCode;
+use creditgate::meter::failure::FailureStats;
+use creditgate::model::{ActivePolicy, BatchStats, JournalEntry, PolicyActivation, PolicyRef};
+use creditgate::store::ViewsLag;
 
 /// Every error answer: `{"error": {"code", "message"}}`, with a 4xx or 5xx status.
 #[derive(Debug, Serialize, ToSchema)]

@@ -14,8 +14,9 @@ mod admin;
 pub mod answers;
 mod body;
 mod extract;
+pub mod fuzzing;
 pub mod limits;
-mod metrics;
+pub mod metrics;
 pub mod openapi;
 pub mod server;
 
@@ -32,17 +33,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ErrorCode, MeterError};
-use crate::meter::Meter;
-use crate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, Quote, Receipt, SettleRequest, ShadowReport,
-    TenantBalances, TransactionView,
-};
 use admin::admin;
 use answers::{
     Activated, Audit, ErrorAnswer, ErrorDetail, Health, HealthStatus, Journal, PolicyState,
 };
 pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
+use creditgate::error::{ErrorCode, MeterError};
+use creditgate::meter::Meter;
+use creditgate::model::{
+    Authorization, AuthorizeRequest, GrantRequest, Quote, Receipt, SettleRequest, ShadowReport,
+    TenantBalances, TransactionView,
+};
 use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
 use openapi::{
@@ -283,7 +284,7 @@ async fn prometheus(State(state): State<Arc<AppState>>) -> ApiResult {
         )
     })?;
     if let Some(lag) = state.meter.views_lag() {
-        crate::meter::metrics::views_behind(lag.behind_batches);
+        creditgate::meter::metrics::views_behind(lag.behind_batches);
     }
     Ok((
         [(
