@@ -313,7 +313,8 @@ fn http_policy_uploads_beyond_the_bound_get_503_overloaded_with_retry_after() {
 }
 
 #[test]
-fn http_requests_beyond_the_in_flight_bound_get_503_overloaded_and_healthz_still_answers() {
+fn http_requests_beyond_the_in_flight_bound_get_503_overloaded_and_healthz_metrics_and_the_document_still_answer()
+ {
     let (_dir, db) = ledger();
     let server = Server::start_with_args(
         Some("smarte"),
@@ -349,11 +350,13 @@ fn http_requests_beyond_the_in_flight_bound_get_503_overloaded_and_healthz_still
         refused.body
     );
     assert_eq!(refused.header("retry-after"), Some("1"));
-    assert_eq!(
-        server.get("/healthz").0,
-        200,
-        "/healthz is exempt from the bound"
-    );
+    for exempt in ["/healthz", "/metrics", "/openapi.json"] {
+        assert_eq!(
+            server.call("GET", exempt, None).0,
+            200,
+            "{exempt} is exempt from the bound"
+        );
+    }
 
     for stream in &mut in_flight {
         stream.write_all(body.as_bytes()).unwrap();

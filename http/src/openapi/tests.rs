@@ -246,3 +246,22 @@ fn the_readme_example_requests_are_valid_requests_of_the_document() {
         );
     }
 }
+
+#[test]
+fn the_readme_lists_every_error_code_of_the_document() {
+    let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+    let codes = document["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(codes.len() > 20, "{codes:?}");
+    let readme = include_str!("../../../../README.md");
+    for code in codes {
+        let code = code.as_str().unwrap();
+        assert!(
+            readme.contains(&format!("| `{code}` |"))
+                || readme.contains(&format!("`{code}` / "))
+                || readme.contains(&format!(" / `{code}`")),
+            "the README's table of errors does not list `{code}`"
+        );
+    }
+}
