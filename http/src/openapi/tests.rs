@@ -254,7 +254,7 @@ fn the_readme_lists_every_error_code_of_the_document() {
         .as_array()
         .unwrap();
     assert!(codes.len() > 20, "{codes:?}");
-    let readme = include_str!("../../../../README.md");
+    let readme = include_str!("../../../README.md");
     for code in codes {
         let code = code.as_str().unwrap();
         assert!(
