@@ -214,6 +214,12 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
         );
     }
     if wanted(HTTP) || wanted(SCRAPED) {
+        let (slices, slice) = scrape_slices(&plan);
+        println!(
+            "{:<50} sidecar rows: {slices} slices of {} ms each, interleaved, without and with /metrics",
+            "",
+            slice.as_millis()
+        );
         for row in sidecar_rows(&args, &plan).await {
             if wanted(&row.name) {
                 record(&mut rows, row);
@@ -978,51 +984,48 @@ async fn measure_all(
     Ok(measures)
 }
 
-/// The repetitions of two rows on the same clients, interleaved: without and with
-/// `/metrics` of the server at `scrape_at` read every [`SCRAPE_EVERY`]. Each repetition
-/// of each row is made of slices of about [`SCRAPE_EVERY`] (one scrape in each scraped
-/// slice), run A B B A A B ..., so that drift within a repetition falls on both rows
-/// alike; pair `i` is the `i`-th repetition of each row. A first repetition, not
-/// counted, warms the connections, caches and allocator, which would otherwise favour
-/// the second row.
+/// How [`measure_alternating`] cuts the rows' time: how many slices a row, how long each.
+fn scrape_slices(plan: &Plan) -> (u32, Duration) {
+    let slices = plan.repetitions as u32
+        * (plan.duration.as_millis() / SCRAPE_EVERY.as_millis()).max(1) as u32;
+    (slices, plan.duration * plan.repetitions as u32 / slices)
+}
+
+/// Two rows on the same clients, interleaved: without and with `/metrics` of the server
+/// at `scrape_at` read every [`SCRAPE_EVERY`]. The rows' time is cut into slices of
+/// about [`SCRAPE_EVERY`] (one scrape in each scraped slice), run A B B A A B ..., and
+/// each slice is a repetition of its row: pair `i` is the `i`-th slice of each, and a
+/// stall of the machine (a checkpoint, a view window, another process) falls on one
+/// pair rather than on one row. A first run, not counted, warms the connections, caches
+/// and allocator, which would otherwise favour the second row.
 async fn measure_alternating(
     clients: &mut Vec<Client>,
     plan: &Plan,
     tenants: usize,
     scrape_at: std::net::SocketAddr,
 ) -> anyhow::Result<(Vec<Measure>, Vec<Measure>)> {
-    let slices = (plan.duration.as_millis() / SCRAPE_EVERY.as_millis()).max(1) as u32;
-    let slice = plan.duration / slices;
+    let (slices, slice) = scrape_slices(plan);
     // Ids never repeat within one ledger: every run of the clients gets its own number.
     let mut run = 0;
-    measure_samples(clients, plan.duration, tenants, run, None).await?;
-    let (mut plain, mut scraped) = (Vec::new(), Vec::new());
-    let mut turn = 0;
-    for _ in 0..plan.repetitions {
-        let mut rows = [(Samples::default(), 0.0), (Samples::default(), 0.0)];
-        for _ in 0..slices {
-            let order = if turn % 2 == 0 { [0, 1] } else { [1, 0] };
-            turn += 1;
-            for row in order {
-                let scraper = match row {
-                    1 => Some(Scraper::start(scrape_at).await?),
-                    _ => None,
-                };
-                run += 1;
-                let measured = measure_samples(clients, slice, tenants, run, None).await;
-                if let Some(scraper) = scraper {
-                    let scrapes = scraper.stop().await?;
-                    anyhow::ensure!(scrapes > 0, "/metrics was never scraped during a slice");
-                }
-                let (samples, elapsed_s) = measured?;
-                rows[row].0.merge(samples);
-                rows[row].1 += elapsed_s;
+    measure(clients, plan.duration, tenants, run, None).await?;
+    let mut rows = [Vec::new(), Vec::new()];
+    for pair in 0..slices {
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for row in order {
+            let scraper = match row {
+                1 => Some(Scraper::start(scrape_at).await?),
+                _ => None,
+            };
+            run += 1;
+            let measured = measure(clients, slice, tenants, run, None).await;
+            if let Some(scraper) = scraper {
+                let scrapes = scraper.stop().await?;
+                anyhow::ensure!(scrapes > 0, "/metrics was never scraped during a slice");
             }
+            rows[row].push(measured?);
         }
-        let [(plain_samples, plain_s), (scraped_samples, scraped_s)] = rows;
-        plain.push(plain_samples.measure(plain_s));
-        scraped.push(scraped_samples.measure(scraped_s));
     }
+    let [plain, scraped] = rows;
     Ok((plain, scraped))
 }
 
@@ -1034,20 +1037,6 @@ async fn measure(
     repetition: usize,
     rate: Option<f64>,
 ) -> anyhow::Result<Measure> {
-    let (samples, elapsed_s) =
-        measure_samples(clients, duration, tenants, repetition, rate).await?;
-    Ok(samples.measure(elapsed_s))
-}
-
-/// Every client runs transactions until the deadline: their samples, and the seconds
-/// it took.
-async fn measure_samples(
-    clients: &mut Vec<Client>,
-    duration: Duration,
-    tenants: usize,
-    repetition: usize,
-    rate: Option<f64>,
-) -> anyhow::Result<(Samples, f64)> {
     let count = clients.len();
     // Paced clients start spread over one interval, so the load arrives evenly.
     let interval = rate
@@ -1076,7 +1065,7 @@ async fn measure_samples(
     if let Some(error) = &totals.first_error {
         tracing::warn!(failures = totals.failures, %error, "requests failed during the bench");
     }
-    Ok((totals, started.elapsed().as_secs_f64()))
+    Ok(totals.measure(started.elapsed().as_secs_f64()))
 }
 
 /// One client's loop: authorize, then settle what was admitted, as a gateway would.
