@@ -120,3 +120,66 @@ pub fn fingerprint(request: &AuthorizeRequest) -> [u8; 32] {
     ]);
     Sha256::digest(canonical.to_string().as_bytes()).into()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The API document states these limits too (the model's `#[schema]` attributes):
+    //! they must be the ones the meter checks.
+
+    use serde_json::{Value, json};
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn properties<T: PartialSchema>() -> Value {
+        serde_json::to_value(T::schema()).expect("a schema serializes")["properties"].clone()
+    }
+
+    #[test]
+    fn the_documents_id_pattern_is_the_identifier_check() {
+        let pattern = format!("^[A-Za-z0-9._:@-]{{1,{ID_BYTES_MAX}}}$");
+        let authorize = properties::<AuthorizeRequest>();
+        let settle = properties::<SettleRequest>();
+        for field in [
+            &authorize["transaction_id"],
+            &authorize["tenant"],
+            &authorize["operation"],
+            &settle["transaction_id"],
+        ] {
+            assert_eq!(field["pattern"], json!(pattern), "{field}");
+        }
+        // The class: every ASCII byte alone is accepted exactly when the pattern's class
+        // names it; then the length bounds.
+        let class = |byte: u8| byte.is_ascii_alphanumeric() || b"._:@-".contains(&byte);
+        for byte in 0..0x80u8 {
+            let id = char::from(byte).to_string();
+            assert_eq!(identifier("id", &id).is_ok(), class(byte), "{id:?}");
+        }
+        assert!(identifier("id", "").is_err());
+        assert!(identifier("id", &"a".repeat(ID_BYTES_MAX)).is_ok());
+        assert!(identifier("id", &"a".repeat(ID_BYTES_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn the_documents_item_and_status_bounds_are_the_meters() {
+        assert_eq!(
+            properties::<AuthorizeRequest>()["items"]["maxItems"],
+            json!(ITEMS_MAX)
+        );
+        let status = &properties::<SettleRequest>()["status"];
+        let (minimum, maximum) = (status["minimum"].as_u64(), status["maximum"].as_u64());
+        let settle = |status: u16| {
+            super::settle(&SettleRequest {
+                transaction_id: "t".to_owned(),
+                status,
+                ..SettleRequest::default()
+            })
+        };
+        let (minimum, maximum) = (
+            u16::try_from(minimum.expect("a minimum")).expect("a status"),
+            u16::try_from(maximum.expect("a maximum")).expect("a status"),
+        );
+        assert!(settle(minimum).is_ok() && settle(maximum).is_ok());
+        assert!(settle(minimum - 1).is_err() && settle(maximum + 1).is_err());
+    }
+}
