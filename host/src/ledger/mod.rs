@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod legacy;
+pub mod lots;
 mod posting;
 pub mod record;
 pub mod state;
