@@ -7,6 +7,7 @@
 //! kind fixes its effect (see [`EntryKind::effect`]), so the entries of an account
 //! always sum to its state: that is the invariant [`check_account`] asserts.
 
+pub mod calendar;
 pub mod codec;
 pub mod legacy;
 pub mod lots;
