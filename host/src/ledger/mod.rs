@@ -8,6 +8,7 @@
 //! always sum to its state: that is the invariant [`check_account`] asserts.
 
 pub mod calendar;
+pub mod caps;
 pub mod codec;
 pub mod legacy;
 pub mod lots;
