@@ -140,6 +140,7 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<()> {
             tenant: tenant.clone(),
             balance: "default".to_owned(),
             amount: GRANT,
+            terms: Default::default(),
         })?;
     }
     let duration = Duration::from_millis(args.duration_ms);

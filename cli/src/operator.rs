@@ -157,6 +157,7 @@ pub fn grant(args: GrantArgs) -> anyhow::Result<()> {
         tenant: args.tenant,
         balance: args.balance,
         amount: args.amount,
+        terms: Default::default(),
     })?;
     println!("grant {grant_id} applied");
     print_balances(&balances);

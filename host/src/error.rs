@@ -27,8 +27,15 @@ pub enum MeterError {
     )]
     TransactionConflict(String),
     /// A grant id was reused for a different grant.
-    #[error("grant '{0}' was already applied with a different tenant, balance or amount")]
+    #[error("grant '{0}' was already applied with a different tenant, balance, amount or terms")]
     GrantConflict(String),
+    /// No grant with this id was made to this tenant.
+    #[error("no grant '{0}' was made to this tenant")]
+    UnknownGrant(String),
+    /// The grant was made before lots existed: its credits are not told apart from the
+    /// account's other credits of that time, so it cannot be voided alone.
+    #[error("grant '{0}' was made before lots existed and cannot be voided alone")]
+    GrantNotVoidable(String),
     /// Settle was called for a transaction whose authorize was rejected.
     #[error("transaction '{0}' was rejected at authorize and cannot be settled")]
     TransactionRejected(String),
@@ -131,12 +138,13 @@ impl MeterError {
             MeterError::InvalidRequest(_)
             | MeterError::UnknownBalance { .. }
             | MeterError::InvalidAmount(_) => 400,
-            MeterError::UnknownTransaction(_) => 404,
+            MeterError::UnknownTransaction(_) | MeterError::UnknownGrant(_) => 404,
             MeterError::InvalidPolicy(_) => 422,
             MeterError::NoPreviousPolicy => 409,
             MeterError::NoShadow => 404,
             MeterError::TransactionConflict(_)
             | MeterError::GrantConflict(_)
+            | MeterError::GrantNotVoidable(_)
             | MeterError::TransactionRejected(_)
             | MeterError::HoldExpired(_) => 409,
             MeterError::PolicyTrap(_)
@@ -172,6 +180,8 @@ impl MeterError {
             MeterError::NoShadow => ErrorCode::NoShadow,
             MeterError::TransactionConflict(_) => ErrorCode::TransactionConflict,
             MeterError::GrantConflict(_) => ErrorCode::GrantConflict,
+            MeterError::UnknownGrant(_) => ErrorCode::UnknownGrant,
+            MeterError::GrantNotVoidable(_) => ErrorCode::GrantNotVoidable,
             MeterError::TransactionRejected(_) => ErrorCode::TransactionRejected,
             MeterError::HoldExpired(_) => ErrorCode::HoldExpired,
             MeterError::PolicyTrap(_) => ErrorCode::PolicyTrap,
@@ -225,6 +235,8 @@ error_codes! {
     NoShadow = "no_shadow",
     TransactionConflict = "transaction_conflict",
     GrantConflict = "grant_conflict",
+    UnknownGrant = "unknown_grant",
+    GrantNotVoidable = "grant_not_voidable",
     TransactionRejected = "transaction_rejected",
     HoldExpired = "hold_expired",
     PolicyTrap = "policy_trap",

@@ -31,6 +31,7 @@
 
 use crate::ledger::codec;
 use crate::ledger::legacy::{self, TransactionRowV0};
+use crate::ledger::lots::{Closure, LEGACY_LOT, Lot};
 use crate::ledger::record::*;
 use crate::ledger::state::{self, Coverage, LiveState, StateLimits, TenantSlice};
 use crate::ledger::{AccountState, EntryKind};
@@ -163,6 +164,7 @@ fn use_filters(live: &mut LiveState) {
                         balance: "default".to_owned(),
                         kind: EntryKind::Grant,
                         amount: 1,
+                        lot: LEGACY_LOT,
                     }],
                     accounts: vec![(
                         "default".to_owned(),
@@ -171,7 +173,9 @@ fn use_filters(live: &mut LiveState) {
                             held: 0,
                         },
                     )],
+                    lots: Vec::new(),
                 },
+                terms: LotTerms::default(),
             })],
         };
         let _ = live.apply_batch(&batch);
@@ -316,8 +320,38 @@ impl<'a> Source<'a> {
                 balance: source.string(),
                 kind: source.kind(),
                 amount: source.i64(),
+                lot: source.u64(),
             }),
             accounts: self.list(3, |source| (source.string(), source.account())),
+            lots: self.list(2, |source| (source.string(), source.lot())),
+        }
+    }
+
+    fn lot(&mut self) -> Lot {
+        Lot {
+            id: self.u64(),
+            amount: self.i64(),
+            remaining: self.i64(),
+            expires_at_ms: self.option(Self::i64),
+            priority: self.i64() as i32,
+            closed: self.option(Self::closure),
+        }
+    }
+
+    fn closure(&mut self) -> Closure {
+        if self.byte().is_multiple_of(2) {
+            Closure::Expired
+        } else {
+            Closure::Voided
+        }
+    }
+
+    fn terms(&mut self) -> LotTerms {
+        LotTerms {
+            expires_at_ms: self.option(Self::i64),
+            priority: self.i64() as i32,
+            category: self.string(),
+            metadata: self.list(2, |source| (source.string(), source.string())),
         }
     }
 
@@ -418,7 +452,7 @@ impl<'a> Source<'a> {
     }
 
     fn decision(&mut self) -> Decision {
-        match self.byte() % 7 {
+        match self.byte() % 8 {
             0 => Decision::Authorize(Authorized {
                 id: self.string(),
                 tenant: self.string(),
@@ -453,6 +487,7 @@ impl<'a> Source<'a> {
                 amount: self.i64(),
                 policy: self.u32(),
                 posting: self.posting(),
+                terms: self.terms(),
             }),
             4 => Decision::Policy(PolicyRecord {
                 policy: self.u32(),
@@ -465,6 +500,15 @@ impl<'a> Source<'a> {
             5 => Decision::Activate(Activation {
                 policy: self.u32(),
                 via: self.string(),
+            }),
+            6 => Decision::CloseLot(LotClosed {
+                tenant: self.string(),
+                balance: self.string(),
+                lot: self.u64(),
+                grant_id: self.string(),
+                closure: self.closure(),
+                policy: self.u32(),
+                posting: self.posting(),
             }),
             _ => Decision::Import(self.imported()),
         }

@@ -51,13 +51,35 @@ pub struct SettleRequest {
     pub body: Option<Vec<u8>>,
 }
 
-/// A top-up of one balance. Idempotent by `grant_id`.
+/// A top-up of one balance: a lot of credits with its terms. Idempotent by `grant_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantRequest {
     pub grant_id: String,
     pub tenant: String,
     pub balance: String,
     pub amount: i64,
+    #[serde(flatten)]
+    pub terms: GrantTerms,
+}
+
+/// What a grant says of its lot besides the amount; every field may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GrantTerms {
+    /// When the lot's unspent credits leave (`lot_expire`), in ms since the Unix epoch;
+    /// later than now. None: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 1_798_761_600_000_i64)]
+    pub expires_at_ms: Option<i64>,
+    /// Lots burn lowest priority first, then soonest expiry, then oldest grant.
+    #[serde(default)]
+    pub priority: i32,
+    /// Free text of 1 to 64 bytes (`paid`, `promotional`, ...); `paid` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "promotional")]
+    pub category: Option<String>,
+    /// At most 16 pairs; keys of 1 to 64 bytes, values of at most 256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Which policy decided: name and version from `describe`, and the sha256 of its bytes.
@@ -142,6 +164,33 @@ pub struct TenantBalances {
     pub tenant: String,
     pub balances: Amounts,
     pub held: Amounts,
+    /// Where the credits come from, lot by lot, in burn order per balance: only when
+    /// asked for (`?lots=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lots: Option<Vec<LotView>>,
+}
+
+/// One lot: the credits of one grant, and what is left of them. Credits granted
+/// before lots existed are not listed: they are the balance beyond its lots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LotView {
+    /// The ledger's number for the lot (journal entries name it).
+    pub lot: u64,
+    pub grant_id: String,
+    pub balance: String,
+    /// Credits granted.
+    pub amount: i64,
+    /// Credits left to spend: 0 once spent, expired or voided.
+    pub remaining: i64,
+    /// `open`, `expired` or `voided`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    pub priority: i32,
+    pub category: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    pub granted_at_ms: u64,
 }
 
 /// One entry of the policy history: which policy became active, when, and how.
@@ -223,6 +272,11 @@ pub struct JournalEntry {
     pub kind: String,
     /// Always > 0; the kind says which way it moved.
     pub amount: i64,
+    /// The lot the credits came from or went to: the number of its grant (see
+    /// `?lots=true` on the balances). None for credits granted before lots existed
+    /// and for `open` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lot: Option<u64>,
     pub policy_digest: String,
     pub at_ms: u64,
 }

@@ -41,8 +41,8 @@ pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
 use creditgate::error::{ErrorCode, MeterError};
 use creditgate::meter::Meter;
 use creditgate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, Quote, Receipt, SettleRequest, ShadowReport,
-    TenantBalances, TransactionView,
+    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, Quote, Receipt, SettleRequest,
+    ShadowReport, TenantBalances, TransactionView,
 };
 use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
@@ -93,6 +93,7 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(quote))
         .routes(routes!(settle))
         .routes(admin(state, routes!(grant)))
+        .routes(admin(state, routes!(void_grant)))
         .routes(routes!(balances))
         .routes(routes!(journal))
         .routes(admin(state, routes!(audit)))
@@ -376,6 +377,9 @@ struct GrantBody {
     /// The idempotency key: a repeated grant moves nothing.
     #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "welcome")]
     grant_id: String,
+    /// The lot's terms: expiry, priority, category, metadata.
+    #[serde(flatten)]
+    terms: GrantTerms,
 }
 
 /// A path's tenant.
@@ -431,6 +435,7 @@ fn grant_request(tenant: String, grant: GrantBody) -> Result<GrantRequest, ApiEr
         tenant,
         balance: grant.balance,
         amount,
+        terms: grant.terms,
     })
 }
 
@@ -440,22 +445,73 @@ pub fn parse_grant(tenant: &str, bytes: &[u8]) -> Result<GrantRequest, ApiError>
     grant_request(tenant.to_owned(), parse_json(bytes)?)
 }
 
+/// A path's tenant and grant.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct GrantPath {
+    /// 1 to 128 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "acme")]
+    tenant: String,
+    /// 1 to 128 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "welcome")]
+    grant_id: String,
+}
+
+/// (admin) Voids a grant: the unspent credits of its lot leave through a `void` journal
+/// entry; credits already spent stay spent, credits held leave when their hold is
+/// released. Voiding a voided or expired grant moves nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/grants/{grant_id}/void",
+    tag = "ledger",
+    params(GrantPath),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits after the void", body = TenantBalances),
+        (status = 400, description = INVALID_ID, body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 404, description = "`unknown_grant`: no grant of this id was made to this tenant", body = ErrorAnswer),
+        (status = 409, description = "`grant_not_voidable`: the grant was made before lots existed", body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn void_grant(
+    State(state): State<Arc<AppState>>,
+    ApiPath(GrantPath { tenant, grant_id }): ApiPath<GrantPath>,
+) -> ApiResult {
+    ok(state.meter.void_async(&tenant, &grant_id).await?)
+}
+
+/// `?lots=true` of [`balances`].
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct BalancesQuery {
+    /// Whether to list the lots the credits come from, in burn order per balance.
+    #[param(example = true)]
+    lots: Option<bool>,
+}
+
 /// A tenant's credits, available and held; a tenant never granted anything has zeros.
+/// With `?lots=true`, the lots they come from.
 #[utoipa::path(
     get,
     path = "/v1/tenants/{tenant}/balances",
     tag = "ledger",
-    params(TenantPath),
+    params(TenantPath, BalancesQuery),
     responses(
         (status = 200, description = "The tenant's credits", body = TenantBalances),
-        (status = 400, description = INVALID_ID, body = ErrorAnswer),
+        (status = 400, description = "`invalid_request`: the tenant is not 1 to 128 characters of `[A-Za-z0-9._:@-]`, or `lots` is not `true` or `false`", body = ErrorAnswer),
         (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
     )
 )]
 async fn balances(
     State(state): State<Arc<AppState>>,
     ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
+    ApiQuery(query): ApiQuery<BalancesQuery>,
 ) -> ApiResult {
+    if query.lots == Some(true) {
+        return ok(state.meter.lots_async(&tenant).await?);
+    }
     ok(blocking(move || state.meter.balances(&tenant)).await?)
 }
 

@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::quote,
         super::settle,
         super::grant,
+        super::void_grant,
         super::balances,
         super::journal,
         super::audit,

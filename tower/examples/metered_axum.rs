@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
             tenant: "acme".to_owned(),
             balance: "default".to_owned(),
             amount: 10,
+            terms: Default::default(),
         })
         .await?;
 

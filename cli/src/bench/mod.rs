@@ -778,6 +778,7 @@ fn live_state_footprint(dir: &Path, tenants: usize, holds: usize) -> anyhow::Res
             tenant: tenant_name(0),
             balance: "default".to_owned(),
             amount: 1,
+            terms: Default::default(),
         })?;
         stats::resident_bytes().context("no resident memory figure on this system")
     };
@@ -789,6 +790,7 @@ fn live_state_footprint(dir: &Path, tenants: usize, holds: usize) -> anyhow::Res
                 tenant: tenant_name(tenant),
                 balance: "default".to_owned(),
                 amount: 1_000,
+                terms: Default::default(),
             })
             .map(drop)
     })?;
@@ -856,6 +858,7 @@ async fn grant_everyone(meters: &[Arc<Meter>; 2], tenants: usize) -> anyhow::Res
                                 tenant: tenant_name(tenant),
                                 balance: balance.clone(),
                                 amount: systems::GRANT,
+                                terms: Default::default(),
                             })
                             .await?;
                     }

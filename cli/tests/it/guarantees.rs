@@ -89,6 +89,7 @@ crate::on_both_stores! {
             tenant: "acme".into(),
             balance: "default".into(),
             amount: 7,
+            terms: Default::default(),
         };
         meter.meter.grant(grant.clone()).unwrap();
         let again = meter.meter.grant(grant.clone()).unwrap();
@@ -115,6 +116,7 @@ crate::on_both_stores! {
                 tenant: "acme".into(),
                 balance: balance.into(),
                 amount,
+                terms: Default::default(),
             })
         };
         assert_eq!(grant("export", 5).unwrap_err().code(), "unknown_balance");
@@ -392,6 +394,7 @@ crate::on_both_stores! {
                 tenant: "acme".to_owned(),
                 balance: "default".to_owned(),
                 amount: 1_000,
+                terms: Default::default(),
             })
             .unwrap();
         let before = meter.batch_stats();
@@ -451,6 +454,7 @@ crate::on_both_stores! {
             tenant: "acme".to_owned(),
             balance: "default".to_owned(),
             amount: 5,
+            terms: Default::default(),
         };
         match meter.location() {
             creditgate::store::StoreLocation::Sqlite(_) => {

@@ -77,6 +77,7 @@ fn grant(
         tenant: tenant.to_owned(),
         balance: balance.to_owned(),
         amount,
+        terms: Default::default(),
     })
 }
 
@@ -88,6 +89,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, MeterError>) -> (u16, &'static 
 
 fn tenant_balances(tenant: &str, balances: &[(&str, i64)], held: &[(&str, i64)]) -> TenantBalances {
     TenantBalances {
+        lots: None,
         tenant: tenant.to_owned(),
         balances: amounts(balances),
         held: amounts(held),
@@ -174,6 +176,7 @@ fn entry(
         balance: balance.to_owned(),
         kind: kind.to_owned(),
         amount,
+        lot: None,
         policy_digest: digest.to_owned(),
         at_ms,
     }

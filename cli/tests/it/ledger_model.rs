@@ -193,6 +193,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                         tenant: TENANTS[tenant].to_owned(),
                         balance: "default".to_owned(),
                         amount,
+                        terms: Default::default(),
                     })
                     .expect("grant");
                 model.available[tenant] += amount;

@@ -215,6 +215,7 @@ fn precompiled_components_are_cached_by_digest_and_a_bad_cache_only_costs_a_comp
             tenant: "acme".into(),
             balance: "default".into(),
             amount: 1,
+            terms: Default::default(),
         })
         .unwrap();
     drop(meter);

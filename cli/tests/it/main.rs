@@ -19,6 +19,7 @@ mod ledger_log;
 mod ledger_model;
 mod lifecycle;
 mod lossy_fs;
+mod lots;
 mod observability;
 mod quote;
 mod replicas;

@@ -479,6 +479,7 @@ fn a_hold_taken_on_one_replica_lapses_and_the_other_replica_releases_it() {
             tenant: "acme".to_owned(),
             balance: "default".to_owned(),
             amount: 3,
+            terms: Default::default(),
         })
         .unwrap();
     assert!(

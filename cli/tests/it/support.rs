@@ -123,6 +123,7 @@ impl Gate for TestMeter {
                 tenant: tenant.to_owned(),
                 balance: balance.to_owned(),
                 amount,
+                terms: Default::default(),
             })
             .expect("grant");
     }

@@ -8,6 +8,8 @@
 
 use std::cmp::Ordering;
 
+use serde::{Deserialize, Serialize};
+
 /// The ledger's number for a lot: the entry id of its grant entry. Entry ids start at
 /// 1, so 0 is free for the legacy lot.
 pub type LotId = u64;
@@ -16,14 +18,15 @@ pub type LotId = u64;
 /// oldest lot of priority 0 without expiry.
 pub const LEGACY_LOT: LotId = 0;
 
-/// Why a lot stopped taking credits back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a lot stopped taking credits back. Stored: the order of the variants is part of
+/// the record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Closure {
     Expired,
     Voided,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
     pub id: LotId,
     /// Credits granted; `0 <= remaining <= amount`.
@@ -47,9 +50,22 @@ impl Lot {
         }
     }
 
+    /// The implicit lot of credits granted before lots existed: whatever it holds, it
+    /// can take back any amount (its grants are not known one by one).
+    pub fn legacy(remaining: i64) -> Self {
+        Self {
+            id: LEGACY_LOT,
+            amount: i64::MAX,
+            remaining,
+            expires_at_ms: None,
+            priority: 0,
+            closed: None,
+        }
+    }
+
     /// The burn order: priority, then soonest expiry (none: last), then the oldest
     /// grant.
-    fn burn_order(&self, other: &Self) -> Ordering {
+    pub fn burn_order(&self, other: &Self) -> Ordering {
         let key = |lot: &Self| (lot.priority, lot.expires_at_ms.unwrap_or(i64::MAX), lot.id);
         key(self).cmp(&key(other))
     }
@@ -122,6 +138,31 @@ impl AccountLots {
             .iter_mut()
             .find(|lot| lot.id == id)
             .ok_or(LotError::UnknownLot(id))
+    }
+
+    /// An account's lots as stored, in any order: refuses figures outside
+    /// `0..=amount` and a lot listed twice.
+    pub fn restore(lots: impl IntoIterator<Item = Lot>) -> Result<Self, LotError> {
+        let mut restored = Self::default();
+        for lot in lots {
+            if lot.remaining < 0 || lot.remaining > lot.amount || lot.amount <= 0 {
+                return Err(LotError::Invalid(format!(
+                    "lot {} holds {} of {}",
+                    lot.id, lot.remaining, lot.amount
+                )));
+            }
+            if restored.lots.iter().any(|known| known.id == lot.id) {
+                return Err(LotError::DuplicateLot(lot.id));
+            }
+            restored.lots.push(lot);
+        }
+        restored.lots.sort_by(Lot::burn_order);
+        Ok(restored)
+    }
+
+    /// Takes the lots out, in burn order.
+    pub fn into_lots(self) -> Vec<Lot> {
+        self.lots
     }
 
     /// Adds a granted lot in its place in the burn order.

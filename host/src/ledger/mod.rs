@@ -10,6 +10,7 @@
 pub mod calendar;
 pub mod caps;
 pub mod codec;
+pub mod draw;
 pub mod legacy;
 pub mod lots;
 mod posting;
@@ -43,10 +44,15 @@ pub enum EntryKind {
     /// open: counted on the tenant's exposure window account, off its balances
     /// (`meter::failure`). Added in record format 2.
     Open,
+    /// A lot's remainder, gone at its expiry. Added in record format 3.
+    LotExpire,
+    /// A lot's remainder, gone because an operator voided its grant. Added in record
+    /// format 3.
+    Void,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 9] = [
         EntryKind::Grant,
         EntryKind::Hold,
         EntryKind::Capture,
@@ -54,6 +60,8 @@ impl EntryKind {
         EntryKind::Charge,
         EntryKind::Expire,
         EntryKind::Open,
+        EntryKind::LotExpire,
+        EntryKind::Void,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +73,8 @@ impl EntryKind {
             EntryKind::Charge => "charge",
             EntryKind::Expire => "expire",
             EntryKind::Open => "open",
+            EntryKind::LotExpire => "lot_expire",
+            EntryKind::Void => "void",
         }
     }
 
@@ -79,7 +89,7 @@ impl EntryKind {
             EntryKind::Hold => (-amount, amount),
             EntryKind::Capture => (0, -amount),
             EntryKind::Release | EntryKind::Expire => (amount, -amount),
-            EntryKind::Charge => (-amount, 0),
+            EntryKind::Charge | EntryKind::LotExpire | EntryKind::Void => (-amount, 0),
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::lots::{Closure, Lot, LotId};
 use super::{AccountState, EntryKind};
 use crate::model::{Amounts, Authorization, ErrorBody, PolicyRef, Receipt};
 
@@ -47,6 +48,8 @@ pub enum Decision {
     Activate(Activation),
     /// Rows of a ledger written before the log (schema v4), carried over at migration.
     Import(Imported),
+    /// A lot expired or was voided: its remainder left. Added in record format 3.
+    CloseLot(LotClosed),
 }
 
 /// An authorize: admitted (the transaction is open) or refused.
@@ -127,13 +130,55 @@ pub struct Expired {
     pub posting: PostingRecord,
 }
 
-/// A top-up, idempotent by `grant_id`.
+/// A top-up, idempotent by `grant_id`: a new lot, numbered by its grant entry's id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Granted {
     pub grant_id: String,
     pub tenant: String,
     pub balance: String,
     pub amount: i64,
+    /// The active policy, whose digest the journal entry names.
+    pub policy: u32,
+    pub posting: PostingRecord,
+    /// Added in record format 3 (a grant of an older record has the defaults).
+    pub terms: LotTerms,
+}
+
+/// What a grant says of its lot besides its amount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotTerms {
+    /// When the lot's remainder leaves; none: never.
+    pub expires_at_ms: Option<i64>,
+    /// Lower burns first.
+    pub priority: i32,
+    /// Free text: `paid`, `promotional`, ...
+    pub category: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// The category of a grant that names none.
+pub const DEFAULT_CATEGORY: &str = "paid";
+
+impl Default for LotTerms {
+    fn default() -> Self {
+        Self {
+            expires_at_ms: None,
+            priority: 0,
+            category: DEFAULT_CATEGORY.to_owned(),
+            metadata: Vec::new(),
+        }
+    }
+}
+
+/// A lot closed by its expiry or a void: its remainder leaves through one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotClosed {
+    pub tenant: String,
+    pub balance: String,
+    pub lot: LotId,
+    /// The lot's grant: the journal's transaction id for the closing entry.
+    pub grant_id: String,
+    pub closure: Closure,
     /// The active policy, whose digest the journal entry names.
     pub policy: u32,
     pub posting: PostingRecord,
@@ -146,6 +191,9 @@ pub struct PostingRecord {
     /// Every account the decision touched (an authorize: every described balance),
     /// as it is after the decision.
     pub accounts: Vec<(String, AccountState)>,
+    /// Every lot the decision touched, by balance, as it is after the decision. Added
+    /// in record format 3.
+    pub lots: Vec<(String, Lot)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +202,10 @@ pub struct EntryRecord {
     pub kind: EntryKind,
     /// Always > 0; the kind says which way it moved.
     pub amount: i64,
+    /// The lot the credits came from or went to: one entry moves one lot.
+    /// [`LEGACY_LOT`](super::lots::LEGACY_LOT) for credits granted before lots
+    /// existed, and for `open` entries, which move no balance. Added in record format 3.
+    pub lot: LotId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -274,6 +326,18 @@ pub struct ImportedActivation {
 }
 
 impl Decision {
+    /// The tenant whose accounts the decision posts to, and its posting.
+    pub fn posting(&self) -> Option<(&str, &PostingRecord)> {
+        match self {
+            Decision::Authorize(decision) => Some((&decision.tenant, &decision.posting)),
+            Decision::Settle(decision) => Some((&decision.tenant, &decision.posting)),
+            Decision::Expire(decision) => Some((&decision.tenant, &decision.posting)),
+            Decision::Grant(decision) => Some((&decision.tenant, &decision.posting)),
+            Decision::CloseLot(decision) => Some((&decision.tenant, &decision.posting)),
+            Decision::Policy(_) | Decision::Activate(_) | Decision::Import(_) => None,
+        }
+    }
+
     /// The journal entries this decision wrote, in order.
     pub fn entries(&self) -> &[EntryRecord] {
         match self {
@@ -281,6 +345,7 @@ impl Decision {
             Decision::Settle(decision) => &decision.posting.entries,
             Decision::Expire(decision) => &decision.posting.entries,
             Decision::Grant(decision) => &decision.posting.entries,
+            Decision::CloseLot(decision) => &decision.posting.entries,
             Decision::Policy(_) | Decision::Activate(_) | Decision::Import(_) => &[],
         }
     }

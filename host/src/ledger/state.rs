@@ -17,9 +17,10 @@ use std::rc::Rc;
 use growable_bloom_filter::GrowableBloom;
 use serde::{Deserialize, Serialize};
 
+use super::lots::{AccountLots, LEGACY_LOT, Lot, LotId};
 use super::record::{
-    AmountList, AuthorizationRecord, Batch, Decision, Digest, ReceiptRecord, RequestRecord,
-    TransactionState,
+    AmountList, AuthorizationRecord, Batch, Decision, Digest, EntryRecord, LotTerms, PostingRecord,
+    ReceiptRecord, RequestRecord, TransactionState,
 };
 use super::tenants::Tenants;
 use super::{AccountState, Accounts};
@@ -49,6 +50,19 @@ pub struct TransactionRecord {
     pub receipt: Option<ReceiptRecord>,
     /// Credits still held, per balance (empty once settled or expired).
     pub held: AmountList,
+    /// The lots those held credits were drawn from: `(balance, lot, amount)` in the
+    /// order drawn (burn order), summing to `held` per balance. Empty for a hold taken
+    /// before lots existed: it drew on the legacy lot ([`Self::drawn_lots`]).
+    pub drawn: Vec<(String, LotId, i64)>,
+}
+
+/// The `(balance, lot, amount)` a hold drew, from its authorize's hold entries.
+pub fn drawn_by(entries: &[EntryRecord]) -> Vec<(String, LotId, i64)> {
+    entries
+        .iter()
+        .filter(|entry| entry.kind == super::EntryKind::Hold)
+        .map(|entry| (entry.balance.clone(), entry.lot, entry.amount))
+        .collect()
 }
 
 impl TransactionRecord {
@@ -81,6 +95,28 @@ impl TransactionRecord {
     fn holds_credits(&self) -> bool {
         self.state == TransactionState::Open && !self.held.is_empty()
     }
+
+    /// What the hold drew, by lot: a hold recorded before lots drew on the legacy lot.
+    pub fn drawn_lots(&self) -> Vec<(String, LotId, i64)> {
+        if self.drawn.is_empty() {
+            self.held
+                .iter()
+                .map(|(balance, amount)| (balance.clone(), LEGACY_LOT, *amount))
+                .collect()
+        } else {
+            self.drawn.clone()
+        }
+    }
+}
+
+/// What the ledger keeps of a lot besides its figures: who has it, and its grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotInfo {
+    pub tenant: String,
+    pub balance: String,
+    pub grant_id: String,
+    pub terms: LotTerms,
+    pub granted_at_ms: u64,
 }
 
 /// A grant as idempotency needs it.
@@ -89,6 +125,9 @@ pub struct GrantRecord {
     pub tenant: String,
     pub balance: String,
     pub amount: i64,
+    /// Its lot; [`LEGACY_LOT`] for a grant made before lots existed.
+    pub lot: LotId,
+    pub terms: LotTerms,
 }
 
 /// What the ledger knows of a policy besides its bytes.
@@ -225,6 +264,13 @@ pub struct LiveState {
     /// Component bytes of policies recorded in batches the views have not applied yet.
     recent_components: HashMap<Digest, (u64, Option<Vec<u8>>)>,
     active_policy: Option<Digest>,
+    /// Lots by tenant: `(balance, lot)`, closed ones included (a hold may still give
+    /// credits back to them, which then leave). Tenants without lots have no entry.
+    lots: HashMap<Box<str>, Vec<(Box<str>, Lot)>>,
+    /// Each lot's owner and grant.
+    lot_info: HashMap<LotId, LotInfo>,
+    /// Open lots by expiry; an entry whose lot closed meanwhile is skipped.
+    lot_expiry: BinaryHeap<Reverse<(i64, LotId)>>,
     /// The seq of the last batch applied.
     pub last_seq: u64,
     /// The id the next journal entry gets.
@@ -262,6 +308,9 @@ impl LiveState {
             policies: HashMap::new(),
             recent_components: HashMap::new(),
             active_policy: None,
+            lots: HashMap::new(),
+            lot_info: HashMap::new(),
+            lot_expiry: BinaryHeap::new(),
             last_seq: 0,
             next_entry_id: 1,
         }
@@ -359,6 +408,185 @@ impl LiveState {
                     .map(move |(balance, state)| ((tenant.clone(), balance), state))
             })
             .collect()
+    }
+
+    /// An account's lots as a decision draws on them: its own lots and the legacy lot,
+    /// which holds what `available` has beyond them (credits granted before lots).
+    pub fn account_lots(
+        &self,
+        tenant: &str,
+        balance: &str,
+        available: i64,
+    ) -> Result<AccountLots, MeterError> {
+        let own: Vec<Lot> = self
+            .lots
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|(owner, _)| owner.as_ref() == balance)
+            .map(|(_, lot)| lot.clone())
+            .collect();
+        let in_lots = open_remaining(&own);
+        let legacy = available
+            .checked_sub(in_lots)
+            .filter(|legacy| *legacy >= 0)
+            .ok_or_else(|| {
+                broken(format!(
+                    "{tenant}/{balance} has {available} available but its lots hold {in_lots}"
+                ))
+            })?;
+        AccountLots::restore(own.into_iter().chain([Lot::legacy(legacy)]))
+            .map_err(|error| broken(format!("{tenant}/{balance}: {error}")))
+    }
+
+    /// Every lot of the tenant, by balance, closed ones included, in burn order.
+    pub fn tenant_lots(&self, tenant: &str) -> Vec<(String, Lot)> {
+        let mut lots: Vec<(String, Lot)> = self
+            .lots
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .map(|(balance, lot)| (balance.to_string(), lot.clone()))
+            .collect();
+        lots.sort_by(|(left_balance, left), (right_balance, right)| {
+            left_balance
+                .cmp(right_balance)
+                .then_with(|| left.burn_order(right))
+        });
+        lots
+    }
+
+    pub fn lot_info(&self, lot: LotId) -> Option<&LotInfo> {
+        self.lot_info.get(&lot)
+    }
+
+    /// Puts lots read from a store into memory (PostgreSQL), with their grants.
+    pub fn load_lots(&mut self, tenant: &str, lots: Vec<(String, Lot, LotInfo)>) {
+        for (balance, lot, info) in lots {
+            self.lot_info.insert(lot.id, info);
+            self.set_lot(tenant, &balance, lot);
+        }
+    }
+
+    /// The open lot that expired first, if it expired at or before `now_ms`:
+    /// `(tenant, balance, lot)`.
+    pub fn next_due_lot(&mut self, now_ms: i64) -> Option<(String, String, LotId)> {
+        while let Some(Reverse((expires_at_ms, id))) = self.lot_expiry.peek() {
+            if *expires_at_ms > now_ms {
+                return None;
+            }
+            let due = self.lot_info.get(id).and_then(|info| {
+                self.lots
+                    .get(info.tenant.as_str())
+                    .into_iter()
+                    .flatten()
+                    .any(|(_, lot)| lot.id == *id && lot.closed.is_none())
+                    .then(|| (info.tenant.clone(), info.balance.clone(), *id))
+            });
+            if due.is_some() {
+                return due;
+            }
+            self.lot_expiry.pop();
+        }
+        None
+    }
+
+    /// Checks a decision's posting against the state before it is applied (the live
+    /// path; replay applies absolute states, which may already include it):
+    /// - L2: each lot it lists moved by exactly the entries naming it, and every entry
+    ///   naming a lot lists that lot;
+    /// - L1: on each account it touches, the open lots hold at most what is available
+    ///   (the legacy lot holds the rest, never less than nothing).
+    pub fn check_posting(&self, tenant: &str, posting: &PostingRecord) -> Result<(), String> {
+        let current = |balance: &str, id: LotId| {
+            self.lots
+                .get(tenant)
+                .into_iter()
+                .flatten()
+                .find(|(owner, lot)| owner.as_ref() == balance && lot.id == id)
+                .map(|(_, lot)| lot)
+        };
+        for entry in &posting.entries {
+            if entry.lot != LEGACY_LOT
+                && !posting
+                    .lots
+                    .iter()
+                    .any(|(balance, lot)| *balance == entry.balance && lot.id == entry.lot)
+            {
+                return Err(format!("entry {entry:?} names a lot its posting omits"));
+            }
+        }
+        for (balance, lot) in &posting.lots {
+            let before = current(balance, lot.id).map_or(0, |known| known.remaining);
+            let moved: i64 = posting
+                .entries
+                .iter()
+                .filter(|entry| entry.balance == *balance && entry.lot == lot.id)
+                .map(|entry| entry.kind.effect(entry.amount).0)
+                .sum();
+            if before + moved != lot.remaining {
+                return Err(format!(
+                    "lot {} of {tenant}/{balance} went from {before} to {} but its entries moved {moved}",
+                    lot.id, lot.remaining
+                ));
+            }
+        }
+        for (balance, account) in &posting.accounts {
+            let mut own: Vec<&Lot> = self
+                .lots
+                .get(tenant)
+                .into_iter()
+                .flatten()
+                .filter(|(owner, known)| {
+                    owner.as_ref() == balance
+                        && !posting
+                            .lots
+                            .iter()
+                            .any(|(other, lot)| other == balance && lot.id == known.id)
+                })
+                .map(|(_, lot)| lot)
+                .collect();
+            own.extend(
+                posting
+                    .lots
+                    .iter()
+                    .filter(|(other, _)| other == balance)
+                    .map(|(_, lot)| lot),
+            );
+            let in_lots: i64 = own
+                .iter()
+                .filter(|lot| lot.closed.is_none())
+                .map(|lot| lot.remaining)
+                .sum();
+            if in_lots > account.available {
+                return Err(format!(
+                    "{tenant}/{balance} would have {} available but its lots hold {in_lots}",
+                    account.available
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// L1 over the whole state: on every account, the open lots hold at most what is
+    /// available. Recovery checks it once the log is replayed.
+    pub fn check_lots(&self) -> Result<(), MeterError> {
+        for (tenant, lots) in &self.lots {
+            for (balance, state) in self.tenants.accounts(tenant) {
+                let in_lots: i64 = lots
+                    .iter()
+                    .filter(|(owner, lot)| owner.as_ref() == balance && lot.closed.is_none())
+                    .map(|(_, lot)| lot.remaining)
+                    .sum();
+                if in_lots > state.available {
+                    return Err(broken(format!(
+                        "{tenant}/{balance} has {} available but its lots hold {in_lots}",
+                        state.available
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A transaction known in memory. `Err(())`-free: `None` means "not here" — on a
@@ -510,6 +738,17 @@ fn corrupt(why: impl std::fmt::Display) -> MeterError {
     MeterError::StoreCorrupt(format!("the log does not replay: {why}"))
 }
 
+fn broken(why: impl std::fmt::Display) -> MeterError {
+    MeterError::StoreCorrupt(format!("the ledger's lots break an invariant: {why}"))
+}
+
+fn open_remaining(lots: &[Lot]) -> i64 {
+    lots.iter()
+        .filter(|lot| lot.closed.is_none())
+        .map(|lot| lot.remaining)
+        .sum()
+}
+
 /// The digest a decision of `batch` names by its index in the batch's policies.
 fn batch_policy(batch: &Batch, index: u32) -> Result<Digest, MeterError> {
     batch
@@ -574,10 +813,28 @@ impl LiveState {
         record.state = state;
         record.receipt = receipt;
         record.held = AmountList::new();
+        record.drawn = Vec::new();
         record.request = RequestRecord::default();
         *last = seq;
         self.recent.push_back((seq, id.into()));
         Ok(())
+    }
+
+    /// Sets a lot's state, adding it (and its expiry) when new.
+    fn set_lot(&mut self, tenant: &str, balance: &str, lot: Lot) {
+        let lots = self.lots.entry(tenant.into()).or_default();
+        match lots
+            .iter_mut()
+            .find(|(owner, known)| owner.as_ref() == balance && known.id == lot.id)
+        {
+            Some((_, known)) => *known = lot,
+            None => {
+                if let (Some(expires_at_ms), None) = (lot.expires_at_ms, lot.closed) {
+                    self.lot_expiry.push(Reverse((expires_at_ms, lot.id)));
+                }
+                lots.push((balance.into(), lot));
+            }
+        }
     }
 
     fn insert_marks(&mut self, tenant: &str, marks: &[super::record::MarkRecord], seq: u64) {
@@ -609,6 +866,15 @@ impl LiveState {
                 .iter()
                 .map(|(balance, state)| (balance, state)),
         )?;
+        for (balance, lot) in &posting.lots {
+            if lot.remaining < 0 || lot.remaining > lot.amount {
+                return Err(corrupt(format!(
+                    "lot {} of {tenant}/{balance} would hold {} of {}",
+                    lot.id, lot.remaining, lot.amount
+                )));
+            }
+            self.set_lot(tenant, balance, lot.clone());
+        }
         self.next_entry_id = self
             .next_entry_id
             .saturating_add(posting.entries.len() as u64);
@@ -657,6 +923,11 @@ impl LiveState {
                         } else {
                             AmountList::new()
                         },
+                        drawn: if admitted {
+                            drawn_by(&authorized.posting.entries)
+                        } else {
+                            Vec::new()
+                        },
                     },
                     seq,
                 );
@@ -679,6 +950,23 @@ impl LiveState {
                 self.close(&expired.id, seq, TransactionState::Expired, None)?;
             }
             Decision::Grant(granted) => {
+                let lot = granted
+                    .posting
+                    .entries
+                    .first()
+                    .map_or(LEGACY_LOT, |entry| entry.lot);
+                if lot != LEGACY_LOT {
+                    self.lot_info.insert(
+                        lot,
+                        LotInfo {
+                            tenant: granted.tenant.clone(),
+                            balance: granted.balance.clone(),
+                            grant_id: granted.grant_id.clone(),
+                            terms: granted.terms.clone(),
+                            granted_at_ms: batch.at_ms,
+                        },
+                    );
+                }
                 self.set_posting(&granted.tenant, &granted.posting)?;
                 self.note_id(ID_GRANT, &granted.grant_id);
                 self.grants.insert(
@@ -689,6 +977,8 @@ impl LiveState {
                             tenant: granted.tenant.clone(),
                             balance: granted.balance.clone(),
                             amount: granted.amount,
+                            lot,
+                            terms: granted.terms.clone(),
                         },
                     ),
                 );
@@ -713,6 +1003,7 @@ impl LiveState {
                 self.active_policy = Some(policy(activation.policy)?);
             }
             Decision::Import(imported) => self.apply_import(batch, imported)?,
+            Decision::CloseLot(closed) => self.set_posting(&closed.tenant, &closed.posting)?,
         }
         self.last_seq = self.last_seq.max(seq);
         Ok(())
@@ -744,6 +1035,7 @@ impl LiveState {
                     authorization: transaction.authorization.clone(),
                     receipt: transaction.receipt.clone(),
                     held: transaction.held.clone(),
+                    drawn: Vec::new(),
                 },
                 seq,
             );
@@ -767,6 +1059,8 @@ impl LiveState {
                         tenant: grant.tenant.clone(),
                         balance: grant.balance.clone(),
                         amount: grant.amount,
+                        lot: LEGACY_LOT,
+                        terms: LotTerms::default(),
                     },
                 ),
             );
@@ -790,6 +1084,9 @@ pub struct SnapshotTail {
     pub active_policy: Option<Digest>,
     pub next_entry_id: u64,
     pub last_seq: u64,
+    /// `(tenant, balance, lot)`. Added in format 3, with `lot_info`.
+    pub lots: Vec<(String, String, Lot)>,
+    pub lot_info: Vec<(LotId, LotInfo)>,
 }
 
 /// A slice of tenants with their accounts, as a snapshot stores them.
@@ -816,6 +1113,20 @@ impl LiveState {
             active_policy: self.active_policy,
             next_entry_id: self.next_entry_id,
             last_seq: self.last_seq,
+            lots: self
+                .lots
+                .iter()
+                .flat_map(|(tenant, lots)| {
+                    lots.iter().map(move |(balance, lot)| {
+                        (tenant.to_string(), balance.to_string(), lot.clone())
+                    })
+                })
+                .collect(),
+            lot_info: self
+                .lot_info
+                .iter()
+                .map(|(lot, info)| (*lot, info.clone()))
+                .collect(),
         }
     }
 
@@ -845,6 +1156,10 @@ impl LiveState {
         self.active_policy = tail.active_policy;
         self.next_entry_id = tail.next_entry_id;
         self.last_seq = tail.last_seq;
+        self.lot_info.extend(tail.lot_info);
+        for (tenant, balance, lot) in tail.lots {
+            self.set_lot(&tenant, &balance, lot);
+        }
     }
 }
 
@@ -864,7 +1179,7 @@ pub fn encode_tail(tail: &SnapshotTail) -> Vec<u8> {
 }
 
 pub fn decode_tail(bytes: &[u8]) -> Result<SnapshotTail, super::codec::CodecError> {
-    let tail: SnapshotTail = super::codec::decode_value(SNAPSHOT_TAIL, bytes)?;
+    let tail = super::codec::decode_tail(bytes)?;
     for filter in [&tail.ids, &tail.marks].into_iter().flatten() {
         filter_shape_sound(filter).map_err(super::codec::CodecError::Damaged)?;
     }

@@ -25,7 +25,15 @@ pub enum Command {
     Grant(GrantRequest, Reply<TenantBalances>),
     /// A tenant's credits as of every decision queued before.
     Balances(String, Reply<TenantBalances>),
-    /// Release every lapsed hold now; answers how many.
+    /// A tenant's credits with their lots, as of every decision queued before.
+    Lots(String, Reply<TenantBalances>),
+    /// Void a tenant's grant: its lot's unspent credits leave.
+    Void {
+        tenant: String,
+        grant_id: String,
+        reply: Reply<TenantBalances>,
+    },
+    /// Release every lapsed hold and expire every lot due now; answers how many holds.
     ExpireDue(Reply<usize>),
     /// Make a compiled, checked policy the active one, between two decisions.
     Activate {
@@ -77,7 +85,10 @@ impl Command {
         match self {
             Command::Authorize(_, reply) | Command::Quote(_, reply) => drop(reply.send(Err(error))),
             Command::Settle(_, reply) => drop(reply.send(Err(error))),
-            Command::Grant(_, reply) | Command::Balances(_, reply) => drop(reply.send(Err(error))),
+            Command::Grant(_, reply)
+            | Command::Balances(_, reply)
+            | Command::Lots(_, reply)
+            | Command::Void { reply, .. } => drop(reply.send(Err(error))),
             Command::ExpireDue(reply) => drop(reply.send(Err(error))),
             Command::Activate { reply, .. } => drop(reply.send(Err(error))),
             Command::SetShadow { reply, .. } => drop(reply.send(Err(error))),

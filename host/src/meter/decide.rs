@@ -12,18 +12,21 @@ use std::collections::HashMap;
 use super::failure::{Exposure, FailureCounts, FailurePolicy};
 use super::registry::Registry;
 use crate::error::MeterError;
+use crate::ledger::draw::{DrawnPosting, LotDraw, draw};
+use crate::ledger::lots::{Closure, LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{
-    Activation, AuthorizationRecord, Authorized, Batch, Decision, EntryRecord, Expired, Granted,
-    MarkRecord, PolicyRecord, PostingRecord, ReceiptRecord, RequestRecord, Settled,
-    TransactionState,
+    Activation, AuthorizationRecord, Authorized, Batch, Decision, Expired, Granted, MarkRecord,
+    PolicyRecord, PostingRecord, ReceiptRecord, RequestRecord, Settled, TransactionState,
 };
+use crate::ledger::record::{DEFAULT_CATEGORY, LotClosed, LotTerms};
+use crate::ledger::state::GrantRecord;
 use crate::ledger::state::{LiveState, TransactionRecord};
 use crate::ledger::{
-    self, AccountState, Accounts, Entry, EntryKind, post_authorize, post_expiry, post_settle,
+    AccountState, Accounts, Entry, EntryKind, post_authorize, post_expiry, post_settle,
 };
 use crate::model::{
-    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, PolicyRef, Receipt,
-    SettleRequest, TenantBalances,
+    Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, GrantTerms, LotView,
+    PolicyRef, Receipt, SettleRequest, TenantBalances,
 };
 use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
 use crate::store::ColdStore;
@@ -74,8 +77,14 @@ impl BatchBuilder {
         })
     }
 
-    /// Records a decision: applies it to the state, then keeps it for the log.
+    /// Records a decision: checks its lots against the state (L1, L2 of
+    /// `docs/credits.md`), applies it, then keeps it for the log.
     fn record(&mut self, state: &mut LiveState, decision: Decision) -> Result<(), MeterError> {
+        if let Some((tenant, posting)) = decision.posting() {
+            state.check_posting(tenant, posting).map_err(|why| {
+                MeterError::StoreCorrupt(format!("a decision breaks a lot invariant: {why}"))
+            })?;
+        }
         state.apply(&self.batch, &decision)?;
         self.batch.decisions.push(decision);
         Ok(())
@@ -133,6 +142,7 @@ pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
 
 pub fn tenant_balances(tenant: &str, accounts: &Accounts, balances: &[String]) -> TenantBalances {
     TenantBalances {
+        lots: None,
         tenant: tenant.to_owned(),
         balances: available_amounts(accounts, balances),
         held: balances
@@ -147,15 +157,26 @@ pub fn tenant_balances(tenant: &str, accounts: &Accounts, balances: &[String]) -
     }
 }
 
-fn entry_records(entries: &[Entry]) -> Vec<EntryRecord> {
-    entries
-        .iter()
-        .map(|entry| EntryRecord {
-            balance: entry.balance.clone(),
-            kind: entry.kind,
-            amount: entry.amount,
-        })
-        .collect()
+/// A grant's terms as the record keeps them.
+pub fn lot_terms(terms: &GrantTerms) -> LotTerms {
+    LotTerms {
+        expires_at_ms: terms.expires_at_ms,
+        priority: terms.priority,
+        category: terms
+            .category
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CATEGORY.to_owned()),
+        metadata: pairs(&terms.metadata),
+    }
+}
+
+/// The record of a posting drawn on lots.
+fn posting_record(drawn: DrawnPosting) -> PostingRecord {
+    PostingRecord {
+        entries: drawn.entries,
+        accounts: accounts_after(&drawn.accounts),
+        lots: drawn.lots,
+    }
 }
 
 /// The accounts a decision leaves, for the record: `balances` plus any it touched.
@@ -301,6 +322,10 @@ impl Decider<'_> {
         }
         let active = self.registry.active();
         let info = self.policy(&active)?;
+        let admitting = pricing == Pricing::Admit;
+        if admitting {
+            self.expire_lots_of(&request.tenant)?;
+        }
         let accounts = self.accounts(&request.tenant, &info.balances)?;
         let policy_request = sdk::Request {
             transaction_id: id.clone(),
@@ -311,7 +336,6 @@ impl Decider<'_> {
             body: request.body.clone(),
         };
         let balances = available(&accounts, &info.balances);
-        let admitting = pricing == Pricing::Admit;
         let decision = match self
             .registry
             .authorize(&active, &policy_request, &balances, admitting)
@@ -354,8 +378,8 @@ impl Decider<'_> {
             failed_open: None,
         };
         let unchanged = || PostingRecord {
-            entries: Vec::new(),
             accounts: accounts_after(&accounts),
+            ..PostingRecord::default()
         };
         let (authorization, request_record, expires_at_ms, posting, marks) = match decision {
             AuthorizeDecision::Reject {
@@ -393,6 +417,13 @@ impl Decider<'_> {
                     )
                 }
                 Ok(posting) => {
+                    let posting = draw(
+                        self.state,
+                        &request.tenant,
+                        &accounts,
+                        &posting.entries,
+                        &[],
+                    )?;
                     let expires_at_ms = (!hold.is_empty())
                         .then(|| self.builder.batch.at_ms.saturating_add(info.hold_ttl_ms));
                     let authorization = Authorization {
@@ -413,10 +444,7 @@ impl Decider<'_> {
                         authorization,
                         Some(request_record(request)),
                         expires_at_ms,
-                        PostingRecord {
-                            entries: entry_records(&posting.entries),
-                            accounts: accounts_after(&posting.accounts),
-                        },
+                        posting_record(posting),
                         mark_records(&marks),
                     )
                 }
@@ -470,7 +498,7 @@ impl Decider<'_> {
         &mut self,
         checked: &CheckedAuthorize,
         info: &PolicyInfo,
-        mut accounts: Accounts,
+        accounts: Accounts,
         exposure: Exposure,
         failure: &MeterError,
     ) -> Result<Authorization, MeterError> {
@@ -485,7 +513,8 @@ impl Decider<'_> {
             amount: exposure.credits,
         }];
         // Cannot fail: the window's room was checked against a cap that is an i64.
-        ledger::apply(&mut accounts, &entries).map_err(MeterError::StoreCorrupt)?;
+        let posting = draw(self.state, &request.tenant, &accounts, &entries, &[])?;
+        let accounts = posting.accounts.clone();
         let authorization = Authorization {
             transaction_id: id.clone(),
             admitted: true,
@@ -515,10 +544,7 @@ impl Decider<'_> {
                 request: Some(request_record(request)),
                 answer: AuthorizationRecord::of(&authorization),
                 expires_at_ms: None,
-                posting: PostingRecord {
-                    entries: entry_records(&entries),
-                    accounts: accounts_after(&accounts),
-                },
+                posting: posting_record(posting),
                 marks: Vec::new(),
             }),
         )?;
@@ -568,6 +594,7 @@ impl Decider<'_> {
             return Err(MeterError::HoldExpired(id.clone()));
         }
         let info = self.policy(&digest)?;
+        self.expire_lots_of(&tenant)?;
         let accounts = self.accounts(&tenant, &info.balances)?;
         let record = self.state.transaction(id).ok_or_else(|| {
             MeterError::StoreUnavailable(format!("transaction '{id}' left memory mid-decision"))
@@ -586,6 +613,7 @@ impl Decider<'_> {
             charged: to_policy_amounts(&record.authorization.charged),
         };
         let held = crate::ledger::record::amounts(&record.held);
+        let drawn = record.drawn_lots();
         let failed_open = record.authorization.failed_open();
         let outcome = sdk::Outcome {
             status: request.status,
@@ -615,9 +643,10 @@ impl Decider<'_> {
             )?
         };
         let posting = post_settle(&accounts, &held, &charge);
+        let lotted = draw(self.state, &tenant, &accounts, &posting.entries, &drawn)?;
         let receipt = Receipt {
             transaction_id: id.clone(),
-            balances: available_amounts(&posting.accounts, &info.balances),
+            balances: available_amounts(&lotted.accounts, &info.balances),
             charged: posting.charged,
             released: posting.released,
             uncollected: posting.uncollected,
@@ -635,10 +664,7 @@ impl Decider<'_> {
                 policy,
                 status: request.status,
                 answer: ReceiptRecord::of(&receipt),
-                posting: PostingRecord {
-                    entries: entry_records(&posting.entries),
-                    accounts: accounts_after(&posting.accounts),
-                },
+                posting: posting_record(lotted),
                 marks: mark_records(&marks),
             }),
         )?;
@@ -648,21 +674,20 @@ impl Decider<'_> {
     pub fn grant(&mut self, grant: &GrantRequest) -> Result<TenantBalances, MeterError> {
         let active = self.registry.active();
         let info = self.policy(&active)?;
+        let terms = lot_terms(&grant.terms);
         // A retry is answered first, whatever the active policy is now.
-        let existing = match self.state.grant(&grant.grant_id) {
-            Some(existing) => Some(existing.clone()),
-            None if self.state.may_know_grant(&grant.grant_id) => {
-                self.store.grant(&grant.grant_id)?
-            }
-            None => None,
-        };
-        if let Some(existing) = existing {
+        if let Some(existing) = self.find_grant(&grant.grant_id)? {
             if (
                 existing.tenant.as_str(),
                 existing.balance.as_str(),
                 existing.amount,
-            ) != (grant.tenant.as_str(), grant.balance.as_str(), grant.amount)
-            {
+                &existing.terms,
+            ) != (
+                grant.tenant.as_str(),
+                grant.balance.as_str(),
+                grant.amount,
+                &terms,
+            ) {
                 return Err(MeterError::GrantConflict(grant.grant_id.clone()));
             }
             let accounts = self.accounts(&grant.tenant, &info.balances)?;
@@ -674,20 +699,38 @@ impl Decider<'_> {
                 known: info.balances.join(", "),
             });
         }
-        let mut accounts = self.accounts(&grant.tenant, &info.balances)?;
-        let entries = [Entry {
-            balance: grant.balance.clone(),
-            kind: EntryKind::Grant,
-            amount: grant.amount,
-        }];
-        ledger::apply(&mut accounts, &entries).map_err(|_| {
-            MeterError::InvalidAmount(format!(
+        let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
+        if let Some(expires_at_ms) = terms.expires_at_ms
+            && expires_at_ms <= now_ms
+        {
+            return Err(MeterError::InvalidRequest(format!(
+                "a grant expiring at {expires_at_ms} ms would expire at once: the ledger's clock reads {now_ms}"
+            )));
+        }
+        self.expire_lots_of(&grant.tenant)?;
+        let accounts = self.accounts(&grant.tenant, &info.balances)?;
+        let available = accounts
+            .get(&grant.balance)
+            .map_or(0, |account| account.available);
+        if available.checked_add(grant.amount).is_none() {
+            return Err(MeterError::InvalidAmount(format!(
                 "a grant of {} would take '{}' past the largest balance ({})",
                 grant.amount,
                 grant.balance,
                 i64::MAX
-            ))
-        })?;
+            )));
+        }
+        // The lot's number is its grant entry's id: the next one.
+        let lot = Lot::new(
+            self.state.next_entry_id,
+            grant.amount,
+            terms.priority,
+            terms.expires_at_ms,
+        );
+        let mut draw = LotDraw::new(self.state, &grant.tenant, &accounts);
+        draw.grant(&grant.balance, lot)?;
+        let posting = draw.finish()?;
+        let answer = tenant_balances(&grant.tenant, &posting.accounts, &info.balances);
         let policy = self.builder.policy(&active);
         self.builder.record(
             self.state,
@@ -697,25 +740,155 @@ impl Decider<'_> {
                 balance: grant.balance.clone(),
                 amount: grant.amount,
                 policy,
-                posting: PostingRecord {
-                    entries: entry_records(&entries),
-                    accounts: vec![(
-                        grant.balance.clone(),
-                        accounts.get(&grant.balance).copied().unwrap_or_default(),
-                    )],
-                },
+                posting: posting_record(posting),
+                terms,
             }),
         )?;
-        Ok(tenant_balances(&grant.tenant, &accounts, &info.balances))
+        Ok(answer)
+    }
+
+    /// A grant by id, from memory or the store.
+    fn find_grant(&mut self, grant_id: &str) -> Result<Option<GrantRecord>, MeterError> {
+        Ok(match self.state.grant(grant_id) {
+            Some(existing) => Some(existing.clone()),
+            None if self.state.may_know_grant(grant_id) => self.store.grant(grant_id)?,
+            None => None,
+        })
+    }
+
+    /// Voids a tenant's grant: its lot's unspent remainder leaves through a `void`
+    /// entry; credits already spent stay spent, and credits held leave when their hold
+    /// is released. Voiding a voided or expired grant moves nothing.
+    pub fn void(&mut self, tenant: &str, grant_id: &str) -> Result<TenantBalances, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        let grant = self
+            .find_grant(grant_id)?
+            .filter(|grant| grant.tenant == tenant)
+            .ok_or_else(|| MeterError::UnknownGrant(grant_id.to_owned()))?;
+        if grant.lot == LEGACY_LOT {
+            return Err(MeterError::GrantNotVoidable(grant_id.to_owned()));
+        }
+        self.expire_lots_of(tenant)?;
+        self.accounts(tenant, &info.balances)?;
+        self.close_lot(tenant, &grant.balance, grant.lot, Closure::Voided)?;
+        let accounts = self.accounts(tenant, &info.balances)?;
+        Ok(tenant_balances(tenant, &accounts, &info.balances))
+    }
+
+    /// Closes a lot of a loaded tenant, recording a `CloseLot` decision (unless it is
+    /// closed already): its remainder leaves.
+    fn close_lot(
+        &mut self,
+        tenant: &str,
+        balance: &str,
+        lot: LotId,
+        closure: Closure,
+    ) -> Result<(), MeterError> {
+        let balances = [balance.to_owned()];
+        let accounts = self.accounts(tenant, &balances)?;
+        let already =
+            self.state.tenant_lots(tenant).iter().any(|(owner, known)| {
+                owner == balance && known.id == lot && known.closed.is_some()
+            });
+        if already {
+            return Ok(());
+        }
+        let mut draw = LotDraw::new(self.state, tenant, &accounts);
+        draw.close(balance, lot, closure)?;
+        let mut posting = draw.finish()?;
+        // A lot emptied before it closed moves no credit: record its closing all the same.
+        if posting.lots.is_empty() {
+            let closed = self
+                .state
+                .tenant_lots(tenant)
+                .into_iter()
+                .find(|(owner, known)| owner == balance && known.id == lot)
+                .map(|(owner, known)| {
+                    (
+                        owner,
+                        Lot {
+                            closed: Some(closure),
+                            ..known
+                        },
+                    )
+                })
+                .ok_or_else(|| {
+                    MeterError::StoreCorrupt(format!(
+                        "lot {lot} of {tenant}/{balance} is not loaded"
+                    ))
+                })?;
+            posting.lots.push(closed);
+        }
+        let grant_id = self
+            .state
+            .lot_info(lot)
+            .map(|info| info.grant_id.clone())
+            .ok_or_else(|| MeterError::StoreCorrupt(format!("lot {lot} has no grant")))?;
+        let policy = self.builder.policy(&self.registry.active());
+        self.builder.record(
+            self.state,
+            Decision::CloseLot(LotClosed {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                lot,
+                grant_id,
+                closure,
+                policy,
+                posting: posting_record(posting),
+            }),
+        )
+    }
+
+    /// Expires the tenant's lots that are due, before a decision reads its credits.
+    fn expire_lots_of(&mut self, tenant: &str) -> Result<(), MeterError> {
+        self.accounts(tenant, &[])?;
+        let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
+        let due: Vec<(String, LotId)> = self
+            .state
+            .tenant_lots(tenant)
+            .into_iter()
+            .filter(|(_, lot)| {
+                lot.closed.is_none() && lot.expires_at_ms.is_some_and(|at| at <= now_ms)
+            })
+            .map(|(balance, lot)| (balance, lot.id))
+            .collect();
+        for (balance, lot) in due {
+            self.close_lot(tenant, &balance, lot, Closure::Expired)?;
+        }
+        Ok(())
+    }
+
+    /// Expires lots whose time came, at most `limit`; returns how many.
+    pub fn expire_due_lots(&mut self, limit: usize) -> Result<usize, MeterError> {
+        let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
+        let mut expired = 0;
+        while expired < limit {
+            let Some((tenant, balance, lot)) = self.state.next_due_lot(now_ms) else {
+                break;
+            };
+            self.close_lot(&tenant, &balance, lot, Closure::Expired)?;
+            expired += 1;
+        }
+        if expired > 0 {
+            tracing::info!(count = expired, "expired lots");
+        }
+        Ok(expired)
     }
 
     /// Releases a lapsed hold.
     pub fn expire(&mut self, record: &TransactionRecord) -> Result<(), MeterError> {
         let held = crate::ledger::record::amounts(&record.held);
         let balances: Vec<String> = held.keys().cloned().collect();
-        let mut accounts = self.accounts(&record.tenant, &balances)?;
+        let accounts = self.accounts(&record.tenant, &balances)?;
         let entries = post_expiry(&held);
-        ledger::apply(&mut accounts, &entries).map_err(MeterError::StoreCorrupt)?;
+        let posting = draw(
+            self.state,
+            &record.tenant,
+            &accounts,
+            &entries,
+            &record.drawn_lots(),
+        )?;
         let policy = self
             .builder
             .policy(&PolicyDigest::from_bytes(record.policy));
@@ -725,10 +898,7 @@ impl Decider<'_> {
                 id: record.id.clone(),
                 tenant: record.tenant.clone(),
                 policy,
-                posting: PostingRecord {
-                    entries: entry_records(&entries),
-                    accounts: accounts_after(&accounts),
-                },
+                posting: posting_record(posting),
             }),
         )
     }
@@ -748,6 +918,37 @@ impl Decider<'_> {
             tracing::info!(count = released, "released lapsed holds");
         }
         Ok(released)
+    }
+
+    /// The tenant's credits as of this decision, with their lots.
+    pub fn lots(&mut self, tenant: &str) -> Result<TenantBalances, MeterError> {
+        let mut answer = self.balances(tenant)?;
+        let mut lots = Vec::new();
+        for (balance, lot) in self.state.tenant_lots(tenant) {
+            let info = self.state.lot_info(lot.id).ok_or_else(|| {
+                MeterError::StoreCorrupt(format!("lot {} of '{tenant}' has no grant", lot.id))
+            })?;
+            lots.push(LotView {
+                lot: lot.id,
+                grant_id: info.grant_id.clone(),
+                balance,
+                amount: lot.amount,
+                remaining: lot.remaining,
+                state: match lot.closed {
+                    None => "open",
+                    Some(Closure::Expired) => "expired",
+                    Some(Closure::Voided) => "voided",
+                }
+                .to_owned(),
+                expires_at_ms: lot.expires_at_ms,
+                priority: lot.priority,
+                category: info.terms.category.clone(),
+                metadata: info.terms.metadata.iter().cloned().collect(),
+                granted_at_ms: info.granted_at_ms,
+            });
+        }
+        answer.lots = Some(lots);
+        Ok(answer)
     }
 
     /// The tenant's credits as of this decision.
@@ -931,6 +1132,7 @@ mod tests {
                 tenant: tenant.to_owned(),
                 balance: balance.to_owned(),
                 amount,
+                terms: Default::default(),
             };
             self.batch(|decider| decider.grant(&grant))
         }

@@ -89,6 +89,7 @@ impl DurableMetrics {
             Decision::Settle(settled) => ("settle", Some(&settled.posting)),
             Decision::Expire(expired) => ("expire", Some(&expired.posting)),
             Decision::Grant(granted) => ("grant", Some(&granted.posting)),
+            Decision::CloseLot(closed) => ("close_lot", Some(&closed.posting)),
             Decision::Policy(_) => ("policy", None),
             Decision::Activate(_) => ("activate", None),
             Decision::Import(_) => ("import", None),

@@ -12,6 +12,7 @@
 //!     tenant: "acme".into(),
 //!     balance: "default".into(),
 //!     amount: 10,
+//!     terms: Default::default(),
 //! })?;
 //! let answer = meter.authorize(AuthorizeRequest {
 //!     tenant: "acme".into(),
@@ -501,6 +502,50 @@ impl Meter {
             self.call_async(|reply| Command::Grant(grant, reply)).await
         })
         .await
+    }
+
+    /// Voids a tenant's grant: the unspent credits of its lot leave through a `void`
+    /// entry; spent credits stay spent. Voiding it again moves nothing.
+    pub fn void(&self, tenant: &str, grant_id: &str) -> Result<TenantBalances, MeterError> {
+        metrics::call("void", || {
+            validate::identifier("tenant", tenant)?;
+            validate::identifier("grant_id", grant_id)?;
+            self.call(|reply| Command::Void {
+                tenant: tenant.to_owned(),
+                grant_id: grant_id.to_owned(),
+                reply,
+            })
+        })
+    }
+
+    pub async fn void_async(
+        &self,
+        tenant: &str,
+        grant_id: &str,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call_async("void", async {
+            validate::identifier("tenant", tenant)?;
+            validate::identifier("grant_id", grant_id)?;
+            self.call_async(|reply| Command::Void {
+                tenant: tenant.to_owned(),
+                grant_id: grant_id.to_owned(),
+                reply,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// A tenant's credits with the lots they come from.
+    pub fn lots(&self, tenant: &str) -> Result<TenantBalances, MeterError> {
+        validate::identifier("tenant", tenant)?;
+        self.call(|reply| Command::Lots(tenant.to_owned(), reply))
+    }
+
+    pub async fn lots_async(&self, tenant: &str) -> Result<TenantBalances, MeterError> {
+        validate::identifier("tenant", tenant)?;
+        self.call_async(|reply| Command::Lots(tenant.to_owned(), reply))
+            .await
     }
 
     /// Releases every hold whose TTL has passed, and unloads the policy versions no open

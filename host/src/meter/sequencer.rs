@@ -291,8 +291,11 @@ impl Sequencer {
                     decider.save_policy(info, component.as_deref())?;
                     decider.record_activation(&info.digest, "start")?;
                 }
-                // Lapsed holds go back to their balances before any policy looks.
-                decider.expire_due(self.config.expiry_batch_max)
+                // Lapsed holds go back to their balances, and lots past their expiry
+                // leave, before any policy looks.
+                let released = decider.expire_due(self.config.expiry_batch_max)?;
+                decider.expire_due_lots(self.config.expiry_batch_max)?;
+                Ok(released)
             };
             match prepare() {
                 Ok(count) => released = count,
@@ -442,6 +445,11 @@ fn execute(
         Command::Grant(grant, _) => {
             tracing::info_span!("decide", tenant = %grant.tenant, grant = %grant.grant_id)
         }
+        Command::Void {
+            tenant, grant_id, ..
+        } => {
+            tracing::info_span!("decide", tenant = %tenant, grant = %grant_id)
+        }
         _ => tracing::Span::none(),
     };
     let _decision = span.enter();
@@ -485,11 +493,20 @@ fn execute(
         Command::Settle(request, reply) => answer!(reply, decider.settle(&request)),
         Command::Grant(grant, reply) => answer!(reply, decider.grant(&grant)),
         Command::Balances(tenant, reply) => answer!(reply, decider.balances(&tenant)),
+        Command::Lots(tenant, reply) => answer!(reply, decider.lots(&tenant)),
+        Command::Void {
+            tenant,
+            grant_id,
+            reply,
+        } => answer!(reply, decider.void(&tenant, &grant_id)),
         Command::ExpireDue(reply) => {
-            let result = decider.expire_due(usize::MAX).map(|count| {
-                *released += count;
-                *released
-            });
+            let result = decider
+                .expire_due(usize::MAX)
+                .and_then(|count| decider.expire_due_lots(usize::MAX).map(|_| count))
+                .map(|count| {
+                    *released += count;
+                    *released
+                });
             if result.is_ok() {
                 let needed = match decider.store.open_policies() {
                     Ok(Some(needed)) => Some(needed),
@@ -570,8 +587,14 @@ fn claims(batch: &[Command]) -> BatchClaims {
                 claims.tenants.insert(grant.tenant.clone());
                 claims.grant_ids.insert(grant.grant_id.clone());
             }
-            Command::Balances(tenant, _) => {
+            Command::Balances(tenant, _) | Command::Lots(tenant, _) => {
                 claims.tenants.insert(tenant.clone());
+            }
+            Command::Void {
+                tenant, grant_id, ..
+            } => {
+                claims.tenants.insert(tenant.clone());
+                claims.grant_ids.insert(grant_id.clone());
             }
             Command::Activate { .. } => claims.activation = true,
             Command::ExpireDue(_) => claims.sweep = true,

@@ -97,6 +97,16 @@ pub fn settle(request: &SettleRequest) -> Result<(), MeterError> {
     body(request.body.as_ref())
 }
 
+/// Bytes of a grant's category, at most.
+pub const GRANT_CATEGORY_BYTES_MAX: usize = 64;
+/// Metadata pairs of a grant, at most.
+pub const GRANT_METADATA_PAIRS_MAX: usize = 16;
+/// Bytes of a grant's metadata key, at most.
+pub const GRANT_METADATA_KEY_BYTES_MAX: usize = 64;
+/// Bytes of a grant's metadata value, at most.
+pub const GRANT_METADATA_VALUE_BYTES_MAX: usize = 256;
+
+/// Checks a grant. Its expiry is checked against the clock when it is decided.
 pub fn grant(grant: &GrantRequest) -> Result<(), MeterError> {
     identifier("grant_id", &grant.grant_id)?;
     identifier("tenant", &grant.tenant)?;
@@ -105,6 +115,32 @@ pub fn grant(grant: &GrantRequest) -> Result<(), MeterError> {
             "a grant must be a positive whole number of credits, not {}",
             grant.amount
         )));
+    }
+    let terms = &grant.terms;
+    if let Some(category) = &terms.category
+        && (category.is_empty() || category.len() > GRANT_CATEGORY_BYTES_MAX)
+    {
+        return Err(MeterError::InvalidRequest(format!(
+            "a grant's category has 1 to {GRANT_CATEGORY_BYTES_MAX} bytes, not {}",
+            category.len()
+        )));
+    }
+    if terms.metadata.len() > GRANT_METADATA_PAIRS_MAX {
+        return Err(MeterError::InvalidRequest(format!(
+            "a grant has at most {GRANT_METADATA_PAIRS_MAX} metadata pairs, not {}",
+            terms.metadata.len()
+        )));
+    }
+    for (key, value) in &terms.metadata {
+        if key.is_empty()
+            || key.len() > GRANT_METADATA_KEY_BYTES_MAX
+            || value.len() > GRANT_METADATA_VALUE_BYTES_MAX
+        {
+            return Err(MeterError::InvalidRequest(format!(
+                "grant metadata keys have 1 to {GRANT_METADATA_KEY_BYTES_MAX} bytes and values at most {GRANT_METADATA_VALUE_BYTES_MAX}; '{}' does not fit",
+                key.chars().take(80).collect::<String>()
+            )));
+        }
     }
     Ok(())
 }

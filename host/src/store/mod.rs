@@ -18,7 +18,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::error::MeterError;
-use crate::ledger::record::Batch;
+use crate::ledger::lots::{LEGACY_LOT, LotId};
+use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::ledger::{AccountState, EntryKind};
 use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
@@ -200,6 +201,26 @@ pub struct AuditPoint {
     /// Entries with a lower id are the journal at this point.
     pub next_entry_id: u64,
     pub seq: u64,
+}
+
+/// A grant's terms as the stores' `grants` tables keep them: JSON, empty for a grant
+/// made before lots (the legacy lot, default terms).
+pub fn terms_json(lot: LotId, terms: &LotTerms) -> String {
+    if lot == LEGACY_LOT {
+        String::new()
+    } else {
+        serde_json::to_string(terms).unwrap_or_default()
+    }
+}
+
+/// A grant read from a `grants` table, with its terms' JSON.
+pub fn with_terms(mut grant: GrantRecord, terms_json: &str) -> StoreResult<GrantRecord> {
+    if !terms_json.is_empty() {
+        grant.terms = serde_json::from_str(terms_json).map_err(|error| {
+            MeterError::StoreCorrupt(format!("the terms of a stored grant do not read: {error}"))
+        })?;
+    }
+    Ok(grant)
 }
 
 /// The read side: thread-safe, answers for acknowledged decisions.

@@ -150,6 +150,7 @@ async fn every_documented_route_answers_a_documented_status_and_only_admin_route
         admin,
         [
             "POST /v1/tenants/{tenant}/grants",
+            "POST /v1/tenants/{tenant}/grants/{grant_id}/void",
             "GET /v1/audit",
             "PUT /v1/policy",
             "POST /v1/policy/rollback",

@@ -151,6 +151,7 @@ impl Gateway {
                         tenant: tenant.to_owned(),
                         balance: balance.to_owned(),
                         amount,
+                        terms: Default::default(),
                     })
                     .unwrap();
             }

@@ -54,6 +54,13 @@ const MIGRATIONS: &[Migration] = &[
          CREATE INDEX transactions_open_by_policy ON transactions (policy_digest) \
          WHERE state = 'open' AND policy_digest IS NOT NULL",
     ),
+    // Lots (record format 3, `docs/credits.md`): a grant's lot and terms (empty for a
+    // grant made before lots), the lot each journal entry moved, and every lot's state.
+    // Lot numbers come in blocks, one per batch (`lot_blocks`), so replicas never
+    // share one.
+    Migration::Sql(
+        "ALTER TABLE grants ADD COLUMN lot BIGINT NOT NULL DEFAULT 0,          ADD COLUMN terms_json TEXT NOT NULL DEFAULT '';          ALTER TABLE journal ADD COLUMN lot BIGINT;          CREATE TABLE lots (              tenant        TEXT NOT NULL,              balance       TEXT NOT NULL,              lot           BIGINT NOT NULL,              amount        BIGINT NOT NULL CHECK (amount > 0),              remaining     BIGINT NOT NULL CHECK (remaining >= 0 AND remaining <= amount),              expires_at_ms BIGINT,              priority      INTEGER NOT NULL,              closed        TEXT,              grant_id      TEXT NOT NULL,              terms_json    TEXT NOT NULL,              granted_at_ms BIGINT NOT NULL,              PRIMARY KEY (tenant, lot)          );          CREATE INDEX lots_open_by_expiry ON lots (expires_at_ms)              WHERE closed IS NULL AND expires_at_ms IS NOT NULL;          CREATE SEQUENCE lot_blocks",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.
@@ -306,6 +313,7 @@ fn records_from_json(transaction: &mut postgres::Transaction<'_>) -> StoreResult
             authorization: imported.authorization,
             receipt: imported.receipt,
             held: imported.held,
+            drawn: Vec::new(),
         };
         transaction.execute(&update, &[&record.id, &encode_record(&record)])?;
     }
@@ -320,7 +328,7 @@ fn encode_record(record: &TransactionRecord) -> Vec<u8> {
 }
 
 fn decode_record(bytes: &[u8]) -> StoreResult<TransactionRecord> {
-    Ok(codec::decode_value(RECORD_MAGIC, bytes)?)
+    Ok(codec::decode_transaction(RECORD_MAGIC, bytes)?)
 }
 
 /// The advisory lock that stands for one tenant, transaction id or grant id: the first

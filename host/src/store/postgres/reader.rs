@@ -53,12 +53,13 @@ fn journal_from_row(row: &Row) -> StoreResult<JournalEntry> {
         amount: row.try_get(5)?,
         policy_digest: row.try_get(6)?,
         at_ms: to_u64(row.try_get(7)?),
+        lot: row.try_get::<_, Option<i64>>(8)?.map(to_u64),
     })
 }
 
 macro_rules! journal_columns {
     () => {
-        "id, transaction_id, tenant, balance, kind, amount, policy_digest, at_ms"
+        "id, transaction_id, tenant, balance, kind, amount, policy_digest, at_ms, lot"
     };
 }
 
@@ -69,6 +70,7 @@ fn limit(limit: usize) -> i64 {
 impl LedgerReader for PostgresReader {
     fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<Option<TenantBalances>> {
         let mut answer = TenantBalances {
+            lots: None,
             tenant: tenant.to_owned(),
             balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
             held: balances.iter().map(|name| (name.clone(), 0)).collect(),

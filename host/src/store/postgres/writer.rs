@@ -11,14 +11,17 @@ use postgres::{Client, Config, Row, Statement};
 
 use super::{
     ACTIVATION_LOCK, connect, encode_record, lock_key, policy_from_row, tenant_lock, to_i64,
-    transaction_from_row,
+    to_u64, transaction_from_row,
 };
 use crate::error::MeterError;
 use crate::ledger::AccountState;
-use crate::ledger::record::{Batch, Decision};
-use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
+use crate::ledger::lots::{Closure, LEGACY_LOT, Lot, LotId};
+use crate::ledger::record::{Batch, Decision, LotTerms};
+use crate::ledger::state::{GrantRecord, LiveState, LotInfo, TransactionRecord};
 use crate::policy::PolicyDigest;
-use crate::store::{BatchClaims, ColdStore, Durability, Store, StoreResult, StoredPolicy};
+use crate::store::{
+    BatchClaims, ColdStore, Durability, Store, StoreResult, StoredPolicy, terms_json, with_terms,
+};
 
 // Reads under the batch's locks.
 const LOCK_IN_ORDER: &str = "SELECT pg_advisory_xact_lock(key) FROM unnest($1::int8[]) AS key";
@@ -30,11 +33,22 @@ const ACCOUNTS_OF: &str =
     "SELECT tenant, balance, available, held FROM accounts WHERE tenant = ANY($1)";
 const DUE_OF: &str = "SELECT id, record FROM transactions WHERE tenant = ANY($1) \
      AND state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2";
-const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM (SELECT tenant FROM transactions \
+const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM transactions \
      WHERE state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
-     ORDER BY expires_at_ms LIMIT $2) AS due";
-const GRANTS_BY_ID: &str =
-    "SELECT grant_id, tenant, balance, amount FROM grants WHERE grant_id = ANY($1)";
+     ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM lots \
+     WHERE closed IS NULL AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
+     ORDER BY expires_at_ms LIMIT $2)) AS due";
+const GRANTS_BY_ID: &str = "SELECT grant_id, tenant, balance, amount, lot, terms_json \
+     FROM grants WHERE grant_id = ANY($1)";
+/// Every lot of the tenants, closed ones included: a hold still open may give credits
+/// back to a lot that closed, which then leave through it.
+const LOTS_OF: &str = "SELECT tenant, balance, lot, amount, remaining, expires_at_ms, \
+     priority, closed, grant_id, terms_json, granted_at_ms FROM lots WHERE tenant = ANY($1)";
+/// A block of lot numbers for a batch that may grant: `nextval << LOT_BLOCK_BITS`.
+const NEXT_LOT_BLOCK: &str = "SELECT nextval('lot_blocks')";
+/// Lot numbers a batch may use from its block, as bits: far more journal entries than
+/// a batch ever writes.
+const LOT_BLOCK_BITS: u32 = 24;
 const MARKED: &str = "SELECT key FROM marks WHERE tenant = $1 AND scope = $2 AND key = ANY($3)";
 const POLICY_BY_DIGEST: &str = "SELECT digest, name, version, balances_json, hold_ttl_ms, \
      component FROM policies WHERE digest = $1";
@@ -51,15 +65,22 @@ const CLOSE_TRANSACTIONS: &str = "UPDATE transactions AS t SET state = u.state, 
      FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u (id, state, record) \
      WHERE t.id = u.id AND t.state = 'open'";
 const APPEND_JOURNAL: &str = "INSERT INTO journal (transaction_id, tenant, balance, kind, amount, \
-     policy_digest, at_ms) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-     $5::int8[], $6::text[], $7::int8[])";
+     policy_digest, at_ms, lot) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+     $4::text[], $5::int8[], $6::text[], $7::int8[], $8::int8[])";
 const UPSERT_ACCOUNTS: &str = "INSERT INTO accounts (tenant, balance, available, held) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) \
      ON CONFLICT (tenant, balance) DO UPDATE SET available = excluded.available, held = excluded.held";
 const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_id) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
-const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])";
+const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms, \
+     lot, terms_json) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], \
+     $5::int8[], $6::int8[], $7::text[])";
+const UPSERT_LOTS: &str = "INSERT INTO lots (tenant, balance, lot, amount, remaining, \
+     expires_at_ms, priority, closed, grant_id, terms_json, granted_at_ms) SELECT * FROM \
+     unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
+     $7::int4[], $8::text[], $9::text[], $10::text[], $11::int8[]) \
+     ON CONFLICT (tenant, lot) DO UPDATE SET remaining = excluded.remaining, \
+     closed = excluded.closed";
 const SAVE_POLICY: &str = "INSERT INTO policies (digest, name, version, balances_json, \
      hold_ttl_ms, component, activated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (digest) DO UPDATE SET activated_at_ms = excluded.activated_at_ms";
@@ -187,10 +208,11 @@ impl PostgresStore {
             return Ok(());
         }
         let now_ms = to_i64(*self.now_ms.borrow());
-        let (accounts, due) = self.with(|connection| {
+        let (accounts, due, lots) = self.with(|connection| {
             let accounts = connection.query(ACCOUNTS_OF, &[&tenants])?;
             let due = connection.query(DUE_OF, &[&tenants, &now_ms])?;
-            Ok((accounts, due))
+            let lots = connection.query(LOTS_OF, &[&tenants])?;
+            Ok((accounts, due, lots))
         })?;
         for tenant in tenants {
             state.touch_tenant(tenant)?;
@@ -210,6 +232,17 @@ impl PostgresStore {
                 state.load_transaction(transaction_from_row(row, 1)?, 0);
             }
         }
+        let mut by_tenant: BTreeMap<String, Vec<(String, Lot, LotInfo)>> = BTreeMap::new();
+        for row in &lots {
+            let (tenant, balance, lot, info) = lot_from_row(row)?;
+            by_tenant
+                .entry(tenant)
+                .or_default()
+                .push((balance, lot, info));
+        }
+        for (tenant, lots) in by_tenant {
+            state.load_lots(&tenant, lots);
+        }
         Ok(())
     }
 
@@ -227,10 +260,11 @@ impl PostgresStore {
         let at_ms = to_i64(batch.at_ms);
         let mut authorized: BTreeSet<&str> = BTreeSet::new();
         let mut touched: BTreeSet<&str> = BTreeSet::new();
-        let mut journal: Vec<(&str, &str, &str, &'static str, i64, String)> = Vec::new();
+        let mut journal: Vec<JournalRow> = Vec::new();
+        let mut lots: BTreeMap<(&str, LotId), &str> = BTreeMap::new();
         let mut accounts: BTreeMap<(&str, &str), AccountState> = BTreeMap::new();
         let mut marks: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
-        let mut grants: Vec<(&str, &str, &str, i64)> = Vec::new();
+        let mut grants: Vec<(&str, &str, &str, i64, i64, String)> = Vec::new();
         let mut policies = Vec::new();
         let mut activations = Vec::new();
         for decision in &batch.decisions {
@@ -263,14 +297,22 @@ impl PostgresStore {
                     (&expired.id, &expired.tenant, expired.policy)
                 }
                 Decision::Grant(granted) => {
+                    let lot = granted
+                        .posting
+                        .entries
+                        .first()
+                        .map_or(LEGACY_LOT, |entry| entry.lot);
                     grants.push((
                         &granted.grant_id,
                         &granted.tenant,
                         &granted.balance,
                         granted.amount,
+                        to_i64(lot),
+                        terms_json(lot, &granted.terms),
                     ));
                     (&granted.grant_id, &granted.tenant, granted.policy)
                 }
+                Decision::CloseLot(closed) => (&closed.grant_id, &closed.tenant, closed.policy),
                 Decision::Policy(saved) => {
                     policies.push((digest(saved.policy)?, saved));
                     continue;
@@ -294,17 +336,15 @@ impl PostgresStore {
                     entry.kind.as_str(),
                     entry.amount,
                     policy.clone(),
+                    (entry.lot != LEGACY_LOT).then(|| to_i64(entry.lot)),
                 ));
             }
-            if let Some(posting) = match decision {
-                Decision::Authorize(decision) => Some(&decision.posting),
-                Decision::Settle(decision) => Some(&decision.posting),
-                Decision::Expire(decision) => Some(&decision.posting),
-                Decision::Grant(decision) => Some(&decision.posting),
-                _ => None,
-            } {
+            if let Some((_, posting)) = decision.posting() {
                 for (balance, account) in &posting.accounts {
                     accounts.insert((tenant, balance), *account);
+                }
+                for (balance, lot) in &posting.lots {
+                    lots.insert((tenant, lot.id), balance);
                 }
             }
         }
@@ -368,6 +408,7 @@ impl PostgresStore {
                         &journal.iter().map(|row| row.4).collect::<Vec<_>>(),
                         &journal.iter().map(|row| row.5.as_str()).collect::<Vec<_>>(),
                         &vec![at_ms; journal.len()],
+                        &journal.iter().map(|row| row.6).collect::<Vec<_>>(),
                     ],
                 )?;
             }
@@ -402,6 +443,19 @@ impl PostgresStore {
                         &grants.iter().map(|grant| grant.2).collect::<Vec<_>>(),
                         &grants.iter().map(|grant| grant.3).collect::<Vec<_>>(),
                         &vec![at_ms; grants.len()],
+                        &grants.iter().map(|grant| grant.4).collect::<Vec<_>>(),
+                        &grants.iter().map(|grant| grant.5.as_str()).collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if !lots.is_empty() {
+                let rows = LotColumns::of(&lots, state)?;
+                connection.execute(
+                    UPSERT_LOTS,
+                    &[
+                        &rows.tenant, &rows.balance, &rows.lot, &rows.amount, &rows.remaining,
+                        &rows.expires_at_ms, &rows.priority, &rows.closed, &rows.grant_id,
+                        &rows.terms_json, &rows.granted_at_ms,
                     ],
                 )?;
             }
@@ -409,6 +463,17 @@ impl PostgresStore {
         })
     }
 }
+
+/// A journal row: transaction id, tenant, balance, kind, amount, policy digest, lot.
+type JournalRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'static str,
+    i64,
+    String,
+    Option<i64>,
+);
 
 /// The keys, sorted and without repeats: every process takes locks in this order.
 fn sorted(keys: impl IntoIterator<Item = i64>) -> Vec<i64> {
@@ -526,14 +591,108 @@ impl ColdStore for PostgresStore {
 }
 
 fn grant_from_row(row: &Row) -> StoreResult<(String, GrantRecord)> {
-    Ok((
-        row.try_get(0)?,
+    let grant = GrantRecord {
+        tenant: row.try_get(1)?,
+        balance: row.try_get(2)?,
+        amount: row.try_get(3)?,
+        lot: to_u64(row.try_get(4)?),
+        terms: LotTerms::default(),
+    };
+    Ok((row.try_get(0)?, with_terms(grant, row.try_get(5)?)?))
+}
+
+/// A row of `lots`: `(tenant, balance, lot, its grant)`.
+fn lot_from_row(row: &Row) -> StoreResult<(String, String, Lot, LotInfo)> {
+    let tenant: String = row.try_get(0)?;
+    let balance: String = row.try_get(1)?;
+    let closed = match row.try_get::<_, Option<String>>(7)?.as_deref() {
+        None => None,
+        Some("expired") => Some(Closure::Expired),
+        Some("voided") => Some(Closure::Voided),
+        Some(other) => {
+            return Err(MeterError::StoreCorrupt(format!(
+                "a lot is closed as '{other}', which this build does not know"
+            )));
+        }
+    };
+    let lot = Lot {
+        id: to_u64(row.try_get(2)?),
+        amount: row.try_get(3)?,
+        remaining: row.try_get(4)?,
+        expires_at_ms: row.try_get(5)?,
+        priority: row.try_get(6)?,
+        closed,
+    };
+    let grant = with_terms(
         GrantRecord {
-            tenant: row.try_get(1)?,
-            balance: row.try_get(2)?,
-            amount: row.try_get(3)?,
+            tenant: tenant.clone(),
+            balance: balance.clone(),
+            amount: lot.amount,
+            lot: lot.id,
+            terms: LotTerms::default(),
         },
-    ))
+        row.try_get(9)?,
+    )?;
+    let info = LotInfo {
+        tenant: tenant.clone(),
+        balance: balance.clone(),
+        grant_id: row.try_get(8)?,
+        terms: grant.terms,
+        granted_at_ms: to_u64(row.try_get(10)?),
+    };
+    Ok((tenant, balance, lot, info))
+}
+
+/// The lots a batch touched, as the state has them after it, column by column.
+#[derive(Default)]
+struct LotColumns<'a> {
+    tenant: Vec<&'a str>,
+    balance: Vec<&'a str>,
+    lot: Vec<i64>,
+    amount: Vec<i64>,
+    remaining: Vec<i64>,
+    expires_at_ms: Vec<Option<i64>>,
+    priority: Vec<i32>,
+    closed: Vec<Option<&'static str>>,
+    grant_id: Vec<&'a str>,
+    terms_json: Vec<String>,
+    granted_at_ms: Vec<i64>,
+}
+
+impl<'a> LotColumns<'a> {
+    fn of(
+        touched: &BTreeMap<(&'a str, LotId), &'a str>,
+        state: &'a LiveState,
+    ) -> StoreResult<Self> {
+        let mut columns = Self::default();
+        for ((tenant, id), balance) in touched {
+            let lot = state
+                .tenant_lots(tenant)
+                .into_iter()
+                .find(|(owner, lot)| owner == balance && lot.id == *id)
+                .map(|(_, lot)| lot);
+            let (Some(lot), Some(info)) = (lot, state.lot_info(*id)) else {
+                return Err(MeterError::StoreUnavailable(format!(
+                    "lot {id} of {tenant}/{balance} left memory mid-batch"
+                )));
+            };
+            columns.tenant.push(tenant);
+            columns.balance.push(balance);
+            columns.lot.push(to_i64(lot.id));
+            columns.amount.push(lot.amount);
+            columns.remaining.push(lot.remaining);
+            columns.expires_at_ms.push(lot.expires_at_ms);
+            columns.priority.push(lot.priority);
+            columns.closed.push(lot.closed.map(|closure| match closure {
+                Closure::Expired => "expired",
+                Closure::Voided => "voided",
+            }));
+            columns.grant_id.push(&info.grant_id);
+            columns.terms_json.push(terms_json(lot.id, &info.terms));
+            columns.granted_at_ms.push(to_i64(info.granted_at_ms));
+        }
+        Ok(columns)
+    }
 }
 
 impl Store for PostgresStore {
@@ -553,6 +712,16 @@ impl Store for PostgresStore {
             self.connect()?;
         }
         self.with(|connection| Ok(connection.client.batch_execute("BEGIN")?))?;
+        if !claims.grant_ids.is_empty() {
+            let block: i64 = self.with(|connection| {
+                let rows = connection.query(NEXT_LOT_BLOCK, &[])?;
+                let row = rows.first().ok_or_else(|| {
+                    MeterError::StoreUnavailable("no lot block was drawn".to_owned())
+                })?;
+                Ok(row.try_get(0)?)
+            })?;
+            state.next_entry_id = to_u64(block) << LOT_BLOCK_BITS;
+        }
         let mut tenants = claims.tenants.clone();
         if !claims.settled_ids.is_empty() {
             let settled: Vec<&str> = claims.settled_ids.iter().map(String::as_str).collect();

@@ -17,11 +17,12 @@ use super::reader::SqliteReader;
 use super::views::{Progress, ViewJob, ViewThread};
 use super::{SqliteOptions, open_reading, records, to_u64, views_path};
 use crate::error::MeterError;
-use crate::ledger::record::Batch;
+use crate::ledger::lots::LEGACY_LOT;
+use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::policy::{PolicyDigest, PolicyInfo};
 use crate::store::{
-    BatchClaims, ColdStore, Durability, SnapshotPart, Store, StoreResult, StoredPolicy,
+    BatchClaims, ColdStore, Durability, SnapshotPart, Store, StoreResult, StoredPolicy, with_terms,
 };
 
 /// The sequencer's side of a SQLite ledger. Not `Sync`: it lives on the sequencer thread.
@@ -108,17 +109,25 @@ impl ColdStore for SqliteStore {
     }
 
     fn grant(&self, grant_id: &str) -> StoreResult<Option<GrantRecord>> {
-        Ok(self
-            .views
-            .prepare_cached("SELECT tenant, balance, amount FROM grants WHERE grant_id = ?1")?
+        self.views
+            .prepare_cached(
+                "SELECT tenant, balance, amount, lot, terms_json FROM grants WHERE grant_id = ?1",
+            )?
             .query_row(params![grant_id], |row| {
-                Ok(GrantRecord {
-                    tenant: row.get(0)?,
-                    balance: row.get(1)?,
-                    amount: row.get(2)?,
-                })
+                Ok((
+                    GrantRecord {
+                        tenant: row.get(0)?,
+                        balance: row.get(1)?,
+                        amount: row.get(2)?,
+                        lot: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(LEGACY_LOT),
+                        terms: LotTerms::default(),
+                    },
+                    row.get::<_, String>(4)?,
+                ))
             })
-            .optional()?)
+            .optional()?
+            .map(|(grant, terms_json)| with_terms(grant, &terms_json))
+            .transpose()
     }
 
     fn marked(&self, tenant: &str, scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>> {

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{to_i64, to_u64};
 use crate::error::MeterError;
 use crate::ledger::codec::{self, Header};
+use crate::ledger::lots::LEGACY_LOT;
 use crate::ledger::record::{
     Decision, Digest, EntryRecord, ImportedEntry, RequestRecord, TransactionState,
 };
@@ -56,6 +57,7 @@ fn journal_entries(
             balance: entry.balance.clone(),
             kind: entry.kind.as_str().to_owned(),
             amount: entry.amount,
+            lot: (entry.lot != LEGACY_LOT).then_some(entry.lot),
             policy_digest: digest.clone(),
             at_ms,
         })
@@ -146,6 +148,11 @@ pub fn transaction(
                 } else {
                     Vec::new()
                 },
+                drawn: if authorized.answer.admitted {
+                    crate::ledger::state::drawn_by(&authorized.posting.entries)
+                } else {
+                    Vec::new()
+                },
                 authorization: authorized.answer,
                 receipt: None,
             }
@@ -178,6 +185,7 @@ pub fn transaction(
                 authorization: transaction.authorization,
                 receipt: transaction.receipt,
                 held: transaction.held,
+                drawn: Vec::new(),
             }
         }
         _ => return Err(damaged(id, "a decision that does not open it")),
@@ -218,6 +226,7 @@ pub fn transaction(
             _ => return Err(damaged(id, "a decision that does not close it")),
         }
         record.held.clear();
+        record.drawn.clear();
         record.request = RequestRecord::default();
     }
     Ok(Some((record, entries)))
@@ -232,6 +241,7 @@ pub fn imported_entry(header: &Header, entry: &ImportedEntry) -> StoreResult<Jou
         balance: entry.balance.clone(),
         kind: entry.kind.as_str().to_owned(),
         amount: entry.amount,
+        lot: None,
         policy_digest: PolicyDigest::from_bytes(policy_of(header, entry.policy)?).to_string(),
         at_ms: entry.at_ms,
     })
@@ -250,6 +260,7 @@ pub fn decision_entries(
         Decision::Settle(decision) => (&decision.id, &decision.tenant, decision.policy),
         Decision::Expire(decision) => (&decision.id, &decision.tenant, decision.policy),
         Decision::Grant(decision) => (&decision.grant_id, &decision.tenant, decision.policy),
+        Decision::CloseLot(decision) => (&decision.grant_id, &decision.tenant, decision.policy),
         Decision::Import(imported) => {
             return imported
                 .journal

@@ -160,7 +160,8 @@ pub fn migrate_log(connection: &Connection) -> StoreResult<()> {
     }
 }
 
-const VIEWS_MIGRATIONS: &[&str] = &[r#"
+const VIEWS_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE applied (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL);
 INSERT INTO applied (one, seq) VALUES (1, 0);
 CREATE TABLE policies (
@@ -219,7 +220,14 @@ CREATE TABLE grants (
 CREATE TABLE snapshot (part INTEGER PRIMARY KEY, bytes BLOB NOT NULL);
 CREATE TABLE snapshot_meta (one INTEGER PRIMARY KEY CHECK (one = 1), start_seq INTEGER NOT NULL);
 CREATE TABLE snapshot_next (part INTEGER PRIMARY KEY, bytes BLOB NOT NULL);
-"#];
+"#,
+    // Lots (record format 3): a grant's lot number and terms; empty terms for a grant
+    // made before lots.
+    r#"
+ALTER TABLE grants ADD COLUMN lot INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE grants ADD COLUMN terms_json TEXT NOT NULL DEFAULT '';
+"#,
+];
 
 /// Brings `PATH.views` to this build's schema.
 pub fn migrate_views(connection: &Connection) -> StoreResult<()> {

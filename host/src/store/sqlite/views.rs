@@ -19,6 +19,7 @@ use rusqlite::{Connection, params};
 use super::{to_i64, to_u64};
 use crate::error::MeterError;
 use crate::ledger::codec;
+use crate::ledger::lots::{LEGACY_LOT, LotId};
 use crate::ledger::record::{Batch, Decision, Digest, TransactionState};
 use crate::policy::PolicyDigest;
 use crate::store::{SnapshotPart, StoreResult, ViewsLag};
@@ -510,15 +511,17 @@ impl ViewThread {
         }
         {
             let mut insert = views.prepare_cached(
-                "INSERT OR IGNORE INTO grants (grant_id, tenant, balance, amount, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO grants (grant_id, tenant, balance, amount, at_ms, lot, terms_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (grant_id, grant) in &rows.grants {
                 insert.execute(params![
                     grant_id,
-                    grant.0,
-                    grant.1,
-                    grant.2,
-                    to_i64(grant.3)
+                    grant.tenant,
+                    grant.balance,
+                    grant.amount,
+                    to_i64(grant.at_ms),
+                    to_i64(grant.lot),
+                    grant.terms_json,
                 ])?;
             }
         }
@@ -577,6 +580,17 @@ struct PolicyRow {
     component: Option<Vec<u8>>,
 }
 
+/// A row of the `grants` view.
+struct GrantRow {
+    tenant: String,
+    balance: String,
+    amount: i64,
+    at_ms: u64,
+    lot: LotId,
+    /// The lot's terms as JSON; empty for a grant made before lots.
+    terms_json: String,
+}
+
 /// A window's rows, by table, sorted by key.
 #[derive(Default)]
 struct WindowRows {
@@ -586,7 +600,7 @@ struct WindowRows {
     /// `(seq, last entry id)` of every batch: where journal entries by id are.
     batches: Vec<(u64, u64)>,
     marks: BTreeMap<(String, String, String), String>,
-    grants: BTreeMap<String, (String, String, i64, u64)>,
+    grants: BTreeMap<String, GrantRow>,
     policies: Vec<PolicyRow>,
     activations: Vec<(Digest, String, u64)>,
 }
@@ -650,16 +664,24 @@ impl WindowRows {
                 }
                 Decision::Grant(granted) => {
                     journal(&granted.tenant);
+                    let lot = granted
+                        .posting
+                        .entries
+                        .first()
+                        .map_or(LEGACY_LOT, |entry| entry.lot);
                     self.grants.insert(
                         granted.grant_id.clone(),
-                        (
-                            granted.tenant.clone(),
-                            granted.balance.clone(),
-                            granted.amount,
-                            batch.at_ms,
-                        ),
+                        GrantRow {
+                            tenant: granted.tenant.clone(),
+                            balance: granted.balance.clone(),
+                            amount: granted.amount,
+                            at_ms: batch.at_ms,
+                            lot,
+                            terms_json: crate::store::terms_json(lot, &granted.terms),
+                        },
                     );
                 }
+                Decision::CloseLot(closed) => journal(&closed.tenant),
                 Decision::Policy(saved) => self.policies.push(PolicyRow {
                     digest: policy(saved.policy)?,
                     name: saved.name.clone(),
@@ -702,12 +724,14 @@ impl WindowRows {
                     for grant in &imported.grants {
                         self.grants.insert(
                             grant.grant_id.clone(),
-                            (
-                                grant.tenant.clone(),
-                                grant.balance.clone(),
-                                grant.amount,
-                                grant.at_ms,
-                            ),
+                            GrantRow {
+                                tenant: grant.tenant.clone(),
+                                balance: grant.balance.clone(),
+                                amount: grant.amount,
+                                at_ms: grant.at_ms,
+                                lot: LEGACY_LOT,
+                                terms_json: String::new(),
+                            },
                         );
                     }
                     for activation in &imported.activations {

@@ -15,6 +15,12 @@
 //! every version-1 record mean the same in version 2, so both read with one decoder,
 //! and a build that knows only version 1 refuses a version-2 record as newer rather
 //! than misreading it as damage.
+//!
+//! Version 3 added lots (`docs/credits.md`): a lot on each entry, lot states on each
+//! posting, terms on each grant. Versions 1 and 2 read through their frozen types
+//! ([`v2`]).
+
+mod v2;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +28,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -197,10 +203,10 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 /// header and the layout (the count, every length, no byte after the last decision)
 /// are checked here, for the full read and the read of one decision alike: a record
 /// one of them refuses for its layout, the other refuses too.
-fn layout(bytes: &[u8]) -> Result<(Header, Vec<&[u8]>), CodecError> {
+fn layout(bytes: &[u8]) -> Result<(Header, u8, Vec<&[u8]>), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1 | 2 => {
+        1..=3 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
@@ -212,22 +218,28 @@ fn layout(bytes: &[u8]) -> Result<(Header, Vec<&[u8]>), CodecError> {
             if !payload.is_empty() {
                 return Err(damaged("bytes follow the last decision"));
             }
-            Ok((header, parts))
+            Ok((header, version, parts))
         }
         other => Err(damaged(format!("unknown format version {other}"))),
     }
 }
 
-fn decode_part(part: &[u8]) -> Result<Decision, CodecError> {
-    postcard::from_bytes(part).map_err(damaged)
+fn decode_part(version: u8, part: &[u8]) -> Result<Decision, CodecError> {
+    if version <= 2 {
+        postcard::from_bytes::<v2::DecisionV2>(part)
+            .map(Decision::from)
+            .map_err(damaged)
+    } else {
+        postcard::from_bytes(part).map_err(damaged)
+    }
 }
 
 /// A batch from its stored bytes.
 pub fn decode(bytes: &[u8]) -> Result<Batch, CodecError> {
-    let (header, parts) = layout(bytes)?;
+    let (header, version, parts) = layout(bytes)?;
     let decisions = parts
         .into_iter()
-        .map(decode_part)
+        .map(|part| decode_part(version, part))
         .collect::<Result<_, _>>()?;
     Ok(Batch {
         seq: header.seq,
@@ -240,20 +252,20 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, CodecError> {
 
 /// How many decisions a stored batch has (its layout checked, no decision decoded).
 pub fn decision_count(bytes: &[u8]) -> Result<usize, CodecError> {
-    layout(bytes).map(|(_, parts)| parts.len())
+    layout(bytes).map(|(_, _, parts)| parts.len())
 }
 
 /// The header of a stored batch and its decision number `index`, without decoding the
 /// other decisions (their layout is checked, as [`decode`] checks it).
 pub fn decode_decision(bytes: &[u8], index: usize) -> Result<(Header, Decision), CodecError> {
-    let (header, parts) = layout(bytes)?;
+    let (header, version, parts) = layout(bytes)?;
     let part = parts.get(index).ok_or_else(|| {
         damaged(format!(
             "decision {index} asked of a batch of {}",
             parts.len()
         ))
     })?;
-    Ok((header, decode_part(part)?))
+    Ok((header, decode_part(version, part)?))
 }
 
 /// Frames any stored value of the ledger (a snapshot's parts) the way batches are.
@@ -268,12 +280,48 @@ pub fn decode_value<T: for<'de> Deserialize<'de>>(
     magic: &[u8; 4],
     bytes: &[u8],
 ) -> Result<T, CodecError> {
+    decode_value_versioned(magic, bytes).map(|(_, value)| value)
+}
+
+/// A snapshot's tail: those of formats 1 and 2 read through their frozen types.
+pub fn decode_tail(bytes: &[u8]) -> Result<super::state::SnapshotTail, CodecError> {
+    let magic = super::state::SNAPSHOT_TAIL;
+    if value_version(magic, bytes)? <= 2 {
+        decode_value::<v2::SnapshotTailV2>(magic, bytes).map(Into::into)
+    } else {
+        decode_value(magic, bytes)
+    }
+}
+
+/// A transaction record stored alone (PostgreSQL's `record` column): those of formats 1
+/// and 2 read through their frozen type.
+pub fn decode_transaction(
+    magic: &[u8; 4],
+    bytes: &[u8],
+) -> Result<super::state::TransactionRecord, CodecError> {
+    if value_version(magic, bytes)? <= 2 {
+        decode_value::<v2::TransactionV2>(magic, bytes).map(Into::into)
+    } else {
+        decode_value(magic, bytes)
+    }
+}
+
+/// A stored value and the format version it was written in, for a value whose layout
+/// changed with the version: decode it as `T` of that version.
+pub fn value_version(magic: &[u8; 4], bytes: &[u8]) -> Result<u8, CodecError> {
+    unframe(magic, bytes).map(|(version, _)| version)
+}
+
+fn decode_value_versioned<T: for<'de> Deserialize<'de>>(
+    magic: &[u8; 4],
+    bytes: &[u8],
+) -> Result<(u8, T), CodecError> {
     let (version, mut payload) = unframe(magic, bytes)?;
     match version {
-        1 | 2 => {
+        1..=3 => {
             let value = take_value(&mut payload)?;
             if payload.is_empty() {
-                Ok(value)
+                Ok((version, value))
             } else {
                 Err(damaged("bytes follow the value"))
             }
@@ -320,12 +368,20 @@ mod tests {
                             balance: "default".into(),
                             kind: EntryKind::Hold,
                             amount: 2,
+                            lot: 40,
                         }],
                         accounts: vec![(
                             "default".into(),
                             AccountState {
                                 available: 8,
                                 held: 2,
+                            },
+                        )],
+                        lots: vec![(
+                            "default".into(),
+                            crate::ledger::lots::Lot {
+                                remaining: 8,
+                                ..crate::ledger::lots::Lot::new(40, 10, 0, Some(1_800_000_000_000))
                             },
                         )],
                     },
@@ -386,15 +442,79 @@ mod tests {
         }
     }
 
+    /// A grant as builds before lots wrote it, framed as version 1 and as version 2:
+    /// it reads as a grant of the legacy lot with the default terms.
     #[test]
-    fn a_record_of_version_1_reads_as_it_did() {
-        let bytes = encode(&batch());
-        let version_1 = frame_version(MAGIC, 1, &bytes[HEADER_BYTES..]);
-        assert_eq!(decode(&version_1), Ok(batch()));
-        assert_eq!(
-            decode_decision(&version_1, 0).map(|(_, decision)| decision),
-            Ok(batch().decisions[0].clone())
-        );
+    fn records_of_versions_1_and_2_read_as_grants_of_the_legacy_lot() {
+        use v2::written::*;
+        let old = Decision2::Grant(Granted2 {
+            grant_id: "welcome".into(),
+            tenant: "acme".into(),
+            balance: "default".into(),
+            amount: 10,
+            policy: 0,
+            posting: Posting2 {
+                entries: vec![("default".into(), EntryKind::Grant, 10)],
+                accounts: vec![(
+                    "default".into(),
+                    AccountState {
+                        available: 10,
+                        held: 0,
+                    },
+                )],
+            },
+        });
+        let header = Header {
+            seq: 3,
+            at_ms: 5,
+            first_entry_id: 9,
+            policies: vec![[1; 32]],
+        };
+        let mut payload = Vec::new();
+        let mut scratch = Vec::new();
+        put_value(&mut payload, &mut scratch, &header);
+        put_varint(&mut payload, 1);
+        put_value(&mut payload, &mut scratch, &old);
+        let expected = Decision::Grant(Granted {
+            grant_id: "welcome".into(),
+            tenant: "acme".into(),
+            balance: "default".into(),
+            amount: 10,
+            policy: 0,
+            posting: PostingRecord {
+                entries: vec![EntryRecord {
+                    balance: "default".into(),
+                    kind: EntryKind::Grant,
+                    amount: 10,
+                    lot: crate::ledger::lots::LEGACY_LOT,
+                }],
+                accounts: vec![(
+                    "default".into(),
+                    AccountState {
+                        available: 10,
+                        held: 0,
+                    },
+                )],
+                lots: Vec::new(),
+            },
+            terms: LotTerms::default(),
+        });
+        for version in [1, 2] {
+            let bytes = frame_version(MAGIC, version, &payload);
+            let batch = decode(&bytes).unwrap();
+            assert_eq!((batch.seq, batch.first_entry_id), (3, 9));
+            assert_eq!(batch.decisions, std::slice::from_ref(&expected));
+            assert_eq!(
+                decode_decision(&bytes, 0).map(|(_, decision)| decision),
+                Ok(expected.clone())
+            );
+            // Read as today's layout, the same bytes do not make that grant.
+            let misread = frame_version(MAGIC, FORMAT_VERSION, &payload);
+            assert_ne!(
+                decode(&misread).map(|batch| batch.decisions),
+                Ok(vec![expected.clone()])
+            );
+        }
     }
 
     #[test]
