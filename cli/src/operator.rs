@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use creditgate::model::{GrantRequest, JournalEntry, TenantBalances};
+use creditgate::model::{GrantRequest, GrantTerms, JournalEntry, TenantBalances};
 use creditgate::store::StoreLocation;
 use creditgate::store::sqlite::lock;
 use creditgate::{Meter, MeterConfig, PolicySource};
@@ -92,9 +92,13 @@ impl Ledger {
             Ledger::Sidecar { .. } => Ok(serde_json::from_value(self.call(
                 "POST",
                 &format!("/v1/tenants/{}/grants", grant.tenant),
-                Some(serde_json::json!({
-                    "grant_id": grant.grant_id, "balance": grant.balance, "amount": grant.amount
-                })),
+                Some({
+                    let mut body = serde_json::to_value(&grant.terms)?;
+                    body["grant_id"] = grant.grant_id.into();
+                    body["balance"] = grant.balance.into();
+                    body["amount"] = grant.amount.into();
+                    body
+                }),
             )?)?),
         }
     }
@@ -105,6 +109,18 @@ impl Ledger {
             Ledger::Sidecar { .. } => Ok(serde_json::from_value(self.call(
                 "GET",
                 &format!("/v1/tenants/{tenant}/balances"),
+                None,
+            )?)?),
+        }
+    }
+
+    /// The balances with their lots.
+    fn lots(&self, tenant: &str) -> anyhow::Result<TenantBalances> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.lots(tenant)?),
+            Ledger::Sidecar { .. } => Ok(serde_json::from_value(self.call(
+                "GET",
+                &format!("/v1/tenants/{tenant}/balances?lots=true"),
                 None,
             )?)?),
         }
@@ -145,6 +161,24 @@ pub struct GrantArgs {
     /// Idempotency key: a repeated grant with the same id moves nothing.
     #[arg(long)]
     grant_id: Option<String>,
+    /// When the unspent credits expire, in ms since the Unix epoch.
+    #[arg(long)]
+    expires_at_ms: Option<i64>,
+    /// Lots burn lowest priority first (then soonest expiry, then oldest).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Free text: `paid` (the default), `promotional`, ...
+    #[arg(long)]
+    category: Option<String>,
+    /// `KEY=VALUE`, repeatable (at most 16).
+    #[arg(long = "metadata", value_parser = key_value)]
+    metadata: Vec<(String, String)>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))
 }
 
 pub fn grant(args: GrantArgs) -> anyhow::Result<()> {
@@ -157,7 +191,12 @@ pub fn grant(args: GrantArgs) -> anyhow::Result<()> {
         tenant: args.tenant,
         balance: args.balance,
         amount: args.amount,
-        terms: Default::default(),
+        terms: GrantTerms {
+            expires_at_ms: args.expires_at_ms,
+            priority: args.priority,
+            category: args.category,
+            metadata: args.metadata.into_iter().collect(),
+        },
     })?;
     println!("grant {grant_id} applied");
     print_balances(&balances);
@@ -190,31 +229,71 @@ pub struct LedgerArgs {
 pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     let ledger = args.ledger.open()?;
     println!(
-        "{:>8}  {:<14}  {:<38}  {:<12}  {:<8}  {:>10}  policy",
-        "entry", "at_ms", "transaction", "balance", "kind", "amount"
+        "{:>8}  {:<14}  {:<38}  {:<12}  {:<10}  {:>10}  {:>8}  policy",
+        "entry", "at_ms", "transaction", "balance", "kind", "amount", "lot"
     );
     for entry in ledger.journal(&args.tenant, args.limit)? {
         println!(
-            "{:>8}  {:<14}  {:<38}  {:<12}  {:<8}  {:>10}  {}",
+            "{:>8}  {:<14}  {:<38}  {:<12}  {:<10}  {:>10}  {:>8}  {}",
             entry.id,
             entry.at_ms,
             entry.transaction_id,
             entry.balance,
             entry.kind,
             entry.amount,
+            entry.lot.map_or("-".to_owned(), |lot| lot.to_string()),
             entry
                 .policy_digest
                 .get(..12)
                 .unwrap_or(&entry.policy_digest)
         );
     }
-    print_balances(&ledger.balances(&args.tenant)?);
+    let balances = ledger.lots(&args.tenant)?;
+    print_balances(&balances);
+    print_lots(&balances);
     let violations = ledger.violations()?;
     if violations.is_empty() {
-        println!("journal check: every account equals the sum of its entries");
+        println!(
+            "journal check: every account equals the sum of its entries, every lot the sum of the entries naming it, and no account's lots hold more than it has"
+        );
         Ok(())
     } else {
         anyhow::bail!("journal check failed:\n{}", violations.join("\n"))
+    }
+}
+
+/// The lots, in burn order per balance.
+fn print_lots(balances: &TenantBalances) {
+    let lots = balances.lots.as_deref().unwrap_or_default();
+    if lots.is_empty() {
+        return;
+    }
+    println!(
+        "{:>8}  {:<24}  {:<12}  {:>10}  {:>10}  {:<8}  {:>8}  {:<14}  {:<12}",
+        "lot",
+        "grant",
+        "balance",
+        "amount",
+        "remaining",
+        "state",
+        "priority",
+        "expires_at_ms",
+        "category"
+    );
+    for lot in lots {
+        println!(
+            "{:>8}  {:<24}  {:<12}  {:>10}  {:>10}  {:<8}  {:>8}  {:<14}  {:<12}",
+            lot.lot,
+            lot.grant_id,
+            lot.balance,
+            lot.amount,
+            lot.remaining,
+            lot.state,
+            lot.priority,
+            lot.expires_at_ms
+                .map_or("-".to_owned(), |at| at.to_string()),
+            lot.category
+        );
     }
 }
 

@@ -374,3 +374,28 @@ fn grants_with_terms_lots_and_voids_over_http() {
         (&json!("void"), &json!(3), &lots[0]["lot"])
     );
 }
+
+/// The audit reads each lot against the entries naming it: a lot row changed behind
+/// the ledger's back is reported, named.
+#[test]
+fn the_audit_finds_a_lot_that_does_not_match_its_journal() {
+    let meter = TestMeter::on(&crate::support::postgres_store(), "smarte");
+    grant(&meter, "promo", 5, terms(0, None, "promotional")).unwrap();
+    hold(&meter, "t1", 2);
+    assert_sound(&meter);
+    let creditgate::store::StoreLocation::Postgres(url) = meter.location().clone() else {
+        unreachable!("a PostgreSQL ledger");
+    };
+    postgres::Client::connect(&url, postgres::NoTls)
+        .unwrap()
+        .execute("UPDATE lots SET remaining = remaining + 1", &[])
+        .unwrap();
+    let violations = meter.meter.invariant_violations().unwrap();
+    let lot = lots(&meter)[0].lot;
+    assert!(
+        violations.contains(&format!(
+            "lot {lot} of acme/default has 4 left but its journal entries sum to 3"
+        )),
+        "{violations:?}"
+    );
+}

@@ -589,6 +589,18 @@ impl LiveState {
         Ok(())
     }
 
+    /// Every lot of every tenant (the audit).
+    pub fn all_lots(&self) -> Vec<((String, String), Lot)> {
+        self.lots
+            .iter()
+            .flat_map(|(tenant, lots)| {
+                lots.iter().map(move |(balance, lot)| {
+                    ((tenant.to_string(), balance.to_string()), lot.clone())
+                })
+            })
+            .collect()
+    }
+
     /// A transaction known in memory. `Err(())`-free: `None` means "not here" — on a
     /// whole state ask [`LiveState::may_know_id`] before asking the store.
     pub fn transaction(&self, id: &str) -> Option<&TransactionRecord> {

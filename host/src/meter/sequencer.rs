@@ -562,6 +562,7 @@ fn execute(
                 reply,
                 Ok(AuditPoint {
                     accounts: decider.state.all_accounts(),
+                    lots: decider.state.all_lots(),
                     next_entry_id: decider.state.next_entry_id,
                     seq,
                 })

@@ -21,6 +21,7 @@ use super::{StoreResult, StoredPolicy};
 use crate::error::MeterError;
 use crate::ledger::codec;
 use crate::ledger::legacy::{self, TransactionRowV0};
+use crate::ledger::lots::Closure;
 use crate::ledger::state::TransactionRecord;
 use crate::policy::{PolicyDigest, PolicyInfo};
 
@@ -321,6 +322,25 @@ fn records_from_json(transaction: &mut postgres::Transaction<'_>) -> StoreResult
 }
 
 const RECORD_MAGIC: &[u8; 4] = b"CGT1";
+
+/// Why a lot closed, as the `lots.closed` column says it.
+fn closure_text(closure: Closure) -> &'static str {
+    match closure {
+        Closure::Expired => "expired",
+        Closure::Voided => "voided",
+    }
+}
+
+fn closure_from_text(text: Option<String>) -> StoreResult<Option<Closure>> {
+    match text.as_deref() {
+        None => Ok(None),
+        Some("expired") => Ok(Some(Closure::Expired)),
+        Some("voided") => Ok(Some(Closure::Voided)),
+        Some(other) => Err(MeterError::StoreCorrupt(format!(
+            "a lot is closed as '{other}', which this build does not know"
+        ))),
+    }
+}
 
 /// A transaction as the `record` column stores it: the ledger's versioned format.
 fn encode_record(record: &TransactionRecord) -> Vec<u8> {

@@ -4,9 +4,10 @@ use postgres::types::ToSql;
 use postgres::{Config, NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{policy_from_row, to_u64, transaction_from_row};
+use super::{closure_from_text, policy_from_row, to_u64, transaction_from_row};
 use crate::error::MeterError;
 use crate::ledger::AccountState;
+use crate::ledger::lots::Lot;
 use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
 use crate::policy::PolicyDigest;
 use crate::store::{
@@ -185,8 +186,8 @@ impl LedgerReader for PostgresReader {
     fn invariant_violations(&self, _live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let journal_sums = self
             .query(
-                "SELECT tenant, balance, kind, SUM(amount)::BIGINT FROM journal \
-                 GROUP BY tenant, balance, kind",
+                "SELECT tenant, balance, kind, SUM(amount)::BIGINT, lot FROM journal \
+                 GROUP BY tenant, balance, kind, lot",
                 &[],
             )?
             .iter()
@@ -196,6 +197,7 @@ impl LedgerReader for PostgresReader {
                     balance: row.try_get(1)?,
                     kind: row.try_get(2)?,
                     amount: row.try_get(3)?,
+                    lot: row.try_get::<_, Option<i64>>(4)?.map(to_u64),
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -212,6 +214,27 @@ impl LedgerReader for PostgresReader {
                 ))
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(invariant_violations(journal_sums, accounts))
+        let lots = self
+            .query(
+                "SELECT tenant, balance, lot, amount, remaining, expires_at_ms, priority, \
+                 closed FROM lots",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get(0)?, row.try_get(1)?),
+                    Lot {
+                        id: to_u64(row.try_get(2)?),
+                        amount: row.try_get(3)?,
+                        remaining: row.try_get(4)?,
+                        expires_at_ms: row.try_get(5)?,
+                        priority: row.try_get(6)?,
+                        closed: closure_from_text(row.try_get(7)?)?,
+                    },
+                ))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(invariant_violations(journal_sums, accounts, lots))
     }
 }

@@ -10,12 +10,12 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, Row, Statement};
 
 use super::{
-    ACTIVATION_LOCK, connect, encode_record, lock_key, policy_from_row, tenant_lock, to_i64,
-    to_u64, transaction_from_row,
+    ACTIVATION_LOCK, closure_from_text, closure_text, connect, encode_record, lock_key,
+    policy_from_row, tenant_lock, to_i64, to_u64, transaction_from_row,
 };
 use crate::error::MeterError;
 use crate::ledger::AccountState;
-use crate::ledger::lots::{Closure, LEGACY_LOT, Lot, LotId};
+use crate::ledger::lots::{LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{Batch, Decision, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, LotInfo, TransactionRecord};
 use crate::policy::PolicyDigest;
@@ -605,16 +605,7 @@ fn grant_from_row(row: &Row) -> StoreResult<(String, GrantRecord)> {
 fn lot_from_row(row: &Row) -> StoreResult<(String, String, Lot, LotInfo)> {
     let tenant: String = row.try_get(0)?;
     let balance: String = row.try_get(1)?;
-    let closed = match row.try_get::<_, Option<String>>(7)?.as_deref() {
-        None => None,
-        Some("expired") => Some(Closure::Expired),
-        Some("voided") => Some(Closure::Voided),
-        Some(other) => {
-            return Err(MeterError::StoreCorrupt(format!(
-                "a lot is closed as '{other}', which this build does not know"
-            )));
-        }
-    };
+    let closed = closure_from_text(row.try_get(7)?)?;
     let lot = Lot {
         id: to_u64(row.try_get(2)?),
         amount: row.try_get(3)?,
@@ -683,10 +674,7 @@ impl<'a> LotColumns<'a> {
             columns.remaining.push(lot.remaining);
             columns.expires_at_ms.push(lot.expires_at_ms);
             columns.priority.push(lot.priority);
-            columns.closed.push(lot.closed.map(|closure| match closure {
-                Closure::Expired => "expired",
-                Closure::Voided => "voided",
-            }));
+            columns.closed.push(lot.closed.map(closure_text));
             columns.grant_id.push(&info.grant_id);
             columns.terms_json.push(terms_json(lot.id, &info.terms));
             columns.granted_at_ms.push(to_i64(info.granted_at_ms));

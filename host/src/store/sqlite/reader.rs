@@ -236,8 +236,10 @@ impl LedgerReader for SqliteReader {
     fn invariant_violations(&self, live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let point = live.unwrap_or_default();
         self.read_now(|connections| {
-            let mut sums: std::collections::BTreeMap<(String, String, &'static str), i64> =
-                std::collections::BTreeMap::new();
+            let mut sums: std::collections::BTreeMap<
+                (String, String, &'static str, Option<u64>),
+                i64,
+            > = std::collections::BTreeMap::new();
             let mut statement = connections
                 .log
                 .prepare("SELECT record FROM log WHERE seq <= ?1 ORDER BY seq")?;
@@ -249,7 +251,9 @@ impl LedgerReader for SqliteReader {
                 for entry in batch_entries(&batch)? {
                     let kind = crate::ledger::EntryKind::parse(&entry.kind)
                         .map_or("unknown", crate::ledger::EntryKind::as_str);
-                    let sum = sums.entry((entry.tenant, entry.balance, kind)).or_insert(0);
+                    let sum = sums
+                        .entry((entry.tenant, entry.balance, kind, entry.lot))
+                        .or_insert(0);
                     match sum.checked_add(entry.amount) {
                         Some(total) => *sum = total,
                         None => overflow = true,
@@ -258,13 +262,15 @@ impl LedgerReader for SqliteReader {
             }
             let mut violations = invariant_violations(
                 sums.into_iter()
-                    .map(|((tenant, balance, kind), amount)| JournalSum {
+                    .map(|((tenant, balance, kind, lot), amount)| JournalSum {
                         tenant,
                         balance,
                         kind: kind.to_owned(),
+                        lot,
                         amount,
                     }),
                 point.accounts,
+                point.lots,
             );
             if overflow {
                 violations.push("the journal sums past i64".to_owned());
