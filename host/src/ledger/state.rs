@@ -264,13 +264,9 @@ pub struct LiveState {
     /// Component bytes of policies recorded in batches the views have not applied yet.
     recent_components: HashMap<Digest, (u64, Option<Vec<u8>>)>,
     active_policy: Option<Digest>,
-    /// Lots by tenant: `(balance, lot)`, closed ones included (a hold may still give
-    /// credits back to them, which then leave). Tenants without lots have no entry.
-    lots: HashMap<Box<str>, Vec<(Box<str>, Lot)>>,
-    /// Each lot's owner and grant.
-    lot_info: HashMap<LotId, LotInfo>,
-    /// Open lots by expiry; an entry whose lot closed meanwhile is skipped.
-    lot_expiry: BinaryHeap<Reverse<(i64, LotId)>>,
+    /// Open lots by expiry, with their tenant's index; an entry whose lot closed
+    /// meanwhile is skipped. (The lots themselves are the tenants'.)
+    lot_expiry: BinaryHeap<Reverse<(i64, LotId, u32)>>,
     /// The seq of the last batch applied.
     pub last_seq: u64,
     /// The id the next journal entry gets.
@@ -308,8 +304,6 @@ impl LiveState {
             policies: HashMap::new(),
             recent_components: HashMap::new(),
             active_policy: None,
-            lots: HashMap::new(),
-            lot_info: HashMap::new(),
             lot_expiry: BinaryHeap::new(),
             last_seq: 0,
             next_entry_id: 1,
@@ -418,14 +412,7 @@ impl LiveState {
         balance: &str,
         available: i64,
     ) -> Result<AccountLots, MeterError> {
-        let own: Vec<Lot> = self
-            .lots
-            .get(tenant)
-            .into_iter()
-            .flatten()
-            .filter(|(owner, _)| owner.as_ref() == balance)
-            .map(|(_, lot)| lot.clone())
-            .collect();
+        let own = self.tenants.account_lots(tenant, balance);
         let in_lots = open_remaining(&own);
         let legacy = available
             .checked_sub(in_lots)
@@ -439,50 +426,60 @@ impl LiveState {
             .map_err(|error| broken(format!("{tenant}/{balance}: {error}")))
     }
 
-    /// Every lot of the tenant, by balance, closed ones included, in burn order.
-    pub fn tenant_lots(&self, tenant: &str) -> Vec<(String, Lot)> {
-        let mut lots: Vec<(String, Lot)> = self
-            .lots
-            .get(tenant)
-            .into_iter()
-            .flatten()
-            .map(|(balance, lot)| (balance.to_string(), lot.clone()))
-            .collect();
-        lots.sort_by(|(left_balance, left), (right_balance, right)| {
-            left_balance
-                .cmp(right_balance)
+    /// Every lot of the tenant, closed ones included, in burn order per balance.
+    pub fn tenant_lots(&self, tenant: &str) -> Vec<(Lot, LotInfo)> {
+        let mut lots = self.tenants.lots(tenant);
+        lots.sort_by(|(left, left_info), (right, right_info)| {
+            left_info
+                .balance
+                .cmp(&right_info.balance)
                 .then_with(|| left.burn_order(right))
         });
         lots
     }
 
-    pub fn lot_info(&self, lot: LotId) -> Option<&LotInfo> {
-        self.lot_info.get(&lot)
+    /// The tenant's open lots whose expiry is at or before `now_ms`: `(balance, lot)`.
+    /// Allocates nothing when none is.
+    pub fn due_lots(&self, tenant: &str, now_ms: i64) -> Vec<(String, LotId)> {
+        self.tenants.due_lots(tenant, now_ms)
+    }
+
+    /// One lot of the tenant, with its grant.
+    pub fn tenant_lot(&self, tenant: &str, lot: LotId) -> Option<(Lot, LotInfo)> {
+        self.tenants
+            .lots(tenant)
+            .into_iter()
+            .find(|(known, _)| known.id == lot)
     }
 
     /// Puts lots read from a store into memory (PostgreSQL), with their grants.
-    pub fn load_lots(&mut self, tenant: &str, lots: Vec<(String, Lot, LotInfo)>) {
-        for (balance, lot, info) in lots {
-            self.lot_info.insert(lot.id, info);
-            self.set_lot(tenant, &balance, lot);
+    pub fn load_lots(&mut self, lots: Vec<(Lot, LotInfo)>) -> Result<(), MeterError> {
+        for (lot, info) in lots {
+            let id = lot.id;
+            self.set_lot(&info.tenant, &info.balance, lot)?;
+            self.tenants.set_lot_grant(
+                &info.tenant,
+                id,
+                &info.grant_id,
+                info.granted_at_ms,
+                &info.terms,
+            );
         }
+        Ok(())
     }
 
     /// The open lot that expired first, if it expired at or before `now_ms`:
     /// `(tenant, balance, lot)`.
     pub fn next_due_lot(&mut self, now_ms: i64) -> Option<(String, String, LotId)> {
-        while let Some(Reverse((expires_at_ms, id))) = self.lot_expiry.peek() {
+        while let Some(Reverse((expires_at_ms, id, index))) = self.lot_expiry.peek() {
             if *expires_at_ms > now_ms {
                 return None;
             }
-            let due = self.lot_info.get(id).and_then(|info| {
-                self.lots
-                    .get(info.tenant.as_str())
-                    .into_iter()
-                    .flatten()
-                    .any(|(_, lot)| lot.id == *id && lot.closed.is_none())
-                    .then(|| (info.tenant.clone(), info.balance.clone(), *id))
-            });
+            let due = self
+                .tenants
+                .open_lot_at(*index, *id, *expires_at_ms)
+                .zip(self.tenants.name_at(*index))
+                .map(|(balance, tenant)| (tenant.to_owned(), balance.to_owned(), *id));
             if due.is_some() {
                 return due;
             }
@@ -499,12 +496,10 @@ impl LiveState {
     ///   (the legacy lot holds the rest, never less than nothing).
     pub fn check_posting(&self, tenant: &str, posting: &PostingRecord) -> Result<(), String> {
         let current = |balance: &str, id: LotId| {
-            self.lots
-                .get(tenant)
+            self.tenants
+                .account_lots(tenant, balance)
                 .into_iter()
-                .flatten()
-                .find(|(owner, lot)| owner.as_ref() == balance && lot.id == id)
-                .map(|(_, lot)| lot)
+                .find(|lot| lot.id == id)
         };
         for entry in &posting.entries {
             if entry.lot != LEGACY_LOT
@@ -532,32 +527,25 @@ impl LiveState {
             }
         }
         for (balance, account) in &posting.accounts {
-            let mut own: Vec<&Lot> = self
-                .lots
-                .get(tenant)
+            let mut own: Vec<Lot> = self
+                .tenants
+                .account_lots(tenant, balance)
                 .into_iter()
-                .flatten()
-                .filter(|(owner, known)| {
-                    owner.as_ref() == balance
-                        && !posting
-                            .lots
-                            .iter()
-                            .any(|(other, lot)| other == balance && lot.id == known.id)
+                .filter(|known| {
+                    !posting
+                        .lots
+                        .iter()
+                        .any(|(other, lot)| other == balance && lot.id == known.id)
                 })
-                .map(|(_, lot)| lot)
                 .collect();
             own.extend(
                 posting
                     .lots
                     .iter()
                     .filter(|(other, _)| other == balance)
-                    .map(|(_, lot)| lot),
+                    .map(|(_, lot)| lot.clone()),
             );
-            let in_lots: i64 = own
-                .iter()
-                .filter(|lot| lot.closed.is_none())
-                .map(|lot| lot.remaining)
-                .sum();
+            let in_lots = open_remaining(&own);
             if in_lots > account.available {
                 return Err(format!(
                     "{tenant}/{balance} would have {} available but its lots hold {in_lots}",
@@ -571,19 +559,22 @@ impl LiveState {
     /// L1 over the whole state: on every account, the open lots hold at most what is
     /// available. Recovery checks it once the log is replayed.
     pub fn check_lots(&self) -> Result<(), MeterError> {
-        for (tenant, lots) in &self.lots {
-            for (balance, state) in self.tenants.accounts(tenant) {
-                let in_lots: i64 = lots
-                    .iter()
-                    .filter(|(owner, lot)| owner.as_ref() == balance && lot.closed.is_none())
-                    .map(|(_, lot)| lot.remaining)
-                    .sum();
-                if in_lots > state.available {
-                    return Err(broken(format!(
-                        "{tenant}/{balance} has {} available but its lots hold {in_lots}",
-                        state.available
-                    )));
-                }
+        let mut in_lots: HashMap<(String, String), i64> = HashMap::new();
+        for (lot, info) in self.tenants.all_lots() {
+            if lot.closed.is_none() {
+                *in_lots.entry((info.tenant, info.balance)).or_default() += lot.remaining;
+            }
+        }
+        for ((tenant, balance), in_lots) in in_lots {
+            let available = self
+                .tenants
+                .accounts(&tenant)
+                .find(|(name, _)| *name == balance)
+                .map_or(0, |(_, state)| state.available);
+            if in_lots > available {
+                return Err(broken(format!(
+                    "{tenant}/{balance} has {available} available but its lots hold {in_lots}"
+                )));
             }
         }
         Ok(())
@@ -591,13 +582,10 @@ impl LiveState {
 
     /// Every lot of every tenant (the audit).
     pub fn all_lots(&self) -> Vec<((String, String), Lot)> {
-        self.lots
-            .iter()
-            .flat_map(|(tenant, lots)| {
-                lots.iter().map(move |(balance, lot)| {
-                    ((tenant.to_string(), balance.to_string()), lot.clone())
-                })
-            })
+        self.tenants
+            .all_lots()
+            .into_iter()
+            .map(|(lot, info)| ((info.tenant, info.balance), lot))
             .collect()
     }
 
@@ -833,20 +821,14 @@ impl LiveState {
     }
 
     /// Sets a lot's state, adding it (and its expiry) when new.
-    fn set_lot(&mut self, tenant: &str, balance: &str, lot: Lot) {
-        let lots = self.lots.entry(tenant.into()).or_default();
-        match lots
-            .iter_mut()
-            .find(|(owner, known)| owner.as_ref() == balance && known.id == lot.id)
-        {
-            Some((_, known)) => *known = lot,
-            None => {
-                if let (Some(expires_at_ms), None) = (lot.expires_at_ms, lot.closed) {
-                    self.lot_expiry.push(Reverse((expires_at_ms, lot.id)));
-                }
-                lots.push((balance.into(), lot));
-            }
+    fn set_lot(&mut self, tenant: &str, balance: &str, lot: Lot) -> Result<(), MeterError> {
+        let due = lot.expires_at_ms.filter(|_| lot.closed.is_none());
+        let id = lot.id;
+        let (index, added) = self.tenants.set_lot(tenant, balance, lot)?;
+        if let (true, Some(expires_at_ms)) = (added, due) {
+            self.lot_expiry.push(Reverse((expires_at_ms, id, index)));
         }
+        Ok(())
     }
 
     fn insert_marks(&mut self, tenant: &str, marks: &[super::record::MarkRecord], seq: u64) {
@@ -885,7 +867,7 @@ impl LiveState {
                     lot.id, lot.remaining, lot.amount
                 )));
             }
-            self.set_lot(tenant, balance, lot.clone());
+            self.set_lot(tenant, balance, lot.clone())?;
         }
         self.next_entry_id = self
             .next_entry_id
@@ -967,19 +949,16 @@ impl LiveState {
                     .entries
                     .first()
                     .map_or(LEGACY_LOT, |entry| entry.lot);
+                self.set_posting(&granted.tenant, &granted.posting)?;
                 if lot != LEGACY_LOT {
-                    self.lot_info.insert(
+                    self.tenants.set_lot_grant(
+                        &granted.tenant,
                         lot,
-                        LotInfo {
-                            tenant: granted.tenant.clone(),
-                            balance: granted.balance.clone(),
-                            grant_id: granted.grant_id.clone(),
-                            terms: granted.terms.clone(),
-                            granted_at_ms: batch.at_ms,
-                        },
+                        &granted.grant_id,
+                        batch.at_ms,
+                        &granted.terms,
                     );
                 }
-                self.set_posting(&granted.tenant, &granted.posting)?;
                 self.note_id(ID_GRANT, &granted.grant_id);
                 self.grants.insert(
                     granted.grant_id.as_str().into(),
@@ -1096,9 +1075,8 @@ pub struct SnapshotTail {
     pub active_policy: Option<Digest>,
     pub next_entry_id: u64,
     pub last_seq: u64,
-    /// `(tenant, balance, lot)`. Added in format 3, with `lot_info`.
-    pub lots: Vec<(String, String, Lot)>,
-    pub lot_info: Vec<(LotId, LotInfo)>,
+    /// Every lot with its owner and grant. Added in format 3.
+    pub lots: Vec<(Lot, LotInfo)>,
 }
 
 /// A slice of tenants with their accounts, as a snapshot stores them.
@@ -1125,20 +1103,7 @@ impl LiveState {
             active_policy: self.active_policy,
             next_entry_id: self.next_entry_id,
             last_seq: self.last_seq,
-            lots: self
-                .lots
-                .iter()
-                .flat_map(|(tenant, lots)| {
-                    lots.iter().map(move |(balance, lot)| {
-                        (tenant.to_string(), balance.to_string(), lot.clone())
-                    })
-                })
-                .collect(),
-            lot_info: self
-                .lot_info
-                .iter()
-                .map(|(lot, info)| (*lot, info.clone()))
-                .collect(),
+            lots: self.tenants.all_lots(),
         }
     }
 
@@ -1154,7 +1119,7 @@ impl LiveState {
     }
 
     /// Loads the rest of a snapshot.
-    pub fn restore_tail(&mut self, tail: SnapshotTail) {
+    pub fn restore_tail(&mut self, tail: SnapshotTail) -> Result<(), MeterError> {
         for record in tail.open_holds {
             self.insert_transaction(record, 0);
         }
@@ -1168,10 +1133,7 @@ impl LiveState {
         self.active_policy = tail.active_policy;
         self.next_entry_id = tail.next_entry_id;
         self.last_seq = tail.last_seq;
-        self.lot_info.extend(tail.lot_info);
-        for (tenant, balance, lot) in tail.lots {
-            self.set_lot(&tenant, &balance, lot);
-        }
+        self.load_lots(tail.lots)
     }
 }
 

@@ -14,6 +14,9 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::AccountState;
+use super::lots::{Lot, LotId};
+use super::record::{DEFAULT_CATEGORY, LotTerms};
+use super::state::LotInfo;
 use crate::error::MeterError;
 
 /// The bytes of all tenants' names together, at most: a name's start is a `u32`.
@@ -26,6 +29,55 @@ struct Tenant {
     name_len: u16,
     /// (balance id, state), in the order the balances first appeared for this tenant.
     accounts: SmallVec<[(u16, AccountState); 2]>,
+    /// The tenant's lots, closed ones included: a boxed slice, no spare capacity (a
+    /// grant is rare beside the decisions that read them).
+    lots: Box<[StoredLot]>,
+}
+
+/// A lot as the live state keeps it: its figures, its grant, and its labels only when
+/// they are not the defaults (most grants).
+struct StoredLot {
+    balance: u16,
+    lot: Lot,
+    /// Its grant's id, in [`Tenants::grant_ids`].
+    grant_id_start: u64,
+    grant_id_len: u8,
+    granted_at_ms: u64,
+    labels: Option<Box<Labels>>,
+}
+
+/// A lot's category and metadata, when not `paid` and none.
+struct Labels {
+    category: Box<str>,
+    metadata: Box<[(String, String)]>,
+}
+
+impl StoredLot {
+    fn terms(&self) -> LotTerms {
+        LotTerms {
+            expires_at_ms: self.lot.expires_at_ms,
+            priority: self.lot.priority,
+            category: self
+                .labels
+                .as_ref()
+                .map_or(DEFAULT_CATEGORY, |labels| &labels.category)
+                .to_owned(),
+            metadata: self
+                .labels
+                .as_ref()
+                .map(|labels| labels.metadata.to_vec())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn labels(terms: &LotTerms) -> Option<Box<Labels>> {
+    (terms.category != DEFAULT_CATEGORY || !terms.metadata.is_empty()).then(|| {
+        Box::new(Labels {
+            category: terms.category.as_str().into(),
+            metadata: terms.metadata.clone().into_boxed_slice(),
+        })
+    })
 }
 
 #[derive(Default)]
@@ -37,9 +89,19 @@ pub struct Tenants {
     hasher: hashbrown::DefaultHashBuilder,
     balance_names: Vec<Box<str>>,
     balance_ids: hashbrown::HashMap<Box<str>, u16>,
+    /// The grant ids of every lot, end to end: a lot keeps where its id is.
+    grant_ids: Vec<u8>,
 }
 
 impl Tenants {
+    fn grant_id_of(&self, stored: &StoredLot) -> &str {
+        let start = usize::try_from(stored.grant_id_start).unwrap_or(usize::MAX);
+        self.grant_ids
+            .get(start..start.saturating_add(usize::from(stored.grant_id_len)))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
+    }
+
     fn name_of(&self, tenant: &Tenant) -> &str {
         let start = tenant.name_start as usize;
         // Names are whole `&str`s appended by `insert`; never split.
@@ -76,6 +138,7 @@ impl Tenants {
             name_start,
             name_len,
             accounts: SmallVec::new(),
+            lots: Box::default(),
         });
         let hash = self.hasher.hash_one(name);
         let (names, tenants, hasher) = (&self.names, &self.tenants, &self.hasher);
@@ -151,6 +214,183 @@ impl Tenants {
             }
         }
         Ok(())
+    }
+
+    /// The tenant's index (stable: tenants are never removed).
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.find(name).and_then(|index| u32::try_from(index).ok())
+    }
+
+    pub fn name_at(&self, index: u32) -> Option<&str> {
+        self.tenants
+            .get(index as usize)
+            .map(|tenant| self.name_of(tenant))
+    }
+
+    /// The lots of the tenant at `index` on `balance`, closed ones included.
+    pub fn account_lots(&self, name: &str, balance: &str) -> Vec<Lot> {
+        let (Some(index), Some(balance)) = (self.find(name), self.balance_ids.get(balance)) else {
+            return Vec::new();
+        };
+        self.tenants[index]
+            .lots
+            .iter()
+            .filter(|stored| stored.balance == *balance)
+            .map(|stored| stored.lot.clone())
+            .collect()
+    }
+
+    /// Whether the tenant at `index` has lot `id` open, expiring at `expires_at_ms`:
+    /// answers its balance.
+    pub fn open_lot_at(&self, index: u32, id: LotId, expires_at_ms: i64) -> Option<&str> {
+        let tenant = self.tenants.get(index as usize)?;
+        let stored = tenant.lots.iter().find(|stored| stored.lot.id == id)?;
+        (stored.lot.closed.is_none() && stored.lot.expires_at_ms == Some(expires_at_ms))
+            .then(|| self.balance_names.get(usize::from(stored.balance)))
+            .flatten()
+            .map(AsRef::as_ref)
+    }
+
+    /// The tenant's open lots whose expiry is at or before `now_ms`: `(balance, lot)`.
+    pub fn due_lots(&self, name: &str, now_ms: i64) -> Vec<(String, LotId)> {
+        let Some(index) = self.find(name) else {
+            return Vec::new();
+        };
+        self.tenants[index]
+            .lots
+            .iter()
+            .filter(|stored| {
+                stored.lot.closed.is_none()
+                    && stored.lot.expires_at_ms.is_some_and(|at| at <= now_ms)
+            })
+            .map(|stored| {
+                (
+                    self.balance_names
+                        .get(usize::from(stored.balance))
+                        .map(|name| name.to_string())
+                        .unwrap_or_default(),
+                    stored.lot.id,
+                )
+            })
+            .collect()
+    }
+
+    /// Every lot of the tenant, with its grant.
+    pub fn lots(&self, name: &str) -> Vec<(Lot, LotInfo)> {
+        match self.find(name) {
+            Some(index) => self.lots_at(index),
+            None => Vec::new(),
+        }
+    }
+
+    fn lots_at(&self, index: usize) -> Vec<(Lot, LotInfo)> {
+        let tenant = &self.tenants[index];
+        tenant
+            .lots
+            .iter()
+            .map(|stored| {
+                (
+                    stored.lot.clone(),
+                    LotInfo {
+                        tenant: self.name_of(tenant).to_owned(),
+                        balance: self
+                            .balance_names
+                            .get(usize::from(stored.balance))
+                            .map(|name| name.to_string())
+                            .unwrap_or_default(),
+                        grant_id: self.grant_id_of(stored).to_owned(),
+                        terms: stored.terms(),
+                        granted_at_ms: stored.granted_at_ms,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Every lot of every tenant.
+    pub fn all_lots(&self) -> Vec<(Lot, LotInfo)> {
+        (0..self.tenants.len())
+            .filter(|index| !self.tenants[*index].lots.is_empty())
+            .flat_map(|index| self.lots_at(index))
+            .collect()
+    }
+
+    /// Sets a lot's figures, adding it (with no grant yet) when new. Answers the
+    /// tenant's index and whether the lot is new.
+    pub fn set_lot(
+        &mut self,
+        name: &str,
+        balance: &str,
+        lot: Lot,
+    ) -> Result<(u32, bool), MeterError> {
+        let balance = self.balance_id(balance)?;
+        let index = self.find_or_insert(name)?;
+        let tenant = &mut self.tenants[index];
+        let added = match tenant
+            .lots
+            .iter_mut()
+            .find(|stored| stored.balance == balance && stored.lot.id == lot.id)
+        {
+            Some(stored) => {
+                stored.lot = lot;
+                false
+            }
+            None => {
+                // Exactly one more: no spare capacity to give back (and fragment).
+                let mut lots = Vec::with_capacity(tenant.lots.len() + 1);
+                lots.extend(std::mem::take(&mut tenant.lots).into_vec());
+                lots.push(StoredLot {
+                    balance,
+                    lot,
+                    grant_id_start: 0,
+                    grant_id_len: 0,
+                    granted_at_ms: 0,
+                    labels: None,
+                });
+                tenant.lots = lots.into_boxed_slice();
+                true
+            }
+        };
+        Ok((u32::try_from(index).unwrap_or(u32::MAX), added))
+    }
+
+    /// Records the grant a lot of the tenant came from.
+    pub fn set_lot_grant(
+        &mut self,
+        name: &str,
+        id: LotId,
+        grant_id: &str,
+        granted_at_ms: u64,
+        terms: &LotTerms,
+    ) {
+        let Some(index) = self.find(name) else {
+            return;
+        };
+        let Some(at) = self.tenants[index]
+            .lots
+            .iter()
+            .position(|stored| stored.lot.id == id)
+        else {
+            return;
+        };
+        // A replay sets the grant of a lot the snapshot had: its id is there already.
+        if self.grant_id_of(&self.tenants[index].lots[at]) != grant_id {
+            // Ids are at most 128 bytes (`meter::validate`); a longer one (damage in a
+            // store) is kept cut at a character boundary.
+            let mut len = grant_id.len().min(usize::from(u8::MAX));
+            while !grant_id.is_char_boundary(len) {
+                len -= 1;
+            }
+            let start = self.grant_ids.len() as u64;
+            self.grant_ids
+                .extend_from_slice(&grant_id.as_bytes()[..len]);
+            let stored = &mut self.tenants[index].lots[at];
+            stored.grant_id_start = start;
+            stored.grant_id_len = len as u8;
+        }
+        let stored = &mut self.tenants[index].lots[at];
+        stored.granted_at_ms = granted_at_ms;
+        stored.labels = labels(terms);
     }
 
     /// Adds a tenant with no accounts (a store read it and found none).

@@ -787,11 +787,10 @@ impl Decider<'_> {
     ) -> Result<(), MeterError> {
         let balances = [balance.to_owned()];
         let accounts = self.accounts(tenant, &balances)?;
-        let already =
-            self.state.tenant_lots(tenant).iter().any(|(owner, known)| {
-                owner == balance && known.id == lot && known.closed.is_some()
-            });
-        if already {
+        let (known, info) = self.state.tenant_lot(tenant, lot).ok_or_else(|| {
+            MeterError::StoreCorrupt(format!("lot {lot} of {tenant}/{balance} is not loaded"))
+        })?;
+        if known.closed.is_some() {
             return Ok(());
         }
         let mut draw = LotDraw::new(self.state, tenant, &accounts);
@@ -799,32 +798,15 @@ impl Decider<'_> {
         let mut posting = draw.finish()?;
         // A lot emptied before it closed moves no credit: record its closing all the same.
         if posting.lots.is_empty() {
-            let closed = self
-                .state
-                .tenant_lots(tenant)
-                .into_iter()
-                .find(|(owner, known)| owner == balance && known.id == lot)
-                .map(|(owner, known)| {
-                    (
-                        owner,
-                        Lot {
-                            closed: Some(closure),
-                            ..known
-                        },
-                    )
-                })
-                .ok_or_else(|| {
-                    MeterError::StoreCorrupt(format!(
-                        "lot {lot} of {tenant}/{balance} is not loaded"
-                    ))
-                })?;
-            posting.lots.push(closed);
+            posting.lots.push((
+                balance.to_owned(),
+                Lot {
+                    closed: Some(closure),
+                    ..known
+                },
+            ));
         }
-        let grant_id = self
-            .state
-            .lot_info(lot)
-            .map(|info| info.grant_id.clone())
-            .ok_or_else(|| MeterError::StoreCorrupt(format!("lot {lot} has no grant")))?;
+        let grant_id = info.grant_id;
         let policy = self.builder.policy(&self.registry.active());
         self.builder.record(
             self.state,
@@ -844,15 +826,7 @@ impl Decider<'_> {
     fn expire_lots_of(&mut self, tenant: &str) -> Result<(), MeterError> {
         self.accounts(tenant, &[])?;
         let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
-        let due: Vec<(String, LotId)> = self
-            .state
-            .tenant_lots(tenant)
-            .into_iter()
-            .filter(|(_, lot)| {
-                lot.closed.is_none() && lot.expires_at_ms.is_some_and(|at| at <= now_ms)
-            })
-            .map(|(balance, lot)| (balance, lot.id))
-            .collect();
+        let due = self.state.due_lots(tenant, now_ms);
         for (balance, lot) in due {
             self.close_lot(tenant, &balance, lot, Closure::Expired)?;
         }
@@ -924,14 +898,11 @@ impl Decider<'_> {
     pub fn lots(&mut self, tenant: &str) -> Result<TenantBalances, MeterError> {
         let mut answer = self.balances(tenant)?;
         let mut lots = Vec::new();
-        for (balance, lot) in self.state.tenant_lots(tenant) {
-            let info = self.state.lot_info(lot.id).ok_or_else(|| {
-                MeterError::StoreCorrupt(format!("lot {} of '{tenant}' has no grant", lot.id))
-            })?;
+        for (lot, info) in self.state.tenant_lots(tenant) {
             lots.push(LotView {
                 lot: lot.id,
-                grant_id: info.grant_id.clone(),
-                balance,
+                grant_id: info.grant_id,
+                balance: info.balance,
                 amount: lot.amount,
                 remaining: lot.remaining,
                 state: match lot.closed {
@@ -942,8 +913,8 @@ impl Decider<'_> {
                 .to_owned(),
                 expires_at_ms: lot.expires_at_ms,
                 priority: lot.priority,
-                category: info.terms.category.clone(),
-                metadata: info.terms.metadata.iter().cloned().collect(),
+                category: info.terms.category,
+                metadata: info.terms.metadata.into_iter().collect(),
                 granted_at_ms: info.granted_at_ms,
             });
         }

@@ -216,13 +216,21 @@ pub fn terms_json(lot: LotId, terms: &LotTerms) -> String {
 }
 
 /// A grant read from a `grants` table, with its terms' JSON.
-pub fn with_terms(mut grant: GrantRecord, terms_json: &str) -> StoreResult<GrantRecord> {
-    if !terms_json.is_empty() {
-        grant.terms = serde_json::from_str(terms_json).map_err(|error| {
-            MeterError::StoreCorrupt(format!("the terms of a stored grant do not read: {error}"))
-        })?;
+pub fn with_terms(grant: GrantRecord, terms_json: &str) -> StoreResult<GrantRecord> {
+    Ok(GrantRecord {
+        terms: terms_from_json(terms_json)?,
+        ..grant
+    })
+}
+
+/// Terms as [`terms_json`] wrote them.
+pub fn terms_from_json(terms_json: &str) -> StoreResult<LotTerms> {
+    if terms_json.is_empty() {
+        return Ok(LotTerms::default());
     }
-    Ok(grant)
+    serde_json::from_str(terms_json).map_err(|error| {
+        MeterError::StoreCorrupt(format!("the terms of a stored grant do not read: {error}"))
+    })
 }
 
 /// The read side: thread-safe, answers for acknowledged decisions.

@@ -208,7 +208,6 @@ impl From<SnapshotTailV2> for SnapshotTail {
             next_entry_id: tail.next_entry_id,
             last_seq: tail.last_seq,
             lots: Vec::new(),
-            lot_info: Vec::new(),
         }
     }
 }

@@ -20,7 +20,8 @@ use crate::ledger::record::{Batch, Decision, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, LotInfo, TransactionRecord};
 use crate::policy::PolicyDigest;
 use crate::store::{
-    BatchClaims, ColdStore, Durability, Store, StoreResult, StoredPolicy, terms_json, with_terms,
+    BatchClaims, ColdStore, Durability, Store, StoreResult, StoredPolicy, terms_from_json,
+    terms_json, with_terms,
 };
 
 // Reads under the batch's locks.
@@ -232,18 +233,7 @@ impl PostgresStore {
                 state.load_transaction(transaction_from_row(row, 1)?, 0);
             }
         }
-        let mut by_tenant: BTreeMap<String, Vec<(String, Lot, LotInfo)>> = BTreeMap::new();
-        for row in &lots {
-            let (tenant, balance, lot, info) = lot_from_row(row)?;
-            by_tenant
-                .entry(tenant)
-                .or_default()
-                .push((balance, lot, info));
-        }
-        for (tenant, lots) in by_tenant {
-            state.load_lots(&tenant, lots);
-        }
-        Ok(())
+        state.load_lots(lots.iter().map(lot_from_row).collect::<StoreResult<_>>()?)
     }
 
     /// Sends the batch's writes: a statement per table.
@@ -601,37 +591,24 @@ fn grant_from_row(row: &Row) -> StoreResult<(String, GrantRecord)> {
     Ok((row.try_get(0)?, with_terms(grant, row.try_get(5)?)?))
 }
 
-/// A row of `lots`: `(tenant, balance, lot, its grant)`.
-fn lot_from_row(row: &Row) -> StoreResult<(String, String, Lot, LotInfo)> {
-    let tenant: String = row.try_get(0)?;
-    let balance: String = row.try_get(1)?;
-    let closed = closure_from_text(row.try_get(7)?)?;
+/// A row of `lots`: the lot and its grant.
+fn lot_from_row(row: &Row) -> StoreResult<(Lot, LotInfo)> {
     let lot = Lot {
         id: to_u64(row.try_get(2)?),
         amount: row.try_get(3)?,
         remaining: row.try_get(4)?,
         expires_at_ms: row.try_get(5)?,
         priority: row.try_get(6)?,
-        closed,
+        closed: closure_from_text(row.try_get(7)?)?,
     };
-    let grant = with_terms(
-        GrantRecord {
-            tenant: tenant.clone(),
-            balance: balance.clone(),
-            amount: lot.amount,
-            lot: lot.id,
-            terms: LotTerms::default(),
-        },
-        row.try_get(9)?,
-    )?;
     let info = LotInfo {
-        tenant: tenant.clone(),
-        balance: balance.clone(),
+        tenant: row.try_get(0)?,
+        balance: row.try_get(1)?,
         grant_id: row.try_get(8)?,
-        terms: grant.terms,
+        terms: terms_from_json(row.try_get(9)?)?,
         granted_at_ms: to_u64(row.try_get(10)?),
     };
-    Ok((tenant, balance, lot, info))
+    Ok((lot, info))
 }
 
 /// The lots a batch touched, as the state has them after it, column by column.
@@ -645,7 +622,7 @@ struct LotColumns<'a> {
     expires_at_ms: Vec<Option<i64>>,
     priority: Vec<i32>,
     closed: Vec<Option<&'static str>>,
-    grant_id: Vec<&'a str>,
+    grant_id: Vec<String>,
     terms_json: Vec<String>,
     granted_at_ms: Vec<i64>,
 }
@@ -657,12 +634,7 @@ impl<'a> LotColumns<'a> {
     ) -> StoreResult<Self> {
         let mut columns = Self::default();
         for ((tenant, id), balance) in touched {
-            let lot = state
-                .tenant_lots(tenant)
-                .into_iter()
-                .find(|(owner, lot)| owner == balance && lot.id == *id)
-                .map(|(_, lot)| lot);
-            let (Some(lot), Some(info)) = (lot, state.lot_info(*id)) else {
+            let Some((lot, info)) = state.tenant_lot(tenant, *id) else {
                 return Err(MeterError::StoreUnavailable(format!(
                     "lot {id} of {tenant}/{balance} left memory mid-batch"
                 )));
@@ -675,8 +647,8 @@ impl<'a> LotColumns<'a> {
             columns.expires_at_ms.push(lot.expires_at_ms);
             columns.priority.push(lot.priority);
             columns.closed.push(lot.closed.map(closure_text));
-            columns.grant_id.push(&info.grant_id);
             columns.terms_json.push(terms_json(lot.id, &info.terms));
+            columns.grant_id.push(info.grant_id);
             columns.granted_at_ms.push(to_i64(info.granted_at_ms));
         }
         Ok(columns)

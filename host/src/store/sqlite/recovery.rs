@@ -46,7 +46,7 @@ pub fn recover(
                 for part in tenants {
                     state.restore_tenants(state::decode_tenants(part)?)?;
                 }
-                state.restore_tail(state::decode_tail(tail)?);
+                state.restore_tail(state::decode_tail(tail)?)?;
             }
             to_u64(start_seq)
         }
