@@ -580,6 +580,11 @@ impl LiveState {
         Ok(())
     }
 
+    /// The lots of tenants `start..end` in the order they appeared (a snapshot's).
+    pub fn lot_slice(&self, start: usize, end: usize) -> LotSlice {
+        self.tenants.lot_slice(start, end)
+    }
+
     /// Every lot of every tenant (the audit).
     pub fn all_lots(&self) -> Vec<((String, String), Lot)> {
         self.tenants
@@ -1075,8 +1080,6 @@ pub struct SnapshotTail {
     pub active_policy: Option<Digest>,
     pub next_entry_id: u64,
     pub last_seq: u64,
-    /// Every lot with its owner and grant. Added in format 3.
-    pub lots: Vec<(Lot, LotInfo)>,
 }
 
 /// A slice of tenants with their accounts, as a snapshot stores them.
@@ -1103,7 +1106,6 @@ impl LiveState {
             active_policy: self.active_policy,
             next_entry_id: self.next_entry_id,
             last_seq: self.last_seq,
-            lots: self.tenants.all_lots(),
         }
     }
 
@@ -1119,7 +1121,7 @@ impl LiveState {
     }
 
     /// Loads the rest of a snapshot.
-    pub fn restore_tail(&mut self, tail: SnapshotTail) -> Result<(), MeterError> {
+    pub fn restore_tail(&mut self, tail: SnapshotTail) {
         for record in tail.open_holds {
             self.insert_transaction(record, 0);
         }
@@ -1133,12 +1135,29 @@ impl LiveState {
         self.active_policy = tail.active_policy;
         self.next_entry_id = tail.next_entry_id;
         self.last_seq = tail.last_seq;
-        self.load_lots(tail.lots)
     }
 }
 
 pub(crate) const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
 pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
+/// The lots of a slice of tenants (format 3).
+pub(crate) const SNAPSHOT_LOTS: &[u8; 4] = b"CGS3";
+
+/// A lots slice, as a snapshot stores them beside each tenant slice.
+pub type LotSlice = Vec<(Lot, LotInfo)>;
+
+pub fn encode_lots(slice: &LotSlice) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_LOTS, slice)
+}
+
+pub fn decode_lots(bytes: &[u8]) -> Result<LotSlice, super::codec::CodecError> {
+    super::codec::decode_value(SNAPSHOT_LOTS, bytes)
+}
+
+/// Whether a snapshot part is a lots slice (else a tenant slice or the tail).
+pub fn is_lots_part(bytes: &[u8]) -> bool {
+    bytes.starts_with(SNAPSHOT_LOTS)
+}
 
 pub fn encode_tenants(slice: &TenantSlice) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_TENANTS, slice)

@@ -307,6 +307,14 @@ impl Tenants {
             .collect()
     }
 
+    /// The lots of tenants `start..end`.
+    pub fn lot_slice(&self, start: usize, end: usize) -> Vec<(Lot, LotInfo)> {
+        let end = end.min(self.tenants.len());
+        (start.min(end)..end)
+            .flat_map(|index| self.lots_at(index))
+            .collect()
+    }
+
     /// Every lot of every tenant.
     pub fn all_lots(&self) -> Vec<(Lot, LotInfo)> {
         (0..self.tenants.len())

@@ -406,9 +406,18 @@ impl Sequencer {
                 let end = (cursor.next_tenant + self.config.sqlite.snapshot_slice_tenants)
                     .min(cursor.end_tenant);
                 let slice = self.state.tenant_slice(cursor.next_tenant, end);
+                let lots = self.state.lot_slice(cursor.next_tenant, end);
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
+                    .and_then(|()| {
+                        if lots.is_empty() {
+                            Ok(())
+                        } else {
+                            self.store
+                                .snapshot_part(SnapshotPart::Lots(state::encode_lots(&lots)))
+                        }
+                    })
             }
             Some(_) => {
                 self.snapshot = None;

@@ -188,6 +188,8 @@ pub enum SnapshotPart {
     Begin { start_seq: u64 },
     /// A slice of tenants, encoded.
     Tenants(Vec<u8>),
+    /// The lots of that slice's tenants, encoded (none when they have none).
+    Lots(Vec<u8>),
     /// The rest, encoded, and the end of the snapshot. Every part was copied from the
     /// state at or before batch `taken_at_seq`: the snapshot counts only once that batch
     /// is durable.

@@ -182,6 +182,9 @@ fn readme_requests() -> Vec<(Method, String, Option<Value>)> {
                 Some((url, body)) => (url, Some(body.strip_suffix('\'').unwrap())),
                 None => (rest, None),
             };
+            // A URL with a query is quoted for the shell; the document's paths have none.
+            let url = url.trim_matches('\'');
+            let url = url.split_once('?').map_or(url, |(path, _)| path);
             let path = &url[url.find("/v1/").unwrap()..];
             (
                 method.parse().unwrap(),

@@ -207,7 +207,6 @@ impl From<SnapshotTailV2> for SnapshotTail {
             active_policy: tail.active_policy,
             next_entry_id: tail.next_entry_id,
             last_seq: tail.last_seq,
-            lots: Vec::new(),
         }
     }
 }

@@ -44,9 +44,13 @@ pub fn recover(
                 .collect::<rusqlite::Result<_>>()?;
             if let Some((tail, tenants)) = parts.split_last() {
                 for part in tenants {
-                    state.restore_tenants(state::decode_tenants(part)?)?;
+                    if state::is_lots_part(part) {
+                        state.load_lots(state::decode_lots(part)?)?;
+                    } else {
+                        state.restore_tenants(state::decode_tenants(part)?)?;
+                    }
                 }
-                state.restore_tail(state::decode_tail(tail)?)?;
+                state.restore_tail(state::decode_tail(tail)?);
             }
             to_u64(start_seq)
         }
@@ -82,6 +86,9 @@ pub fn recover(
         state.apply_batch(&batch)?;
         replayed += batch.decisions.len() as u64;
     }
+    // Replay sets absolute states, so the lots and the accounts agree only once it is
+    // done (L1 of `docs/credits.md`).
+    state.check_lots()?;
     // The views and the snapshot are written only from records the log had made durable:
     // a log that ends before them lost synced records (SQLite's recovery drops a damaged
     // WAL frame as if it were torn). Deciding on would reuse their seqs and answer other

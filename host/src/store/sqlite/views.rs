@@ -321,7 +321,7 @@ impl ViewThread {
                     .execute("DELETE FROM snapshot_next", [])
                     .map(|_| ())
             }
-            SnapshotPart::Tenants(bytes) => self.snapshot_bytes(&bytes),
+            SnapshotPart::Tenants(bytes) | SnapshotPart::Lots(bytes) => self.snapshot_bytes(&bytes),
             SnapshotPart::Tail {
                 bytes,
                 taken_at_seq,
