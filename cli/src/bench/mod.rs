@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use creditgate::model::{BatchStats, GrantRequest};
+use creditgate::model::{BatchStats, GrantRequest, GrantTerms};
 use creditgate::store::StoreLocation;
 use creditgate::store::scratch::ScratchStore;
 use creditgate::{Meter, MeterConfig, PolicySource};
@@ -88,6 +88,9 @@ struct Plan {
 
 const IN_PROCESS: &str = "creditgate in-process, wasm";
 const NATIVE: &str = "creditgate in-process, native rules";
+const LOTS: &str = "creditgate in-process, wasm, 5 lots a tenant";
+/// Lots every tenant's balance gets in the [`LOTS`] row.
+const LOTS_PER_TENANT: usize = 5;
 const HTTP: &str = "creditgate HTTP sidecar, wasm";
 const BARE_AXUM: &str = "bare axum endpoint (does nothing)";
 const REDIS: &str = "Redis + Lua (in memory, not durable)";
@@ -196,6 +199,21 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
         record(
             &mut rows,
             creditgate_row(&args, &plan, IN_PROCESS, Variant::default()).await,
+        );
+    }
+    if wanted(LOTS) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                LOTS,
+                Variant {
+                    lots: LOTS_PER_TENANT,
+                    ..Variant::default()
+                },
+            )
+            .await,
         );
     }
     if wanted(NATIVE) {
@@ -428,6 +446,9 @@ struct Variant {
     /// every [`SCRAPE_EVERY`] ([`measure_alternating`]).
     scraped: bool,
     tenants: Option<usize>,
+    /// Lots per tenant and balance: its grant in this many parts, of mixed priorities
+    /// and expiries (0: one grant, as 1).
+    lots: usize,
     /// Paced: this many transactions a second in all, instead of as fast as it goes.
     rate: Option<f64>,
     swaps: bool,
@@ -530,7 +551,7 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
     }
     let meters: [Arc<Meter>; 2] = [Arc::clone(&replicas[0][0]), Arc::clone(&replicas[1][0])];
 
-    grant_everyone(&meters, tenants).await?;
+    grant_everyone(&meters, tenants, variant.lots.max(1)).await?;
     let servers = servers(variant.front, &meters).await?;
     let mut clients = Vec::with_capacity(plan.clients);
     for index in 0..plan.clients {
@@ -841,8 +862,14 @@ fn in_parallel(
     })
 }
 
-/// Grants every tenant of both products, many grants in flight so they share commits.
-async fn grant_everyone(meters: &[Arc<Meter>; 2], tenants: usize) -> anyhow::Result<()> {
+/// Grants every tenant of both products, many grants in flight so they share commits:
+/// [`systems::GRANT`] a balance, in `lots` lots whose priorities and expiries differ
+/// (so that a hold walks them in burn order).
+async fn grant_everyone(
+    meters: &[Arc<Meter>; 2],
+    tenants: usize,
+    lots: usize,
+) -> anyhow::Result<()> {
     const IN_FLIGHT: usize = 256;
     let mut tasks = tokio::task::JoinSet::new();
     for stripe in 0..IN_FLIGHT {
@@ -852,15 +879,28 @@ async fn grant_everyone(meters: &[Arc<Meter>; 2], tenants: usize) -> anyhow::Res
                 let balances = meter.policy().balances.clone();
                 for tenant in (stripe..tenants).step_by(IN_FLIGHT) {
                     for balance in &balances {
-                        meter
-                            .grant_async(GrantRequest {
-                                grant_id: format!("bench-{tenant}-{balance}"),
-                                tenant: tenant_name(tenant),
-                                balance: balance.clone(),
-                                amount: systems::GRANT,
-                                terms: Default::default(),
-                            })
-                            .await?;
+                        for lot in 0..lots {
+                            let share = systems::GRANT / lots as i64;
+                            meter
+                                .grant_async(GrantRequest {
+                                    grant_id: format!("bench-{tenant}-{balance}-{lot}"),
+                                    tenant: tenant_name(tenant),
+                                    balance: balance.clone(),
+                                    amount: if lot == 0 {
+                                        systems::GRANT - share * (lots as i64 - 1)
+                                    } else {
+                                        share
+                                    },
+                                    terms: GrantTerms {
+                                        priority: (lot % 3) as i32,
+                                        // Far beyond the run, so nothing expires in it.
+                                        expires_at_ms: (lot % 2 == 1)
+                                            .then_some(4_102_444_800_000 + lot as i64),
+                                        ..GrantTerms::default()
+                                    },
+                                })
+                                .await?;
+                        }
                     }
                 }
             }
@@ -1187,6 +1227,12 @@ fn targets(rows: &[Row], large: &str) -> Vec<Target> {
             "(1) / (5) >= 20".to_owned(),
             ratio(IN_PROCESS, POSTGRES),
             20.0,
+        ),
+        at_least(
+            "lots",
+            "5 lots a tenant / (1) >= 0.9".to_owned(),
+            ratio(LOTS, IN_PROCESS),
+            0.9,
         ),
         at_least(
             "price of wasm",
