@@ -22,7 +22,7 @@ use super::record::{
     AmountList, AuthorizationRecord, Batch, Decision, Digest, EntryRecord, LotTerms, PostingRecord,
     ReceiptRecord, RequestRecord, TransactionState,
 };
-use super::tenants::Tenants;
+use super::tenants::{LotPart, LotPartOut, Tenants};
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
 
@@ -426,6 +426,14 @@ impl LiveState {
             .map_err(|error| broken(format!("{tenant}/{balance}: {error}")))
     }
 
+    /// Loads a snapshot's lots part.
+    pub fn restore_lots(&mut self, part: LotPart) -> Result<(), MeterError> {
+        for (expires_at_ms, id, index) in self.tenants.restore_lots(part)? {
+            self.lot_expiry.push(Reverse((expires_at_ms, id, index)));
+        }
+        Ok(())
+    }
+
     /// Every lot of the tenant, closed ones included, in burn order per balance.
     pub fn tenant_lots(&self, tenant: &str) -> Vec<(Lot, LotInfo)> {
         let mut lots = self.tenants.lots(tenant);
@@ -559,29 +567,16 @@ impl LiveState {
     /// L1 over the whole state: on every account, the open lots hold at most what is
     /// available. Recovery checks it once the log is replayed.
     pub fn check_lots(&self) -> Result<(), MeterError> {
-        let mut in_lots: HashMap<(String, String), i64> = HashMap::new();
-        for (lot, info) in self.tenants.all_lots() {
-            if lot.closed.is_none() {
-                *in_lots.entry((info.tenant, info.balance)).or_default() += lot.remaining;
-            }
+        match self.tenants.lots_beyond_available() {
+            None => Ok(()),
+            Some((tenant, balance, in_lots, available)) => Err(broken(format!(
+                "{tenant}/{balance} has {available} available but its lots hold {in_lots}"
+            ))),
         }
-        for ((tenant, balance), in_lots) in in_lots {
-            let available = self
-                .tenants
-                .accounts(&tenant)
-                .find(|(name, _)| *name == balance)
-                .map_or(0, |(_, state)| state.available);
-            if in_lots > available {
-                return Err(broken(format!(
-                    "{tenant}/{balance} has {available} available but its lots hold {in_lots}"
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// The lots of tenants `start..end` in the order they appeared (a snapshot's).
-    pub fn lot_slice(&self, start: usize, end: usize) -> LotSlice {
+    pub fn lot_slice(&self, start: usize, end: usize) -> LotPartOut<'_> {
         self.tenants.lot_slice(start, end)
     }
 
@@ -747,11 +742,12 @@ fn broken(why: impl std::fmt::Display) -> MeterError {
     MeterError::StoreCorrupt(format!("the ledger's lots break an invariant: {why}"))
 }
 
+/// What the open lots hold; saturating, so that damaged figures read as too many
+/// credits (which L1 refuses) rather than overflow.
 fn open_remaining(lots: &[Lot]) -> i64 {
     lots.iter()
         .filter(|lot| lot.closed.is_none())
-        .map(|lot| lot.remaining)
-        .sum()
+        .fold(0i64, |sum, lot| sum.saturating_add(lot.remaining))
 }
 
 /// The digest a decision of `batch` names by its index in the batch's policies.
@@ -1143,14 +1139,11 @@ pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
 /// The lots of a slice of tenants (format 3).
 pub(crate) const SNAPSHOT_LOTS: &[u8; 4] = b"CGS3";
 
-/// A lots slice, as a snapshot stores them beside each tenant slice.
-pub type LotSlice = Vec<(Lot, LotInfo)>;
-
-pub fn encode_lots(slice: &LotSlice) -> Vec<u8> {
+pub fn encode_lots(slice: &LotPartOut<'_>) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_LOTS, slice)
 }
 
-pub fn decode_lots(bytes: &[u8]) -> Result<LotSlice, super::codec::CodecError> {
+pub fn decode_lots(bytes: &[u8]) -> Result<LotPart, super::codec::CodecError> {
     super::codec::decode_value(SNAPSHOT_LOTS, bytes)
 }
 

@@ -11,6 +11,7 @@
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::AccountState;
@@ -44,6 +45,156 @@ struct StoredLot {
     grant_id_len: u8,
     granted_at_ms: u64,
     labels: Option<Box<Labels>>,
+}
+
+/// The lots of a slice of tenants as a snapshot part stores them, borrowed from the
+/// table: the ledger's balance names once, each tenant's name once, and labels only
+/// when not the defaults. [`LotPart`] reads it back.
+#[derive(Serialize)]
+pub struct LotPartOut<'a> {
+    balances: Vec<&'a str>,
+    tenants: Vec<(&'a str, Vec<LotRowOut<'a>>)>,
+}
+
+impl LotPartOut<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct LotRowOut<'a> {
+    /// Index into the part's balances.
+    balance: u16,
+    lot: &'a Lot,
+    grant_id: &'a str,
+    granted_at_ms: u64,
+    labels: Option<(&'a str, &'a [(String, String)])>,
+}
+
+/// A snapshot part of lots, read.
+#[derive(Deserialize)]
+pub struct LotPart {
+    balances: Vec<String>,
+    tenants: Vec<(String, Vec<LotRow>)>,
+}
+
+#[derive(Deserialize)]
+struct LotRow {
+    balance: u16,
+    lot: Lot,
+    grant_id: String,
+    granted_at_ms: u64,
+    labels: Option<(String, Vec<(String, String)>)>,
+}
+
+impl Tenants {
+    /// Restores a snapshot's lots part: each tenant's lots set at once, with their
+    /// grants. Answers `(expiry, lot, tenant index)` of the open lots that expire.
+    /// Refuses a balance index the part does not have, and a lot listed twice.
+    pub fn restore_lots(&mut self, part: LotPart) -> Result<Vec<(i64, LotId, u32)>, MeterError> {
+        let damaged = |why: String| MeterError::StoreCorrupt(format!("a snapshot's lots: {why}"));
+        let mut ids = Vec::with_capacity(part.balances.len());
+        for name in &part.balances {
+            ids.push(self.balance_id(name)?);
+        }
+        let mut expiring = Vec::new();
+        for (name, rows) in part.tenants {
+            let index = self.find_or_insert(&name)?;
+            let mut lots = std::mem::take(&mut self.tenants[index].lots).into_vec();
+            lots.reserve_exact(rows.len());
+            for row in rows {
+                let balance = *ids.get(usize::from(row.balance)).ok_or_else(|| {
+                    damaged(format!(
+                        "a lot names balance {} of {}",
+                        row.balance,
+                        ids.len()
+                    ))
+                })?;
+                if lots.iter().any(|stored| stored.lot.id == row.lot.id) {
+                    return Err(damaged(format!("lot {} is listed twice", row.lot.id)));
+                }
+                if let (Some(at), None) = (row.lot.expires_at_ms, row.lot.closed) {
+                    expiring.push((at, row.lot.id, index as u32));
+                }
+                let (grant_id_start, grant_id_len) = self.arena_grant_id(&row.grant_id);
+                lots.push(StoredLot {
+                    balance,
+                    lot: row.lot,
+                    grant_id_start,
+                    grant_id_len,
+                    granted_at_ms: row.granted_at_ms,
+                    labels: row.labels.map(|(category, metadata)| {
+                        Box::new(Labels {
+                            category: category.into(),
+                            metadata: metadata.into_boxed_slice(),
+                        })
+                    }),
+                });
+            }
+            self.tenants[index].lots = lots.into_boxed_slice();
+        }
+        Ok(expiring)
+    }
+
+    /// Appends a grant id to the arena: where it starts and its length. Ids are at most
+    /// 128 bytes (`meter::validate`); a longer one (damage in a store) is kept cut at a
+    /// character boundary.
+    fn arena_grant_id(&mut self, grant_id: &str) -> (u64, u8) {
+        let mut len = grant_id.len().min(usize::from(u8::MAX));
+        while !grant_id.is_char_boundary(len) {
+            len -= 1;
+        }
+        let start = self.grant_ids.len() as u64;
+        self.grant_ids
+            .extend_from_slice(&grant_id.as_bytes()[..len]);
+        (start, len as u8)
+    }
+
+    /// The first account whose open lots hold more than it has available (L1):
+    /// `(tenant, balance, in lots, available)`.
+    pub fn lots_beyond_available(&self) -> Option<(String, String, i64, i64)> {
+        for tenant in &self.tenants {
+            for (balance, state) in &tenant.accounts {
+                let in_lots = tenant
+                    .lots
+                    .iter()
+                    .filter(|stored| stored.balance == *balance && stored.lot.closed.is_none())
+                    .fold(0i64, |sum, stored| sum.saturating_add(stored.lot.remaining));
+                if in_lots > state.available {
+                    return Some((
+                        self.name_of(tenant).to_owned(),
+                        self.balance_names
+                            .get(usize::from(*balance))
+                            .map(|name| name.to_string())
+                            .unwrap_or_default(),
+                        in_lots,
+                        state.available,
+                    ));
+                }
+            }
+            // Lots on a balance the tenant has no account of hold credits nowhere.
+            if let Some(stored) = tenant.lots.iter().find(|stored| {
+                stored.lot.closed.is_none()
+                    && stored.lot.remaining > 0
+                    && !tenant
+                        .accounts
+                        .iter()
+                        .any(|(balance, _)| *balance == stored.balance)
+            }) {
+                return Some((
+                    self.name_of(tenant).to_owned(),
+                    self.balance_names
+                        .get(usize::from(stored.balance))
+                        .map(|name| name.to_string())
+                        .unwrap_or_default(),
+                    stored.lot.remaining,
+                    0,
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// A lot's category and metadata, when not `paid` and none.
@@ -307,12 +458,33 @@ impl Tenants {
             .collect()
     }
 
-    /// The lots of tenants `start..end`.
-    pub fn lot_slice(&self, start: usize, end: usize) -> Vec<(Lot, LotInfo)> {
+    /// The lots of tenants `start..end`, borrowed, as a snapshot part stores them.
+    pub fn lot_slice(&self, start: usize, end: usize) -> LotPartOut<'_> {
         let end = end.min(self.tenants.len());
-        (start.min(end)..end)
-            .flat_map(|index| self.lots_at(index))
-            .collect()
+        LotPartOut {
+            balances: self.balance_names.iter().map(AsRef::as_ref).collect(),
+            tenants: self.tenants[start.min(end)..end]
+                .iter()
+                .filter(|tenant| !tenant.lots.is_empty())
+                .map(|tenant| {
+                    let rows = tenant
+                        .lots
+                        .iter()
+                        .map(|stored| LotRowOut {
+                            balance: stored.balance,
+                            lot: &stored.lot,
+                            grant_id: self.grant_id_of(stored),
+                            granted_at_ms: stored.granted_at_ms,
+                            labels: stored
+                                .labels
+                                .as_ref()
+                                .map(|labels| (labels.category.as_ref(), labels.metadata.as_ref())),
+                        })
+                        .collect();
+                    (self.name_of(tenant), rows)
+                })
+                .collect(),
+        }
     }
 
     /// Every lot of every tenant.
@@ -383,18 +555,10 @@ impl Tenants {
         };
         // A replay sets the grant of a lot the snapshot had: its id is there already.
         if self.grant_id_of(&self.tenants[index].lots[at]) != grant_id {
-            // Ids are at most 128 bytes (`meter::validate`); a longer one (damage in a
-            // store) is kept cut at a character boundary.
-            let mut len = grant_id.len().min(usize::from(u8::MAX));
-            while !grant_id.is_char_boundary(len) {
-                len -= 1;
-            }
-            let start = self.grant_ids.len() as u64;
-            self.grant_ids
-                .extend_from_slice(&grant_id.as_bytes()[..len]);
+            let (start, len) = self.arena_grant_id(grant_id);
             let stored = &mut self.tenants[index].lots[at];
             stored.grant_id_start = start;
-            stored.grant_id_len = len as u8;
+            stored.grant_id_len = len;
         }
         let stored = &mut self.tenants[index].lots[at];
         stored.granted_at_ms = granted_at_ms;

@@ -407,16 +407,13 @@ impl Sequencer {
                     .min(cursor.end_tenant);
                 let slice = self.state.tenant_slice(cursor.next_tenant, end);
                 let lots = self.state.lot_slice(cursor.next_tenant, end);
+                let lots = (!lots.is_empty()).then(|| state::encode_lots(&lots));
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
-                    .and_then(|()| {
-                        if lots.is_empty() {
-                            Ok(())
-                        } else {
-                            self.store
-                                .snapshot_part(SnapshotPart::Lots(state::encode_lots(&lots)))
-                        }
+                    .and_then(|()| match lots {
+                        Some(lots) => self.store.snapshot_part(SnapshotPart::Lots(lots)),
+                        None => Ok(()),
                     })
             }
             Some(_) => {

@@ -361,7 +361,8 @@ pub fn invariant_violations(
             ));
         }
         if lot.closed.is_none() {
-            *in_lots.entry((tenant, balance)).or_default() += lot.remaining;
+            let sum = in_lots.entry((tenant, balance)).or_default();
+            *sum = sum.saturating_add(lot.remaining);
         }
     }
     for ((tenant, balance, lot), sum) in lot_sums {

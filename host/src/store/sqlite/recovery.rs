@@ -45,7 +45,7 @@ pub fn recover(
             if let Some((tail, tenants)) = parts.split_last() {
                 for part in tenants {
                     if state::is_lots_part(part) {
-                        state.load_lots(state::decode_lots(part)?)?;
+                        state.restore_lots(state::decode_lots(part)?)?;
                     } else {
                         state.restore_tenants(state::decode_tenants(part)?)?;
                     }
