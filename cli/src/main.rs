@@ -42,6 +42,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Top up a tenant's balance (idempotent by --grant-id).
     Grant(operator::GrantArgs),
+    /// Set how far below zero spending may take a tenant's balance (0: not at all).
+    Overdraft(operator::OverdraftArgs),
     /// Show a tenant's balances.
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Grant(args) => operator::grant(args),
+        Command::Overdraft(args) => operator::overdraft(args),
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),
         Command::Bench(args) => bench::run(args),

@@ -103,6 +103,22 @@ impl Ledger {
         }
     }
 
+    fn set_overdraft(
+        &self,
+        tenant: &str,
+        balance: &str,
+        limit: i64,
+    ) -> anyhow::Result<TenantBalances> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.set_overdraft(tenant, balance, limit)?),
+            Ledger::Sidecar { .. } => Ok(serde_json::from_value(self.call(
+                "PUT",
+                &format!("/v1/tenants/{tenant}/balances/{balance}/overdraft"),
+                Some(serde_json::json!({ "limit": limit })),
+            )?)?),
+        }
+    }
+
     fn balances(&self, tenant: &str) -> anyhow::Result<TenantBalances> {
         match self {
             Ledger::Here(meter) => Ok(meter.balances(tenant)?),
@@ -204,6 +220,27 @@ pub fn grant(args: GrantArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args)]
+pub struct OverdraftArgs {
+    #[command(flatten)]
+    ledger: LedgerFile,
+    tenant: String,
+    balance: String,
+    /// How far below zero spending may take the balance, in whole credits (0: not at all).
+    limit: i64,
+}
+
+pub fn overdraft(args: OverdraftArgs) -> anyhow::Result<()> {
+    let ledger = args.ledger.open()?;
+    let balances = ledger.set_overdraft(&args.tenant, &args.balance, args.limit)?;
+    println!(
+        "overdraft limit of {}/{} set to {}",
+        args.tenant, args.balance, args.limit
+    );
+    print_balances(&balances);
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct BalanceArgs {
     #[command(flatten)]
     ledger: LedgerFile,
@@ -300,8 +337,13 @@ fn print_lots(balances: &TenantBalances) {
 fn print_balances(balances: &TenantBalances) {
     for (balance, available) in &balances.balances {
         let held = balances.held.get(balance).copied().unwrap_or(0);
+        let overdraft = balances
+            .overdraft_limits
+            .get(balance)
+            .map(|limit| format!(", overdraft limit {limit}"))
+            .unwrap_or_default();
         println!(
-            "{} {balance}: {available} available, {held} held",
+            "{} {balance}: {available} available, {held} held{overdraft}",
             balances.tenant
         );
     }

@@ -452,7 +452,7 @@ impl<'a> Source<'a> {
     }
 
     fn decision(&mut self) -> Decision {
-        match self.byte() % 8 {
+        match self.byte() % 9 {
             0 => Decision::Authorize(Authorized {
                 id: self.string(),
                 tenant: self.string(),
@@ -509,6 +509,11 @@ impl<'a> Source<'a> {
                 closure: self.closure(),
                 policy: self.u32(),
                 posting: self.posting(),
+            }),
+            7 => Decision::Overdraft(OverdraftSet {
+                tenant: self.string(),
+                balance: self.string(),
+                limit: self.i64(),
             }),
             _ => Decision::Import(self.imported()),
         }

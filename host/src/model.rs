@@ -162,8 +162,13 @@ pub struct Receipt {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TenantBalances {
     pub tenant: String,
+    /// Credits available now, per balance; negative while an overdraft is used.
     pub balances: Amounts,
     pub held: Amounts,
+    /// The overdraft limits an operator set (how far below zero spending may take each
+    /// balance): only the balances that have one.
+    #[serde(default, skip_serializing_if = "Amounts::is_empty")]
+    pub overdraft_limits: Amounts,
     /// Where the credits come from, lot by lot, in burn order per balance: only when
     /// asked for (`?lots=true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -94,6 +94,7 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(settle))
         .routes(admin(state, routes!(grant)))
         .routes(admin(state, routes!(void_grant)))
+        .routes(admin(state, routes!(set_overdraft)))
         .routes(routes!(balances))
         .routes(routes!(journal))
         .routes(admin(state, routes!(audit)))
@@ -480,6 +481,68 @@ async fn void_grant(
     ApiPath(GrantPath { tenant, grant_id }): ApiPath<GrantPath>,
 ) -> ApiResult {
     ok(state.meter.void_async(&tenant, &grant_id).await?)
+}
+
+/// A path's tenant and balance.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct BalancePath {
+    /// 1 to 128 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "acme")]
+    tenant: String,
+    /// A balance the active policy names.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "default")]
+    balance: String,
+}
+
+/// The overdraft body. `limit` is read as any JSON number so that fractions and values
+/// beyond i64 get `invalid_amount` rather than a parse error.
+#[derive(Deserialize, ToSchema)]
+struct OverdraftBody {
+    /// How far below zero spending may take the balance, in whole credits, 0 to 10^15
+    /// (0: not at all, the default).
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_000_i64, example = 500)]
+    limit: serde_json::Number,
+}
+
+/// (admin) Sets how far below zero spending may take a tenant's balance. Admissions and
+/// settles may then spend past the balance's lots down to minus the limit; the next
+/// grants repay the overdraft before their lots keep anything. Moves no credit: a limit
+/// lowered below what is already overdrawn refuses new spending until credits come
+/// back.
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/balances/{balance}/overdraft",
+    tag = "ledger",
+    params(BalancePath),
+    request_body = OverdraftBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits and overdraft limits", body = TenantBalances),
+        (status = 400, description = "`invalid_json`, `invalid_request` (the body, the tenant or the balance), `unknown_balance`: the policy names no such balance, `invalid_amount`: not a whole number of credits from 0 to 10^15", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn set_overdraft(
+    State(state): State<Arc<AppState>>,
+    ApiPath(BalancePath { tenant, balance }): ApiPath<BalancePath>,
+    body: Request,
+) -> ApiResult {
+    let overdraft: OverdraftBody = read_json(&state, body).await?;
+    let limit = overdraft.limit.as_i64().ok_or_else(|| {
+        MeterError::InvalidAmount(format!(
+            "limit {} is not a whole number of credits from 0 to {}",
+            overdraft.limit,
+            creditgate::meter::validate::OVERDRAFT_LIMIT_CREDITS_MAX
+        ))
+    })?;
+    ok(state
+        .meter
+        .set_overdraft_async(&tenant, &balance, limit)
+        .await?)
 }
 
 /// `?lots=true` of [`balances`].

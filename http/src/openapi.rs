@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::settle,
         super::grant,
         super::void_grant,
+        super::set_overdraft,
         super::balances,
         super::journal,
         super::audit,

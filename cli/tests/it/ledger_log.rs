@@ -93,6 +93,7 @@ fn tenant_balances(tenant: &str, balances: &[(&str, i64)], held: &[(&str, i64)])
         tenant: tenant.to_owned(),
         balances: amounts(balances),
         held: amounts(held),
+        overdraft_limits: BTreeMap::new(),
     }
 }
 
@@ -782,6 +783,8 @@ struct Model {
     /// Open smarte holds: id -> (tenant, credits held).
     open: BTreeMap<String, (String, i64)>,
     exported: BTreeSet<(String, String)>,
+    /// DonorAtlas tenants' overdraft limits, by balance.
+    overdrafts: BTreeMap<String, BTreeMap<String, i64>>,
     requests: BTreeMap<String, AuthorizeRequest>,
     answers: BTreeMap<String, Authorization>,
     receipts: BTreeMap<String, Receipt>,
@@ -808,11 +811,25 @@ impl Model {
 
     fn partner_balances(&self, tenant: &str) -> TenantBalances {
         let (enhancement, export) = self.partners[tenant];
-        tenant_balances(
-            tenant,
-            &[("enhancement", enhancement), ("export", export)],
-            &[("enhancement", 0), ("export", 0)],
-        )
+        TenantBalances {
+            overdraft_limits: self.overdrafts.get(tenant).cloned().unwrap_or_default(),
+            ..tenant_balances(
+                tenant,
+                &[("enhancement", enhancement), ("export", export)],
+                &[("enhancement", 0), ("export", 0)],
+            )
+        }
+    }
+
+    fn overdraft(&mut self, meter: &Meter, tenant: &str, balance: &str, limit: i64) {
+        self.overdrafts
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(balance.to_owned(), limit);
+        assert_eq!(
+            meter.set_overdraft(tenant, balance, limit).unwrap(),
+            self.partner_balances(tenant)
+        );
     }
 
     fn authorize(&mut self, meter: &Meter, request: AuthorizeRequest) -> Authorization {
@@ -1027,6 +1044,9 @@ fn mixed_traffic(meter: &Meter, clock: &ManualClock, model: &mut Model) {
         }
     }
     activate(meter, "donoratlas");
+    // A tenant with an overdraft limit and no traffic: the limit is in the snapshot.
+    model.grant(meter, "g-q0", "q0", "enhancement", 1);
+    model.overdraft(meter, "q0", "export", 5);
     for partner in 0..3 {
         let tenant = format!("p{partner}");
         model.grant(meter, &format!("g-px{partner}"), &tenant, "export", 12);

@@ -21,6 +21,7 @@ mod lifecycle;
 mod lossy_fs;
 mod lots;
 mod observability;
+mod overdraft;
 mod quote;
 mod replicas;
 mod sandbox;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::lots::{AccountLots, Closure, LEGACY_LOT, Lot, LotError, LotId, LotMove, split_hold};
 use super::record::EntryRecord;
 use super::state::LiveState;
-use super::{Accounts, Entry, EntryKind, apply};
+use super::{Accounts, Entry, EntryKind, OverdraftLimits, apply, overdraft_limit};
 use crate::error::MeterError;
 
 /// The lots of one tenant's accounts while a decision draws on them.
@@ -17,8 +17,11 @@ pub struct LotDraw<'a> {
     state: &'a LiveState,
     tenant: &'a str,
     before: &'a Accounts,
+    limits: OverdraftLimits,
     lots: BTreeMap<String, AccountLots>,
     entries: Vec<EntryRecord>,
+    /// Lots granted by this decision: recorded even when an overdraft took all of it.
+    granted: Vec<LotId>,
 }
 
 /// What a decision's entries do, drawn on lots.
@@ -41,8 +44,10 @@ impl<'a> LotDraw<'a> {
             state,
             tenant,
             before,
+            limits: state.overdraft_limits(tenant),
             lots: BTreeMap::new(),
             entries: Vec::new(),
+            granted: Vec::new(),
         }
     }
 
@@ -71,9 +76,11 @@ impl<'a> LotDraw<'a> {
         }
     }
 
-    /// A hold or a charge: credits leave the account's open lots in burn order.
+    /// A hold or a charge: credits leave the account's open lots in burn order, then
+    /// overdraw it within its limit.
     pub fn take(&mut self, balance: &str, kind: EntryKind, amount: i64) -> Result<(), MeterError> {
-        let moves = self.account(balance)?.take(amount).map_err(broken)?;
+        let limit = overdraft_limit(&self.limits, balance);
+        let moves = self.account(balance)?.take(amount, limit).map_err(broken)?;
         for moved in moves {
             self.push(balance, kind, moved);
         }
@@ -82,8 +89,8 @@ impl<'a> LotDraw<'a> {
 
     /// Credits of a hold that drew `drawn` (in burn order) on `balance`: `captured`
     /// of them are spent, the rest go back to their lots (a release, or an expiry of
-    /// the hold), and any part whose lot closed meanwhile leaves through that lot's
-    /// closing entry.
+    /// the hold; an overdraft is repaid first), and any part whose lot closed meanwhile
+    /// leaves through that lot's closing entry.
     pub fn settle_hold(
         &mut self,
         balance: &str,
@@ -95,24 +102,39 @@ impl<'a> LotDraw<'a> {
         for moved in spent {
             self.push(balance, EntryKind::Capture, moved);
         }
-        let forfeits = self.account(balance)?.give_back(&back).map_err(broken)?;
-        for moved in back {
+        let given = self.account(balance)?.give_back(&back).map_err(broken)?;
+        for moved in given.returned {
             self.push(balance, back_kind, moved);
         }
-        for forfeit in forfeits {
+        for forfeit in given.forfeits {
             self.push(balance, closing_kind(forfeit.closure), forfeit.moved);
         }
         Ok(())
     }
 
-    /// Adds a granted lot, whose number is its grant entry's id.
+    /// Adds a granted lot, whose number is its grant's first entry's id. Of an
+    /// overdrawn account, the grant repays the overdraft first: one entry for what
+    /// the lot keeps, one on the account's own lot for what repaid it.
     pub fn grant(&mut self, balance: &str, lot: Lot) -> Result<(), MeterError> {
-        let moved = LotMove {
-            lot: lot.id,
-            amount: lot.amount,
-        };
-        self.account(balance)?.add(lot).map_err(broken)?;
-        self.push(balance, EntryKind::Grant, moved);
+        let (id, amount) = (lot.id, lot.amount);
+        let repaid = self.account(balance)?.add(lot).map_err(broken)?;
+        self.granted.push(id);
+        self.push(
+            balance,
+            EntryKind::Grant,
+            LotMove {
+                lot: id,
+                amount: amount - repaid,
+            },
+        );
+        self.push(
+            balance,
+            EntryKind::Grant,
+            LotMove {
+                lot: LEGACY_LOT,
+                amount: repaid,
+            },
+        );
         Ok(())
     }
 
@@ -135,8 +157,8 @@ impl<'a> LotDraw<'a> {
     }
 
     /// The entries, and the accounts and lots they leave. Refuses (as a broken
-    /// invariant) entries that would take an account below zero: the posting rules
-    /// already checked them.
+    /// invariant) entries that would take an account below its floor: the posting
+    /// rules already checked them.
     pub fn finish(self) -> Result<DrawnPosting, MeterError> {
         let mut accounts = self.before.clone();
         let plain: Vec<Entry> = self
@@ -148,7 +170,7 @@ impl<'a> LotDraw<'a> {
                 amount: entry.amount,
             })
             .collect();
-        apply(&mut accounts, &plain).map_err(MeterError::StoreCorrupt)?;
+        apply(&mut accounts, &plain, &self.limits).map_err(MeterError::StoreCorrupt)?;
         let mut lots = Vec::new();
         for (balance, account) in self.lots {
             let moved: Vec<LotId> = self
@@ -156,6 +178,7 @@ impl<'a> LotDraw<'a> {
                 .iter()
                 .filter(|entry| entry.balance == balance && entry.lot != LEGACY_LOT)
                 .map(|entry| entry.lot)
+                .chain(self.granted.iter().copied())
                 .collect();
             for lot in account.into_lots() {
                 if lot.id != LEGACY_LOT && moved.contains(&lot.id) {

@@ -5,6 +5,11 @@
 //! Invariants kept here: a lot's `remaining` stays within `0..=amount`; a closed lot
 //! (expired or voided) never takes credits back; every take, return, expiry and void
 //! answers the moves that make it, and they sum to what it moved.
+//!
+//! Overdraft: spending past every lot takes the account's own (legacy) lot below zero,
+//! down to the overdraft limit; credits coming in (a grant, a released hold) repay it
+//! before they fill any other lot. So an account is overdrawn only while every other
+//! open lot is empty (L1: open lots hold at most `max(available, 0)`).
 
 use std::cmp::Ordering;
 
@@ -124,9 +129,18 @@ impl AccountLots {
         &self.lots
     }
 
-    /// Credits the open lots hold.
+    /// Credits the open lots hold, less what the account is overdrawn.
     pub fn remaining(&self) -> i64 {
-        self.open().map(|lot| lot.remaining).sum()
+        self.open()
+            .fold(0i64, |sum, lot| sum.saturating_add(lot.remaining))
+    }
+
+    /// Credits the account owes its overdraft: what its own lot is below zero.
+    pub fn overdrawn(&self) -> i64 {
+        self.lots
+            .iter()
+            .find(|lot| lot.id == LEGACY_LOT)
+            .map_or(0, |lot| lot.remaining.saturating_neg().max(0))
     }
 
     fn open(&self) -> impl Iterator<Item = &Lot> {
@@ -141,11 +155,13 @@ impl AccountLots {
     }
 
     /// An account's lots as stored, in any order: refuses figures outside
-    /// `0..=amount` and a lot listed twice.
+    /// `0..=amount` (the legacy lot may be overdrawn), a lot listed twice, and an
+    /// overdrawn account with credits in another open lot.
     pub fn restore(lots: impl IntoIterator<Item = Lot>) -> Result<Self, LotError> {
         let mut restored = Self::default();
         for lot in lots {
-            if lot.remaining < 0 || lot.remaining > lot.amount || lot.amount <= 0 {
+            let floor = if lot.id == LEGACY_LOT { i64::MIN } else { 0 };
+            if lot.remaining < floor || lot.remaining > lot.amount || lot.amount <= 0 {
                 return Err(LotError::Invalid(format!(
                     "lot {} holds {} of {}",
                     lot.id, lot.remaining, lot.amount
@@ -157,6 +173,12 @@ impl AccountLots {
             restored.lots.push(lot);
         }
         restored.lots.sort_by(Lot::burn_order);
+        let overdrawn = restored.overdrawn();
+        if overdrawn > 0 && restored.remaining().saturating_add(overdrawn) > 0 {
+            return Err(LotError::Invalid(format!(
+                "the account is overdrawn by {overdrawn} but its lots hold credits"
+            )));
+        }
         Ok(restored)
     }
 
@@ -165,8 +187,9 @@ impl AccountLots {
         self.lots
     }
 
-    /// Adds a granted lot in its place in the burn order.
-    pub fn add(&mut self, lot: Lot) -> Result<(), LotError> {
+    /// Adds a granted lot in its place in the burn order. An overdrawn account is
+    /// repaid from it first: answers how much (the lot keeps the rest).
+    pub fn add(&mut self, mut lot: Lot) -> Result<i64, LotError> {
         if lot.amount <= 0 || lot.remaining != lot.amount || lot.closed.is_some() {
             return Err(LotError::Invalid(format!(
                 "a new lot grants a positive amount, all of it remaining: {lot:?}"
@@ -175,20 +198,28 @@ impl AccountLots {
         if self.lots.iter().any(|known| known.id == lot.id) {
             return Err(LotError::DuplicateLot(lot.id));
         }
+        let repaid = lot.amount.min(self.overdrawn());
+        if repaid > 0 {
+            self.find_mut(LEGACY_LOT)?.remaining += repaid;
+            lot.remaining -= repaid;
+        }
         let at = self
             .lots
             .partition_point(|known| known.burn_order(&lot) == Ordering::Less);
         self.lots.insert(at, lot);
-        Ok(())
+        Ok(repaid)
     }
 
-    /// Takes `amount` from the open lots in burn order, or nothing if they hold less.
-    pub fn take(&mut self, amount: i64) -> Result<Vec<LotMove>, LotError> {
-        if amount < 0 {
-            return Err(LotError::Invalid(format!("cannot take {amount} credits")));
+    /// Takes `amount` from the open lots in burn order, then, past them, overdraws the
+    /// account's own lot down to `-overdraft_limit`; or takes nothing if that is short.
+    pub fn take(&mut self, amount: i64, overdraft_limit: i64) -> Result<Vec<LotMove>, LotError> {
+        if amount < 0 || overdraft_limit < 0 {
+            return Err(LotError::Invalid(format!(
+                "cannot take {amount} credits with an overdraft of {overdraft_limit}"
+            )));
         }
         let remaining = self.remaining();
-        if amount > remaining {
+        if amount > remaining.saturating_add(overdraft_limit) {
             return Err(LotError::Short {
                 asked: amount,
                 remaining,
@@ -200,7 +231,7 @@ impl AccountLots {
             if left == 0 {
                 break;
             }
-            let taken = left.min(lot.remaining);
+            let taken = left.min(lot.remaining.max(0));
             if taken > 0 {
                 lot.remaining -= taken;
                 left -= taken;
@@ -210,36 +241,75 @@ impl AccountLots {
                 });
             }
         }
-        debug_assert_eq!(left, 0, "the open lots held {remaining} >= {amount}");
+        if left > 0 {
+            // Past every lot: the account overdraws (`remaining + overdraft_limit`
+            // covered it, so its own lot stays above the floor).
+            let Ok(own) = self.find_mut(LEGACY_LOT) else {
+                return Err(LotError::Short {
+                    asked: amount,
+                    remaining,
+                });
+            };
+            own.remaining -= left;
+            match moves.last_mut() {
+                Some(last) if last.lot == LEGACY_LOT => last.amount += left,
+                _ => moves.push(LotMove {
+                    lot: LEGACY_LOT,
+                    amount: left,
+                }),
+            }
+        }
         Ok(moves)
     }
 
-    /// Returns credits to the lots they were taken from (a released hold). A lot that
-    /// closed meanwhile takes nothing back: its part is answered as forfeited, for the
-    /// caller to record leaving. Refuses, changing nothing, a move to an unknown lot or
-    /// past a lot's amount.
-    pub fn give_back(&mut self, moves: &[LotMove]) -> Result<Vec<Forfeit>, LotError> {
+    /// Returns credits to the lots they were taken from (a released hold), repaying
+    /// an overdraft first: answers where they went. A lot that closed meanwhile takes
+    /// nothing back: its part is answered as forfeited, for the caller to record
+    /// leaving. Refuses, changing nothing, a move to an unknown lot or past a lot's
+    /// amount.
+    pub fn give_back(&mut self, moves: &[LotMove]) -> Result<GivenBack, LotError> {
         let mut after = self.clone();
-        let mut forfeits = Vec::new();
+        let mut given = GivenBack::default();
         for moved in moves {
+            let overdrawn = after.overdrawn();
             let lot = after.find_mut(moved.lot)?;
-            let room = lot.amount - lot.remaining;
+            let room = lot.amount.saturating_sub(lot.remaining);
             if moved.amount <= 0 || moved.amount > room {
                 return Err(LotError::Invalid(format!(
                     "{} credits cannot go back to lot {} ({} of {} remaining)",
                     moved.amount, lot.id, lot.remaining, lot.amount
                 )));
             }
-            match lot.closed {
-                Some(closure) => forfeits.push(Forfeit {
+            if let Some(closure) = lot.closed {
+                given.returned.push(*moved);
+                given.forfeits.push(Forfeit {
                     moved: *moved,
                     closure,
-                }),
-                None => lot.remaining += moved.amount,
+                });
+                continue;
+            }
+            let repaid = if lot.id == LEGACY_LOT {
+                0
+            } else {
+                moved.amount.min(overdrawn)
+            };
+            lot.remaining += moved.amount - repaid;
+            if moved.amount > repaid {
+                given.returned.push(LotMove {
+                    lot: moved.lot,
+                    amount: moved.amount - repaid,
+                });
+            }
+            if repaid > 0 {
+                after.find_mut(LEGACY_LOT)?.remaining += repaid;
+                given.returned.push(LotMove {
+                    lot: LEGACY_LOT,
+                    amount: repaid,
+                });
             }
         }
         *self = after;
-        Ok(forfeits)
+        Ok(given)
     }
 
     /// Closes a lot: its remainder leaves (none if it was empty). Closing a closed lot
@@ -263,6 +333,16 @@ impl AccountLots {
             .filter(move |lot| lot.expires_at_ms.is_some_and(|at| at <= now_ms))
             .map(|lot| lot.id)
     }
+}
+
+/// Where a released hold's credits went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GivenBack {
+    /// Back to their lots, or to the account's own lot for what repaid an overdraft;
+    /// they sum to what was given back.
+    pub returned: Vec<LotMove>,
+    /// The part returned to lots that closed meanwhile: it leaves.
+    pub forfeits: Vec<Forfeit>,
 }
 
 /// Splits what a hold drew from its lots into what a capture of `captured` spends (in
@@ -309,7 +389,7 @@ mod tests {
         lots.add(Lot::new(LEGACY_LOT, 10, 0, None)).unwrap();
         let order: Vec<LotId> = lots.lots().iter().map(|lot| lot.id).collect();
         assert_eq!(order, [4, 3, LEGACY_LOT, 2, 1]);
-        let moves = lots.take(25).unwrap();
+        let moves = lots.take(25, 0).unwrap();
         assert_eq!(
             moves,
             [
@@ -329,7 +409,7 @@ mod tests {
         let mut lots = AccountLots::default();
         lots.add(Lot::new(1, 4, 0, Some(1_000))).unwrap();
         lots.add(Lot::new(2, 10, 0, None)).unwrap();
-        let drawn = lots.take(6).unwrap();
+        let drawn = lots.take(6, 0).unwrap();
         assert_eq!(
             drawn,
             [LotMove { lot: 1, amount: 4 }, LotMove { lot: 2, amount: 2 }]
@@ -340,9 +420,13 @@ mod tests {
         // The capture spends 1 (from lot 1, first drawn); the rest goes back.
         let (spent, back) = split_hold(&drawn, 1);
         assert_eq!(spent, [LotMove { lot: 1, amount: 1 }]);
-        let forfeits = lots.give_back(&back).unwrap();
+        let given = lots.give_back(&back).unwrap();
         assert_eq!(
-            forfeits,
+            given.returned,
+            [LotMove { lot: 1, amount: 3 }, LotMove { lot: 2, amount: 2 }]
+        );
+        assert_eq!(
+            given.forfeits,
             [Forfeit {
                 moved: LotMove { lot: 1, amount: 3 },
                 closure: Closure::Expired
@@ -357,7 +441,7 @@ mod tests {
         lots.add(Lot::new(1, 5, 0, None)).unwrap();
         let before = lots.clone();
         assert_eq!(
-            lots.take(6),
+            lots.take(6, 0),
             Err(LotError::Short {
                 asked: 6,
                 remaining: 5
@@ -378,6 +462,49 @@ mod tests {
             Err(LotError::DuplicateLot(1))
         );
         assert_eq!(lots, before);
+    }
+
+    #[test]
+    fn an_overdraft_spends_past_the_lots_and_incoming_credits_repay_it_first() {
+        let mut lots = AccountLots::restore([Lot::legacy(0)]).unwrap();
+        lots.add(Lot::new(1, 5, 0, None)).unwrap();
+        assert_eq!(
+            lots.take(9, 3),
+            Err(LotError::Short {
+                asked: 9,
+                remaining: 5
+            })
+        );
+        let drawn = lots.take(8, 3).unwrap();
+        assert_eq!(
+            drawn,
+            [
+                LotMove { lot: 1, amount: 5 },
+                LotMove {
+                    lot: LEGACY_LOT,
+                    amount: 3
+                }
+            ]
+        );
+        assert_eq!((lots.remaining(), lots.overdrawn()), (-3, 3));
+        // A grant repays the overdraft before its lot keeps anything.
+        assert_eq!(lots.add(Lot::new(2, 2, 0, None)), Ok(2));
+        assert_eq!(lots.overdrawn(), 1);
+        // So does a released hold: 1 repays, 4 go back to lot 1.
+        let given = lots.give_back(&[LotMove { lot: 1, amount: 5 }]).unwrap();
+        assert_eq!(
+            given.returned,
+            [
+                LotMove { lot: 1, amount: 4 },
+                LotMove {
+                    lot: LEGACY_LOT,
+                    amount: 1
+                }
+            ]
+        );
+        assert_eq!((lots.remaining(), lots.overdrawn()), (4, 0));
+        // An overdrawn account with credits in a lot breaks L1: refused on restore.
+        assert!(AccountLots::restore([Lot::legacy(-1), Lot::new(1, 5, 0, None)]).is_err());
     }
 
     /// One step of a random history of an account's lots.
@@ -423,8 +550,11 @@ mod tests {
         /// hold + what holds drew + what left = what was granted), no lot leaves
         /// `0..=amount`, a closed lot never gains, and takes follow the burn order.
         #[test]
-        fn lots_conserve_credits_and_keep_their_bounds(steps in prop::collection::vec(step(), 1..60)) {
-            let mut lots = AccountLots::default();
+        fn lots_conserve_credits_and_keep_their_bounds(
+            steps in prop::collection::vec(step(), 1..60),
+            overdraft_limit in prop_oneof![Just(0i64), 0..40i64],
+        ) {
+            let mut lots = AccountLots::restore([Lot::legacy(0)]).unwrap();
             let mut holds: Vec<Vec<LotMove>> = Vec::new();
             let (mut granted, mut spent, mut left) = (0i64, 0i64, 0i64);
             let mut next_id = 1;
@@ -439,7 +569,7 @@ mod tests {
                         next_id += 1;
                         granted += amount;
                     }
-                    Step::Hold(amount) => match lots.take(amount) {
+                    Step::Hold(amount) => match lots.take(amount, overdraft_limit) {
                         Ok(moves) => {
                             prop_assert_eq!(sum(&moves), amount);
                             // Burn order: each lot drawn from precedes, in the account's
@@ -457,7 +587,7 @@ mod tests {
                         }
                         Err(LotError::Short { asked, remaining }) => {
                             prop_assert_eq!(asked, amount);
-                            prop_assert!(remaining < amount);
+                            prop_assert!(remaining + overdraft_limit < amount);
                         }
                         Err(other) => prop_assert!(false, "{other}"),
                     },
@@ -468,8 +598,9 @@ mod tests {
                             prop_assert_eq!(sum(&used) + sum(&back), sum(&drawn));
                             prop_assert_eq!(sum(&used), captured.min(sum(&drawn)));
                             spent += sum(&used);
-                            let forfeits = lots.give_back(&back).unwrap();
-                            left += forfeits.iter().map(|forfeit| forfeit.moved.amount).sum::<i64>();
+                            let given = lots.give_back(&back).unwrap();
+                            prop_assert_eq!(sum(&given.returned), sum(&back));
+                            left += given.forfeits.iter().map(|forfeit| forfeit.moved.amount).sum::<i64>();
                         }
                     }
                     Step::Expire { now_ms } => {
@@ -481,8 +612,12 @@ mod tests {
                         }
                     }
                     Step::Void { lot } => {
-                        if !lots.lots().is_empty() {
-                            let id = lots.lots()[lot % lots.lots().len()].id;
+                        let lots_granted: Vec<LotId> = lots.lots().iter()
+                            .map(|lot| lot.id)
+                            .filter(|id| *id != LEGACY_LOT)
+                            .collect();
+                        if !lots_granted.is_empty() {
+                            let id = lots_granted[lot % lots_granted.len()];
                             if let Some(moved) = lots.close(id, Closure::Voided).unwrap() {
                                 left += moved.amount;
                             }
@@ -491,7 +626,14 @@ mod tests {
                 }
                 let drawn: i64 = holds.iter().map(|moves| sum(moves)).sum();
                 prop_assert_eq!(lots.remaining() + drawn + spent + left, granted);
-                for lot in lots.lots() {
+                // L1: overdrawn only while every other open lot is empty, never past
+                // the limit.
+                let overdrawn = lots.overdrawn();
+                prop_assert!(overdrawn <= overdraft_limit);
+                if overdrawn > 0 {
+                    prop_assert_eq!(lots.remaining(), -overdrawn, "{:?}", lots);
+                }
+                for lot in lots.lots().iter().filter(|lot| lot.id != LEGACY_LOT) {
                     prop_assert!((0..=lot.amount).contains(&lot.remaining), "{:?}", lot);
                     if lot.closed.is_some() {
                         prop_assert_eq!(lot.remaining, 0);

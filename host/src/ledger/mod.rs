@@ -113,24 +113,50 @@ pub struct AccountState {
 /// A tenant's accounts, by balance name.
 pub type Accounts = BTreeMap<String, AccountState>;
 
-/// Applies entries to account states, refusing any that would take a figure below zero
-/// or overflow: the last line of defence behind the posting rules.
-pub fn apply(accounts: &mut Accounts, entries: &[Entry]) -> Result<(), String> {
+/// A tenant's overdraft limits, by balance name: how far below zero an operator lets
+/// each account's `available` go by spending (>= 0; a balance not listed has none).
+pub type OverdraftLimits = BTreeMap<String, i64>;
+
+/// The overdraft limit of `balance`: 0 when none is set.
+pub fn overdraft_limit(limits: &OverdraftLimits, balance: &str) -> i64 {
+    limits.get(balance).copied().unwrap_or(0)
+}
+
+/// Credits `account` can still spend under its overdraft limit (negative when a
+/// lowered limit left it further down than the limit allows).
+pub fn spendable(account: AccountState, limit: i64) -> i64 {
+    account.available.saturating_add(limit)
+}
+
+/// Applies entries to account states: the last line of defence behind the posting
+/// rules. Refuses an entry that would overflow, take `held` below zero, or spend
+/// `available` below minus the account's overdraft limit. An entry that adds credits
+/// is never refused for the floor: an account a lowered limit left below it may only
+/// come back up.
+pub fn apply(
+    accounts: &mut Accounts,
+    entries: &[Entry],
+    limits: &OverdraftLimits,
+) -> Result<(), String> {
     for entry in entries {
         if entry.amount <= 0 {
             return Err(format!("entry {entry:?} has a non-positive amount"));
         }
+        let floor = -overdraft_limit(limits, &entry.balance);
         let account = accounts.entry(entry.balance.clone()).or_default();
         let (available_delta, held_delta) = entry.kind.effect(entry.amount);
         let available = account.available.checked_add(available_delta);
         let held = account.held.checked_add(held_delta);
         match (available, held) {
-            (Some(available), Some(held)) if available >= 0 && held >= 0 => {
+            (Some(available), Some(held))
+                if (available_delta >= 0 || available >= floor) && held >= 0 =>
+            {
                 *account = AccountState { available, held };
             }
             _ => {
                 return Err(format!(
-                    "entry {entry:?} would take account {account:?} below zero or past i64"
+                    "entry {entry:?} would take account {account:?} below {floor} available, \
+                     below zero held, or past i64"
                 ));
             }
         }

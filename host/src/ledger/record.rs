@@ -50,6 +50,8 @@ pub enum Decision {
     Import(Imported),
     /// A lot expired or was voided: its remainder left. Added in record format 3.
     CloseLot(LotClosed),
+    /// An operator set an account's overdraft limit. Added in record format 4.
+    Overdraft(OverdraftSet),
 }
 
 /// An authorize: admitted (the transaction is open) or refused.
@@ -144,6 +146,17 @@ pub struct Granted {
     pub terms: LotTerms,
 }
 
+impl Granted {
+    /// The grant's lot: the one its posting records (the legacy lot for a grant made
+    /// before lots, whose posting records none).
+    pub fn lot(&self) -> LotId {
+        self.posting
+            .lots
+            .first()
+            .map_or(super::lots::LEGACY_LOT, |(_, lot)| lot.id)
+    }
+}
+
 /// What a grant says of its lot besides its amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LotTerms {
@@ -182,6 +195,16 @@ pub struct LotClosed {
     /// The active policy, whose digest the journal entry names.
     pub policy: u32,
     pub posting: PostingRecord,
+}
+
+/// An account's overdraft limit, as an operator set it: how far below zero spending
+/// may take its `available` from now on. Moves no credit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverdraftSet {
+    pub tenant: String,
+    pub balance: String,
+    /// >= 0; 0 removes the overdraft.
+    pub limit: i64,
 }
 
 /// Journal lines of one decision and the account states they lead to.
@@ -334,7 +357,10 @@ impl Decision {
             Decision::Expire(decision) => Some((&decision.tenant, &decision.posting)),
             Decision::Grant(decision) => Some((&decision.tenant, &decision.posting)),
             Decision::CloseLot(decision) => Some((&decision.tenant, &decision.posting)),
-            Decision::Policy(_) | Decision::Activate(_) | Decision::Import(_) => None,
+            Decision::Policy(_)
+            | Decision::Activate(_)
+            | Decision::Import(_)
+            | Decision::Overdraft(_) => None,
         }
     }
 
@@ -346,7 +372,10 @@ impl Decision {
             Decision::Expire(decision) => &decision.posting.entries,
             Decision::Grant(decision) => &decision.posting.entries,
             Decision::CloseLot(decision) => &decision.posting.entries,
-            Decision::Policy(_) | Decision::Activate(_) | Decision::Import(_) => &[],
+            Decision::Policy(_)
+            | Decision::Activate(_)
+            | Decision::Import(_)
+            | Decision::Overdraft(_) => &[],
         }
     }
 }

@@ -22,7 +22,7 @@ use super::record::{
     AmountList, AuthorizationRecord, Batch, Decision, Digest, EntryRecord, LotTerms, PostingRecord,
     ReceiptRecord, RequestRecord, TransactionState,
 };
-use super::tenants::{LotPart, LotPartOut, Tenants};
+use super::tenants::{LimitPart, LotPart, LotPartOut, Tenants};
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
 
@@ -404,8 +404,35 @@ impl LiveState {
             .collect()
     }
 
+    /// The tenant's overdraft limits, by balance (those set above 0).
+    pub fn overdraft_limits(&self, tenant: &str) -> super::OverdraftLimits {
+        self.tenants.overdraft_limits(tenant)
+    }
+
+    /// Sets an account's overdraft limit, as a store read it (PostgreSQL) or a decision
+    /// recorded it.
+    pub fn set_overdraft_limit(
+        &mut self,
+        tenant: &str,
+        balance: &str,
+        limit: i64,
+    ) -> Result<(), MeterError> {
+        if limit < 0 {
+            return Err(corrupt(format!(
+                "{tenant}/{balance} would have an overdraft limit of {limit}"
+            )));
+        }
+        self.tenants.set_overdraft_limit(tenant, balance, limit)
+    }
+
+    /// The overdraft limits of tenants `start..end` (a snapshot's).
+    pub fn limit_slice(&self, start: usize, end: usize) -> LimitPart {
+        self.tenants.limit_slice(start, end)
+    }
+
     /// An account's lots as a decision draws on them: its own lots and the legacy lot,
-    /// which holds what `available` has beyond them (credits granted before lots).
+    /// which holds what `available` has beyond them (credits granted before lots), or
+    /// is below zero by what the account is overdrawn.
     pub fn account_lots(
         &self,
         tenant: &str,
@@ -414,9 +441,10 @@ impl LiveState {
     ) -> Result<AccountLots, MeterError> {
         let own = self.tenants.account_lots(tenant, balance);
         let in_lots = open_remaining(&own);
+        // L1: overdrawn only once every lot is empty.
         let legacy = available
             .checked_sub(in_lots)
-            .filter(|legacy| *legacy >= 0)
+            .filter(|legacy| *legacy >= 0 || in_lots == 0)
             .ok_or_else(|| {
                 broken(format!(
                     "{tenant}/{balance} has {available} available but its lots hold {in_lots}"
@@ -426,8 +454,24 @@ impl LiveState {
             .map_err(|error| broken(format!("{tenant}/{balance}: {error}")))
     }
 
+    /// Loads a snapshot part of a slice of tenants, told by its magic: their accounts,
+    /// their lots or their overdraft limits.
+    pub fn restore_part(&mut self, bytes: &[u8]) -> Result<(), MeterError> {
+        if bytes.starts_with(SNAPSHOT_LOTS) {
+            self.restore_lots(decode_lots(bytes)?)
+        } else if bytes.starts_with(SNAPSHOT_LIMITS) {
+            let limits: LimitPart = super::codec::decode_value(SNAPSHOT_LIMITS, bytes)?;
+            for (tenant, balance, limit) in limits {
+                self.set_overdraft_limit(&tenant, &balance, limit)?;
+            }
+            Ok(())
+        } else {
+            self.restore_tenants(decode_tenants(bytes)?)
+        }
+    }
+
     /// Loads a snapshot's lots part.
-    pub fn restore_lots(&mut self, part: LotPart) -> Result<(), MeterError> {
+    fn restore_lots(&mut self, part: LotPart) -> Result<(), MeterError> {
         for (expires_at_ms, id, index) in self.tenants.restore_lots(part)? {
             self.lot_expiry.push(Reverse((expires_at_ms, id, index)));
         }
@@ -554,7 +598,7 @@ impl LiveState {
                     .map(|(_, lot)| lot.clone()),
             );
             let in_lots = open_remaining(&own);
-            if in_lots > account.available {
+            if in_lots > account.available.max(0) {
                 return Err(format!(
                     "{tenant}/{balance} would have {} available but its lots hold {in_lots}",
                     account.available
@@ -565,7 +609,8 @@ impl LiveState {
     }
 
     /// L1 over the whole state: on every account, the open lots hold at most what is
-    /// available. Recovery checks it once the log is replayed.
+    /// available (nothing when it is overdrawn). Recovery checks it once the log is
+    /// replayed.
     pub fn check_lots(&self) -> Result<(), MeterError> {
         match self.tenants.lots_beyond_available() {
             None => Ok(()),
@@ -848,9 +893,21 @@ impl LiveState {
         posting: &super::record::PostingRecord,
     ) -> Result<(), MeterError> {
         for (balance, state) in &posting.accounts {
-            if state.available < 0 || state.held < 0 {
+            // Spending stops at minus the limit; an account a lowered limit left below
+            // it may only come back up.
+            let below_floor = state.available < 0 && {
+                let floor = -super::overdraft_limit(&self.overdraft_limits(tenant), balance);
+                let was = self
+                    .tenants
+                    .accounts(tenant)
+                    .find(|(name, _)| name == balance)
+                    .map_or(0, |(_, known)| known.available);
+                state.available < floor && state.available < was
+            };
+            if state.held < 0 || below_floor {
                 return Err(corrupt(format!(
-                    "{tenant}/{balance} would be {state:?}: below zero"
+                    "{tenant}/{balance} would be {state:?}: below zero held, or spent past \
+                     its overdraft limit"
                 )));
             }
         }
@@ -945,11 +1002,7 @@ impl LiveState {
                 self.close(&expired.id, seq, TransactionState::Expired, None)?;
             }
             Decision::Grant(granted) => {
-                let lot = granted
-                    .posting
-                    .entries
-                    .first()
-                    .map_or(LEGACY_LOT, |entry| entry.lot);
+                let lot = granted.lot();
                 self.set_posting(&granted.tenant, &granted.posting)?;
                 if lot != LEGACY_LOT {
                     self.tenants.set_lot_grant(
@@ -996,6 +1049,9 @@ impl LiveState {
             }
             Decision::Import(imported) => self.apply_import(batch, imported)?,
             Decision::CloseLot(closed) => self.set_posting(&closed.tenant, &closed.posting)?,
+            Decision::Overdraft(set) => {
+                self.set_overdraft_limit(&set.tenant, &set.balance, set.limit)?
+            }
         }
         self.last_seq = self.last_seq.max(seq);
         Ok(())
@@ -1138,18 +1194,19 @@ pub(crate) const SNAPSHOT_TENANTS: &[u8; 4] = b"CGS1";
 pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
 /// The lots of a slice of tenants (format 3).
 pub(crate) const SNAPSHOT_LOTS: &[u8; 4] = b"CGS3";
+/// The overdraft limits of a slice of tenants (format 4).
+pub(crate) const SNAPSHOT_LIMITS: &[u8; 4] = b"CGS4";
+
+pub fn encode_limits(slice: &LimitPart) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_LIMITS, slice)
+}
 
 pub fn encode_lots(slice: &LotPartOut<'_>) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_LOTS, slice)
 }
 
-pub fn decode_lots(bytes: &[u8]) -> Result<LotPart, super::codec::CodecError> {
+fn decode_lots(bytes: &[u8]) -> Result<LotPart, super::codec::CodecError> {
     super::codec::decode_value(SNAPSHOT_LOTS, bytes)
-}
-
-/// Whether a snapshot part is a lots slice (else a tenant slice or the tail).
-pub fn is_lots_part(bytes: &[u8]) -> bool {
-    bytes.starts_with(SNAPSHOT_LOTS)
 }
 
 pub fn encode_tenants(slice: &TenantSlice) -> Vec<u8> {

@@ -161,7 +161,7 @@ impl Tenants {
                     .iter()
                     .filter(|stored| stored.balance == *balance && stored.lot.closed.is_none())
                     .fold(0i64, |sum, stored| sum.saturating_add(stored.lot.remaining));
-                if in_lots > state.available {
+                if in_lots > state.available.max(0) {
                     return Some((
                         self.name_of(tenant).to_owned(),
                         self.balance_names
@@ -242,7 +242,14 @@ pub struct Tenants {
     balance_ids: hashbrown::HashMap<Box<str>, u16>,
     /// The grant ids of every lot, end to end: a lot keeps where its id is.
     grant_ids: Vec<u8>,
+    /// Overdraft limits by (tenant index, balance id), only those set above 0: most
+    /// accounts have none, and pay nothing for it.
+    overdraft_limits: hashbrown::HashMap<(u32, u16), i64>,
 }
+
+/// The overdraft limits of a slice of tenants, as a snapshot part stores them:
+/// `(tenant, balance, limit)`.
+pub type LimitPart = Vec<(String, String, i64)>;
 
 impl Tenants {
     fn grant_id_of(&self, stored: &StoredLot) -> &str {
@@ -365,6 +372,61 @@ impl Tenants {
             }
         }
         Ok(())
+    }
+
+    /// Sets the overdraft limit of an account (0 removes it), adding the tenant if new.
+    pub fn set_overdraft_limit(
+        &mut self,
+        name: &str,
+        balance: &str,
+        limit: i64,
+    ) -> Result<(), MeterError> {
+        let balance = self.balance_id(balance)?;
+        let index = u32::try_from(self.find_or_insert(name)?).map_err(|_| {
+            MeterError::StoreUnavailable("more tenants than the table can number".to_owned())
+        })?;
+        if limit > 0 {
+            self.overdraft_limits.insert((index, balance), limit);
+        } else {
+            self.overdraft_limits.remove(&(index, balance));
+        }
+        Ok(())
+    }
+
+    /// The tenant's overdraft limits, by balance name (those above 0).
+    pub fn overdraft_limits(&self, name: &str) -> crate::ledger::OverdraftLimits {
+        let mut limits = crate::ledger::OverdraftLimits::new();
+        if self.overdraft_limits.is_empty() {
+            return limits;
+        }
+        let Some(index) = self.index_of(name) else {
+            return limits;
+        };
+        for (id, balance) in self.balance_names.iter().enumerate() {
+            let Ok(id) = u16::try_from(id) else { break };
+            if let Some(limit) = self.overdraft_limits.get(&(index, id)) {
+                limits.insert(balance.to_string(), *limit);
+            }
+        }
+        limits
+    }
+
+    /// The overdraft limits of tenants `start..end`.
+    pub fn limit_slice(&self, start: usize, end: usize) -> LimitPart {
+        let mut part: LimitPart = self
+            .overdraft_limits
+            .iter()
+            .filter(|((index, _), _)| (start..end).contains(&(*index as usize)))
+            .filter_map(|((index, balance), limit)| {
+                Some((
+                    self.name_at(*index)?.to_owned(),
+                    self.balance_names.get(usize::from(*balance))?.to_string(),
+                    *limit,
+                ))
+            })
+            .collect();
+        part.sort();
+        part
     }
 
     /// The tenant's index (stable: tenants are never removed).

@@ -33,6 +33,13 @@ pub enum Command {
         grant_id: String,
         reply: Reply<TenantBalances>,
     },
+    /// Set an account's overdraft limit.
+    Overdraft {
+        tenant: String,
+        balance: String,
+        limit: i64,
+        reply: Reply<TenantBalances>,
+    },
     /// Release every lapsed hold and expire every lot due now; answers how many holds.
     ExpireDue(Reply<usize>),
     /// Make a compiled, checked policy the active one, between two decisions.
@@ -88,7 +95,8 @@ impl Command {
             Command::Grant(_, reply)
             | Command::Balances(_, reply)
             | Command::Lots(_, reply)
-            | Command::Void { reply, .. } => drop(reply.send(Err(error))),
+            | Command::Void { reply, .. }
+            | Command::Overdraft { reply, .. } => drop(reply.send(Err(error))),
             Command::ExpireDue(reply) => drop(reply.send(Err(error))),
             Command::Activate { reply, .. } => drop(reply.send(Err(error))),
             Command::SetShadow { reply, .. } => drop(reply.send(Err(error))),

@@ -18,11 +18,12 @@ use crate::ledger::record::{
     Activation, AuthorizationRecord, Authorized, Batch, Decision, Expired, Granted, MarkRecord,
     PolicyRecord, PostingRecord, ReceiptRecord, RequestRecord, Settled, TransactionState,
 };
-use crate::ledger::record::{DEFAULT_CATEGORY, LotClosed, LotTerms};
+use crate::ledger::record::{DEFAULT_CATEGORY, LotClosed, LotTerms, OverdraftSet};
 use crate::ledger::state::GrantRecord;
 use crate::ledger::state::{LiveState, TransactionRecord};
 use crate::ledger::{
-    AccountState, Accounts, Entry, EntryKind, post_authorize, post_expiry, post_settle,
+    AccountState, Accounts, Entry, EntryKind, OverdraftLimits, overdraft_limit, post_authorize,
+    post_expiry, post_settle, spendable,
 };
 use crate::model::{
     Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, GrantTerms, LotView,
@@ -114,14 +115,20 @@ pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
     }
 }
 
-/// Available credits per described balance, as the policy sees them.
-fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceAmount> {
+/// Credits per described balance, as the policy sees them: what can be spent, the
+/// overdraft included.
+fn available(
+    accounts: &Accounts,
+    limits: &OverdraftLimits,
+    balances: &[String],
+) -> Vec<sdk::BalanceAmount> {
     balances
         .iter()
         .map(|balance| {
+            let account = accounts.get(balance).copied().unwrap_or_default();
             sdk::BalanceAmount::new(
                 balance.clone(),
-                accounts.get(balance).map_or(0, |account| account.available),
+                spendable(account, overdraft_limit(limits, balance)).max(0),
             )
         })
         .collect()
@@ -140,9 +147,19 @@ pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
         .collect()
 }
 
-pub fn tenant_balances(tenant: &str, accounts: &Accounts, balances: &[String]) -> TenantBalances {
+pub fn tenant_balances(
+    tenant: &str,
+    accounts: &Accounts,
+    limits: &OverdraftLimits,
+    balances: &[String],
+) -> TenantBalances {
     TenantBalances {
         lots: None,
+        overdraft_limits: limits
+            .iter()
+            .filter(|(balance, _)| balances.contains(balance))
+            .map(|(balance, limit)| (balance.clone(), *limit))
+            .collect(),
         tenant: tenant.to_owned(),
         balances: available_amounts(accounts, balances),
         held: balances
@@ -335,7 +352,11 @@ impl Decider<'_> {
             attributes: pairs(&request.attributes),
             body: request.body.clone(),
         };
-        let balances = available(&accounts, &info.balances);
+        let balances = available(
+            &accounts,
+            &self.state.overdraft_limits(&request.tenant),
+            &info.balances,
+        );
         let decision = match self
             .registry
             .authorize(&active, &policy_request, &balances, admitting)
@@ -401,11 +422,22 @@ impl Decider<'_> {
                 marks,
                 headers,
                 meta,
-            } => match post_authorize(&accounts, &hold, &charge) {
-                // The host's guarantee, whatever the policy said: never below zero.
+            } => match post_authorize(
+                &accounts,
+                &self.state.overdraft_limits(&request.tenant),
+                &hold,
+                &charge,
+            ) {
+                // The host's guarantee, whatever the policy said: never below minus the
+                // overdraft limit.
                 Err(shortfall) => {
+                    let overdraft = if shortfall.overdraft_limit > 0 {
+                        format!(" and an overdraft of {}", shortfall.overdraft_limit)
+                    } else {
+                        String::new()
+                    };
                     let message = format!(
-                        "Insufficient credits: {} needed on '{}', {} available.",
+                        "Insufficient credits: {} needed on '{}', {} available{overdraft}.",
                         shortfall.needed, shortfall.balance, shortfall.available
                     );
                     (
@@ -639,10 +671,19 @@ impl Decider<'_> {
                 &digest,
                 &admitted,
                 &outcome,
-                &available(&accounts, &info.balances),
+                &available(
+                    &accounts,
+                    &self.state.overdraft_limits(&tenant),
+                    &info.balances,
+                ),
             )?
         };
-        let posting = post_settle(&accounts, &held, &charge);
+        let posting = post_settle(
+            &accounts,
+            &self.state.overdraft_limits(&tenant),
+            &held,
+            &charge,
+        );
         let lotted = draw(self.state, &tenant, &accounts, &posting.entries, &drawn)?;
         let receipt = Receipt {
             transaction_id: id.clone(),
@@ -691,7 +732,12 @@ impl Decider<'_> {
                 return Err(MeterError::GrantConflict(grant.grant_id.clone()));
             }
             let accounts = self.accounts(&grant.tenant, &info.balances)?;
-            return Ok(tenant_balances(&grant.tenant, &accounts, &info.balances));
+            return Ok(tenant_balances(
+                &grant.tenant,
+                &accounts,
+                &self.state.overdraft_limits(&grant.tenant),
+                &info.balances,
+            ));
         }
         if !info.has_balance(&grant.balance) {
             return Err(MeterError::UnknownBalance {
@@ -730,7 +776,12 @@ impl Decider<'_> {
         let mut draw = LotDraw::new(self.state, &grant.tenant, &accounts);
         draw.grant(&grant.balance, lot)?;
         let posting = draw.finish()?;
-        let answer = tenant_balances(&grant.tenant, &posting.accounts, &info.balances);
+        let answer = tenant_balances(
+            &grant.tenant,
+            &posting.accounts,
+            &self.state.overdraft_limits(&grant.tenant),
+            &info.balances,
+        );
         let policy = self.builder.policy(&active);
         self.builder.record(
             self.state,
@@ -773,7 +824,50 @@ impl Decider<'_> {
         self.accounts(tenant, &info.balances)?;
         self.close_lot(tenant, &grant.balance, grant.lot, Closure::Voided)?;
         let accounts = self.accounts(tenant, &info.balances)?;
-        Ok(tenant_balances(tenant, &accounts, &info.balances))
+        Ok(tenant_balances(
+            tenant,
+            &accounts,
+            &self.state.overdraft_limits(tenant),
+            &info.balances,
+        ))
+    }
+
+    /// Sets an account's overdraft limit: from the next decision on, spending may take
+    /// its `available` down to `-limit`. Moves no credit: a limit lowered below what is
+    /// already overdrawn refuses new spending until credits come back. Setting the
+    /// limit it has records nothing.
+    pub fn set_overdraft(
+        &mut self,
+        tenant: &str,
+        balance: &str,
+        limit: i64,
+    ) -> Result<TenantBalances, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        if !info.has_balance(balance) {
+            return Err(MeterError::UnknownBalance {
+                balance: balance.to_owned(),
+                known: info.balances.join(", "),
+            });
+        }
+        let accounts = self.accounts(tenant, &info.balances)?;
+        let limits = self.state.overdraft_limits(tenant);
+        if overdraft_limit(&limits, balance) != limit {
+            self.builder.record(
+                self.state,
+                Decision::Overdraft(OverdraftSet {
+                    tenant: tenant.to_owned(),
+                    balance: balance.to_owned(),
+                    limit,
+                }),
+            )?;
+        }
+        Ok(tenant_balances(
+            tenant,
+            &accounts,
+            &self.state.overdraft_limits(tenant),
+            &info.balances,
+        ))
     }
 
     /// Closes a lot of a loaded tenant, recording a `CloseLot` decision (unless it is
@@ -927,7 +1021,12 @@ impl Decider<'_> {
         let active = self.registry.active();
         let info = self.policy(&active)?;
         let accounts = self.accounts(tenant, &info.balances)?;
-        Ok(tenant_balances(tenant, &accounts, &info.balances))
+        Ok(tenant_balances(
+            tenant,
+            &accounts,
+            &self.state.overdraft_limits(tenant),
+            &info.balances,
+        ))
     }
 
     /// Records a policy the ledger has not seen, with its bytes.

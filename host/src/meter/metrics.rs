@@ -93,6 +93,7 @@ impl DurableMetrics {
             Decision::Policy(_) => ("policy", None),
             Decision::Activate(_) => ("activate", None),
             Decision::Import(_) => ("import", None),
+            Decision::Overdraft(_) => ("overdraft", None),
         };
         counter!("creditgate_decisions_total", "kind" => kind).increment(1);
         if let Some(posting) = posting {

@@ -536,6 +536,45 @@ impl Meter {
         .await
     }
 
+    /// Sets how far below zero spending may take an account (0: not at all). Moves no
+    /// credit; a limit lowered below what is already overdrawn refuses new spending
+    /// until credits come back.
+    pub fn set_overdraft(
+        &self,
+        tenant: &str,
+        balance: &str,
+        limit: i64,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call("overdraft", || {
+            validate::overdraft(tenant, balance, limit)?;
+            self.call(|reply| Command::Overdraft {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                limit,
+                reply,
+            })
+        })
+    }
+
+    pub async fn set_overdraft_async(
+        &self,
+        tenant: &str,
+        balance: &str,
+        limit: i64,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call_async("overdraft", async {
+            validate::overdraft(tenant, balance, limit)?;
+            self.call_async(|reply| Command::Overdraft {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                limit,
+                reply,
+            })
+            .await
+        })
+        .await
+    }
+
     /// A tenant's credits with the lots they come from.
     pub fn lots(&self, tenant: &str) -> Result<TenantBalances, MeterError> {
         validate::identifier("tenant", tenant)?;

@@ -408,12 +408,16 @@ impl Sequencer {
                 let slice = self.state.tenant_slice(cursor.next_tenant, end);
                 let lots = self.state.lot_slice(cursor.next_tenant, end);
                 let lots = (!lots.is_empty()).then(|| state::encode_lots(&lots));
+                let limits = self.state.limit_slice(cursor.next_tenant, end);
+                let limits = (!limits.is_empty()).then(|| state::encode_limits(&limits));
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
-                    .and_then(|()| match lots {
-                        Some(lots) => self.store.snapshot_part(SnapshotPart::Lots(lots)),
-                        None => Ok(()),
+                    .and_then(|()| {
+                        for part in lots.into_iter().chain(limits) {
+                            self.store.snapshot_part(SnapshotPart::Beside(part))?;
+                        }
+                        Ok(())
                     })
             }
             Some(_) => {
@@ -455,6 +459,11 @@ fn execute(
             tenant, grant_id, ..
         } => {
             tracing::info_span!("decide", tenant = %tenant, grant = %grant_id)
+        }
+        Command::Overdraft {
+            tenant, balance, ..
+        } => {
+            tracing::info_span!("decide", tenant = %tenant, balance = %balance)
         }
         _ => tracing::Span::none(),
     };
@@ -505,6 +514,12 @@ fn execute(
             grant_id,
             reply,
         } => answer!(reply, decider.void(&tenant, &grant_id)),
+        Command::Overdraft {
+            tenant,
+            balance,
+            limit,
+            reply,
+        } => answer!(reply, decider.set_overdraft(&tenant, &balance, limit)),
         Command::ExpireDue(reply) => {
             let result = decider
                 .expire_due(usize::MAX)
@@ -594,7 +609,9 @@ fn claims(batch: &[Command]) -> BatchClaims {
                 claims.tenants.insert(grant.tenant.clone());
                 claims.grant_ids.insert(grant.grant_id.clone());
             }
-            Command::Balances(tenant, _) | Command::Lots(tenant, _) => {
+            Command::Balances(tenant, _)
+            | Command::Lots(tenant, _)
+            | Command::Overdraft { tenant, .. } => {
                 claims.tenants.insert(tenant.clone());
             }
             Command::Void {

@@ -145,6 +145,23 @@ pub fn grant(grant: &GrantRequest) -> Result<(), MeterError> {
     Ok(())
 }
 
+/// The largest overdraft limit, in credits: far beyond any real credit line, and small
+/// enough that `available` (at least minus the limit) never nears `i64::MIN`.
+pub const OVERDRAFT_LIMIT_CREDITS_MAX: i64 = 1_000_000_000_000_000;
+
+/// An operator's overdraft limit for an account.
+pub fn overdraft(tenant: &str, balance: &str, limit: i64) -> Result<(), MeterError> {
+    identifier("tenant", tenant)?;
+    identifier("balance", balance)?;
+    if !(0..=OVERDRAFT_LIMIT_CREDITS_MAX).contains(&limit) {
+        return Err(MeterError::InvalidAmount(format!(
+            "an overdraft limit is a whole number of credits from 0 to \
+             {OVERDRAFT_LIMIT_CREDITS_MAX}, not {limit}"
+        )));
+    }
+    Ok(())
+}
+
 /// The sha256 of what makes two authorize requests the same request.
 pub fn fingerprint(request: &AuthorizeRequest) -> [u8; 32] {
     let canonical = serde_json::json!([

@@ -188,8 +188,9 @@ pub enum SnapshotPart {
     Begin { start_seq: u64 },
     /// A slice of tenants, encoded.
     Tenants(Vec<u8>),
-    /// The lots of that slice's tenants, encoded (none when they have none).
-    Lots(Vec<u8>),
+    /// More of that slice's tenants (their lots, their overdraft limits), encoded;
+    /// none when they have none. Recovery tells the parts by their magic.
+    Beside(Vec<u8>),
     /// The rest, encoded, and the end of the snapshot. Every part was copied from the
     /// state at or before batch `taken_at_seq`: the snapshot counts only once that batch
     /// is durable.
@@ -376,7 +377,8 @@ pub fn invariant_violations(
             violations.push(format!("{}/{}: {why}", key.0, key.1));
         }
         let held_in_lots = in_lots.remove(&key).unwrap_or_default();
-        if held_in_lots > state.available {
+        // L1: the open lots hold at most what is available; nothing while overdrawn.
+        if held_in_lots > state.available.max(0) {
             violations.push(format!(
                 "{}/{}: its open lots hold {held_in_lots} but it has {} available",
                 key.0, key.1, state.available

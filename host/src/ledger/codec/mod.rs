@@ -19,6 +19,9 @@
 //! Version 3 added lots (`docs/credits.md`): a lot on each entry, lot states on each
 //! posting, terms on each grant. Versions 1 and 2 read through their frozen types
 //! ([`v2`]).
+//!
+//! Version 4 added a decision at the end of the enum (an account's overdraft limit):
+//! version-3 bytes mean the same in it, and both read with one decoder.
 
 mod v2;
 
@@ -28,7 +31,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -206,7 +209,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 fn layout(bytes: &[u8]) -> Result<(Header, u8, Vec<&[u8]>), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1..=3 => {
+        1..=4 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
@@ -318,7 +321,7 @@ fn decode_value_versioned<T: for<'de> Deserialize<'de>>(
 ) -> Result<(u8, T), CodecError> {
     let (version, mut payload) = unframe(magic, bytes)?;
     match version {
-        1..=3 => {
+        1..=4 => {
             let value = take_value(&mut payload)?;
             if payload.is_empty() {
                 Ok((version, value))

@@ -62,6 +62,16 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(
         "ALTER TABLE grants ADD COLUMN lot BIGINT NOT NULL DEFAULT 0,          ADD COLUMN terms_json TEXT NOT NULL DEFAULT '';          ALTER TABLE journal ADD COLUMN lot BIGINT;          CREATE TABLE lots (              tenant        TEXT NOT NULL,              balance       TEXT NOT NULL,              lot           BIGINT NOT NULL,              amount        BIGINT NOT NULL CHECK (amount > 0),              remaining     BIGINT NOT NULL CHECK (remaining >= 0 AND remaining <= amount),              expires_at_ms BIGINT,              priority      INTEGER NOT NULL,              closed        TEXT,              grant_id      TEXT NOT NULL,              terms_json    TEXT NOT NULL,              granted_at_ms BIGINT NOT NULL,              PRIMARY KEY (tenant, lot)          );          CREATE INDEX lots_open_by_expiry ON lots (expires_at_ms)              WHERE closed IS NULL AND expires_at_ms IS NOT NULL;          CREATE SEQUENCE lot_blocks",
     ),
+    // Overdraft limits (record format 4): the limit lives in its account's row. The
+    // database no longer checks `available >= 0`: the floor is minus the limit, and a
+    // lowered limit may leave an account below it (spending stops, nothing moves),
+    // which no row constraint can tell from a broken write; the host checks it at
+    // every decision and the audit recomputes it.
+    Migration::Sql(
+        "ALTER TABLE accounts ADD COLUMN overdraft_limit BIGINT NOT NULL DEFAULT 0 \
+             CHECK (overdraft_limit >= 0), \
+             DROP CONSTRAINT accounts_available_check",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.

@@ -8,7 +8,9 @@ use super::{closure_from_text, policy_from_row, to_u64, transaction_from_row};
 use crate::error::MeterError;
 use crate::ledger::AccountState;
 use crate::ledger::lots::Lot;
-use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
+use crate::model::{
+    Amounts, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
+};
 use crate::policy::PolicyDigest;
 use crate::store::{
     AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, ViewsLag,
@@ -75,13 +77,18 @@ impl LedgerReader for PostgresReader {
             tenant: tenant.to_owned(),
             balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
             held: balances.iter().map(|name| (name.clone(), 0)).collect(),
+            overdraft_limits: Amounts::new(),
         };
         let rows = self.query(
-            "SELECT balance, available, held FROM accounts WHERE tenant = $1",
+            "SELECT balance, available, held, overdraft_limit FROM accounts WHERE tenant = $1",
             &[&tenant],
         )?;
         for row in rows {
             let balance: String = row.try_get(0)?;
+            let limit: i64 = row.try_get(3)?;
+            if limit > 0 {
+                answer.overdraft_limits.insert(balance.clone(), limit);
+            }
             answer.balances.insert(balance.clone(), row.try_get(1)?);
             answer.held.insert(balance, row.try_get(2)?);
         }

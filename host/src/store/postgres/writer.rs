@@ -30,8 +30,8 @@ const TRY_LOCK: &str =
     "SELECT key FROM unnest($1::int8[]) AS key WHERE pg_try_advisory_xact_lock(key)";
 const TENANTS_OF: &str = "SELECT DISTINCT tenant FROM transactions WHERE id = ANY($1)";
 const TRANSACTIONS_BY_ID: &str = "SELECT id, record FROM transactions WHERE id = ANY($1)";
-const ACCOUNTS_OF: &str =
-    "SELECT tenant, balance, available, held FROM accounts WHERE tenant = ANY($1)";
+const ACCOUNTS_OF: &str = "SELECT tenant, balance, available, held, overdraft_limit \
+     FROM accounts WHERE tenant = ANY($1)";
 const DUE_OF: &str = "SELECT id, record FROM transactions WHERE tenant = ANY($1) \
      AND state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2";
 const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM transactions \
@@ -71,6 +71,11 @@ const APPEND_JOURNAL: &str = "INSERT INTO journal (transaction_id, tenant, balan
 const UPSERT_ACCOUNTS: &str = "INSERT INTO accounts (tenant, balance, available, held) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) \
      ON CONFLICT (tenant, balance) DO UPDATE SET available = excluded.available, held = excluded.held";
+/// An account's overdraft limit; the account starts empty if it is new.
+const UPSERT_LIMITS: &str = "INSERT INTO accounts (tenant, balance, available, held, \
+     overdraft_limit) SELECT tenant, balance, 0, 0, overdraft_limit \
+     FROM unnest($1::text[], $2::text[], $3::int8[]) AS limits (tenant, balance, overdraft_limit) \
+     ON CONFLICT (tenant, balance) DO UPDATE SET overdraft_limit = excluded.overdraft_limit";
 const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_id) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
 const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms, \
@@ -226,6 +231,7 @@ impl PostgresStore {
                 held: row.try_get(3)?,
             };
             state.set_accounts(&tenant, [(&balance, &account)])?;
+            state.set_overdraft_limit(&tenant, &balance, row.try_get(4)?)?;
         }
         for row in &due {
             let id: String = row.try_get(0)?;
@@ -257,6 +263,7 @@ impl PostgresStore {
         let mut grants: Vec<(&str, &str, &str, i64, i64, String)> = Vec::new();
         let mut policies = Vec::new();
         let mut activations = Vec::new();
+        let mut limits: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for decision in &batch.decisions {
             let (transaction_id, tenant, policy) = match decision {
                 Decision::Authorize(authorized_here) => {
@@ -287,11 +294,7 @@ impl PostgresStore {
                     (&expired.id, &expired.tenant, expired.policy)
                 }
                 Decision::Grant(granted) => {
-                    let lot = granted
-                        .posting
-                        .entries
-                        .first()
-                        .map_or(LEGACY_LOT, |entry| entry.lot);
+                    let lot = granted.lot();
                     grants.push((
                         &granted.grant_id,
                         &granted.tenant,
@@ -303,6 +306,10 @@ impl PostgresStore {
                     (&granted.grant_id, &granted.tenant, granted.policy)
                 }
                 Decision::CloseLot(closed) => (&closed.grant_id, &closed.tenant, closed.policy),
+                Decision::Overdraft(set) => {
+                    limits.insert((&set.tenant, &set.balance), set.limit);
+                    continue;
+                }
                 Decision::Policy(saved) => {
                     policies.push((digest(saved.policy)?, saved));
                     continue;
@@ -410,6 +417,16 @@ impl PostgresStore {
                         &accounts.keys().map(|key| key.1).collect::<Vec<_>>(),
                         &accounts.values().map(|state| state.available).collect::<Vec<_>>(),
                         &accounts.values().map(|state| state.held).collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if !limits.is_empty() {
+                connection.execute(
+                    UPSERT_LIMITS,
+                    &[
+                        &limits.keys().map(|key| key.0).collect::<Vec<_>>(),
+                        &limits.keys().map(|key| key.1).collect::<Vec<_>>(),
+                        &limits.values().copied().collect::<Vec<_>>(),
                     ],
                 )?;
             }

@@ -269,7 +269,9 @@ pub fn decision_entries(
                 .map(|entry| imported_entry(header, entry))
                 .collect();
         }
-        Decision::Policy(_) | Decision::Activate(_) => return Ok(Vec::new()),
+        Decision::Policy(_) | Decision::Activate(_) | Decision::Overdraft(_) => {
+            return Ok(Vec::new());
+        }
     };
     if tenant.is_some_and(|tenant| tenant != owner) {
         return Ok(Vec::new());

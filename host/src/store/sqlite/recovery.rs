@@ -44,11 +44,7 @@ pub fn recover(
                 .collect::<rusqlite::Result<_>>()?;
             if let Some((tail, tenants)) = parts.split_last() {
                 for part in tenants {
-                    if state::is_lots_part(part) {
-                        state.restore_lots(state::decode_lots(part)?)?;
-                    } else {
-                        state.restore_tenants(state::decode_tenants(part)?)?;
-                    }
+                    state.restore_part(part)?;
                 }
                 state.restore_tail(state::decode_tail(tail)?);
             }

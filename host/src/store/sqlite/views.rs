@@ -321,7 +321,9 @@ impl ViewThread {
                     .execute("DELETE FROM snapshot_next", [])
                     .map(|_| ())
             }
-            SnapshotPart::Tenants(bytes) | SnapshotPart::Lots(bytes) => self.snapshot_bytes(&bytes),
+            SnapshotPart::Tenants(bytes) | SnapshotPart::Beside(bytes) => {
+                self.snapshot_bytes(&bytes)
+            }
             SnapshotPart::Tail {
                 bytes,
                 taken_at_seq,
@@ -664,11 +666,7 @@ impl WindowRows {
                 }
                 Decision::Grant(granted) => {
                     journal(&granted.tenant);
-                    let lot = granted
-                        .posting
-                        .entries
-                        .first()
-                        .map_or(LEGACY_LOT, |entry| entry.lot);
+                    let lot = granted.lot();
                     self.grants.insert(
                         granted.grant_id.clone(),
                         GrantRow {
@@ -682,6 +680,8 @@ impl WindowRows {
                     );
                 }
                 Decision::CloseLot(closed) => journal(&closed.tenant),
+                // A limit lives in the live state (and its snapshots); nothing to view.
+                Decision::Overdraft(_) => {}
                 Decision::Policy(saved) => self.policies.push(PolicyRow {
                     digest: policy(saved.policy)?,
                     name: saved.name.clone(),
