@@ -44,6 +44,17 @@ pub enum Action {
         balance: String,
         amount: i64,
         grant_id: Option<String>,
+        /// The lot expires this long after the step (none: never).
+        expires_in_ms: Option<u64>,
+        #[serde(default)]
+        priority: i32,
+        category: Option<String>,
+    },
+    /// An operator sets an account's overdraft limit.
+    Overdraft {
+        tenant: String,
+        balance: String,
+        limit: i64,
     },
     Authorize {
         transaction_id: String,

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use super::case::{Action, Case, Expect, ExpectedEntry};
+use creditgate::clock::Clock;
 use creditgate::clock::ManualClock;
 use creditgate::error::MeterError;
-use creditgate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use creditgate::model::{AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest};
 use creditgate::policy::component::Limits;
 use creditgate::policy::probe;
 use creditgate::store::scratch::{ScratchLedger, ScratchStore};
@@ -23,10 +24,14 @@ pub const CASE_START_MS: u64 = 1_700_000_000_000;
 enum Answer {
     Authorization(serde_json::Value),
     Receipt(serde_json::Value),
-    Grant,
+    /// An operator's call (a grant, an overdraft limit): `balances` checks what it did.
+    Operator,
     Expired(usize),
     Swapped,
-    Error { status: u16, code: String },
+    Error {
+        status: u16,
+        code: String,
+    },
 }
 
 struct Ledger {
@@ -143,6 +148,11 @@ fn describe(action: &Action) -> String {
             amount,
             ..
         } => format!("grant {amount} {balance} to {tenant}"),
+        Action::Overdraft {
+            tenant,
+            balance,
+            limit,
+        } => format!("overdraft of {limit} on {tenant}/{balance}"),
         Action::Authorize {
             transaction_id,
             operation,
@@ -182,6 +192,9 @@ fn perform(
             balance,
             amount,
             grant_id,
+            expires_in_ms,
+            priority,
+            category,
         } => match meter.grant(GrantRequest {
             grant_id: grant_id
                 .clone()
@@ -189,9 +202,24 @@ fn perform(
             tenant: tenant.clone(),
             balance: balance.clone(),
             amount: *amount,
-            terms: Default::default(),
+            terms: GrantTerms {
+                expires_at_ms: expires_in_ms.map(|in_ms| {
+                    i64::try_from(ledger.clock.now_ms().saturating_add(in_ms)).unwrap_or(i64::MAX)
+                }),
+                priority: *priority,
+                category: category.clone(),
+                metadata: Default::default(),
+            },
         }) {
-            Ok(_) => Answer::Grant,
+            Ok(_) => Answer::Operator,
+            Err(error) => failed(error),
+        },
+        Action::Overdraft {
+            tenant,
+            balance,
+            limit,
+        } => match meter.set_overdraft(tenant, balance, *limit) {
+            Ok(_) => Answer::Operator,
             Err(error) => failed(error),
         },
         Action::Authorize {
@@ -329,7 +357,7 @@ fn check(
             same("meta", &expect.meta, value["meta"].clone())?;
         }
         (Answer::Expired(count), None) => same("expired", &expect.expired, *count)?,
-        (Answer::Grant | Answer::Swapped, None) => {}
+        (Answer::Operator | Answer::Swapped, None) => {}
     }
     for (tenant, expected) in expect.balances.iter().flatten() {
         let actual = ledger
