@@ -293,7 +293,7 @@ impl Decider<'_> {
         let stored = self.store.policy(digest)?.ok_or_else(|| {
             MeterError::StoreCorrupt(format!("policy {digest} is not in the ledger"))
         })?;
-        Ok(policy_ref(&stored.info))
+        Ok(stored.policy)
     }
 
     /// Decides an authorize on the live state: admits it (applies and records the
