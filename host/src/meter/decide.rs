@@ -114,15 +114,16 @@ pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
     }
 }
 
-/// Available credits per described balance, as the policy sees them.
-fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceAmount> {
+/// Each described balance as the policy sees it: available credits, overdraft limit
+/// and spend cap (none yet: limits and caps are not in the ledger).
+fn available(accounts: &Accounts, balances: &[String]) -> Vec<sdk::BalanceState> {
     balances
         .iter()
-        .map(|balance| {
-            sdk::BalanceAmount::new(
-                balance.clone(),
-                accounts.get(balance).map_or(0, |account| account.available),
-            )
+        .map(|balance| sdk::BalanceState {
+            balance: balance.clone(),
+            available: accounts.get(balance).map_or(0, |account| account.available),
+            overdraft_limit: 0,
+            spend_cap: None,
         })
         .collect()
 }
