@@ -114,8 +114,8 @@ fn lib_rs(name: &str, type_name: &str) -> String {
         r#"//! {name}: a creditgate billing policy. Change the rules below, rebuild, check.
 
 use creditgate_policy_sdk::{{
-    Admission, Admitted, BalanceAmount, Description, JsonObject, Ledger, Outcome, Policy, Request,
-    Settlement, Verdict, amount_of,
+    Admission, Admitted, BalanceAmount, BalanceState, Description, JsonObject, Ledger, Outcome,
+    Policy, Request, Settlement, Verdict, spendable_of,
 }};
 
 /// The balance this policy spends.
@@ -138,11 +138,12 @@ impl Policy for {type_name} {{
     }}
 
     /// `call` costs one credit, charged when it is accepted; anything else is refused.
-    fn authorize(request: &Request, balances: &[BalanceAmount], _ledger: &dyn Ledger) -> Verdict {{
+    fn authorize(request: &Request, balances: &[BalanceState], _ledger: &dyn Ledger) -> Verdict {{
         if request.operation != "call" {{
             return Verdict::reject(400, "unknown_operation", format!("Operation '{{}}' is not metered.", request.operation));
         }}
-        let available = amount_of(balances, BALANCE);
+        // What the tenant may spend: its credits, its overdraft, within its spend cap.
+        let available = spendable_of(balances, BALANCE);
         if available < CREDITS_PER_CALL {{
             return Verdict::reject(402, "insufficient_credits", "No credits remaining.");
         }}
@@ -158,7 +159,7 @@ impl Policy for {type_name} {{
     }}
 
     /// Everything was charged at authorize.
-    fn settle(_admitted: &Admitted, _outcome: &Outcome, _balances: &[BalanceAmount], _ledger: &dyn Ledger) -> Settlement {{
+    fn settle(_admitted: &Admitted, _outcome: &Outcome, _balances: &[BalanceState], _ledger: &dyn Ledger) -> Settlement {{
         Settlement::default()
     }}
 }}

@@ -237,7 +237,7 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
     };
     let banner = format!(
         "creditgate listening on http://{address}\n\
-         policy {name} {version} (sha256 {digest}), ledger {db}\n\
+         policy {name} {version} (sha256 {digest}), contract {contract}, ledger {db}\n\
          try it:\n\
          \x20 curl -s -X POST http://{address}/v1/tenants/acme/grants{auth} -d '{{\"grant_id\":\"welcome\",\"balance\":\"{balance}\",\"amount\":10}}'\n\
          \x20 curl -s -X POST http://{address}/v1/authorize -d '{{\"transaction_id\":\"demo-1\",\"tenant\":\"acme\",\"operation\":\"{operation}\",\"items\":{items}}}'\n\
@@ -246,6 +246,7 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
         name = policy.name,
         version = policy.version,
         digest = policy.digest,
+        contract = policy.contract,
     );
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(banner.as_bytes());

@@ -25,7 +25,7 @@ use case::{Action, LoadedCase, Tier};
 use runner::ModuleResolver;
 
 use creditgate::policy::component::{self, Limits};
-use creditgate::policy::probe;
+use creditgate::policy::{ContractVersion, probe};
 use creditgate::store::scratch::ScratchStore;
 
 /// One line of the report.
@@ -41,7 +41,7 @@ pub struct Row {
 /// The outcome of checking one module.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// `name version (sha256 ...)` once the module loaded.
+    /// `name version (sha256 ...), contract VERSION` once the module loaded.
     pub module: Option<String>,
     pub profile: String,
     pub rows: Vec<Row>,
@@ -150,8 +150,8 @@ pub fn check_module(
         }
     };
     report.module = Some(format!(
-        "{} {} (sha256 {})",
-        info.name, info.version, info.digest
+        "{} {} (sha256 {}), contract {}",
+        info.name, info.version, info.digest, info.contract
     ));
     report.profile = profile.unwrap_or(&info.name).to_owned();
     for loaded in cases {
@@ -178,8 +178,11 @@ pub fn check_module(
 fn loaded_row(failure: Option<String>) -> Row {
     Row {
         name: "contract/loads-and-describes".to_owned(),
-        rule: "the module is a creditgate:policy@0.1.0 component with a well-formed describe"
-            .to_owned(),
+        rule: format!(
+            "the module is a component of a contract the host implements ({}) with a \
+             well-formed describe",
+            ContractVersion::implemented()
+        ),
         tier: Tier::Must,
         failure,
     }

@@ -218,6 +218,9 @@ pub struct ActivePolicy {
     pub digest: String,
     pub balances: Vec<String>,
     pub hold_ttl_ms: u64,
+    /// The contract version the module was built against (`creditgate:policy@VERSION`),
+    /// e.g. `0.2.0`.
+    pub contract: String,
 }
 
 /// What a shadow candidate would have done differently from the active policy.

@@ -4,7 +4,7 @@
 
 use creditgate::NativePolicy;
 use creditgate::model::{AuthorizeRequest, SettleRequest};
-use creditgate_policy_sdk::{self as sdk, BalanceAmount, Ledger, Policy, Verdict};
+use creditgate_policy_sdk::{self as sdk, BalanceAmount, BalanceState, Ledger, Policy, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {
@@ -94,10 +94,10 @@ impl Ledger for NothingMarked {
 }
 
 fn amounts<P: Policy>(request: sdk::Request, outcome: &sdk::Outcome) -> BaselineAmounts {
-    let balances: Vec<BalanceAmount> = P::describe()
+    let balances: Vec<BalanceState> = P::describe()
         .balances
         .into_iter()
-        .map(|balance| BalanceAmount::new(balance, i64::MAX / 4))
+        .map(|balance| BalanceState::new(balance, i64::MAX / 4))
         .collect();
     let Verdict::Admit(admission) = P::authorize(&request, &balances, &NothingMarked) else {
         return BaselineAmounts { hold: 0, charge: 0 };

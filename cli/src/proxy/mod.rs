@@ -126,10 +126,11 @@ fn print_banner(
     let banner = format!(
         "creditgate proxy listening on http://{proxy}, metering in front of {upstream}\n\
          sidecar API on http://{api}\n\
-         policy {name} {version} (sha256 {digest}), ledger {db}\n",
+         policy {name} {version} (sha256 {digest}), contract {contract}, ledger {db}\n",
         name = policy.name,
         version = policy.version,
         digest = policy.digest,
+        contract = policy.contract,
         db = args.db.describe(),
     );
     let mut stdout = std::io::stdout().lock();

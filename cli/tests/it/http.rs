@@ -455,7 +455,10 @@ fn http_put_policy_activates_a_checked_module_and_rollback_returns() {
 
     let (status, body) = server.put_bytes("/v1/policy", &component("misbehaving"));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["active"]["name"], json!("misbehaving"));
+    assert_eq!(
+        (&body["active"]["name"], &body["active"]["contract"]),
+        (&json!("misbehaving"), &json!("0.2.0"))
+    );
     let (_, second) = server.post(
         "/v1/authorize",
         json!({"transaction_id": "t2", "tenant": "acme", "operation": "person.enrich"}),

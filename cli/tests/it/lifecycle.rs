@@ -1,8 +1,15 @@
 //! Policy lifecycle: activation while traffic flows, refusal of bad modules, rollback,
 //! and settles pinned to the version that authorized.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use creditgate::MeterError;
+use creditgate::policy::component::{self, CompiledPolicy, Limits};
+use creditgate::policy::{
+    AuthorizeDecision, ContractVersion, MarkAnswers, MarkLookup, PolicyRuntime, sdk,
+};
 
 use crate::support::{Gate, TestMeter, amounts, component};
 
@@ -53,7 +60,8 @@ crate::on_both_stores! {
             ),
             (
                 component("other_wit_version"),
-                "creditgate:policy/ledger@0.2.0",
+                "built against 'creditgate:policy/ledger@0.3.0'; this host implements \
+                 creditgate:policy@0.1.0 and creditgate:policy@0.2.0",
             ),
             (component("describe_traps"), "describe failed"),
             (component("nondeterministic"), "contract/deterministic"),
@@ -70,6 +78,124 @@ crate::on_both_stores! {
             );
         }
         assert_eq!(meter.meter.policy_history(10).unwrap().len(), 1);
+    }
+}
+
+crate::on_both_stores! {
+    fn a_module_built_against_contract_0_1_0_activates_says_so_and_settles_stay_pinned(store) {
+        let meter = TestMeter::on(store, "smarte");
+        assert_eq!(meter.meter.policy().contract, ContractVersion::V0_2_0);
+        meter.grant("acme", "default", 10);
+        let before = meter.authorize("t1", "acme", "person.enrich", &["a", "b"], &[]);
+        let info = meter
+            .meter
+            .activate(component("smarte_v0_1"), "test")
+            .unwrap();
+        assert_eq!((info.name.as_str(), info.contract), ("smarte", ContractVersion::V0_1_0));
+        assert_eq!(meter.meter.active_policy().contract, "0.1.0");
+        let after = meter.authorize("t2", "acme", "person.enrich", &["a", "b", "c"], &[]);
+        assert_eq!(after.policy.digest, info.digest.to_string());
+        assert_eq!(after.held, amounts(&[("default", 3)]));
+        // 5 left: the 0.1.0 module refuses 6 records as the reference does.
+        let refused = meter.authorize("t3", "acme", "person.enrich", &["1", "2", "3", "4", "5", "6"], &[]);
+        assert_eq!(
+            refused.error.map(|error| error.code).as_deref(),
+            Some("insufficient_credits")
+        );
+        let first = meter.settle("t1", 200, &[("records", "2")]);
+        assert_eq!(first.policy.digest, before.policy.digest);
+        let second = meter.settle("t2", 200, &[("records", "1")]);
+        assert_eq!(
+            (second.policy.digest.as_str(), &second.charged),
+            (after.policy.digest.as_str(), &amounts(&[("default", 1)]))
+        );
+        meter.assert_sound();
+    }
+}
+
+/// `marked` is never asked: SMARTe's rules use no marks.
+struct NoMarks;
+
+impl MarkLookup for NoMarks {
+    fn marked(
+        &self,
+        _tenant: &str,
+        _scope: &str,
+        keys: &[String],
+        _stored_keys_max: usize,
+    ) -> Result<Option<MarkAnswers>, MeterError> {
+        Ok(Some(MarkAnswers {
+            marked: vec![false; keys.len()],
+            stored_keys: 0,
+        }))
+    }
+}
+
+/// What the module holds for `records` records on `balance`, or its refusal's code.
+fn smarte_holds(
+    runtime: &mut dyn PolicyRuntime,
+    records: usize,
+    balance: sdk::BalanceState,
+) -> Result<i64, String> {
+    let request = sdk::Request {
+        transaction_id: format!("t-{records}"),
+        tenant: "acme".to_owned(),
+        operation: "person.enrich".to_owned(),
+        items: (0..records).map(|item| format!("r{item}")).collect(),
+        ..sdk::Request::default()
+    };
+    match runtime.authorize(&request, &[balance]).unwrap() {
+        AuthorizeDecision::Admit { hold, .. } => Ok(hold.values().sum()),
+        AuthorizeDecision::Reject { code, .. } => Err(code),
+    }
+}
+
+/// A module built against 0.1.0 is given, as each balance's amount, what the host lets
+/// the tenant spend: `available + overdraft_limit`, within the spend cap. So it admits
+/// exactly what the reference, which reads every figure itself under 0.2.0, admits.
+#[test]
+fn a_module_built_against_contract_0_1_0_is_given_what_can_be_spent_overdraft_and_cap_included() {
+    let engine = component::engine().unwrap();
+    let overdrawn = sdk::BalanceState {
+        overdraft_limit: 3,
+        ..sdk::BalanceState::new("default", -1)
+    };
+    let capped = sdk::BalanceState {
+        spend_cap: Some(sdk::SpendWindow {
+            cap: 10,
+            spent: 7,
+            resets_at_ms: 3_600_000,
+        }),
+        ..sdk::BalanceState::new("default", 100)
+    };
+    for (module, contract) in [
+        ("smarte_v0_1", ContractVersion::V0_1_0),
+        ("smarte", ContractVersion::V0_2_0),
+    ] {
+        let compiled =
+            CompiledPolicy::compile(&engine, &component(module), Limits::default()).unwrap();
+        assert_eq!(compiled.info().contract, contract, "{module}");
+        let mut runtime = compiled.runtime(Rc::new(NoMarks));
+        assert_eq!(
+            smarte_holds(&mut runtime, 2, overdrawn.clone()),
+            Ok(2),
+            "{module}"
+        );
+        assert_eq!(
+            smarte_holds(&mut runtime, 3, overdrawn.clone()),
+            Err("insufficient_credits".to_owned()),
+            "{module}"
+        );
+        assert_eq!(
+            smarte_holds(&mut runtime, 3, capped.clone()),
+            Ok(3),
+            "{module}"
+        );
+        assert_eq!(
+            smarte_holds(&mut runtime, 4, capped.clone()),
+            Err("insufficient_credits".to_owned()),
+            "{module}"
+        );
     }
 }
 

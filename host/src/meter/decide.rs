@@ -23,7 +23,7 @@ use crate::ledger::state::GrantRecord;
 use crate::ledger::state::{LiveState, TransactionRecord};
 use crate::ledger::{
     AccountState, Accounts, Entry, EntryKind, OverdraftLimits, overdraft_limit, post_authorize,
-    post_expiry, post_settle, spendable,
+    post_expiry, post_settle,
 };
 use crate::model::{
     Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, GrantTerms, LotView,
@@ -115,21 +115,20 @@ pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
     }
 }
 
-/// Credits per described balance, as the policy sees them: what can be spent, the
-/// overdraft included.
+/// Each described balance as the policy sees it: available credits, overdraft limit
+/// and spend cap (none yet: caps are not in the ledger).
 fn available(
     accounts: &Accounts,
     limits: &OverdraftLimits,
     balances: &[String],
-) -> Vec<sdk::BalanceAmount> {
+) -> Vec<sdk::BalanceState> {
     balances
         .iter()
-        .map(|balance| {
-            let account = accounts.get(balance).copied().unwrap_or_default();
-            sdk::BalanceAmount::new(
-                balance.clone(),
-                spendable(account, overdraft_limit(limits, balance)).max(0),
-            )
+        .map(|balance| sdk::BalanceState {
+            balance: balance.clone(),
+            available: accounts.get(balance).map_or(0, |account| account.available),
+            overdraft_limit: overdraft_limit(limits, balance),
+            spend_cap: None,
         })
         .collect()
 }
@@ -310,7 +309,7 @@ impl Decider<'_> {
         let stored = self.store.policy(digest)?.ok_or_else(|| {
             MeterError::StoreCorrupt(format!("policy {digest} is not in the ledger"))
         })?;
-        Ok(policy_ref(&stored.info))
+        Ok(stored.policy)
     }
 
     /// Decides an authorize on the live state: admits it (applies and records the

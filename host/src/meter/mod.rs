@@ -299,6 +299,7 @@ impl Meter {
             digest: info.digest.to_string(),
             balances: info.balances.clone(),
             hold_ttl_ms: info.hold_ttl_ms,
+            contract: info.contract.to_string(),
         }
     }
 

@@ -117,7 +117,7 @@ impl Registry {
         &mut self,
         digest: &PolicyDigest,
         request: &sdk::Request,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
         shadowed: bool,
     ) -> Result<AuthorizeDecision, MeterError> {
         let tenant = &request.tenant;
@@ -158,7 +158,7 @@ impl Registry {
         digest: &PolicyDigest,
         admitted: &sdk::Admitted,
         outcome: &sdk::Outcome,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<SettleDecision, MeterError> {
         let tenant = &admitted.request.tenant;
         self.breakers.admit(tenant, Instant::now())?;

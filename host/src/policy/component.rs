@@ -3,6 +3,10 @@
 //! - Compiled once per module ([`CompiledPolicy`], shareable across threads); each
 //!   deciding thread keeps one reused [`ComponentRuntime`] instance and replaces it
 //!   after a trap, because a trapped instance may hold broken state.
+//! - Versioned: a module is called through the contract it was built against, 0.1.0 or
+//!   0.2.0 ([`ContractVersion`]), told at load by the names of the interfaces it imports
+//!   and exports; any other version refuses the load. A 0.1.0 module is given, for each
+//!   balance, what can be spent on it ([`sdk::BalanceState::spendable`]).
 //! - Sandboxed: the only import provided is the read-only `ledger`; any WASI import a
 //!   std guest declares is linked to a function that traps, so a policy gets no files,
 //!   network, environment, clock or randomness. Any other import refuses the load.
@@ -19,31 +23,53 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::contract::{check_settlement, check_verdict};
 use super::{
-    AuthorizeDecision, CallCost, MarkAnswers, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime,
-    SettleDecision, sdk,
+    AuthorizeDecision, CallCost, ContractVersion, MarkAnswers, MarkLookup, PolicyDigest,
+    PolicyInfo, PolicyRuntime, SettleDecision, sdk,
 };
 use crate::error::MeterError;
 
+/// The bindings of each contract version the host implements. 0.1.0's records are
+/// 0.2.0's, shape for shape (0.2.0 only adds `balance-state` and `spend-window`), so
+/// 0.1.0's bindings use 0.2.0's Rust types and one set of conversions serves both:
+/// wasmtime checks a record against the component by its fields, not its name.
 mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "policy",
-        imports: { default: trappable },
-    });
+    /// `creditgate:policy@0.2.0`: `wit/policy.wit`.
+    pub mod v0_2 {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "policy",
+            imports: { default: trappable },
+        });
+    }
+
+    /// `creditgate:policy@0.1.0`: `wit/0.1.0/policy.wit`, frozen.
+    pub mod v0_1 {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.1.0",
+            world: "policy",
+            imports: { default: trappable },
+            with: { "creditgate:policy/types@0.1.0": super::v0_2::creditgate::policy::types },
+        });
+    }
 }
 
-use bindings::creditgate::policy::types as wit;
+use bindings::v0_2::creditgate::policy::types as wit;
 
-/// The interface every policy imports, and the prefix of those it may import but never
-/// gets (linked to traps).
-const LEDGER_IMPORT: &str = "creditgate:policy/ledger@0.1.0";
+/// The contract's namespace: every `creditgate:` name a component imports or exports
+/// must be one of the interfaces below.
+const CONTRACT_PREFIX: &str = "creditgate:";
+/// The contract's interfaces, named `INTERFACE@VERSION` in a component: it may import
+/// `ledger` and `types`, and exports `pricing`.
+const LEDGER_INTERFACE: &str = "creditgate:policy/ledger";
+const TYPES_INTERFACE: &str = "creditgate:policy/types";
+const PRICING_INTERFACE: &str = "creditgate:policy/pricing";
 const MARKED_FUNCTION: &str = "marked";
-const TYPES_IMPORT: &str = "creditgate:policy/types@0.1.0";
+/// The prefix of the imports a policy may declare but never gets (linked to traps).
 const TRAPPED_IMPORT_PREFIX: &str = "wasi:";
 
 /// Fuel one `marked` key costs: hashing it and probing the in-memory marks and filter
@@ -132,8 +158,6 @@ struct HostState {
     lookups: u32,
 }
 
-impl wit::Host for HostState {}
-
 /// A call went past one of [`Limits`]' bounds on host work.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -184,7 +208,7 @@ fn marked(
 /// A compiled, checked policy module; cheap to instantiate.
 pub struct CompiledPolicy {
     engine: Engine,
-    pre: bindings::PolicyPre<HostState>,
+    pre: PolicyPre,
     info: PolicyInfo,
     limits: Limits,
 }
@@ -198,8 +222,9 @@ impl std::fmt::Debug for CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Compiles component bytes, checks its imports and exports against the
-    /// `creditgate:policy@0.1.0` world, and reads its `describe`.
+    /// Compiles component bytes, tells from its imports and exports which contract
+    /// version it was built against (refusing one the host does not implement), links
+    /// it to that version's world, and reads its `describe`.
     pub fn compile(engine: &Engine, bytes: &[u8], limits: Limits) -> Result<Arc<Self>, MeterError> {
         Self::load(engine, bytes, limits, None)
     }
@@ -214,28 +239,25 @@ impl CompiledPolicy {
     ) -> Result<Arc<Self>, MeterError> {
         let digest = PolicyDigest::of(bytes);
         let component = component_from(engine, bytes, &digest, cache_dir)?;
-        let mut linker = Linker::<HostState>::new(engine);
+        let contract = contract_of(engine, &component)?;
+        let ledger_import = format!("{LEDGER_INTERFACE}@{contract}");
         for (name, _item) in component.component_type().imports(engine) {
-            let known = name == LEDGER_IMPORT || name == TYPES_IMPORT;
-            if name.starts_with("creditgate:") && !known {
-                return Err(load_error(format!(
-                    "the component was built against '{name}'; this host implements \
-                     creditgate:policy@0.1.0 (rebuild the policy against wit/policy.wit)"
-                )));
-            }
-            if !known && !name.starts_with(TRAPPED_IMPORT_PREFIX) {
+            if !name.starts_with(CONTRACT_PREFIX) && !name.starts_with(TRAPPED_IMPORT_PREFIX) {
                 return Err(load_error(format!(
                     "the component imports '{name}', which the host does not provide; \
-                     policies may import only {LEDGER_IMPORT}"
+                     policies may import only {ledger_import}"
                 )));
             }
         }
+        let mut linker = Linker::<HostState>::new(engine);
         let link_error =
             |error: wasmtime::Error| load_error(format!("cannot link the ledger import: {error}"));
-        wit::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+        // `types` holds records only: its instance is empty.
+        linker
+            .instance(&format!("{TYPES_INTERFACE}@{contract}"))
             .map_err(link_error)?;
         linker
-            .instance(LEDGER_IMPORT)
+            .instance(&ledger_import)
             .and_then(|mut ledger| ledger.func_wrap(MARKED_FUNCTION, marked))
             .map_err(link_error)?;
         linker
@@ -243,12 +265,12 @@ impl CompiledPolicy {
             .map_err(|error| load_error(format!("cannot stub the WASI imports: {error}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
             load_error(format!(
-                "the component does not fit the creditgate:policy world: {error:#}"
+                "the component does not fit the creditgate:policy@{contract} world: {error:#}"
             ))
         })?;
-        let pre = bindings::PolicyPre::new(instance_pre).map_err(|error| {
+        let pre = PolicyPre::new(contract, instance_pre).map_err(|error| {
             load_error(format!(
-                "the component does not export creditgate:policy/pricing@0.1.0: {error:#}"
+                "the component does not export {PRICING_INTERFACE}@{contract}: {error:#}"
             ))
         })?;
         // Loading is off the request path, and a fresh instance's first call pays for
@@ -259,14 +281,14 @@ impl CompiledPolicy {
         };
         let mut probe = Instance::new(engine, &pre, describe_limits, Rc::new(NoMarks))
             .map_err(|error| load_error(error.to_string()))?;
-        let (description, _cost) =
-            probe.call(|bindings, store| bindings.creditgate_policy_pricing().call_describe(store));
+        let (description, _cost) = probe.call(|bindings, store| bindings.describe(store));
         let description =
             description.map_err(|error| load_error(format!("describe failed: {error}")))?;
         // A description that breaks the contract refuses the module (422), like any
         // other reason a module cannot be loaded.
-        let info = PolicyInfo::from_description(description_from_wit(description), digest)
-            .map_err(|error| load_error(error.to_string()))?;
+        let info =
+            PolicyInfo::from_description(description_from_wit(description), digest, contract)
+                .map_err(|error| load_error(error.to_string()))?;
         Ok(Arc::new(Self {
             engine: engine.clone(),
             pre,
@@ -302,6 +324,138 @@ impl CompiledPolicy {
             marks,
             instance: None,
             last_cost: CallCost::default(),
+        }
+    }
+}
+
+/// The contract version a component was built against, from the `creditgate:` names
+/// it imports (`ledger`, `types`) and exports (`pricing`): each must name an interface
+/// of a version the host implements, and all the same version.
+fn contract_of(engine: &Engine, component: &Component) -> Result<ContractVersion, MeterError> {
+    let component_type = component.component_type();
+    let imported: &[&str] = &[LEDGER_INTERFACE, TYPES_INTERFACE];
+    let exported: &[&str] = &[PRICING_INTERFACE];
+    let names = component_type
+        .imports(engine)
+        .map(|(name, _)| (name, imported))
+        .chain(
+            component_type
+                .exports(engine)
+                .map(|(name, _)| (name, exported)),
+        );
+    let mut contract = None;
+    for (name, interfaces) in names {
+        if !name.starts_with(CONTRACT_PREFIX) {
+            continue;
+        }
+        let version = name
+            .split_once('@')
+            .filter(|(interface, _)| interfaces.contains(interface))
+            .and_then(|(_, version)| ContractVersion::parse(version))
+            .ok_or_else(|| {
+                load_error(format!(
+                    "the component was built against '{name}'; this host implements {} \
+                     (rebuild the policy against wit/policy.wit)",
+                    ContractVersion::implemented()
+                ))
+            })?;
+        match contract {
+            Some(seen) if seen != version => {
+                return Err(load_error(format!(
+                    "the component mixes contract versions {seen} and {version}"
+                )));
+            }
+            _ => contract = Some(version),
+        }
+    }
+    contract.ok_or_else(|| {
+        load_error(format!(
+            "the component does not export {PRICING_INTERFACE}; this host implements {}",
+            ContractVersion::implemented()
+        ))
+    })
+}
+
+/// A component linked and ready to instantiate, through the bindings of its contract.
+enum PolicyPre {
+    V0_1(bindings::v0_1::PolicyPre<HostState>),
+    V0_2(bindings::v0_2::PolicyPre<HostState>),
+}
+
+impl PolicyPre {
+    fn new(
+        contract: ContractVersion,
+        instance_pre: wasmtime::component::InstancePre<HostState>,
+    ) -> wasmtime::Result<Self> {
+        Ok(match contract {
+            ContractVersion::V0_1_0 => Self::V0_1(bindings::v0_1::PolicyPre::new(instance_pre)?),
+            ContractVersion::V0_2_0 => Self::V0_2(bindings::v0_2::PolicyPre::new(instance_pre)?),
+        })
+    }
+
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Self::V0_1(pre) => Bindings::V0_1(pre.instantiate(store)?),
+            Self::V0_2(pre) => Bindings::V0_2(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// An instance's exports, called through its contract: each call takes the host's
+/// view of the balances and gives the policy what its contract says it sees.
+enum Bindings {
+    V0_1(bindings::v0_1::Policy),
+    V0_2(bindings::v0_2::Policy),
+}
+
+impl Bindings {
+    fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<wit::Description> {
+        match self {
+            Self::V0_1(policy) => policy.creditgate_policy_pricing().call_describe(store),
+            Self::V0_2(policy) => policy.creditgate_policy_pricing().call_describe(store),
+        }
+    }
+
+    fn authorize(
+        &self,
+        store: &mut Store<HostState>,
+        request: &wit::Request,
+        balances: &[sdk::BalanceState],
+    ) -> wasmtime::Result<wit::Verdict> {
+        match self {
+            Self::V0_1(policy) => policy.creditgate_policy_pricing().call_authorize(
+                store,
+                request,
+                &spendable_amounts(balances),
+            ),
+            Self::V0_2(policy) => policy.creditgate_policy_pricing().call_authorize(
+                store,
+                request,
+                &states_to_wit(balances),
+            ),
+        }
+    }
+
+    fn settle(
+        &self,
+        store: &mut Store<HostState>,
+        admitted: &wit::Admitted,
+        outcome: &wit::Outcome,
+        balances: &[sdk::BalanceState],
+    ) -> wasmtime::Result<wit::Settlement> {
+        match self {
+            Self::V0_1(policy) => policy.creditgate_policy_pricing().call_settle(
+                store,
+                admitted,
+                outcome,
+                &spendable_amounts(balances),
+            ),
+            Self::V0_2(policy) => policy.creditgate_policy_pricing().call_settle(
+                store,
+                admitted,
+                outcome,
+                &states_to_wit(balances),
+            ),
         }
     }
 }
@@ -380,7 +534,7 @@ impl MarkLookup for NoMarks {
 
 struct Instance {
     store: Store<HostState>,
-    bindings: bindings::Policy,
+    bindings: Bindings,
 }
 
 /// wasmtime's message when a lift would copy more than the store's hostcall fuel (its
@@ -390,7 +544,7 @@ const LIFT_BOUND_MESSAGE: &str = "too much data is being copied between the host
 impl Instance {
     fn new(
         engine: &Engine,
-        pre: &bindings::PolicyPre<HostState>,
+        pre: &PolicyPre,
         limits: Limits,
         marks: Rc<dyn MarkLookup>,
     ) -> Result<Self, MeterError> {
@@ -432,7 +586,7 @@ impl Instance {
     /// errors; answers what the call cost too.
     fn call<R>(
         &mut self,
-        call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+        call: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> (Result<R, MeterError>, CallCost) {
         let limits = self.store.data().limits;
         if let Err(error) = Self::arm(&mut self.store, limits) {
@@ -497,7 +651,7 @@ impl ComponentRuntime {
     fn call<R>(
         &mut self,
         tenant: &str,
-        call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+        call: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, MeterError> {
         let compiled = &self.compiled;
         self.last_cost = CallCost::default();
@@ -534,14 +688,11 @@ impl PolicyRuntime for ComponentRuntime {
     fn authorize(
         &mut self,
         request: &sdk::Request,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<AuthorizeDecision, MeterError> {
         let wit_request = request_to_wit(request);
-        let wit_balances = amounts_to_wit(balances);
         let verdict = self.call(&request.tenant, |bindings, store| {
-            bindings
-                .creditgate_policy_pricing()
-                .call_authorize(store, &wit_request, &wit_balances)
+            bindings.authorize(store, &wit_request, balances)
         })?;
         check_verdict(
             &self.compiled.info,
@@ -554,7 +705,7 @@ impl PolicyRuntime for ComponentRuntime {
         &mut self,
         admitted: &sdk::Admitted,
         outcome: &sdk::Outcome,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<SettleDecision, MeterError> {
         let wit_admitted = wit::Admitted {
             request: request_to_wit(&admitted.request),
@@ -567,14 +718,8 @@ impl PolicyRuntime for ComponentRuntime {
             attributes: pairs_to_wit(&outcome.attributes),
             body: outcome.body.clone(),
         };
-        let wit_balances = amounts_to_wit(balances);
         let settlement = self.call(&admitted.request.tenant, |bindings, store| {
-            bindings.creditgate_policy_pricing().call_settle(
-                store,
-                &wit_admitted,
-                &wit_outcome,
-                &wit_balances,
-            )
+            bindings.settle(store, &wit_admitted, &wit_outcome, balances)
         })?;
         check_settlement(
             &self.compiled.info,
@@ -627,6 +772,35 @@ fn verdict_from_wit(verdict: wit::Verdict) -> sdk::Verdict {
     }
 }
 
+fn states_to_wit(states: &[sdk::BalanceState]) -> Vec<wit::BalanceState> {
+    states
+        .iter()
+        .map(|state| wit::BalanceState {
+            balance: state.balance.clone(),
+            available: state.available,
+            overdraft_limit: state.overdraft_limit,
+            spend_cap: state.spend_cap.as_ref().map(|window| wit::SpendWindow {
+                cap: window.cap,
+                spent: window.spent,
+                resets_at_ms: window.resets_at_ms,
+            }),
+        })
+        .collect()
+}
+
+/// What a 0.1.0 module is given as each balance's `balance-amount`: what can be spent
+/// on it (`available + overdraft_limit`, within the spend cap, never negative), so that
+/// an old policy admits what the host would let it spend.
+fn spendable_amounts(states: &[sdk::BalanceState]) -> Vec<wit::BalanceAmount> {
+    states
+        .iter()
+        .map(|state| wit::BalanceAmount {
+            balance: state.balance.clone(),
+            amount: state.spendable(),
+        })
+        .collect()
+}
+
 fn amounts_to_wit(amounts: &[sdk::BalanceAmount]) -> Vec<wit::BalanceAmount> {
     amounts
         .iter()
@@ -672,4 +846,55 @@ fn pairs_from_wit(pairs: Vec<wit::Pair>) -> Vec<(String, String)> {
         .into_iter()
         .map(|pair| (pair.name, pair.value))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(available: i64, overdraft_limit: i64, cap: Option<(i64, i64)>) -> sdk::BalanceState {
+        sdk::BalanceState {
+            balance: "default".to_owned(),
+            available,
+            overdraft_limit,
+            spend_cap: cap.map(|(cap, spent)| sdk::SpendWindow {
+                cap,
+                spent,
+                resets_at_ms: 60_000,
+            }),
+        }
+    }
+
+    fn amounts(states: &[sdk::BalanceState]) -> Vec<i64> {
+        spendable_amounts(states)
+            .into_iter()
+            .map(|amount| amount.amount)
+            .collect()
+    }
+
+    #[test]
+    fn a_0_1_0_module_is_given_what_it_may_spend_available_plus_overdraft_within_the_cap() {
+        assert_eq!(amounts(&[state(7, 0, None)]), [7]);
+        assert_eq!(amounts(&[state(7, 5, None)]), [12]);
+        assert_eq!(amounts(&[state(-3, 5, None)]), [2]);
+        assert_eq!(amounts(&[state(7, 5, Some((10, 6)))]), [4]);
+        assert_eq!(amounts(&[state(-8, 5, None)]), [0]);
+        assert_eq!(amounts(&[state(7, 5, Some((10, 12)))]), [0]);
+        assert_eq!(amounts(&[state(i64::MAX, i64::MAX, None)]), [i64::MAX]);
+        let named = spendable_amounts(&[sdk::BalanceState::new("export", 2)]);
+        assert_eq!(named[0].balance, "export");
+    }
+
+    #[test]
+    fn a_0_2_0_module_is_given_every_figure_as_it_is() {
+        let given = states_to_wit(&[state(-3, 5, Some((10, 6)))]);
+        assert_eq!(given.len(), 1);
+        assert_eq!((given[0].available, given[0].overdraft_limit), (-3, 5));
+        let window = given[0].spend_cap.as_ref().unwrap();
+        assert_eq!(
+            (window.cap, window.spent, window.resets_at_ms),
+            (10, 6, 60_000)
+        );
+        assert!(states_to_wit(&[state(1, 0, None)])[0].spend_cap.is_none());
+    }
 }

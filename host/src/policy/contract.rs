@@ -17,6 +17,54 @@ pub const MESSAGE_BYTES_MAX: usize = 1024;
 pub const MARK_BYTES_MAX: usize = 512;
 pub const HOLD_TTL_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 
+/// A version of the WIT contract, `creditgate:policy@VERSION`, that the host implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ContractVersion {
+    /// `wit/0.1.0/policy.wit` (frozen): a policy is given each balance as a
+    /// `balance-amount`, what it may spend ([`sdk::BalanceState::spendable`]).
+    V0_1_0,
+    /// `wit/policy.wit`: a policy is given each balance as a `balance-state`, with its
+    /// overdraft limit and spend cap.
+    V0_2_0,
+}
+
+impl ContractVersion {
+    /// Every version the host loads, oldest first.
+    pub const IMPLEMENTED: [Self; 2] = [Self::V0_1_0, Self::V0_2_0];
+    /// The version of `wit/policy.wit` and of the SDK's types: what a policy linked
+    /// natively sees.
+    pub const LATEST: Self = Self::V0_2_0;
+
+    /// The package version, e.g. `0.2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1_0 => "0.1.0",
+            Self::V0_2_0 => "0.2.0",
+        }
+    }
+
+    /// The version `text` names, if the host implements it.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::IMPLEMENTED
+            .into_iter()
+            .find(|version| version.as_str() == text)
+    }
+
+    /// The packages the host implements, for messages:
+    /// `creditgate:policy@0.1.0 and creditgate:policy@0.2.0`.
+    pub fn implemented() -> String {
+        Self::IMPLEMENTED
+            .map(|version| format!("creditgate:policy@{version}"))
+            .join(" and ")
+    }
+}
+
+impl std::fmt::Display for ContractVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the host knows about a loaded policy, from its bytes and its `describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyInfo {
@@ -25,13 +73,17 @@ pub struct PolicyInfo {
     pub digest: super::PolicyDigest,
     pub balances: Vec<String>,
     pub hold_ttl_ms: u64,
+    /// The contract the module was built against.
+    pub contract: ContractVersion,
 }
 
 impl PolicyInfo {
-    /// Checks a `describe` answer and pairs it with the component's digest.
+    /// Checks a `describe` answer and pairs it with the component's digest and the
+    /// contract it was built against.
     pub fn from_description(
         description: sdk::Description,
         digest: super::PolicyDigest,
+        contract: ContractVersion,
     ) -> Result<Self, MeterError> {
         let invalid = |why: String| MeterError::PolicyInvalidVerdict(format!("describe: {why}"));
         check_name("name", &description.name).map_err(invalid)?;
@@ -61,6 +113,7 @@ impl PolicyInfo {
             digest,
             balances: description.balances,
             hold_ttl_ms: description.hold_ttl_ms,
+            contract,
         })
     }
 
@@ -285,6 +338,7 @@ mod tests {
             digest: PolicyDigest::of(b"p"),
             balances: vec!["default".to_owned()],
             hold_ttl_ms: 1000,
+            contract: ContractVersion::LATEST,
         }
     }
 
@@ -344,5 +398,19 @@ mod tests {
     fn a_reject_with_a_success_status_breaks_the_contract() {
         let verdict = check_verdict(&info(), 0, sdk::Verdict::reject(200, "ok", "fine"));
         assert!(verdict.is_err());
+    }
+
+    #[test]
+    fn contract_versions_parse_from_what_they_print_and_no_other_parses() {
+        for version in ContractVersion::IMPLEMENTED {
+            assert_eq!(ContractVersion::parse(&version.to_string()), Some(version));
+        }
+        for other in ["0.3.0", "0.1", "", "1.0.0"] {
+            assert_eq!(ContractVersion::parse(other), None, "{other}");
+        }
+        assert_eq!(
+            ContractVersion::implemented(),
+            "creditgate:policy@0.1.0 and creditgate:policy@0.2.0"
+        );
     }
 }

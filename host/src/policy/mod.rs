@@ -18,7 +18,7 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-pub use contract::{AuthorizeDecision, PolicyInfo, SettleDecision};
+pub use contract::{AuthorizeDecision, ContractVersion, PolicyInfo, SettleDecision};
 pub use creditgate_policy_sdk as sdk;
 
 use crate::error::MeterError;
@@ -112,16 +112,20 @@ pub trait PolicyRuntime {
     /// What the last authorize or settle cost, failed or not.
     fn last_cost(&self) -> CallCost;
 
+    /// Decides a request; `balances` are the tenant's, one per balance the policy
+    /// describes, as the latest contract gives them.
     fn authorize(
         &mut self,
         request: &sdk::Request,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<AuthorizeDecision, MeterError>;
 
+    /// Prices the outcome of an admitted request; `balances` as for
+    /// [`PolicyRuntime::authorize`], not counting the transaction's own hold.
     fn settle(
         &mut self,
         admitted: &sdk::Admitted,
         outcome: &sdk::Outcome,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<SettleDecision, MeterError>;
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::contract::{check_settlement, check_verdict};
 use super::{
-    AuthorizeDecision, CallCost, MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime,
-    SettleDecision, sdk,
+    AuthorizeDecision, CallCost, ContractVersion, MarkLookup, PolicyDigest, PolicyInfo,
+    PolicyRuntime, SettleDecision, sdk,
 };
 use crate::error::MeterError;
 
@@ -26,7 +26,8 @@ impl<P: sdk::Policy> NativeRuntime<P> {
     pub fn new(digest_seed: &str, marks: Rc<dyn MarkLookup>) -> Result<Self, MeterError> {
         let digest = PolicyDigest::of(format!("native:{digest_seed}").as_bytes());
         Ok(Self {
-            info: PolicyInfo::from_description(P::describe(), digest)?,
+            // Native code sees the SDK's types: the latest contract's.
+            info: PolicyInfo::from_description(P::describe(), digest, ContractVersion::LATEST)?,
             marks,
             last_cost: CallCost::default(),
             policy: PhantomData,
@@ -85,7 +86,7 @@ impl<P: sdk::Policy> PolicyRuntime for NativeRuntime<P> {
     fn authorize(
         &mut self,
         request: &sdk::Request,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<AuthorizeDecision, MeterError> {
         let started = Instant::now();
         let ledger = TenantMarks::new(self.marks.as_ref(), &request.tenant);
@@ -98,7 +99,7 @@ impl<P: sdk::Policy> PolicyRuntime for NativeRuntime<P> {
         &mut self,
         admitted: &sdk::Admitted,
         outcome: &sdk::Outcome,
-        balances: &[sdk::BalanceAmount],
+        balances: &[sdk::BalanceState],
     ) -> Result<SettleDecision, MeterError> {
         let started = Instant::now();
         let ledger = TenantMarks::new(self.marks.as_ref(), &admitted.request.tenant);

@@ -179,7 +179,22 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> P
         vec![format!("{MARKED_PREFIX}-1"), "new-1".into()],
     ];
     let attribute_sets: [Vec<(String, String)>; 2] = [vec![], vec![("mode".into(), "AUD".into())]];
-    let amounts = [0, 5, i64::MAX];
+    // Each balance empty; overdrawn within its overdraft, under a spend cap; and every
+    // figure at its extreme. What can be spent on them (0, 5, the most there is) is
+    // what a module built against 0.1.0 is given.
+    let balance_shapes: [(i64, i64, Option<sdk::SpendWindow>); 3] = [
+        (0, 0, None),
+        (
+            -5,
+            10,
+            Some(sdk::SpendWindow {
+                cap: 7,
+                spent: 2,
+                resets_at_ms: 3_600_000,
+            }),
+        ),
+        (i64::MAX, i64::MAX, None),
+    ];
     let outcomes: [(u16, &[(&str, &str)]); 6] = [
         (200, &[("records", "1")]),
         (200, &[("records", "0")]),
@@ -192,7 +207,7 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> P
     for operation in &all_operations {
         for items in &item_sets {
             for attributes in &attribute_sets {
-                for amount in amounts {
+                for (available, overdraft_limit, spend_cap) in &balance_shapes {
                     sequence += 1;
                     let request = sdk::Request {
                         transaction_id: format!("probe-{sequence}"),
@@ -202,18 +217,29 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> P
                         attributes: attributes.clone(),
                         body: None,
                     };
-                    let balances: Vec<sdk::BalanceAmount> = info
+                    let balances: Vec<sdk::BalanceState> = info
                         .balances
                         .iter()
-                        .map(|balance| sdk::BalanceAmount::new(balance.clone(), amount))
+                        .map(|balance| sdk::BalanceState {
+                            balance: balance.clone(),
+                            available: *available,
+                            overdraft_limit: *overdraft_limit,
+                            spend_cap: spend_cap.clone(),
+                        })
                         .collect();
+                    let shape = || {
+                        format!(
+                            "available={available} overdraft_limit={overdraft_limit} spend_cap={spend_cap:?}"
+                        )
+                    };
                     let first = runtime.authorize(&request, &balances);
                     costs.push(runtime.last_cost());
                     let second = runtime.authorize(&request, &balances);
                     let context = || {
                         format!(
-                            "authorize {operation} items={} attributes={attributes:?} balances={amount}",
-                            items.len()
+                            "authorize {operation} items={} attributes={attributes:?} {}",
+                            items.len(),
+                            shape()
                         )
                     };
                     findings.record(&first, &second, context);
@@ -246,7 +272,8 @@ pub fn probe(compiled: &Arc<CompiledPolicy>, operations: &BTreeSet<String>) -> P
                         let second = runtime.settle(&admitted, &outcome, &balances);
                         let context = || {
                             format!(
-                                "settle {operation} status {status} {attributes:?} balances={amount}"
+                                "settle {operation} status {status} {attributes:?} {}",
+                                shape()
                             )
                         };
                         findings.record(&first, &second, context);

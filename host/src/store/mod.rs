@@ -23,7 +23,7 @@ use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::ledger::{AccountState, EntryKind};
 use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
-use crate::policy::{PolicyDigest, PolicyInfo};
+use crate::policy::PolicyDigest;
 
 pub type StoreResult<T> = Result<T, MeterError>;
 
@@ -107,10 +107,11 @@ pub struct BatchClaims {
     pub sweep: bool,
 }
 
-/// A policy the store remembers, so settles can run on the version that authorized.
+/// A policy the store remembers, so settles can run on the version that authorized: its
+/// name, version and digest (all else it says of itself comes from loading its bytes).
 #[derive(Debug, Clone)]
 pub struct StoredPolicy {
-    pub info: PolicyInfo,
+    pub policy: PolicyRef,
     /// The component bytes; none for a natively linked policy.
     pub component: Option<Vec<u8>>,
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use creditgate_policy_sdk::{
-    Admission, Admitted, BalanceAmount, Description, JsonObject, Ledger, Mark, Outcome, Policy,
-    Request, Settlement, Verdict, amount_of,
+    Admission, Admitted, BalanceAmount, BalanceState, Description, JsonObject, Ledger, Mark,
+    Outcome, Policy, Request, Settlement, Verdict, spendable_of,
 };
 
 pub const ENHANCEMENT: &str = "enhancement";
@@ -36,12 +36,13 @@ fn empty_batch(what: &str) -> Verdict {
     Verdict::reject(400, "empty_batch", format!("No {what} submitted."))
 }
 
-fn enhance(request: &Request, balances: &[BalanceAmount]) -> Verdict {
+fn enhance(request: &Request, balances: &[BalanceState]) -> Verdict {
     let requested = count(request.items.len());
     if requested == 0 {
         return empty_batch("persons");
     }
-    let credits = amount_of(balances, ENHANCEMENT);
+    // What the tenant may spend: its credits, its overdraft, within its spend cap.
+    let credits = spendable_of(balances, ENHANCEMENT);
     let affordable = credits / CREDITS_PER_PERSON;
     if affordable <= 0 {
         return Verdict::reject(402, "payment_required", "No enhancement credits remaining.");
@@ -70,7 +71,7 @@ fn enhance(request: &Request, balances: &[BalanceAmount]) -> Verdict {
     })
 }
 
-fn export(request: &Request, balances: &[BalanceAmount], ledger: &dyn Ledger) -> Verdict {
+fn export(request: &Request, balances: &[BalanceState], ledger: &dyn Ledger) -> Verdict {
     if request.items.is_empty() {
         return empty_batch("donors");
     }
@@ -89,7 +90,7 @@ fn export(request: &Request, balances: &[BalanceAmount], ledger: &dyn Ledger) ->
         .map(|(donor, _)| donor)
         .collect();
     let credits_used = count(new_donors.len()) * CREDITS_PER_NEW_DONOR;
-    let credits = amount_of(balances, EXPORT);
+    let credits = spendable_of(balances, EXPORT);
     if credits_used > credits {
         return Verdict::reject(
             402,
@@ -130,7 +131,7 @@ impl Policy for DonorAtlas {
         }
     }
 
-    fn authorize(request: &Request, balances: &[BalanceAmount], ledger: &dyn Ledger) -> Verdict {
+    fn authorize(request: &Request, balances: &[BalanceState], ledger: &dyn Ledger) -> Verdict {
         match request.operation.as_str() {
             "enhance" => enhance(request, balances),
             "export" => export(request, balances, ledger),
@@ -151,7 +152,7 @@ impl Policy for DonorAtlas {
     fn settle(
         _admitted: &Admitted,
         _outcome: &Outcome,
-        _balances: &[BalanceAmount],
+        _balances: &[BalanceState],
         _ledger: &dyn Ledger,
     ) -> Settlement {
         Settlement {
@@ -194,10 +195,10 @@ mod tests {
         }
     }
 
-    fn balances(enhancement: i64, export: i64) -> Vec<BalanceAmount> {
+    fn balances(enhancement: i64, export: i64) -> Vec<BalanceState> {
         vec![
-            BalanceAmount::new(ENHANCEMENT, enhancement),
-            BalanceAmount::new(EXPORT, export),
+            BalanceState::new(ENHANCEMENT, enhancement),
+            BalanceState::new(EXPORT, export),
         ]
     }
 
@@ -244,6 +245,28 @@ mod tests {
             admitted.meta_json,
             r#"{"requested":10,"processed":3,"imports_charged":3,"imports_remaining":0,"partial":true,"partial_reason":"Only 3 credits remaining, but 10 persons requested"}"#
         );
+    }
+
+    #[test]
+    fn an_overdraft_counts_as_credits_remaining() {
+        let overdrawn = |balance: &str| BalanceState {
+            overdraft_limit: 4,
+            ..BalanceState::new(balance, -2)
+        };
+        let persons = ["p0", "p1", "p2"];
+        let enhanced = admit(DonorAtlas::authorize(
+            &request("enhance", &persons),
+            &[overdrawn(ENHANCEMENT), BalanceState::new(EXPORT, 0)],
+            &Marks::default(),
+        ));
+        assert_eq!(enhanced.admitted_items, 2);
+        assert_eq!(enhanced.charge, vec![BalanceAmount::new(ENHANCEMENT, 2)]);
+        let exported = admit(DonorAtlas::authorize(
+            &request("export", &["d1", "d2"]),
+            &[BalanceState::new(ENHANCEMENT, 0), overdrawn(EXPORT)],
+            &Marks::default(),
+        ));
+        assert_eq!(exported.charge, vec![BalanceAmount::new(EXPORT, 2)]);
     }
 
     #[test]

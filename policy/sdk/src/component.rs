@@ -16,7 +16,7 @@ wit_bindgen::generate!({
 use creditgate::policy::types as wit;
 pub use exports::creditgate::policy::pricing::Guest;
 pub use wit::{
-    Admitted as WitAdmitted, BalanceAmount as WitBalanceAmount, Description as WitDescription,
+    Admitted as WitAdmitted, BalanceState as WitBalanceState, Description as WitDescription,
     Outcome as WitOutcome, Request as WitRequest, Settlement as WitSettlement,
     Verdict as WitVerdict,
 };
@@ -42,10 +42,10 @@ pub fn describe<P: Policy>() -> wit::Description {
 
 pub fn authorize<P: Policy>(
     request: wit::Request,
-    balances: Vec<wit::BalanceAmount>,
+    balances: Vec<wit::BalanceState>,
 ) -> wit::Verdict {
     let request = request_from_wit(request);
-    match P::authorize(&request, &amounts_from_wit(balances), &HostLedger) {
+    match P::authorize(&request, &states_from_wit(balances), &HostLedger) {
         crate::Verdict::Reject(rejection) => wit::Verdict::Reject(wit::Rejection {
             status: rejection.status,
             code: rejection.code,
@@ -66,7 +66,7 @@ pub fn authorize<P: Policy>(
 pub fn settle<P: Policy>(
     admitted: wit::Admitted,
     outcome: wit::Outcome,
-    balances: Vec<wit::BalanceAmount>,
+    balances: Vec<wit::BalanceState>,
 ) -> wit::Settlement {
     let admitted = crate::Admitted {
         request: request_from_wit(admitted.request),
@@ -79,12 +79,7 @@ pub fn settle<P: Policy>(
         attributes: pairs_from_wit(outcome.attributes),
         body: outcome.body,
     };
-    let settlement = P::settle(
-        &admitted,
-        &outcome,
-        &amounts_from_wit(balances),
-        &HostLedger,
-    );
+    let settlement = P::settle(&admitted, &outcome, &states_from_wit(balances), &HostLedger);
     wit::Settlement {
         charge: amounts_to_wit(settlement.charge),
         marks: marks_to_wit(settlement.marks),
@@ -102,6 +97,22 @@ fn request_from_wit(request: wit::Request) -> crate::Request {
         attributes: pairs_from_wit(request.attributes),
         body: request.body,
     }
+}
+
+fn states_from_wit(states: Vec<wit::BalanceState>) -> Vec<crate::BalanceState> {
+    states
+        .into_iter()
+        .map(|state| crate::BalanceState {
+            balance: state.balance,
+            available: state.available,
+            overdraft_limit: state.overdraft_limit,
+            spend_cap: state.spend_cap.map(|window| crate::SpendWindow {
+                cap: window.cap,
+                spent: window.spent,
+                resets_at_ms: window.resets_at_ms,
+            }),
+        })
+        .collect()
 }
 
 fn amounts_from_wit(amounts: Vec<wit::BalanceAmount>) -> Vec<crate::BalanceAmount> {

@@ -38,16 +38,17 @@ pub trait Policy {
     /// Name, version, balances and hold TTL. Called once when the host loads the policy.
     fn describe() -> Description;
 
-    /// Decide a request. `balances` holds the credits available now, one entry per
-    /// balance [`Policy::describe`] lists.
-    fn authorize(request: &Request, balances: &[BalanceAmount], ledger: &dyn Ledger) -> Verdict;
+    /// Decide a request. `balances` holds each balance's state now (open holds already
+    /// taken out of `available`), one entry per balance [`Policy::describe`] lists;
+    /// [`spendable_of`] reads what can still be spent on one.
+    fn authorize(request: &Request, balances: &[BalanceState], ledger: &dyn Ledger) -> Verdict;
 
-    /// Price the outcome of an admitted request. `balances` holds the credits available
+    /// Price the outcome of an admitted request. `balances` holds each balance's state
     /// now, not counting this transaction's own hold.
     fn settle(
         admitted: &Admitted,
         outcome: &Outcome,
-        balances: &[BalanceAmount],
+        balances: &[BalanceState],
         ledger: &dyn Ledger,
     ) -> Settlement;
 }
@@ -58,7 +59,7 @@ pub trait Policy {
 ///
 /// ```
 /// use creditgate_policy_sdk::{
-///     Admission, Admitted, BalanceAmount, Description, Ledger, Outcome, Policy, Request,
+///     Admission, Admitted, BalanceState, Description, Ledger, Outcome, Policy, Request,
 ///     Settlement, Verdict,
 /// };
 ///
@@ -74,11 +75,11 @@ pub trait Policy {
 ///             hold_ttl_ms: 60_000,
 ///         }
 ///     }
-///     fn authorize(request: &Request, _: &[BalanceAmount], _: &dyn Ledger) -> Verdict {
+///     fn authorize(request: &Request, _: &[BalanceState], _: &dyn Ledger) -> Verdict {
 ///         let admitted_items = u32::try_from(request.items.len()).unwrap_or(u32::MAX);
 ///         Verdict::Admit(Admission { admitted_items, ..Admission::default() })
 ///     }
-///     fn settle(_: &Admitted, _: &Outcome, _: &[BalanceAmount], _: &dyn Ledger) -> Settlement {
+///     fn settle(_: &Admitted, _: &Outcome, _: &[BalanceState], _: &dyn Ledger) -> Settlement {
 ///         Settlement::default()
 ///     }
 /// }
@@ -99,14 +100,14 @@ macro_rules! export_policy {
                 }
                 fn authorize(
                     request: $crate::component::WitRequest,
-                    balances: ::std::vec::Vec<$crate::component::WitBalanceAmount>,
+                    balances: ::std::vec::Vec<$crate::component::WitBalanceState>,
                 ) -> $crate::component::WitVerdict {
                     $crate::component::authorize::<$policy>(request, balances)
                 }
                 fn settle(
                     admitted: $crate::component::WitAdmitted,
                     outcome: $crate::component::WitOutcome,
-                    balances: ::std::vec::Vec<$crate::component::WitBalanceAmount>,
+                    balances: ::std::vec::Vec<$crate::component::WitBalanceState>,
                 ) -> $crate::component::WitSettlement {
                     $crate::component::settle::<$policy>(admitted, outcome, balances)
                 }

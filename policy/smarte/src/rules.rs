@@ -2,8 +2,8 @@
 //! compile them into deliberately broken variants (see `tests/fixtures`).
 
 use creditgate_policy_sdk::{
-    Admission, Admitted, BalanceAmount, Description, JsonObject, Ledger, Outcome, Policy, Request,
-    Settlement, Verdict, amount_of,
+    Admission, Admitted, BalanceAmount, BalanceState, Description, JsonObject, Ledger, Outcome,
+    Policy, Request, Settlement, Verdict, spendable_of,
 };
 
 /// The one balance this policy spends.
@@ -96,7 +96,7 @@ impl Policy for Smarte {
         }
     }
 
-    fn authorize(request: &Request, balances: &[BalanceAmount], _ledger: &dyn Ledger) -> Verdict {
+    fn authorize(request: &Request, balances: &[BalanceState], _ledger: &dyn Ledger) -> Verdict {
         if !OPERATIONS.contains(&request.operation.as_str()) {
             return Verdict::reject(
                 400,
@@ -116,7 +116,8 @@ impl Policy for Smarte {
             });
         }
         let required = records_requested(request).saturating_mul(CREDITS_PER_RECORD);
-        let available = amount_of(balances, BALANCE);
+        // What the tenant may spend: its credits, its overdraft, within its spend cap.
+        let available = spendable_of(balances, BALANCE);
         if available < required {
             return Verdict::reject(
                 402,
@@ -135,7 +136,7 @@ impl Policy for Smarte {
     fn settle(
         admitted: &Admitted,
         outcome: &Outcome,
-        _balances: &[BalanceAmount],
+        _balances: &[BalanceState],
         _ledger: &dyn Ledger,
     ) -> Settlement {
         let (records, reason) = if is_audit_only(&admitted.request) {
@@ -175,6 +176,7 @@ impl Policy for Smarte {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use creditgate_policy_sdk::SpendWindow;
 
     type Attributes<'a> = &'a [(&'a str, &'a str)];
 
@@ -199,8 +201,8 @@ mod tests {
         }
     }
 
-    fn balance(credits: i64) -> Vec<BalanceAmount> {
-        vec![BalanceAmount::new(BALANCE, credits)]
+    fn balance(credits: i64) -> Vec<BalanceState> {
+        vec![BalanceState::new(BALANCE, credits)]
     }
 
     fn admission(verdict: Verdict) -> Admission {
@@ -273,6 +275,33 @@ mod tests {
     fn exactly_enough_credits_is_admitted() {
         let verdict = Smarte::authorize(&request("email.enrich", 2, &[]), &balance(2), &NoMarks);
         assert!(matches!(verdict, Verdict::Admit(_)));
+    }
+
+    #[test]
+    fn an_overdraft_admits_what_it_covers_and_a_spend_cap_bounds_it() {
+        let overdrawn = vec![BalanceState {
+            overdraft_limit: 3,
+            ..BalanceState::new(BALANCE, -1)
+        }];
+        let admitted = admission(Smarte::authorize(
+            &request("person.enrich", 2, &[]),
+            &overdrawn,
+            &NoMarks,
+        ));
+        assert_eq!(admitted.hold, vec![BalanceAmount::new(BALANCE, 2)]);
+        let past_the_overdraft =
+            Smarte::authorize(&request("person.enrich", 3, &[]), &overdrawn, &NoMarks);
+        assert!(matches!(past_the_overdraft, Verdict::Reject(ref r) if r.status == 402));
+        let capped = vec![BalanceState {
+            spend_cap: Some(SpendWindow {
+                cap: 10,
+                spent: 9,
+                resets_at_ms: 0,
+            }),
+            ..BalanceState::new(BALANCE, 100)
+        }];
+        let past_the_cap = Smarte::authorize(&request("person.enrich", 2, &[]), &capped, &NoMarks);
+        assert!(matches!(past_the_cap, Verdict::Reject(ref r) if r.status == 402));
     }
 
     #[test]

@@ -23,7 +23,8 @@ use crate::ledger::codec;
 use crate::ledger::legacy::{self, TransactionRowV0};
 use crate::ledger::lots::Closure;
 use crate::ledger::state::TransactionRecord;
-use crate::policy::{PolicyDigest, PolicyInfo};
+use crate::model::PolicyRef;
+use crate::policy::PolicyDigest;
 
 /// One step of the schema's history.
 enum Migration {
@@ -390,22 +391,19 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A policy from a row of `digest, name, version, component`.
 fn policy_from_row(row: &Row) -> StoreResult<StoredPolicy> {
     let digest: String = row.try_get(0)?;
-    let balances: String = row.try_get(3)?;
+    let digest = PolicyDigest::parse(&digest).ok_or_else(|| {
+        MeterError::StoreCorrupt(format!("policy digest '{digest}' is not a sha256"))
+    })?;
     Ok(StoredPolicy {
-        info: PolicyInfo {
-            digest: PolicyDigest::parse(&digest).ok_or_else(|| {
-                MeterError::StoreCorrupt(format!("policy digest '{digest}' is not a sha256"))
-            })?,
+        policy: PolicyRef {
             name: row.try_get(1)?,
             version: row.try_get(2)?,
-            balances: serde_json::from_str(&balances).map_err(|error| {
-                MeterError::StoreCorrupt(format!("policy {digest}: balances do not parse: {error}"))
-            })?,
-            hold_ttl_ms: to_u64(row.try_get(4)?),
+            digest: digest.to_string(),
         },
-        component: row.try_get(5)?,
+        component: row.try_get(3)?,
     })
 }
 

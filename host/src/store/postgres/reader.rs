@@ -176,8 +176,7 @@ impl LedgerReader for PostgresReader {
 
     fn stored_policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
         self.query(
-            "SELECT digest, name, version, balances_json, hold_ttl_ms, component \
-             FROM policies WHERE digest = $1",
+            "SELECT digest, name, version, component FROM policies WHERE digest = $1",
             &[&digest.to_string()],
         )?
         .first()

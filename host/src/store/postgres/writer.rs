@@ -51,8 +51,8 @@ const NEXT_LOT_BLOCK: &str = "SELECT nextval('lot_blocks')";
 /// a batch ever writes.
 const LOT_BLOCK_BITS: u32 = 24;
 const MARKED: &str = "SELECT key FROM marks WHERE tenant = $1 AND scope = $2 AND key = ANY($3)";
-const POLICY_BY_DIGEST: &str = "SELECT digest, name, version, balances_json, hold_ttl_ms, \
-     component FROM policies WHERE digest = $1";
+const POLICY_BY_DIGEST: &str =
+    "SELECT digest, name, version, component FROM policies WHERE digest = $1";
 const LATEST_ACTIVATION: &str = "SELECT digest FROM policy_activations ORDER BY id DESC LIMIT 1";
 /// Names the predicate of `transactions_open_by_policy` whole, so that index serves it.
 const OPEN_POLICIES: &str = "SELECT DISTINCT policy_digest FROM transactions \

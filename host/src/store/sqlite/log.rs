@@ -15,12 +15,13 @@ use super::durability::LogWriter;
 use super::lock::LedgerLock;
 use super::reader::SqliteReader;
 use super::views::{Progress, ViewJob, ViewThread};
-use super::{SqliteOptions, open_reading, records, to_u64, views_path};
+use super::{SqliteOptions, open_reading, records, views_path};
 use crate::error::MeterError;
 use crate::ledger::lots::LEGACY_LOT;
 use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
-use crate::policy::{PolicyDigest, PolicyInfo};
+use crate::model::PolicyRef;
+use crate::policy::PolicyDigest;
 use crate::store::{
     BatchClaims, ColdStore, Durability, SnapshotPart, Store, StoreResult, StoredPolicy, with_terms,
 };
@@ -165,32 +166,21 @@ pub fn stored_policy(
     views: &Connection,
     digest: &PolicyDigest,
 ) -> StoreResult<Option<StoredPolicy>> {
-    type Row = (String, String, String, i64, Option<Vec<u8>>);
+    type Row = (String, String, Option<Vec<u8>>);
     let row: Option<Row> = views
-        .prepare_cached(
-            "SELECT name, version, balances_json, hold_ttl_ms, component FROM policies WHERE digest = ?1",
-        )?
+        .prepare_cached("SELECT name, version, component FROM policies WHERE digest = ?1")?
         .query_row(params![digest.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
-    row.map(|(name, version, balances, hold_ttl_ms, component)| {
-        Ok(StoredPolicy {
-            info: PolicyInfo {
-                name,
-                version,
-                digest: *digest,
-                balances: serde_json::from_str(&balances).map_err(|error| {
-                    MeterError::StoreCorrupt(format!(
-                        "policy {digest}: balances do not parse: {error}"
-                    ))
-                })?,
-                hold_ttl_ms: to_u64(hold_ttl_ms),
-            },
-            component,
-        })
-    })
-    .transpose()
+    Ok(row.map(|(name, version, component)| StoredPolicy {
+        policy: PolicyRef {
+            name,
+            version,
+            digest: digest.to_string(),
+        },
+        component,
+    }))
 }
 
 impl Store for SqliteStore {

@@ -125,11 +125,7 @@ impl LedgerReader for SqliteReader {
             };
             let digest = PolicyDigest::from_bytes(record.policy);
             let policy = match stored_policy(&connections.views, &digest)? {
-                Some(stored) => PolicyRef {
-                    name: stored.info.name,
-                    version: stored.info.version,
-                    digest: digest.to_string(),
-                },
+                Some(stored) => stored.policy,
                 None => PolicyRef {
                     digest: digest.to_string(),
                     ..PolicyRef::default()
