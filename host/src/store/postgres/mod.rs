@@ -362,11 +362,15 @@ fn decode_record(bytes: &[u8]) -> StoreResult<TransactionRecord> {
     Ok(codec::decode_transaction(RECORD_MAGIC, bytes)?)
 }
 
-/// The advisory lock that stands for one tenant, transaction id or grant id: the first
-/// 8 bytes of a sha256 of its kind and name. Two names sharing a key only wait on each
+/// The advisory lock that stands for one tenant, transaction id or grant id of the
+/// ledger in `space` (its database and schema): the first 8 bytes of a sha256 of the
+/// three. Advisory locks belong to a whole cluster, so ledgers in other schemas or
+/// databases never wait on each other's; two names sharing a key only wait on each
 /// other more than they need to.
-fn lock_key(kind: &str, name: &str) -> i64 {
+fn lock_key(space: &str, kind: &str, name: &str) -> i64 {
     let digest = Sha256::new()
+        .chain_update(space.as_bytes())
+        .chain_update([0])
         .chain_update(kind.as_bytes())
         .chain_update([0])
         .chain_update(name.as_bytes())
@@ -376,12 +380,17 @@ fn lock_key(kind: &str, name: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
-fn tenant_lock(tenant: &str) -> i64 {
-    lock_key("tenant", tenant)
+fn tenant_lock(space: &str, tenant: &str) -> i64 {
+    lock_key(space, "tenant", tenant)
 }
 
 /// Taken by every activation, so the history gets one entry per switch.
-const ACTIVATION_LOCK: i64 = 0x6372_6564_6974_6702;
+fn activation_lock(space: &str) -> i64 {
+    lock_key(space, "activation", "")
+}
+
+/// What names the ledger a connection works on, for its lock keys.
+const LOCK_SPACE: &str = "SELECT current_database() || '.' || COALESCE(current_schema(), '')";
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -442,9 +451,14 @@ mod tests {
     }
 
     #[test]
-    fn lock_keys_differ_by_kind_and_name() {
-        assert_ne!(lock_key("tenant", "acme"), lock_key("grant", "acme"));
-        assert_ne!(lock_key("tenant", "acme"), lock_key("tenant", "acme2"));
-        assert_eq!(lock_key("tenant", "acme"), lock_key("tenant", "acme"));
+    fn lock_keys_differ_by_ledger_kind_and_name() {
+        let key = |space, kind, name| lock_key(space, kind, name);
+        assert_ne!(key("db.a", "tenant", "acme"), key("db.a", "grant", "acme"));
+        assert_ne!(
+            key("db.a", "tenant", "acme"),
+            key("db.a", "tenant", "acme2")
+        );
+        assert_ne!(key("db.a", "tenant", "acme"), key("db.b", "tenant", "acme"));
+        assert_eq!(key("db.a", "tenant", "acme"), key("db.a", "tenant", "acme"));
     }
 }

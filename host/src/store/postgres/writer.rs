@@ -10,7 +10,7 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, Row, Statement};
 
 use super::{
-    ACTIVATION_LOCK, closure_from_text, closure_text, connect, encode_record, lock_key,
+    LOCK_SPACE, activation_lock, closure_from_text, closure_text, connect, encode_record, lock_key,
     policy_from_row, tenant_lock, to_i64, to_u64, transaction_from_row,
 };
 use crate::error::MeterError;
@@ -148,6 +148,8 @@ pub struct PostgresStore {
     absent: RefCell<Absent>,
     /// The batch's clock reading, for the lapsed holds of tenants it locks later.
     now_ms: RefCell<u64>,
+    /// The ledger's database and schema, which its lock keys name.
+    lock_space: RefCell<String>,
 }
 
 impl PostgresStore {
@@ -158,6 +160,7 @@ impl PostgresStore {
             connection: RefCell::new(None),
             absent: RefCell::default(),
             now_ms: RefCell::new(0),
+            lock_space: RefCell::default(),
         }
     }
 
@@ -182,6 +185,7 @@ impl PostgresStore {
              SET lock_timeout = {LOCK_HELD_MAX_MS}; \
              SET enable_seqscan = off"
         ))?;
+        *self.lock_space.borrow_mut() = client.query_one(LOCK_SPACE, &[])?.try_get(0)?;
         *self.connection.borrow_mut() = Some(Connection {
             client,
             statements: HashMap::new(),
@@ -366,7 +370,10 @@ impl PostgresStore {
             if !policies.is_empty() || !activations.is_empty() {
                 // Every write of policies takes the activation lock first (a batch that
                 // activates holds it already), so no two writers wait on each other.
-                connection.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVATION_LOCK])?;
+                connection.execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&activation_lock(&self.lock_space.borrow())],
+                )?;
             }
             for (digest, saved) in &policies {
                 let balances = serde_json::to_string(&saved.balances).unwrap_or_default();
@@ -588,7 +595,7 @@ impl ColdStore for PostgresStore {
     /// Locks a tenant the batch did not claim (blocking) and reads it.
     fn load_tenant(&self, tenant: &str, state: &mut LiveState) -> StoreResult<()> {
         tracing::debug!(tenant, "locking a tenant the batch did not claim");
-        let keys = vec![tenant_lock(tenant)];
+        let keys = vec![tenant_lock(&self.lock_space.borrow(), tenant)];
         self.with(|connection| {
             connection.execute(LOCK_IN_ORDER, &[&keys])?;
             Ok(())
@@ -713,13 +720,19 @@ impl Store for PostgresStore {
             .chain(&claims.settled_ids)
             .map(String::as_str)
             .collect();
+        let space = self.lock_space.borrow().clone();
         let keys = sorted(
             tenants
                 .iter()
-                .map(|tenant| tenant_lock(tenant))
-                .chain(ids.iter().map(|id| lock_key("transaction", id)))
-                .chain(claims.grant_ids.iter().map(|id| lock_key("grant", id)))
-                .chain(claims.activation.then_some(ACTIVATION_LOCK)),
+                .map(|tenant| tenant_lock(&space, tenant))
+                .chain(ids.iter().map(|id| lock_key(&space, "transaction", id)))
+                .chain(
+                    claims
+                        .grant_ids
+                        .iter()
+                        .map(|id| lock_key(&space, "grant", id)),
+                )
+                .chain(claims.activation.then(|| activation_lock(&space))),
         );
         if !keys.is_empty() {
             let ids: Vec<&str> = ids.iter().copied().collect();
@@ -801,7 +814,11 @@ impl PostgresStore {
         if unlocked.is_empty() {
             return Ok(());
         }
-        let keys: Vec<i64> = unlocked.iter().map(|tenant| tenant_lock(tenant)).collect();
+        let space = self.lock_space.borrow().clone();
+        let keys: Vec<i64> = unlocked
+            .iter()
+            .map(|tenant| tenant_lock(&space, tenant))
+            .collect();
         let acquired: BTreeSet<i64> = self.with(|connection| {
             connection
                 .query(TRY_LOCK, &[&keys])?
@@ -811,7 +828,7 @@ impl PostgresStore {
         })?;
         let locked: Vec<String> = unlocked
             .into_iter()
-            .filter(|tenant| acquired.contains(&tenant_lock(tenant)))
+            .filter(|tenant| acquired.contains(&tenant_lock(&space, tenant)))
             .cloned()
             .collect();
         self.load_locked(&locked, state)
