@@ -97,11 +97,12 @@ pub fn api_grant(data: &[u8]) {
     if let Err(error) = validate::grant(&grant) {
         return refused_by_meter(error);
     }
-    let json = serde_json::json!({
-        "grant_id": grant.grant_id,
-        "balance": grant.balance,
-        "amount": grant.amount,
-    });
+    // The body as a client would write it: the terms beside the grant's own fields.
+    let mut json = serde_json::to_value(&grant.terms)
+        .unwrap_or_else(|error| panic!("accepted terms do not serialize: {error}"));
+    json["grant_id"] = grant.grant_id.clone().into();
+    json["balance"] = grant.balance.clone().into();
+    json["amount"] = grant.amount.into();
     let again = api::parse_grant(&tenant, json.to_string().as_bytes())
         .unwrap_or_else(|error| panic!("an accepted grant does not parse again: {error:?}"));
     assert_eq!(again, grant, "an accepted grant changed on a round trip");
