@@ -6,6 +6,7 @@
 //! compiled into the binary, so every replica computes the same periods.
 
 use jiff::tz::TimeZone;
+use jiff::civil::{DateTime, Time};
 use jiff::{Span, Timestamp, Zoned};
 
 /// How far apart a schedule's periods start.
@@ -164,36 +165,50 @@ pub struct Interval {
 }
 
 impl Window {
-    /// The window `at_ms` falls in.
+    /// The window `at_ms` falls in. Its bounds are the zone's wall-clock boundaries
+    /// (the hour's minute 0, midnight, midnight on the 1st) before and after the
+    /// instant's own wall-clock time, each resolved to an instant as jiff does by
+    /// default: a boundary skipped by a clock change resolves to the change (so a day
+    /// whose midnight does not exist starts at its first instant), a repeated one to
+    /// its first occurrence. Computing both bounds this way, rather than the end as
+    /// the start plus one window, is what makes consecutive windows tile.
     pub fn containing(self, zone: &TimeZone, at_ms: i64) -> Result<Interval, CalendarError> {
-        let at = zoned(at_ms, zone)?;
         let failed = |why| error(format!("no {self:?} window around {at_ms} ms"), why);
-        let (start, cadence) = match self {
-            Window::Hour => (
-                at.with()
+        let clock = zoned(at_ms, zone)?.datetime();
+        let (start, next) = match self {
+            Window::Hour => {
+                let start = clock
+                    .with()
                     .minute(0)
                     .second(0)
                     .subsec_nanosecond(0)
                     .build()
-                    .map_err(failed)?,
-                Cadence::Hours(1),
-            ),
-            Window::Day => (at.start_of_day().map_err(failed)?, Cadence::Days(1)),
-            Window::Month => (
-                at.first_of_month()
-                    .and_then(|first| first.start_of_day())
-                    .map_err(failed)?,
-                Cadence::Months(1),
-            ),
+                    .map_err(failed)?;
+                (start, start.checked_add(Span::new().hours(1)))
+            }
+            Window::Day => {
+                let start = clock.date().to_datetime(Time::midnight());
+                (start, start.checked_add(Span::new().days(1)))
+            }
+            Window::Month => {
+                let start = clock.date().first_of_month().to_datetime(Time::midnight());
+                (start, start.checked_add(Span::new().months(1)))
+            }
         };
-        let window = Schedule {
-            cadence,
-            anchor: start,
+        let instant = |clock: DateTime| -> Result<i64, CalendarError> {
+            let zoned = clock.to_zoned(zone.clone()).map_err(failed)?;
+            Ok(zoned.timestamp().as_millisecond())
         };
-        Ok(Interval {
-            start_ms: window.start_ms(0)?,
-            end_ms: window.start_ms(1)?,
-        })
+        let interval = Interval {
+            start_ms: instant(start)?,
+            end_ms: instant(next.map_err(failed)?)?,
+        };
+        if !(interval.start_ms <= at_ms && at_ms < interval.end_ms) {
+            return Err(CalendarError(format!(
+                "the zone's clock has no {self:?} window around {at_ms} ms"
+            )));
+        }
+        Ok(interval)
     }
 }
 
@@ -263,6 +278,21 @@ mod tests {
     }
 
     #[test]
+    fn a_day_whose_midnight_is_skipped_starts_at_its_first_instant_and_ends_at_the_next_midnight() {
+        // Brazil's clocks went from 00:00 to 01:00 on 8 October 2000: that day starts
+        // at 01:00 and is 23 hours long; the next starts at midnight (a CI find).
+        let sao_paulo = zone("America/Sao_Paulo").unwrap();
+        let day = Window::Day
+            .containing(&sao_paulo, ms("2000-10-08T12:00[America/Sao_Paulo]"))
+            .unwrap();
+        assert_eq!(day.start_ms, ms("2000-10-08T01:00-02:00[America/Sao_Paulo]"));
+        assert_eq!(day.end_ms, ms("2000-10-09T00:00[America/Sao_Paulo]"));
+        assert_eq!(day.end_ms - day.start_ms, 23 * 3_600_000);
+        let next = Window::Day.containing(&sao_paulo, day.end_ms).unwrap();
+        assert_eq!(next.start_ms, day.end_ms);
+    }
+
+    #[test]
     fn windows_align_on_the_zones_calendar() {
         let kolkata = zone("Asia/Kolkata").unwrap();
         let at = ms("2026-11-30T19:45:10[Asia/Kolkata]");
@@ -293,11 +323,15 @@ mod tests {
         ]
     }
 
-    const ZONES: [&str; 4] = [
+    /// Zones whose clocks change at midnight (São Paulo, Santiago), by half an hour
+    /// (Lord Howe), by a whole day (Apia skipped 30 December 2011), or never (UTC).
+    const ZONES: [&str; 6] = [
         "UTC",
         "Europe/Paris",
         "America/Sao_Paulo",
+        "America/Santiago",
         "Australia/Lord_Howe",
+        "Pacific/Apia",
     ];
 
     proptest! {
@@ -337,6 +371,8 @@ mod tests {
             prop_assert!(this.start_ms <= at_ms && at_ms < this.end_ms, "{:?}", this);
             let next = window.containing(&zone, this.end_ms).unwrap();
             prop_assert_eq!(next.start_ms, this.end_ms);
+            let previous = window.containing(&zone, this.start_ms - 1).unwrap();
+            prop_assert_eq!(previous.end_ms, this.start_ms);
         }
     }
 }
