@@ -452,7 +452,7 @@ impl<'a> Source<'a> {
     }
 
     fn decision(&mut self) -> Decision {
-        match self.byte() % 9 {
+        match self.byte() % 11 {
             0 => Decision::Authorize(Authorized {
                 id: self.string(),
                 tenant: self.string(),
@@ -515,7 +515,33 @@ impl<'a> Source<'a> {
                 balance: self.string(),
                 limit: self.i64(),
             }),
+            8 => Decision::Cap(CapSet {
+                tenant: self.string(),
+                balance: self.string(),
+                cap: self.option(|source| crate::ledger::caps::CapTerms {
+                    cap: source.i64(),
+                    window: crate::ledger::calendar::Window::ALL
+                        [usize::from(source.byte()) % crate::ledger::calendar::Window::ALL.len()],
+                    time_zone: source.string(),
+                }),
+                window: self.cap_window(),
+            }),
+            9 => Decision::Spend(Spent {
+                tenant: self.string(),
+                windows: self.list(3, |source| (source.string(), source.cap_window())),
+            }),
             _ => Decision::Import(self.imported()),
+        }
+    }
+
+    fn cap_window(&mut self) -> crate::ledger::caps::CapWindow {
+        crate::ledger::caps::CapWindow {
+            window: self.option(|source| crate::ledger::calendar::Interval {
+                start_ms: source.i64(),
+                end_ms: source.i64(),
+            }),
+            since_ms: self.i64(),
+            spent: self.i64(),
         }
     }
 

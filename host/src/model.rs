@@ -169,10 +169,45 @@ pub struct TenantBalances {
     /// balance): only the balances that have one.
     #[serde(default, skip_serializing_if = "Amounts::is_empty")]
     pub overdraft_limits: Amounts,
+    /// The spend caps an operator set, with the current window's spending: only the
+    /// balances that have one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spend_caps: BTreeMap<String, SpendCapView>,
     /// Where the credits come from, lot by lot, in burn order per balance: only when
     /// asked for (`?lots=true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lots: Option<Vec<LotView>>,
+}
+
+/// A spend cap as an operator sets it: at most `cap` credits held or charged per
+/// window of the zone's calendar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpendCapTerms {
+    /// Credits per window, from 0 (refuses every spending admission) to 10^15.
+    pub cap: i64,
+    /// `hour`, `day` or `month`: windows start on the zone's hour, midnight, or
+    /// midnight on the 1st.
+    pub window: String,
+    /// An IANA time zone (`Europe/Paris`); `UTC` when none is given.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+/// A spend cap and its current window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpendCapView {
+    pub cap: i64,
+    pub window: String,
+    pub time_zone: String,
+    /// Credits held or charged in the current window.
+    pub spent: i64,
+    /// When the current window ends and its spending starts again from zero.
+    pub resets_at_ms: i64,
 }
 
 /// One lot: the credits of one grant, and what is left of them. Credits granted

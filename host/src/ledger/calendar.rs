@@ -5,8 +5,8 @@
 //! hours are exact. Pure functions of their inputs and of the time-zone database
 //! compiled into the binary, so every replica computes the same periods.
 
-use jiff::tz::TimeZone;
 use jiff::civil::{DateTime, Time};
+use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 
 /// How far apart a schedule's periods start.
@@ -146,8 +146,9 @@ impl Schedule {
     }
 }
 
-/// A spend cap's window, aligned on the zone's calendar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A spend cap's window, aligned on the zone's calendar. Stored in records (its
+/// variants' order is the format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Window {
     /// From the start of the hour on the zone's clock.
     Hour,
@@ -158,13 +159,28 @@ pub enum Window {
 }
 
 /// A window: `start_ms <= t < end_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Interval {
     pub start_ms: i64,
     pub end_ms: i64,
 }
 
 impl Window {
+    pub const ALL: [Window; 3] = [Window::Hour, Window::Day, Window::Month];
+
+    /// The name the API and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|window| window.as_str() == text)
+    }
+
     /// The window `at_ms` falls in. Its bounds are the zone's wall-clock boundaries
     /// (the hour's minute 0, midnight, midnight on the 1st) before and after the
     /// instant's own wall-clock time, each resolved to an instant as jiff does by
@@ -285,7 +301,10 @@ mod tests {
         let day = Window::Day
             .containing(&sao_paulo, ms("2000-10-08T12:00[America/Sao_Paulo]"))
             .unwrap();
-        assert_eq!(day.start_ms, ms("2000-10-08T01:00-02:00[America/Sao_Paulo]"));
+        assert_eq!(
+            day.start_ms,
+            ms("2000-10-08T01:00-02:00[America/Sao_Paulo]")
+        );
         assert_eq!(day.end_ms, ms("2000-10-09T00:00[America/Sao_Paulo]"));
         assert_eq!(day.end_ms - day.start_ms, 23 * 3_600_000);
         let next = Window::Day.containing(&sao_paulo, day.end_ms).unwrap();

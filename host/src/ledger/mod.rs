@@ -117,6 +117,14 @@ pub type Accounts = BTreeMap<String, AccountState>;
 /// each account's `available` go by spending (>= 0; a balance not listed has none).
 pub type OverdraftLimits = BTreeMap<String, i64>;
 
+/// What an operator set on a tenant's accounts, read once per decision: overdraft
+/// limits and spend caps (most accounts have neither).
+#[derive(Debug, Clone, Default)]
+pub struct AccountRules {
+    pub overdraft: OverdraftLimits,
+    pub caps: caps::SpendCaps,
+}
+
 /// The overdraft limit of `balance`: 0 when none is set.
 pub fn overdraft_limit(limits: &OverdraftLimits, balance: &str) -> i64 {
     limits.get(balance).copied().unwrap_or(0)

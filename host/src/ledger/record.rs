@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::caps::{CapTerms, CapWindow};
 use super::lots::{Closure, Lot, LotId};
 use super::{AccountState, EntryKind};
 use crate::model::{Amounts, Authorization, ErrorBody, PolicyRef, Receipt};
@@ -52,6 +53,10 @@ pub enum Decision {
     CloseLot(LotClosed),
     /// An operator set an account's overdraft limit. Added in record format 4.
     Overdraft(OverdraftSet),
+    /// An operator set or removed an account's spend cap. Added in record format 5.
+    Cap(CapSet),
+    /// The spend windows the decision before it moved. Added in record format 5.
+    Spend(Spent),
 }
 
 /// An authorize: admitted (the transaction is open) or refused.
@@ -207,6 +212,25 @@ pub struct OverdraftSet {
     pub limit: i64,
 }
 
+/// An account's spend cap, as an operator set it, and the window it leaves: absolute
+/// states, as accounts are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapSet {
+    pub tenant: String,
+    pub balance: String,
+    /// None: the cap was removed.
+    pub cap: Option<CapTerms>,
+    pub window: CapWindow,
+}
+
+/// The spend windows of a tenant's capped accounts that a spending decision moved, as
+/// they are after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    pub tenant: String,
+    pub windows: Vec<(String, CapWindow)>,
+}
+
 /// Journal lines of one decision and the account states they lead to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostingRecord {
@@ -360,7 +384,9 @@ impl Decision {
             Decision::Policy(_)
             | Decision::Activate(_)
             | Decision::Import(_)
-            | Decision::Overdraft(_) => None,
+            | Decision::Overdraft(_)
+            | Decision::Cap(_)
+            | Decision::Spend(_) => None,
         }
     }
 
@@ -375,7 +401,9 @@ impl Decision {
             Decision::Policy(_)
             | Decision::Activate(_)
             | Decision::Import(_)
-            | Decision::Overdraft(_) => &[],
+            | Decision::Overdraft(_)
+            | Decision::Cap(_)
+            | Decision::Spend(_) => &[],
         }
     }
 }

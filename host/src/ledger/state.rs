@@ -17,12 +17,13 @@ use std::rc::Rc;
 use growable_bloom_filter::GrowableBloom;
 use serde::{Deserialize, Serialize};
 
+use super::caps::{AccountCap, CapTerms, CapWindow, SpendCap};
 use super::lots::{AccountLots, LEGACY_LOT, Lot, LotId};
 use super::record::{
     AmountList, AuthorizationRecord, Batch, Decision, Digest, EntryRecord, LotTerms, PostingRecord,
     ReceiptRecord, RequestRecord, TransactionState,
 };
-use super::tenants::{LimitPart, LotPart, LotPartOut, Tenants};
+use super::tenants::{CapPart, LimitPart, LotPart, LotPartOut, Tenants};
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
 
@@ -425,6 +426,44 @@ impl LiveState {
         self.tenants.set_overdraft_limit(tenant, balance, limit)
     }
 
+    /// What an operator set on the tenant's accounts: overdraft limits and spend caps.
+    pub fn rules(&self, tenant: &str) -> super::AccountRules {
+        super::AccountRules {
+            overdraft: self.overdraft_limits(tenant),
+            caps: self.tenants.spend_caps(tenant),
+        }
+    }
+
+    /// Sets or removes an account's spend cap, with its window, as a store read it
+    /// (PostgreSQL) or a decision recorded it.
+    pub fn set_spend_cap(
+        &mut self,
+        tenant: &str,
+        balance: &str,
+        cap: Option<(CapTerms, CapWindow)>,
+    ) -> Result<(), MeterError> {
+        let cap = match cap {
+            Some((terms, window)) => Some(AccountCap {
+                cap: SpendCap::new(terms).map_err(|why| {
+                    corrupt(format!("the spend cap of {tenant}/{balance}: {why}"))
+                })?,
+                window,
+            }),
+            None => None,
+        };
+        self.tenants.set_spend_cap(tenant, balance, cap)
+    }
+
+    /// An account's spend cap and window, if it has one.
+    pub fn spend_cap(&self, tenant: &str, balance: &str) -> Option<AccountCap> {
+        self.tenants.spend_caps(tenant).remove(balance)
+    }
+
+    /// The spend caps of tenants `start..end` (a snapshot's).
+    pub fn cap_slice(&self, start: usize, end: usize) -> CapPart {
+        self.tenants.cap_slice(start, end)
+    }
+
     /// The overdraft limits of tenants `start..end` (a snapshot's).
     pub fn limit_slice(&self, start: usize, end: usize) -> LimitPart {
         self.tenants.limit_slice(start, end)
@@ -455,7 +494,7 @@ impl LiveState {
     }
 
     /// Loads a snapshot part of a slice of tenants, told by its magic: their accounts,
-    /// their lots or their overdraft limits.
+    /// their lots, their overdraft limits or their spend caps.
     pub fn restore_part(&mut self, bytes: &[u8]) -> Result<(), MeterError> {
         if bytes.starts_with(SNAPSHOT_LOTS) {
             self.restore_lots(decode_lots(bytes)?)
@@ -463,6 +502,12 @@ impl LiveState {
             let limits: LimitPart = super::codec::decode_value(SNAPSHOT_LIMITS, bytes)?;
             for (tenant, balance, limit) in limits {
                 self.set_overdraft_limit(&tenant, &balance, limit)?;
+            }
+            Ok(())
+        } else if bytes.starts_with(SNAPSHOT_CAPS) {
+            let caps: CapPart = super::codec::decode_value(SNAPSHOT_CAPS, bytes)?;
+            for (tenant, balance, terms, window) in caps {
+                self.set_spend_cap(&tenant, &balance, Some((terms, window)))?;
             }
             Ok(())
         } else {
@@ -1052,6 +1097,17 @@ impl LiveState {
             Decision::Overdraft(set) => {
                 self.set_overdraft_limit(&set.tenant, &set.balance, set.limit)?
             }
+            Decision::Cap(set) => self.set_spend_cap(
+                &set.tenant,
+                &set.balance,
+                set.cap.clone().map(|terms| (terms, set.window)),
+            )?,
+            Decision::Spend(spent) => {
+                for (balance, window) in &spent.windows {
+                    self.tenants
+                        .set_cap_window(&spent.tenant, balance, *window)?;
+                }
+            }
         }
         self.last_seq = self.last_seq.max(seq);
         Ok(())
@@ -1196,6 +1252,13 @@ pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
 pub(crate) const SNAPSHOT_LOTS: &[u8; 4] = b"CGS3";
 /// The overdraft limits of a slice of tenants (format 4).
 pub(crate) const SNAPSHOT_LIMITS: &[u8; 4] = b"CGS4";
+
+/// The spend caps of a slice of tenants (format 5).
+pub(crate) const SNAPSHOT_CAPS: &[u8; 4] = b"CGS5";
+
+pub fn encode_caps(slice: &CapPart) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_CAPS, slice)
+}
 
 pub fn encode_limits(slice: &LimitPart) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_LIMITS, slice)

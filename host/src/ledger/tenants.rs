@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::AccountState;
+use super::caps::{AccountCap, CapTerms, CapWindow, SpendCaps};
 use super::lots::{Lot, LotId};
 use super::record::{DEFAULT_CATEGORY, LotTerms};
 use super::state::LotInfo;
@@ -245,7 +246,14 @@ pub struct Tenants {
     /// Overdraft limits by (tenant index, balance id), only those set above 0: most
     /// accounts have none, and pay nothing for it.
     overdraft_limits: hashbrown::HashMap<(u32, u16), i64>,
+    /// Spend caps and their windows by (tenant index, balance id), only capped
+    /// accounts.
+    caps: hashbrown::HashMap<(u32, u16), AccountCap>,
 }
+
+/// The spend caps of a slice of tenants, as a snapshot part stores them:
+/// `(tenant, balance, cap, window)`.
+pub type CapPart = Vec<(String, String, CapTerms, CapWindow)>;
 
 /// The overdraft limits of a slice of tenants, as a snapshot part stores them:
 /// `(tenant, balance, limit)`.
@@ -381,14 +389,11 @@ impl Tenants {
         balance: &str,
         limit: i64,
     ) -> Result<(), MeterError> {
-        let balance = self.balance_id(balance)?;
-        let index = u32::try_from(self.find_or_insert(name)?).map_err(|_| {
-            MeterError::StoreUnavailable("more tenants than the table can number".to_owned())
-        })?;
+        let key = self.account_key(name, balance)?;
         if limit > 0 {
-            self.overdraft_limits.insert((index, balance), limit);
+            self.overdraft_limits.insert(key, limit);
         } else {
-            self.overdraft_limits.remove(&(index, balance));
+            self.overdraft_limits.remove(&key);
         }
         Ok(())
     }
@@ -409,6 +414,84 @@ impl Tenants {
             }
         }
         limits
+    }
+
+    /// Sets or removes the spend cap of an account, adding the tenant if new.
+    pub fn set_spend_cap(
+        &mut self,
+        name: &str,
+        balance: &str,
+        cap: Option<AccountCap>,
+    ) -> Result<(), MeterError> {
+        let key = self.account_key(name, balance)?;
+        match cap {
+            Some(cap) => self.caps.insert(key, cap),
+            None => self.caps.remove(&key),
+        };
+        Ok(())
+    }
+
+    /// Sets the window of a capped account.
+    pub fn set_cap_window(
+        &mut self,
+        name: &str,
+        balance: &str,
+        window: CapWindow,
+    ) -> Result<(), MeterError> {
+        let key = self.account_key(name, balance)?;
+        let capped = self.caps.get_mut(&key).ok_or_else(|| {
+            MeterError::StoreCorrupt(format!(
+                "a spend window of {name}/{balance}, which has no spend cap"
+            ))
+        })?;
+        capped.window = window;
+        Ok(())
+    }
+
+    /// The tenant's capped accounts, by balance name.
+    pub fn spend_caps(&self, name: &str) -> SpendCaps {
+        let mut caps = SpendCaps::new();
+        if self.caps.is_empty() {
+            return caps;
+        }
+        let Some(index) = self.index_of(name) else {
+            return caps;
+        };
+        for (id, balance) in self.balance_names.iter().enumerate() {
+            let Ok(id) = u16::try_from(id) else { break };
+            if let Some(cap) = self.caps.get(&(index, id)) {
+                caps.insert(balance.to_string(), cap.clone());
+            }
+        }
+        caps
+    }
+
+    /// The spend caps of tenants `start..end`.
+    pub fn cap_slice(&self, start: usize, end: usize) -> CapPart {
+        let mut part: CapPart = self
+            .caps
+            .iter()
+            .filter(|((index, _), _)| (start..end).contains(&(*index as usize)))
+            .filter_map(|((index, balance), capped)| {
+                Some((
+                    self.name_at(*index)?.to_owned(),
+                    self.balance_names.get(usize::from(*balance))?.to_string(),
+                    capped.cap.terms.clone(),
+                    capped.window,
+                ))
+            })
+            .collect();
+        part.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        part
+    }
+
+    /// The key of an account in the maps of the few accounts that have a setting.
+    fn account_key(&mut self, name: &str, balance: &str) -> Result<(u32, u16), MeterError> {
+        let balance = self.balance_id(balance)?;
+        let index = u32::try_from(self.find_or_insert(name)?).map_err(|_| {
+            MeterError::StoreUnavailable("more tenants than the table can number".to_owned())
+        })?;
+        Ok((index, balance))
     }
 
     /// The overdraft limits of tenants `start..end`.

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::decide::CheckedAuthorize;
 use crate::error::MeterError;
+use crate::ledger::caps::CapTerms;
 use crate::ledger::state::FilterBytes;
 use crate::model::{
     Authorization, GrantRequest, Receipt, SettleRequest, ShadowReport, TenantBalances,
@@ -38,6 +39,13 @@ pub enum Command {
         tenant: String,
         balance: String,
         limit: i64,
+        reply: Reply<TenantBalances>,
+    },
+    /// Set (or, with none, remove) an account's spend cap.
+    SpendCap {
+        tenant: String,
+        balance: String,
+        cap: Option<CapTerms>,
         reply: Reply<TenantBalances>,
     },
     /// Release every lapsed hold and expire every lot due now; answers how many holds.
@@ -96,7 +104,8 @@ impl Command {
             | Command::Balances(_, reply)
             | Command::Lots(_, reply)
             | Command::Void { reply, .. }
-            | Command::Overdraft { reply, .. } => drop(reply.send(Err(error))),
+            | Command::Overdraft { reply, .. }
+            | Command::SpendCap { reply, .. } => drop(reply.send(Err(error))),
             Command::ExpireDue(reply) => drop(reply.send(Err(error))),
             Command::Activate { reply, .. } => drop(reply.send(Err(error))),
             Command::SetShadow { reply, .. } => drop(reply.send(Err(error))),

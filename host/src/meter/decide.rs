@@ -12,22 +12,24 @@ use std::collections::HashMap;
 use super::failure::{Exposure, FailureCounts, FailurePolicy};
 use super::registry::Registry;
 use crate::error::MeterError;
+use crate::ledger::calendar::CalendarError;
+use crate::ledger::caps::{self, CapReached, CapTerms, CapWindow, SpendCap, SpendCaps};
 use crate::ledger::draw::{DrawnPosting, LotDraw, draw};
 use crate::ledger::lots::{Closure, LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{
     Activation, AuthorizationRecord, Authorized, Batch, Decision, Expired, Granted, MarkRecord,
     PolicyRecord, PostingRecord, ReceiptRecord, RequestRecord, Settled, TransactionState,
 };
-use crate::ledger::record::{DEFAULT_CATEGORY, LotClosed, LotTerms, OverdraftSet};
+use crate::ledger::record::{CapSet, DEFAULT_CATEGORY, LotClosed, LotTerms, OverdraftSet, Spent};
 use crate::ledger::state::GrantRecord;
 use crate::ledger::state::{LiveState, TransactionRecord};
 use crate::ledger::{
-    AccountState, Accounts, Entry, EntryKind, OverdraftLimits, overdraft_limit, post_authorize,
+    AccountRules, AccountState, Accounts, Entry, EntryKind, overdraft_limit, post_authorize,
     post_expiry, post_settle,
 };
 use crate::model::{
     Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, GrantTerms, LotView,
-    PolicyRef, Receipt, SettleRequest, TenantBalances,
+    PolicyRef, Receipt, SettleRequest, SpendCapView, TenantBalances,
 };
 use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
 use crate::store::ColdStore;
@@ -116,10 +118,11 @@ pub fn policy_ref(info: &PolicyInfo) -> PolicyRef {
 }
 
 /// Each described balance as the policy sees it: available credits, overdraft limit
-/// and spend cap (none yet: caps are not in the ledger).
+/// and spend cap with the current window's spending.
 fn available(
     accounts: &Accounts,
-    limits: &OverdraftLimits,
+    rules: &AccountRules,
+    now_ms: i64,
     balances: &[String],
 ) -> Vec<sdk::BalanceState> {
     balances
@@ -127,8 +130,40 @@ fn available(
         .map(|balance| sdk::BalanceState {
             balance: balance.clone(),
             available: accounts.get(balance).map_or(0, |account| account.available),
-            overdraft_limit: overdraft_limit(limits, balance),
-            spend_cap: None,
+            overdraft_limit: overdraft_limit(&rules.overdraft, balance),
+            spend_cap: rules.caps.get(balance).map(|capped| {
+                let window = capped.now(now_ms);
+                sdk::SpendWindow {
+                    cap: capped.cap.terms.cap,
+                    spent: window.spent,
+                    resets_at_ms: window.resets_at_ms,
+                }
+            }),
+        })
+        .collect()
+}
+
+/// The spend caps of the described balances, with their current windows.
+fn cap_views(
+    caps: &SpendCaps,
+    now_ms: i64,
+    balances: &[String],
+) -> std::collections::BTreeMap<String, SpendCapView> {
+    caps.iter()
+        .filter(|(balance, _)| balances.contains(balance))
+        .map(|(balance, capped)| {
+            let window = capped.now(now_ms);
+            let terms = &capped.cap.terms;
+            (
+                balance.clone(),
+                SpendCapView {
+                    cap: terms.cap,
+                    window: terms.window.as_str().to_owned(),
+                    time_zone: terms.time_zone.clone(),
+                    spent: window.spent,
+                    resets_at_ms: window.resets_at_ms,
+                },
+            )
         })
         .collect()
 }
@@ -149,12 +184,15 @@ pub fn available_amounts(accounts: &Accounts, balances: &[String]) -> Amounts {
 pub fn tenant_balances(
     tenant: &str,
     accounts: &Accounts,
-    limits: &OverdraftLimits,
+    rules: &AccountRules,
+    now_ms: i64,
     balances: &[String],
 ) -> TenantBalances {
     TenantBalances {
         lots: None,
-        overdraft_limits: limits
+        spend_caps: cap_views(&rules.caps, now_ms, balances),
+        overdraft_limits: rules
+            .overdraft
             .iter()
             .filter(|(balance, _)| balances.contains(balance))
             .map(|(balance, limit)| (balance.clone(), *limit))
@@ -229,6 +267,61 @@ fn request_record(request: &AuthorizeRequest) -> RequestRecord {
     }
 }
 
+fn calendar_failed(error: CalendarError) -> MeterError {
+    MeterError::StoreCorrupt(format!("a spend window could not be computed: {error}"))
+}
+
+/// Counts an admission on the tenant's capped balances, or names the cap it would pass.
+fn count_admission(
+    caps: &SpendCaps,
+    now_ms: i64,
+    held: &Amounts,
+    charged: &Amounts,
+) -> Result<Result<Vec<(String, CapWindow)>, (String, CapReached)>, MeterError> {
+    if caps.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    caps::count_admission(caps, now_ms, held, charged).map_err(calendar_failed)
+}
+
+/// The host's refusal of an admission that would pass a spend cap: 429 with the
+/// window's figures in `meta.spend_cap_reached` and a `retry-after` header.
+fn cap_refusal(
+    mut refused: Authorization,
+    now_ms: i64,
+    balance: &str,
+    reached: CapReached,
+) -> Authorization {
+    let CapReached {
+        cap,
+        spent,
+        asked,
+        resets_at_ms,
+    } = reached;
+    let retry_after_s = (resets_at_ms.saturating_sub(now_ms).max(0) + 999) / 1000;
+    refused.error = Some(ErrorBody {
+        code: "spend_cap_reached".to_owned(),
+        message: format!(
+            "Spend cap reached: '{balance}' may spend {cap} credits per window and has spent \
+             {spent} in this one; this request needs {asked}. The window resets at \
+             {resets_at_ms} ms, in {retry_after_s} s."
+        ),
+    });
+    refused.meta = serde_json::json!({
+        "spend_cap_reached": {
+            "balance": balance,
+            "cap": cap,
+            "spent": spent,
+            "asked": asked,
+            "resets_at_ms": resets_at_ms,
+        }
+    });
+    refused
+        .headers
+        .insert("retry-after".to_owned(), retry_after_s.to_string());
+    refused
+}
+
 fn to_policy_amounts(amounts: &[(String, i64)]) -> Vec<sdk::BalanceAmount> {
     amounts
         .iter()
@@ -237,6 +330,43 @@ fn to_policy_amounts(amounts: &[(String, i64)]) -> Vec<sdk::BalanceAmount> {
 }
 
 impl Decider<'_> {
+    /// The clock reading of the batch being built, which every decision of it is made at.
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX)
+    }
+
+    /// What closing a hold taken at `taken_at_ms` does to the tenant's spend windows.
+    fn count_close(
+        &self,
+        caps: &SpendCaps,
+        taken_at_ms: i64,
+        held: &Amounts,
+        charged: &Amounts,
+    ) -> Result<Vec<(String, CapWindow)>, MeterError> {
+        if caps.is_empty() {
+            return Ok(Vec::new());
+        }
+        caps::count_close(caps, self.now_ms(), taken_at_ms, held, charged).map_err(calendar_failed)
+    }
+
+    /// Records the spend windows a decision just recorded moved, if any.
+    fn record_windows(
+        &mut self,
+        tenant: &str,
+        windows: Vec<(String, CapWindow)>,
+    ) -> Result<(), MeterError> {
+        if windows.is_empty() {
+            return Ok(());
+        }
+        self.builder.record(
+            self.state,
+            Decision::Spend(Spent {
+                tenant: tenant.to_owned(),
+                windows,
+            }),
+        )
+    }
+
     /// Whether the ledger knows a transaction id; one it knows is in memory after
     /// (read from the store, unless the filter rules the id out, when not there yet).
     fn load_transaction(&mut self, id: &str) -> Result<bool, MeterError> {
@@ -343,6 +473,8 @@ impl Decider<'_> {
             self.expire_lots_of(&request.tenant)?;
         }
         let accounts = self.accounts(&request.tenant, &info.balances)?;
+        let rules = self.state.rules(&request.tenant);
+        let now_ms = self.now_ms();
         let policy_request = sdk::Request {
             transaction_id: id.clone(),
             tenant: request.tenant.clone(),
@@ -351,11 +483,7 @@ impl Decider<'_> {
             attributes: pairs(&request.attributes),
             body: request.body.clone(),
         };
-        let balances = available(
-            &accounts,
-            &self.state.overdraft_limits(&request.tenant),
-            &info.balances,
-        );
+        let balances = available(&accounts, &rules, now_ms, &info.balances);
         let decision = match self
             .registry
             .authorize(&active, &policy_request, &balances, admitting)
@@ -401,6 +529,7 @@ impl Decider<'_> {
             accounts: accounts_after(&accounts),
             ..PostingRecord::default()
         };
+        let mut windows = Vec::new();
         let (authorization, request_record, expires_at_ms, posting, marks) = match decision {
             AuthorizeDecision::Reject {
                 status,
@@ -421,12 +550,7 @@ impl Decider<'_> {
                 marks,
                 headers,
                 meta,
-            } => match post_authorize(
-                &accounts,
-                &self.state.overdraft_limits(&request.tenant),
-                &hold,
-                &charge,
-            ) {
+            } => match post_authorize(&accounts, &rules.overdraft, &hold, &charge) {
                 // The host's guarantee, whatever the policy said: never below minus the
                 // overdraft limit.
                 Err(shortfall) => {
@@ -447,38 +571,55 @@ impl Decider<'_> {
                         Vec::new(),
                     )
                 }
-                Ok(posting) => {
-                    let posting = draw(
-                        self.state,
-                        &request.tenant,
-                        &accounts,
-                        &posting.entries,
-                        &[],
-                    )?;
-                    let expires_at_ms = (!hold.is_empty())
-                        .then(|| self.builder.batch.at_ms.saturating_add(info.hold_ttl_ms));
-                    let authorization = Authorization {
-                        transaction_id: id.clone(),
-                        admitted: true,
-                        status,
-                        error: None,
-                        admitted_items,
-                        held: hold,
-                        charged: charge,
-                        headers,
-                        meta,
-                        balances: available_amounts(&posting.accounts, &info.balances),
-                        policy: policy_ref.clone(),
-                        failed_open: None,
-                    };
-                    (
-                        authorization,
-                        Some(request_record(request)),
-                        expires_at_ms,
-                        posting_record(posting),
-                        mark_records(&marks),
-                    )
-                }
+                // The host's cap, whatever the policy said: a window's spending never
+                // passes it (L6 of docs/credits.md).
+                Ok(posting) => match count_admission(&rules.caps, now_ms, &hold, &charge)? {
+                    Err((balance, reached)) => (
+                        cap_refusal(
+                            rejected(429, "spend_cap_reached", ""),
+                            now_ms,
+                            &balance,
+                            reached,
+                        ),
+                        None,
+                        None,
+                        unchanged(),
+                        Vec::new(),
+                    ),
+                    Ok(counted) => {
+                        windows = counted;
+                        let posting = draw(
+                            self.state,
+                            &request.tenant,
+                            &accounts,
+                            &posting.entries,
+                            &[],
+                        )?;
+                        let expires_at_ms = (!hold.is_empty())
+                            .then(|| self.builder.batch.at_ms.saturating_add(info.hold_ttl_ms));
+                        let authorization = Authorization {
+                            transaction_id: id.clone(),
+                            admitted: true,
+                            status,
+                            error: None,
+                            admitted_items,
+                            held: hold,
+                            charged: charge,
+                            headers,
+                            meta,
+                            balances: available_amounts(&posting.accounts, &info.balances),
+                            policy: policy_ref.clone(),
+                            failed_open: None,
+                        };
+                        (
+                            authorization,
+                            Some(request_record(request)),
+                            expires_at_ms,
+                            posting_record(posting),
+                            mark_records(&marks),
+                        )
+                    }
+                },
             },
         };
         let answer = AuthorizationRecord::of(&authorization);
@@ -519,6 +660,7 @@ impl Decider<'_> {
                 marks,
             }),
         )?;
+        self.record_windows(&request.tenant, windows)?;
         Ok(authorization)
     }
 
@@ -627,6 +769,8 @@ impl Decider<'_> {
         let info = self.policy(&digest)?;
         self.expire_lots_of(&tenant)?;
         let accounts = self.accounts(&tenant, &info.balances)?;
+        let rules = self.state.rules(&tenant);
+        let now_ms = self.now_ms();
         let record = self.state.transaction(id).ok_or_else(|| {
             MeterError::StoreUnavailable(format!("transaction '{id}' left memory mid-decision"))
         })?;
@@ -644,6 +788,7 @@ impl Decider<'_> {
             charged: to_policy_amounts(&record.authorization.charged),
         };
         let held = crate::ledger::record::amounts(&record.held);
+        let taken_at_ms = i64::try_from(record.created_at_ms).unwrap_or(i64::MAX);
         let drawn = record.drawn_lots();
         let failed_open = record.authorization.failed_open();
         let outcome = sdk::Outcome {
@@ -670,19 +815,11 @@ impl Decider<'_> {
                 &digest,
                 &admitted,
                 &outcome,
-                &available(
-                    &accounts,
-                    &self.state.overdraft_limits(&tenant),
-                    &info.balances,
-                ),
+                &available(&accounts, &rules, now_ms, &info.balances),
             )?
         };
-        let posting = post_settle(
-            &accounts,
-            &self.state.overdraft_limits(&tenant),
-            &held,
-            &charge,
-        );
+        let posting = post_settle(&accounts, &rules.overdraft, &held, &charge);
+        let windows = self.count_close(&rules.caps, taken_at_ms, &held, &posting.charged)?;
         let lotted = draw(self.state, &tenant, &accounts, &posting.entries, &drawn)?;
         let receipt = Receipt {
             transaction_id: id.clone(),
@@ -700,7 +837,7 @@ impl Decider<'_> {
             self.state,
             Decision::Settle(Settled {
                 id: id.clone(),
-                tenant,
+                tenant: tenant.clone(),
                 policy,
                 status: request.status,
                 answer: ReceiptRecord::of(&receipt),
@@ -708,6 +845,7 @@ impl Decider<'_> {
                 marks: mark_records(&marks),
             }),
         )?;
+        self.record_windows(&tenant, windows)?;
         Ok(receipt)
     }
 
@@ -734,7 +872,8 @@ impl Decider<'_> {
             return Ok(tenant_balances(
                 &grant.tenant,
                 &accounts,
-                &self.state.overdraft_limits(&grant.tenant),
+                &self.state.rules(&grant.tenant),
+                self.now_ms(),
                 &info.balances,
             ));
         }
@@ -778,7 +917,8 @@ impl Decider<'_> {
         let answer = tenant_balances(
             &grant.tenant,
             &posting.accounts,
-            &self.state.overdraft_limits(&grant.tenant),
+            &self.state.rules(&grant.tenant),
+            self.now_ms(),
             &info.balances,
         );
         let policy = self.builder.policy(&active);
@@ -826,7 +966,8 @@ impl Decider<'_> {
         Ok(tenant_balances(
             tenant,
             &accounts,
-            &self.state.overdraft_limits(tenant),
+            &self.state.rules(tenant),
+            self.now_ms(),
             &info.balances,
         ))
     }
@@ -864,7 +1005,62 @@ impl Decider<'_> {
         Ok(tenant_balances(
             tenant,
             &accounts,
-            &self.state.overdraft_limits(tenant),
+            &self.state.rules(tenant),
+            self.now_ms(),
+            &info.balances,
+        ))
+    }
+
+    /// Sets or removes an account's spend cap. A new cap, or one counting in other
+    /// windows (kind or zone), counts from now; a changed amount keeps the window's
+    /// spending. Moves no credit; setting the cap the account has records nothing.
+    pub fn set_spend_cap(
+        &mut self,
+        tenant: &str,
+        balance: &str,
+        terms: Option<CapTerms>,
+    ) -> Result<TenantBalances, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        if !info.has_balance(balance) {
+            return Err(MeterError::UnknownBalance {
+                balance: balance.to_owned(),
+                known: info.balances.join(", "),
+            });
+        }
+        let accounts = self.accounts(tenant, &info.balances)?;
+        let now_ms = self.now_ms();
+        let current = self.state.rules(tenant).caps.remove(balance);
+        let set = match (terms, current) {
+            (None, None) => None,
+            (None, Some(_)) => Some((None, CapWindow::default())),
+            (Some(terms), Some(current)) if current.cap.terms == terms => None,
+            (Some(terms), current) => {
+                let cap = SpendCap::new(terms.clone())
+                    .map_err(|why| MeterError::InvalidRequest(why.to_string()))?;
+                let window = match current {
+                    Some(current) if current.cap.same_windows(&terms) => current.window,
+                    _ => CapWindow::starting(&cap, now_ms).map_err(calendar_failed)?,
+                };
+                Some((Some(terms), window))
+            }
+        };
+        if let Some((cap, window)) = set {
+            self.builder.record(
+                self.state,
+                Decision::Cap(CapSet {
+                    tenant: tenant.to_owned(),
+                    balance: balance.to_owned(),
+                    cap,
+                    window,
+                }),
+            )?;
+        }
+        Ok(tenant_balances(
+            tenant,
+            &accounts,
+            &self.state.rules(tenant),
+            now_ms,
             &info.balances,
         ))
     }
@@ -948,6 +1144,9 @@ impl Decider<'_> {
         let held = crate::ledger::record::amounts(&record.held);
         let balances: Vec<String> = held.keys().cloned().collect();
         let accounts = self.accounts(&record.tenant, &balances)?;
+        let caps = self.state.rules(&record.tenant).caps;
+        let taken_at_ms = i64::try_from(record.created_at_ms).unwrap_or(i64::MAX);
+        let windows = self.count_close(&caps, taken_at_ms, &held, &Amounts::new())?;
         let entries = post_expiry(&held);
         let posting = draw(
             self.state,
@@ -967,7 +1166,8 @@ impl Decider<'_> {
                 policy,
                 posting: posting_record(posting),
             }),
-        )
+        )?;
+        self.record_windows(&record.tenant, windows)
     }
 
     /// Releases lapsed holds, at most `limit`; returns how many.
@@ -1023,7 +1223,8 @@ impl Decider<'_> {
         Ok(tenant_balances(
             tenant,
             &accounts,
-            &self.state.overdraft_limits(tenant),
+            &self.state.rules(tenant),
+            self.now_ms(),
             &info.balances,
         ))
     }

@@ -94,6 +94,8 @@ impl DurableMetrics {
             Decision::Activate(_) => ("activate", None),
             Decision::Import(_) => ("import", None),
             Decision::Overdraft(_) => ("overdraft", None),
+            Decision::Cap(_) => ("spend_cap", None),
+            Decision::Spend(_) => ("spend", None),
         };
         counter!("creditgate_decisions_total", "kind" => kind).increment(1);
         if let Some(posting) = posting {

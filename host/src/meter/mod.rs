@@ -53,8 +53,8 @@ use crate::error::MeterError;
 use crate::ledger::state::{Coverage, FilterBytes, LiveState};
 use crate::model::{
     ActivePolicy, Authorization, AuthorizeRequest, BatchStats, GrantRequest, JournalEntry,
-    PolicyActivation, PolicyRef, Quote, Receipt, SettleRequest, ShadowReport, TenantBalances,
-    TransactionView,
+    PolicyActivation, PolicyRef, Quote, Receipt, SettleRequest, ShadowReport, SpendCapTerms,
+    TenantBalances, TransactionView,
 };
 use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
@@ -569,6 +569,45 @@ impl Meter {
                 tenant: tenant.to_owned(),
                 balance: balance.to_owned(),
                 limit,
+                reply,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Sets an account's spend cap (none: removes it): from the next decision on, an
+    /// admission that would take the window's spending past the cap is refused with
+    /// 429 `spend_cap_reached`, whatever the policy answers. Moves no credit.
+    pub fn set_spend_cap(
+        &self,
+        tenant: &str,
+        balance: &str,
+        cap: Option<&SpendCapTerms>,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call("spend_cap", || {
+            let cap = validate::spend_cap(tenant, balance, cap)?;
+            self.call(|reply| Command::SpendCap {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                cap,
+                reply,
+            })
+        })
+    }
+
+    pub async fn set_spend_cap_async(
+        &self,
+        tenant: &str,
+        balance: &str,
+        cap: Option<&SpendCapTerms>,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call_async("spend_cap", async {
+            let cap = validate::spend_cap(tenant, balance, cap)?;
+            self.call_async(|reply| Command::SpendCap {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                cap,
                 reply,
             })
             .await

@@ -410,11 +410,13 @@ impl Sequencer {
                 let lots = (!lots.is_empty()).then(|| state::encode_lots(&lots));
                 let limits = self.state.limit_slice(cursor.next_tenant, end);
                 let limits = (!limits.is_empty()).then(|| state::encode_limits(&limits));
+                let caps = self.state.cap_slice(cursor.next_tenant, end);
+                let caps = (!caps.is_empty()).then(|| state::encode_caps(&caps));
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
                     .and_then(|()| {
-                        for part in lots.into_iter().chain(limits) {
+                        for part in lots.into_iter().chain(limits).chain(caps) {
                             self.store.snapshot_part(SnapshotPart::Beside(part))?;
                         }
                         Ok(())
@@ -461,6 +463,9 @@ fn execute(
             tracing::info_span!("decide", tenant = %tenant, grant = %grant_id)
         }
         Command::Overdraft {
+            tenant, balance, ..
+        }
+        | Command::SpendCap {
             tenant, balance, ..
         } => {
             tracing::info_span!("decide", tenant = %tenant, balance = %balance)
@@ -520,6 +525,12 @@ fn execute(
             limit,
             reply,
         } => answer!(reply, decider.set_overdraft(&tenant, &balance, limit)),
+        Command::SpendCap {
+            tenant,
+            balance,
+            cap,
+            reply,
+        } => answer!(reply, decider.set_spend_cap(&tenant, &balance, cap)),
         Command::ExpireDue(reply) => {
             let result = decider
                 .expire_due(usize::MAX)
@@ -611,7 +622,8 @@ fn claims(batch: &[Command]) -> BatchClaims {
             }
             Command::Balances(tenant, _)
             | Command::Lots(tenant, _)
-            | Command::Overdraft { tenant, .. } => {
+            | Command::Overdraft { tenant, .. }
+            | Command::SpendCap { tenant, .. } => {
                 claims.tenants.insert(tenant.clone());
             }
             Command::Void {

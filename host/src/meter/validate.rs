@@ -3,7 +3,9 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::error::MeterError;
-use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use crate::ledger::calendar::Window;
+use crate::ledger::caps::{CapTerms, SpendCap};
+use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest, SpendCapTerms};
 
 pub const ID_BYTES_MAX: usize = 128;
 pub const ITEMS_MAX: usize = 10_000;
@@ -160,6 +162,41 @@ pub fn overdraft(tenant: &str, balance: &str, limit: i64) -> Result<(), MeterErr
         )));
     }
     Ok(())
+}
+
+/// The largest spend cap, in credits per window.
+pub const SPEND_CAP_CREDITS_MAX: i64 = 1_000_000_000_000_000;
+
+/// An operator's spend cap for an account (none: remove it), as the ledger keeps it.
+pub fn spend_cap(
+    tenant: &str,
+    balance: &str,
+    terms: Option<&SpendCapTerms>,
+) -> Result<Option<CapTerms>, MeterError> {
+    identifier("tenant", tenant)?;
+    identifier("balance", balance)?;
+    let Some(terms) = terms else { return Ok(None) };
+    if !(0..=SPEND_CAP_CREDITS_MAX).contains(&terms.cap) {
+        return Err(MeterError::InvalidAmount(format!(
+            "a spend cap is a whole number of credits from 0 to {SPEND_CAP_CREDITS_MAX}, \
+             not {}",
+            terms.cap
+        )));
+    }
+    let window = Window::parse(&terms.window).ok_or_else(|| {
+        MeterError::InvalidRequest(format!(
+            "a spend cap's window is one of {}, not '{}'",
+            Window::ALL.map(Window::as_str).join(", "),
+            terms.window
+        ))
+    })?;
+    let cap = CapTerms {
+        cap: terms.cap,
+        window,
+        time_zone: terms.time_zone.clone(),
+    };
+    SpendCap::new(cap.clone()).map_err(|why| MeterError::InvalidRequest(why.to_string()))?;
+    Ok(Some(cap))
 }
 
 /// The sha256 of what makes two authorize requests the same request.

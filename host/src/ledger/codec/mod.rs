@@ -22,6 +22,9 @@
 //!
 //! Version 4 added a decision at the end of the enum (an account's overdraft limit):
 //! version-3 bytes mean the same in it, and both read with one decoder.
+//!
+//! Version 5 added two decisions at the end of the enum (an account's spend cap, and
+//! the spend windows a decision moved): versions 3 and 4 read with the same decoder.
 
 mod v2;
 
@@ -31,7 +34,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -209,7 +212,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 fn layout(bytes: &[u8]) -> Result<(Header, u8, Vec<&[u8]>), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1..=4 => {
+        1..=5 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
@@ -321,7 +324,7 @@ fn decode_value_versioned<T: for<'de> Deserialize<'de>>(
 ) -> Result<(u8, T), CodecError> {
     let (version, mut payload) = unframe(magic, bytes)?;
     match version {
-        1..=4 => {
+        1..=5 => {
             let value = take_value(&mut payload)?;
             if payload.is_empty() {
                 Ok((version, value))
@@ -397,6 +400,30 @@ mod tests {
                     policy: 0,
                     via: "start".into(),
                 }),
+                Decision::Cap(CapSet {
+                    tenant: "acme".into(),
+                    balance: "default".into(),
+                    cap: Some(crate::ledger::caps::CapTerms {
+                        cap: 100,
+                        window: crate::ledger::calendar::Window::Day,
+                        time_zone: "Europe/Paris".into(),
+                    }),
+                    window: crate::ledger::caps::CapWindow::default(),
+                }),
+                Decision::Spend(Spent {
+                    tenant: "acme".into(),
+                    windows: vec![(
+                        "default".into(),
+                        crate::ledger::caps::CapWindow {
+                            window: Some(crate::ledger::calendar::Interval {
+                                start_ms: 1_699_999_200_000,
+                                end_ms: 1_700_085_600_000,
+                            }),
+                            since_ms: 1_699_999_900_000,
+                            spent: 2,
+                        },
+                    )],
+                }),
             ],
         }
     }
@@ -413,7 +440,7 @@ mod tests {
         let (header, decision) = decode_decision(&encode(&batch), 1).unwrap();
         assert_eq!((header.seq, header.first_entry_id), (7, 41));
         assert_eq!(decision, batch.decisions[1]);
-        assert!(decode_decision(&encode(&batch), 2).is_err());
+        assert!(decode_decision(&encode(&batch), batch.decisions.len()).is_err());
     }
 
     /// Found by the `ledger_record` fuzz target: the read of one decision skipped the

@@ -73,6 +73,21 @@ const MIGRATIONS: &[Migration] = &[
              CHECK (overdraft_limit >= 0), \
              DROP CONSTRAINT accounts_available_check",
     ),
+    // Spend caps (record format 5): an account's cap and its current window live in
+    // its row, read with it under the tenant's lock (no extra round trip). A row has
+    // a cap and a window kind and zone, or none of them.
+    Migration::Sql(
+        "ALTER TABLE accounts ADD COLUMN spend_cap BIGINT CHECK (spend_cap >= 0), \
+             ADD COLUMN spend_window TEXT, \
+             ADD COLUMN spend_time_zone TEXT, \
+             ADD COLUMN spend_window_start_ms BIGINT, \
+             ADD COLUMN spend_window_end_ms BIGINT, \
+             ADD COLUMN spend_since_ms BIGINT NOT NULL DEFAULT 0, \
+             ADD COLUMN spent BIGINT NOT NULL DEFAULT 0 CHECK (spent >= 0), \
+             ADD CONSTRAINT accounts_spend_cap_whole CHECK ( \
+                 (spend_cap IS NULL) = (spend_window IS NULL) \
+                 AND (spend_cap IS NULL) = (spend_time_zone IS NULL))",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.

@@ -78,11 +78,19 @@ impl LedgerReader for PostgresReader {
             balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
             held: balances.iter().map(|name| (name.clone(), 0)).collect(),
             overdraft_limits: Amounts::new(),
+            spend_caps: Default::default(),
         };
         let rows = self.query(
-            "SELECT balance, available, held, overdraft_limit FROM accounts WHERE tenant = $1",
+            "SELECT balance, available, held, overdraft_limit, spend_cap IS NOT NULL \
+             FROM accounts WHERE tenant = $1",
             &[&tenant],
         )?;
+        // A spend window is shown as of the ledger's clock: the sequencer's to answer.
+        for row in &rows {
+            if row.try_get::<_, bool>(4)? {
+                return Ok(None);
+            }
+        }
         for row in rows {
             let balance: String = row.try_get(0)?;
             let limit: i64 = row.try_get(3)?;

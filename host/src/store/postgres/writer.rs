@@ -15,6 +15,8 @@ use super::{
 };
 use crate::error::MeterError;
 use crate::ledger::AccountState;
+use crate::ledger::calendar::{Interval, Window};
+use crate::ledger::caps::{CapTerms, CapWindow};
 use crate::ledger::lots::{LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{Batch, Decision, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, LotInfo, TransactionRecord};
@@ -30,8 +32,9 @@ const TRY_LOCK: &str =
     "SELECT key FROM unnest($1::int8[]) AS key WHERE pg_try_advisory_xact_lock(key)";
 const TENANTS_OF: &str = "SELECT DISTINCT tenant FROM transactions WHERE id = ANY($1)";
 const TRANSACTIONS_BY_ID: &str = "SELECT id, record FROM transactions WHERE id = ANY($1)";
-const ACCOUNTS_OF: &str = "SELECT tenant, balance, available, held, overdraft_limit \
-     FROM accounts WHERE tenant = ANY($1)";
+const ACCOUNTS_OF: &str = "SELECT tenant, balance, available, held, overdraft_limit, \
+     spend_cap, spend_window, spend_time_zone, spend_window_start_ms, spend_window_end_ms, \
+     spend_since_ms, spent FROM accounts WHERE tenant = ANY($1)";
 const DUE_OF: &str = "SELECT id, record FROM transactions WHERE tenant = ANY($1) \
      AND state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2";
 const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM transactions \
@@ -76,6 +79,19 @@ const UPSERT_LIMITS: &str = "INSERT INTO accounts (tenant, balance, available, h
      overdraft_limit) SELECT tenant, balance, 0, 0, overdraft_limit \
      FROM unnest($1::text[], $2::text[], $3::int8[]) AS limits (tenant, balance, overdraft_limit) \
      ON CONFLICT (tenant, balance) DO UPDATE SET overdraft_limit = excluded.overdraft_limit";
+/// An account's spend cap and window (a removed cap: nulls and zeros); the account
+/// starts empty if it is new.
+const UPSERT_CAPS: &str = "INSERT INTO accounts (tenant, balance, available, held, \
+     spend_cap, spend_window, spend_time_zone, spend_window_start_ms, spend_window_end_ms, \
+     spend_since_ms, spent) SELECT tenant, balance, 0, 0, cap, kind, zone, start_ms, end_ms, \
+     since_ms, spent FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+     $6::int8[], $7::int8[], $8::int8[], $9::int8[]) \
+     AS caps (tenant, balance, cap, kind, zone, start_ms, end_ms, since_ms, spent) \
+     ON CONFLICT (tenant, balance) DO UPDATE SET spend_cap = excluded.spend_cap, \
+     spend_window = excluded.spend_window, spend_time_zone = excluded.spend_time_zone, \
+     spend_window_start_ms = excluded.spend_window_start_ms, \
+     spend_window_end_ms = excluded.spend_window_end_ms, \
+     spend_since_ms = excluded.spend_since_ms, spent = excluded.spent";
 const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_id) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
 const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms, \
@@ -236,6 +252,7 @@ impl PostgresStore {
             };
             state.set_accounts(&tenant, [(&balance, &account)])?;
             state.set_overdraft_limit(&tenant, &balance, row.try_get(4)?)?;
+            state.set_spend_cap(&tenant, &balance, cap_from_row(&row)?)?;
         }
         for row in &due {
             let id: String = row.try_get(0)?;
@@ -268,6 +285,8 @@ impl PostgresStore {
         let mut policies = Vec::new();
         let mut activations = Vec::new();
         let mut limits: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        // Accounts whose cap or window moved: written as the batch left them.
+        let mut caps: BTreeSet<(&str, &str)> = BTreeSet::new();
         for decision in &batch.decisions {
             let (transaction_id, tenant, policy) = match decision {
                 Decision::Authorize(authorized_here) => {
@@ -312,6 +331,19 @@ impl PostgresStore {
                 Decision::CloseLot(closed) => (&closed.grant_id, &closed.tenant, closed.policy),
                 Decision::Overdraft(set) => {
                     limits.insert((&set.tenant, &set.balance), set.limit);
+                    continue;
+                }
+                Decision::Cap(set) => {
+                    caps.insert((&set.tenant, &set.balance));
+                    continue;
+                }
+                Decision::Spend(spent) => {
+                    caps.extend(
+                        spent
+                            .windows
+                            .iter()
+                            .map(|(balance, _)| (spent.tenant.as_str(), balance.as_str())),
+                    );
                     continue;
                 }
                 Decision::Policy(saved) => {
@@ -434,6 +466,42 @@ impl PostgresStore {
                         &limits.keys().map(|key| key.0).collect::<Vec<_>>(),
                         &limits.keys().map(|key| key.1).collect::<Vec<_>>(),
                         &limits.values().copied().collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if !caps.is_empty() {
+                let rows = caps
+                    .iter()
+                    .map(|(tenant, balance)| {
+                        let capped = state.spend_cap(tenant, balance);
+                        let window = capped.as_ref().map(|capped| capped.window);
+                        let terms = capped.map(|capped| capped.cap.terms);
+                        (
+                            terms.as_ref().map(|terms| terms.cap),
+                            terms.as_ref().map(|terms| terms.window.as_str()),
+                            terms.map(|terms| terms.time_zone),
+                            window.unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                connection.execute(
+                    UPSERT_CAPS,
+                    &[
+                        &caps.iter().map(|key| key.0).collect::<Vec<_>>(),
+                        &caps.iter().map(|key| key.1).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.0).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.1).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.2.clone()).collect::<Vec<_>>(),
+                        &rows
+                            .iter()
+                            .map(|row| row.3.window.map(|window| window.start_ms))
+                            .collect::<Vec<_>>(),
+                        &rows
+                            .iter()
+                            .map(|row| row.3.window.map(|window| window.end_ms))
+                            .collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.3.since_ms).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.3.spent).collect::<Vec<_>>(),
                     ],
                 )?;
             }
@@ -616,6 +684,34 @@ fn grant_from_row(row: &Row) -> StoreResult<(String, GrantRecord)> {
 }
 
 /// A row of `lots`: the lot and its grant.
+/// An account's spend cap and window from `ACCOUNTS_OF`'s row.
+fn cap_from_row(row: &Row) -> StoreResult<Option<(CapTerms, CapWindow)>> {
+    let Some(cap) = row.try_get::<_, Option<i64>>(5)? else {
+        return Ok(None);
+    };
+    let kind: Option<String> = row.try_get(6)?;
+    let window = kind.as_deref().and_then(Window::parse).ok_or_else(|| {
+        MeterError::StoreCorrupt(format!("an account's spend window is {kind:?}"))
+    })?;
+    let time_zone: Option<String> = row.try_get(7)?;
+    let start_ms: Option<i64> = row.try_get(8)?;
+    let end_ms: Option<i64> = row.try_get(9)?;
+    Ok(Some((
+        CapTerms {
+            cap,
+            window,
+            time_zone: time_zone.unwrap_or_default(),
+        },
+        CapWindow {
+            window: start_ms
+                .zip(end_ms)
+                .map(|(start_ms, end_ms)| Interval { start_ms, end_ms }),
+            since_ms: row.try_get(10)?,
+            spent: row.try_get(11)?,
+        },
+    )))
+}
+
 fn lot_from_row(row: &Row) -> StoreResult<(Lot, LotInfo)> {
     let lot = Lot {
         id: to_u64(row.try_get(2)?),

@@ -269,7 +269,11 @@ pub fn decision_entries(
                 .map(|entry| imported_entry(header, entry))
                 .collect();
         }
-        Decision::Policy(_) | Decision::Activate(_) | Decision::Overdraft(_) => {
+        Decision::Policy(_)
+        | Decision::Activate(_)
+        | Decision::Overdraft(_)
+        | Decision::Cap(_)
+        | Decision::Spend(_) => {
             return Ok(Vec::new());
         }
     };

@@ -680,8 +680,9 @@ impl WindowRows {
                     );
                 }
                 Decision::CloseLot(closed) => journal(&closed.tenant),
-                // A limit lives in the live state (and its snapshots); nothing to view.
-                Decision::Overdraft(_) => {}
+                // Limits, caps and windows live in the live state (and its snapshots);
+                // nothing to view.
+                Decision::Overdraft(_) | Decision::Cap(_) | Decision::Spend(_) => {}
                 Decision::Policy(saved) => self.policies.push(PolicyRow {
                     digest: policy(saved.policy)?,
                     name: saved.name.clone(),
