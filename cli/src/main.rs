@@ -44,6 +44,8 @@ enum Command {
     Grant(operator::GrantArgs),
     /// Set how far below zero spending may take a tenant's balance (0: not at all).
     Overdraft(operator::OverdraftArgs),
+    /// Cap what a tenant's balance may spend per hour, day or month (or remove the cap).
+    SpendCap(operator::SpendCapArgs),
     /// Show a tenant's balances.
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Grant(args) => operator::grant(args),
         Command::Overdraft(args) => operator::overdraft(args),
+        Command::SpendCap(args) => operator::spend_cap(args),
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),
         Command::Bench(args) => bench::run(args),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use creditgate::model::{GrantRequest, GrantTerms, JournalEntry, TenantBalances};
+use creditgate::model::{GrantRequest, GrantTerms, JournalEntry, SpendCapTerms, TenantBalances};
 use creditgate::store::StoreLocation;
 use creditgate::store::sqlite::lock;
 use creditgate::{Meter, MeterConfig, PolicySource};
@@ -116,6 +116,26 @@ impl Ledger {
                 &format!("/v1/tenants/{tenant}/balances/{balance}/overdraft"),
                 Some(serde_json::json!({ "limit": limit })),
             )?)?),
+        }
+    }
+
+    fn set_spend_cap(
+        &self,
+        tenant: &str,
+        balance: &str,
+        cap: Option<&SpendCapTerms>,
+    ) -> anyhow::Result<TenantBalances> {
+        let path = format!("/v1/tenants/{tenant}/balances/{balance}/spend-cap");
+        match (self, cap) {
+            (Ledger::Here(meter), cap) => Ok(meter.set_spend_cap(tenant, balance, cap)?),
+            (Ledger::Sidecar { .. }, Some(cap)) => Ok(serde_json::from_value(self.call(
+                "PUT",
+                &path,
+                Some(serde_json::to_value(cap)?),
+            )?)?),
+            (Ledger::Sidecar { .. }, None) => {
+                Ok(serde_json::from_value(self.call("DELETE", &path, None)?)?)
+            }
         }
     }
 
@@ -241,6 +261,45 @@ pub fn overdraft(args: OverdraftArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args)]
+pub struct SpendCapArgs {
+    #[command(flatten)]
+    ledger: LedgerFile,
+    tenant: String,
+    balance: String,
+    /// Credits held or charged per window (0: refuse every admission that spends).
+    #[arg(required_unless_present = "remove")]
+    cap: Option<i64>,
+    /// `hour`, `day` or `month` of the time zone's calendar.
+    #[arg(long, default_value = "day")]
+    window: String,
+    /// The IANA time zone whose calendar the windows follow.
+    #[arg(long, default_value = "UTC")]
+    time_zone: String,
+    /// Remove the balance's cap instead.
+    #[arg(long, conflicts_with = "cap")]
+    remove: bool,
+}
+
+pub fn spend_cap(args: SpendCapArgs) -> anyhow::Result<()> {
+    let ledger = args.ledger.open()?;
+    let terms = args.cap.map(|cap| SpendCapTerms {
+        cap,
+        window: args.window.clone(),
+        time_zone: args.time_zone.clone(),
+    });
+    let balances = ledger.set_spend_cap(&args.tenant, &args.balance, terms.as_ref())?;
+    match &terms {
+        Some(terms) => println!(
+            "spend cap of {}/{} set to {} per {} ({})",
+            args.tenant, args.balance, terms.cap, terms.window, terms.time_zone
+        ),
+        None => println!("spend cap of {}/{} removed", args.tenant, args.balance),
+    }
+    print_balances(&balances);
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct BalanceArgs {
     #[command(flatten)]
     ledger: LedgerFile,
@@ -342,8 +401,18 @@ fn print_balances(balances: &TenantBalances) {
             .get(balance)
             .map(|limit| format!(", overdraft limit {limit}"))
             .unwrap_or_default();
+        let cap = balances
+            .spend_caps
+            .get(balance)
+            .map(|cap| {
+                format!(
+                    ", spend cap {} per {} ({}): {} spent, resets at {} ms",
+                    cap.cap, cap.window, cap.time_zone, cap.spent, cap.resets_at_ms
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "{} {balance}: {available} available, {held} held{overdraft}",
+            "{} {balance}: {available} available, {held} held{overdraft}{cap}",
             balances.tenant
         );
     }

@@ -42,7 +42,7 @@ use creditgate::error::{ErrorCode, MeterError};
 use creditgate::meter::Meter;
 use creditgate::model::{
     Authorization, AuthorizeRequest, GrantRequest, GrantTerms, Quote, Receipt, SettleRequest,
-    ShadowReport, TenantBalances, TransactionView,
+    ShadowReport, SpendCapTerms, TenantBalances, TransactionView,
 };
 use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
@@ -95,6 +95,7 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(admin(state, routes!(grant)))
         .routes(admin(state, routes!(void_grant)))
         .routes(admin(state, routes!(set_overdraft)))
+        .routes(admin(state, routes!(set_spend_cap, remove_spend_cap)))
         .routes(routes!(balances))
         .routes(routes!(journal))
         .routes(admin(state, routes!(audit)))
@@ -542,6 +543,97 @@ async fn set_overdraft(
     ok(state
         .meter
         .set_overdraft_async(&tenant, &balance, limit)
+        .await?)
+}
+
+/// The spend cap body. `cap` is read as any JSON number so that fractions and values
+/// beyond i64 get `invalid_amount` rather than a parse error.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SpendCapBody {
+    /// Credits held or charged per window, 0 to 10^15 (0 refuses every admission
+    /// that spends on the balance).
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_000_i64, example = 1000)]
+    cap: serde_json::Number,
+    /// `hour`, `day` or `month`: windows start on the zone's hour, midnight, or
+    /// midnight on the 1st.
+    #[schema(example = "day")]
+    window: String,
+    /// An IANA time zone whose calendar the windows follow; `UTC` when absent.
+    #[schema(example = "Europe/Paris")]
+    time_zone: Option<String>,
+}
+
+/// (admin) Caps what a tenant's balance may spend per window. From the next decision
+/// on, an admission that would take the window's spending (credits held and charged
+/// in it) past the cap is refused, whatever the policy answers: `admitted: false`,
+/// status 429, code `spend_cap_reached`, the window in `meta.spend_cap_reached` and a
+/// `retry-after` header. A settle charging past its hold is counted, never refused.
+/// Changing only the amount keeps the window's spending; a new window or zone counts
+/// from now. Moves no credit.
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/balances/{balance}/spend-cap",
+    tag = "ledger",
+    params(BalancePath),
+    request_body = SpendCapBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits, with its spend caps and their current windows", body = TenantBalances),
+        (status = 400, description = "`invalid_json`, `invalid_request` (the body, the tenant, the balance, the window or the time zone), `unknown_balance`: the policy names no such balance, `invalid_amount`: not a whole number of credits from 0 to 10^15", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn set_spend_cap(
+    State(state): State<Arc<AppState>>,
+    ApiPath(BalancePath { tenant, balance }): ApiPath<BalancePath>,
+    body: Request,
+) -> ApiResult {
+    let body: SpendCapBody = read_json(&state, body).await?;
+    let cap = body.cap.as_i64().ok_or_else(|| {
+        MeterError::InvalidAmount(format!(
+            "cap {} is not a whole number of credits from 0 to {}",
+            body.cap,
+            creditgate::meter::validate::SPEND_CAP_CREDITS_MAX
+        ))
+    })?;
+    let terms = SpendCapTerms {
+        cap,
+        window: body.window,
+        time_zone: body.time_zone.unwrap_or_else(|| "UTC".to_owned()),
+    };
+    ok(state
+        .meter
+        .set_spend_cap_async(&tenant, &balance, Some(&terms))
+        .await?)
+}
+
+/// (admin) Removes a balance's spend cap: spending is bounded by credits and the
+/// overdraft limit only. Removing a cap the balance does not have changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/balances/{balance}/spend-cap",
+    tag = "ledger",
+    params(BalancePath),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits, without the cap", body = TenantBalances),
+        (status = 400, description = "`invalid_request` (the tenant or the balance), `unknown_balance`: the policy names no such balance", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn remove_spend_cap(
+    State(state): State<Arc<AppState>>,
+    ApiPath(BalancePath { tenant, balance }): ApiPath<BalancePath>,
+) -> ApiResult {
+    ok(state
+        .meter
+        .set_spend_cap_async(&tenant, &balance, None)
         .await?)
 }
 

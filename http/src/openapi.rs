@@ -24,6 +24,8 @@ use utoipa::{Modify, OpenApi};
         super::grant,
         super::void_grant,
         super::set_overdraft,
+        super::set_spend_cap,
+        super::remove_spend_cap,
         super::balances,
         super::journal,
         super::audit,

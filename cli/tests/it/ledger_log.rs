@@ -13,7 +13,8 @@ use creditgate::ledger::codec;
 use creditgate::ledger::record::Decision;
 use creditgate::model::{
     Authorization, AuthorizeRequest, ErrorBody, GrantRequest, JournalEntry, PolicyActivation,
-    PolicyRef, Receipt, SettleRequest, TenantBalances, TransactionView,
+    PolicyRef, Receipt, SettleRequest, SpendCapTerms, SpendCapView, TenantBalances,
+    TransactionView,
 };
 use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
@@ -94,6 +95,7 @@ fn tenant_balances(tenant: &str, balances: &[(&str, i64)], held: &[(&str, i64)])
         balances: amounts(balances),
         held: amounts(held),
         overdraft_limits: BTreeMap::new(),
+        spend_caps: BTreeMap::new(),
     }
 }
 
@@ -785,6 +787,8 @@ struct Model {
     exported: BTreeSet<(String, String)>,
     /// DonorAtlas tenants' overdraft limits, by balance.
     overdrafts: BTreeMap<String, BTreeMap<String, i64>>,
+    /// DonorAtlas tenants' spend caps, by balance (nothing spent on them).
+    caps: BTreeMap<String, BTreeMap<String, SpendCapView>>,
     requests: BTreeMap<String, AuthorizeRequest>,
     answers: BTreeMap<String, Authorization>,
     receipts: BTreeMap<String, Receipt>,
@@ -813,6 +817,7 @@ impl Model {
         let (enhancement, export) = self.partners[tenant];
         TenantBalances {
             overdraft_limits: self.overdrafts.get(tenant).cloned().unwrap_or_default(),
+            spend_caps: self.caps.get(tenant).cloned().unwrap_or_default(),
             ..tenant_balances(
                 tenant,
                 &[("enhancement", enhancement), ("export", export)],
@@ -828,6 +833,30 @@ impl Model {
             .insert(balance.to_owned(), limit);
         assert_eq!(
             meter.set_overdraft(tenant, balance, limit).unwrap(),
+            self.partner_balances(tenant)
+        );
+    }
+
+    /// A monthly cap in UTC on a balance nothing spends: its window, in the November
+    /// the test clock stays in, resets on 1 December 2023.
+    fn spend_cap(&mut self, meter: &Meter, tenant: &str, balance: &str, cap: i64) {
+        self.caps.entry(tenant.to_owned()).or_default().insert(
+            balance.to_owned(),
+            SpendCapView {
+                cap,
+                window: "month".to_owned(),
+                time_zone: "UTC".to_owned(),
+                spent: 0,
+                resets_at_ms: 1_701_388_800_000,
+            },
+        );
+        let terms = SpendCapTerms {
+            cap,
+            window: "month".to_owned(),
+            time_zone: "UTC".to_owned(),
+        };
+        assert_eq!(
+            meter.set_spend_cap(tenant, balance, Some(&terms)).unwrap(),
             self.partner_balances(tenant)
         );
     }
@@ -1044,9 +1073,11 @@ fn mixed_traffic(meter: &Meter, clock: &ManualClock, model: &mut Model) {
         }
     }
     activate(meter, "donoratlas");
-    // A tenant with an overdraft limit and no traffic: the limit is in the snapshot.
+    // A tenant with an overdraft limit, a spend cap and no traffic: both are in the
+    // snapshot.
     model.grant(meter, "g-q0", "q0", "enhancement", 1);
     model.overdraft(meter, "q0", "export", 5);
+    model.spend_cap(meter, "q0", "enhancement", 7);
     for partner in 0..3 {
         let tenant = format!("p{partner}");
         model.grant(meter, &format!("g-px{partner}"), &tenant, "export", 12);

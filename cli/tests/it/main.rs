@@ -26,4 +26,5 @@ mod quote;
 mod replicas;
 mod sandbox;
 mod smarte;
+mod spend_cap;
 mod support;

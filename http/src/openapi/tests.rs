@@ -152,6 +152,8 @@ async fn every_documented_route_answers_a_documented_status_and_only_admin_route
             "POST /v1/tenants/{tenant}/grants",
             "POST /v1/tenants/{tenant}/grants/{grant_id}/void",
             "PUT /v1/tenants/{tenant}/balances/{balance}/overdraft",
+            "PUT /v1/tenants/{tenant}/balances/{balance}/spend-cap",
+            "DELETE /v1/tenants/{tenant}/balances/{balance}/spend-cap",
             "GET /v1/audit",
             "PUT /v1/policy",
             "POST /v1/policy/rollback",
