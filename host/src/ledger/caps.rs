@@ -190,6 +190,12 @@ impl CapWindow {
 /// Credits per balance.
 pub type Spending = BTreeMap<String, i64>;
 
+/// Spend windows as a decision leaves them, by balance.
+pub type Windows = Vec<(String, CapWindow)>;
+
+/// An admission counted (the windows after), or the balance whose cap it would pass.
+pub type Counted = Result<Windows, (String, CapReached)>;
+
 /// Counts an admission's spending (held plus charged) on each capped balance it
 /// spends on: the windows after, or the first cap it would pass, counting nothing.
 pub fn count_admission(
@@ -197,7 +203,7 @@ pub fn count_admission(
     now_ms: i64,
     held: &Spending,
     charged: &Spending,
-) -> Result<Result<Vec<(String, CapWindow)>, (String, CapReached)>, CalendarError> {
+) -> Result<Counted, CalendarError> {
     let mut windows = Vec::new();
     for (balance, capped) in caps {
         let amount = held
@@ -226,7 +232,7 @@ pub fn count_close(
     taken_at_ms: i64,
     held: &Spending,
     charged: &Spending,
-) -> Result<Vec<(String, CapWindow)>, CalendarError> {
+) -> Result<Windows, CalendarError> {
     let mut windows = Vec::new();
     for (balance, capped) in caps {
         let held = held.get(balance).copied().unwrap_or(0);

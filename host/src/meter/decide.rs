@@ -13,7 +13,9 @@ use super::failure::{Exposure, FailureCounts, FailurePolicy};
 use super::registry::Registry;
 use crate::error::MeterError;
 use crate::ledger::calendar::CalendarError;
-use crate::ledger::caps::{self, CapReached, CapTerms, CapWindow, SpendCap, SpendCaps};
+use crate::ledger::caps::{
+    self, CapReached, CapTerms, CapWindow, Counted, SpendCap, SpendCaps, Windows,
+};
 use crate::ledger::draw::{DrawnPosting, LotDraw, draw};
 use crate::ledger::lots::{Closure, LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{
@@ -277,7 +279,7 @@ fn count_admission(
     now_ms: i64,
     held: &Amounts,
     charged: &Amounts,
-) -> Result<Result<Vec<(String, CapWindow)>, (String, CapReached)>, MeterError> {
+) -> Result<Counted, MeterError> {
     if caps.is_empty() {
         return Ok(Ok(Vec::new()));
     }
@@ -342,7 +344,7 @@ impl Decider<'_> {
         taken_at_ms: i64,
         held: &Amounts,
         charged: &Amounts,
-    ) -> Result<Vec<(String, CapWindow)>, MeterError> {
+    ) -> Result<Windows, MeterError> {
         if caps.is_empty() {
             return Ok(Vec::new());
         }
@@ -350,11 +352,7 @@ impl Decider<'_> {
     }
 
     /// Records the spend windows a decision just recorded moved, if any.
-    fn record_windows(
-        &mut self,
-        tenant: &str,
-        windows: Vec<(String, CapWindow)>,
-    ) -> Result<(), MeterError> {
+    fn record_windows(&mut self, tenant: &str, windows: Windows) -> Result<(), MeterError> {
         if windows.is_empty() {
             return Ok(());
         }
