@@ -6,15 +6,12 @@
 use std::collections::BTreeMap;
 
 use creditgate::MeterError;
-use creditgate::model::{
-    AuthorizeRequest, GrantRequest, GrantTerms, JournalEntry, LotView, SettleRequest,
-    TenantBalances,
-};
+use creditgate::model::{GrantRequest, GrantTerms, LotView, TenantBalances};
 use serde_json::json;
 
-use crate::support::{HttpGate, START_MS, TestMeter, amounts, pairs};
+use crate::account::{TENANT, assert_sound, enrich, moved, moves, settle_records};
+use crate::support::{HttpGate, START_MS, TestMeter, amounts};
 
-const TENANT: &str = "acme";
 const HOUR_MS: i64 = 3_600_000;
 
 fn terms(priority: i32, expires_in_ms: Option<i64>, category: &str) -> GrantTerms {
@@ -41,36 +38,6 @@ fn grant(
     })
 }
 
-/// SMARTe holds one credit per requested record.
-fn hold(meter: &TestMeter, id: &str, records: usize) {
-    let items: Vec<String> = (0..records).map(|index| format!("r{index}")).collect();
-    let answer = meter
-        .meter
-        .authorize(AuthorizeRequest {
-            transaction_id: Some(id.to_owned()),
-            tenant: TENANT.to_owned(),
-            operation: "person.enrich".to_owned(),
-            items,
-            attributes: BTreeMap::new(),
-            body: None,
-        })
-        .unwrap();
-    assert!(answer.admitted, "{answer:?}");
-}
-
-/// Settles a SMARTe hold with this many records delivered.
-fn settle(meter: &TestMeter, id: &str, records: i64) {
-    meter
-        .meter
-        .settle(SettleRequest {
-            transaction_id: id.to_owned(),
-            status: 200,
-            attributes: pairs(&[("records", &records.to_string())]),
-            body: None,
-        })
-        .unwrap();
-}
-
 fn lots(meter: &TestMeter) -> Vec<LotView> {
     meter.meter.lots(TENANT).unwrap().lots.unwrap()
 }
@@ -87,36 +54,6 @@ fn owned(rows: &[(&str, i64, &str)]) -> Vec<(String, i64, String)> {
     rows.iter()
         .map(|(grant, left, state)| ((*grant).to_owned(), *left, (*state).to_owned()))
         .collect()
-}
-
-/// The grant ids the journal entries name by lot number, with their kind and amount,
-/// from entry `from` on.
-fn moves(meter: &TestMeter, from: usize) -> Vec<(String, String, i64)> {
-    let by_lot: BTreeMap<u64, String> = lots(meter)
-        .into_iter()
-        .map(|lot| (lot.lot, lot.grant_id))
-        .collect();
-    let journal: Vec<JournalEntry> = meter.meter.journal(TENANT, 10_000).unwrap();
-    journal[from..]
-        .iter()
-        .map(|entry| {
-            let lot = entry
-                .lot
-                .map_or("legacy".to_owned(), |lot| by_lot[&lot].clone());
-            (entry.kind.clone(), lot, entry.amount)
-        })
-        .collect()
-}
-
-fn moved(rows: &[(&str, &str, i64)]) -> Vec<(String, String, i64)> {
-    rows.iter()
-        .map(|(kind, lot, amount)| ((*kind).to_owned(), (*lot).to_owned(), *amount))
-        .collect()
-}
-
-fn assert_sound(meter: &TestMeter) {
-    let violations = meter.meter.invariant_violations().unwrap();
-    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 crate::on_both_stores! {
@@ -139,7 +76,7 @@ crate::on_both_stores! {
             ])
         );
 
-        hold(&meter, "t1", 9);
+        assert!(enrich(&meter, "t1", 9).admitted);
         assert_eq!(
             moves(&meter, 4),
             moved(&[("hold", "promo-soon", 3), ("hold", "promo-later", 4), ("hold", "paid", 2)])
@@ -154,7 +91,7 @@ crate::on_both_stores! {
             ])
         );
 
-        settle(&meter, "t1", 4);
+        settle_records(&meter, "t1", 4);
         assert_eq!(
             moves(&meter, 7),
             moved(&[
@@ -185,7 +122,7 @@ crate::on_both_stores! {
         let meter = TestMeter::on(store, "smarte");
         grant(&meter, "promo", 5, terms(0, Some(60_000), "promotional")).unwrap();
         grant(&meter, "paid", 10, terms(1, None, "paid")).unwrap();
-        hold(&meter, "t1", 2);
+        assert!(enrich(&meter, "t1", 2).admitted);
         assert_eq!(meter.meter.balances(TENANT).unwrap().balances["default"], 13);
 
         meter.clock.advance_ms(60_000);
@@ -200,7 +137,7 @@ crate::on_both_stores! {
 
         // Nothing delivered: the hold is released to its lot, which is closed, so the
         // credits leave through it rather than come back.
-        settle(&meter, "t1", 0);
+        settle_records(&meter, "t1", 0);
         assert_eq!(
             moves(&meter, 4),
             moved(&[("release", "promo", 2), ("lot_expire", "promo", 2)])
@@ -211,7 +148,7 @@ crate::on_both_stores! {
         // An authorize finds the expired credits gone even before a sweep runs.
         grant(&meter, "promo-2", 4, terms(0, Some(120_000), "promotional")).unwrap();
         meter.clock.advance_ms(60_000);
-        hold(&meter, "t2", 1);
+        assert!(enrich(&meter, "t2", 1).admitted);
         assert_eq!(
             remaining(&meter),
             owned(&[("promo", 0, "expired"), ("promo-2", 0, "expired"), ("paid", 9, "open")])
@@ -225,9 +162,9 @@ crate::on_both_stores! {
         let meter = TestMeter::on(store, "smarte");
         grant(&meter, "promo", 10, terms(0, None, "promotional")).unwrap();
         grant(&meter, "paid", 5, terms(1, None, "paid")).unwrap();
-        hold(&meter, "t1", 4);
-        settle(&meter, "t1", 3);
-        hold(&meter, "t2", 2);
+        assert!(enrich(&meter, "t1", 4).admitted);
+        settle_records(&meter, "t1", 3);
+        assert!(enrich(&meter, "t2", 2).admitted);
         assert_eq!(
             remaining(&meter),
             owned(&[("promo", 5, "open"), ("paid", 5, "open")])
@@ -240,7 +177,7 @@ crate::on_both_stores! {
         assert_eq!(meter.meter.void(TENANT, "promo").unwrap(), after);
         assert_eq!(meter.meter.journal(TENANT, 10_000).unwrap().len(), journal);
 
-        settle(&meter, "t2", 1);
+        settle_records(&meter, "t2", 1);
         assert_eq!(
             moves(&meter, journal),
             moved(&[("capture", "promo", 1), ("release", "promo", 1), ("void", "promo", 1)])
@@ -304,14 +241,14 @@ crate::on_both_stores! {
         let meter = TestMeter::on(store, "smarte");
         grant(&meter, "promo", 6, terms(0, Some(HOUR_MS), "promotional")).unwrap();
         grant(&meter, "paid", 4, terms(1, None, "paid")).unwrap();
-        hold(&meter, "t1", 8);
+        assert!(enrich(&meter, "t1", 8).admitted);
         for index in 0..20 {
             grant(&meter, &format!("filler-{index}"), 1, terms(5, None, "paid")).unwrap();
         }
         let before = lots(&meter);
         let meter = meter.reopen("smarte");
         assert_eq!(lots(&meter), before);
-        settle(&meter, "t1", 1);
+        settle_records(&meter, "t1", 1);
         assert_eq!(
             remaining(&meter)[..2],
             owned(&[("promo", 5, "open"), ("paid", 4, "open")])[..]
@@ -381,7 +318,7 @@ fn grants_with_terms_lots_and_voids_over_http() {
 fn the_audit_finds_a_lot_that_does_not_match_its_journal() {
     let meter = TestMeter::on(&crate::support::postgres_store(), "smarte");
     grant(&meter, "promo", 5, terms(0, None, "promotional")).unwrap();
-    hold(&meter, "t1", 2);
+    assert!(enrich(&meter, "t1", 2).admitted);
     assert_sound(&meter);
     let creditgate::store::StoreLocation::Postgres(url) = meter.location().clone() else {
         unreachable!("a PostgreSQL ledger");

@@ -5,6 +5,7 @@
 // Test helpers fail loudly by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod account;
 mod conformance;
 mod crash_cycles;
 mod donoratlas;

@@ -8,13 +8,12 @@ use std::collections::BTreeMap;
 
 use creditgate::MeterError;
 use creditgate::model::{
-    AuthorizeRequest, GrantRequest, GrantTerms, JournalEntry, SettleRequest, TenantBalances,
+    AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest, TenantBalances,
 };
 use serde_json::json;
 
-use crate::support::{Server, TestMeter, amounts, pairs};
-
-const TENANT: &str = "acme";
+use crate::account::{TENANT, assert_sound, enrich, figures, moved, moves, settle_records};
+use crate::support::{Server, TestMeter, amounts};
 
 fn grant(meter: &TestMeter, grant_id: &str, amount: i64) -> TenantBalances {
     meter
@@ -29,76 +28,6 @@ fn grant(meter: &TestMeter, grant_id: &str, amount: i64) -> TenantBalances {
         .unwrap()
 }
 
-/// SMARTe holds one credit per requested record: whether it was admitted.
-fn hold(meter: &TestMeter, id: &str, records: usize) -> bool {
-    let items: Vec<String> = (0..records).map(|index| format!("r{index}")).collect();
-    meter
-        .meter
-        .authorize(AuthorizeRequest {
-            transaction_id: Some(id.to_owned()),
-            tenant: TENANT.to_owned(),
-            operation: "person.enrich".to_owned(),
-            items,
-            attributes: BTreeMap::new(),
-            body: None,
-        })
-        .unwrap()
-        .admitted
-}
-
-/// Settles a SMARTe hold with this many records delivered.
-fn settle(meter: &TestMeter, id: &str, records: i64) {
-    meter
-        .meter
-        .settle(SettleRequest {
-            transaction_id: id.to_owned(),
-            status: 200,
-            attributes: pairs(&[("records", &records.to_string())]),
-            body: None,
-        })
-        .unwrap();
-}
-
-/// (available, held) on `default`.
-fn figures(meter: &TestMeter) -> (i64, i64) {
-    let balances = meter.meter.balances(TENANT).unwrap();
-    (balances.balances["default"], balances.held["default"])
-}
-
-fn journal(meter: &TestMeter) -> Vec<JournalEntry> {
-    meter.meter.journal(TENANT, 10_000).unwrap()
-}
-
-/// `(kind, lot, amount)` of the journal from entry `from` on; `lot` is the grant id, or
-/// `own` for the account's own (legacy) lot, which an overdraft draws on.
-fn moves(meter: &TestMeter, from: usize) -> Vec<(String, String, i64)> {
-    let lots = meter.meter.lots(TENANT).unwrap().lots.unwrap();
-    let by_lot: BTreeMap<u64, String> = lots
-        .into_iter()
-        .map(|lot| (lot.lot, lot.grant_id))
-        .collect();
-    journal(meter)[from..]
-        .iter()
-        .map(|entry| {
-            let lot = entry
-                .lot
-                .map_or("own".to_owned(), |lot| by_lot[&lot].clone());
-            (entry.kind.clone(), lot, entry.amount)
-        })
-        .collect()
-}
-
-fn moved(rows: &[(&str, &str, i64)]) -> Vec<(String, String, i64)> {
-    rows.iter()
-        .map(|(kind, lot, amount)| ((*kind).to_owned(), (*lot).to_owned(), *amount))
-        .collect()
-}
-
-fn assert_sound(meter: &TestMeter) {
-    let violations = meter.meter.invariant_violations().unwrap();
-    assert!(violations.is_empty(), "{violations:#?}");
-}
-
 crate::on_both_stores! {
     /// Spending goes past the lots into the overdraft, down to minus the limit and not
     /// a credit further; a released hold and then a grant repay the overdraft before
@@ -110,23 +39,23 @@ crate::on_both_stores! {
         assert_eq!(set.overdraft_limits, amounts(&[("default", 10)]));
         assert_eq!(set.balances, amounts(&[("default", 5)]));
 
-        assert!(hold(&meter, "t1", 12));
+        assert!(enrich(&meter, "t1", 12).admitted);
         assert_eq!(figures(&meter), (-7, 12));
         assert_eq!(
             moves(&meter, 1),
             moved(&[("hold", "paid", 5), ("hold", "own", 7)])
         );
         // 3 left to spend: a hold of 4 is refused, one of 3 admitted, then nothing.
-        assert!(!hold(&meter, "t2", 4));
-        assert!(hold(&meter, "t3", 3));
+        assert!(!enrich(&meter, "t2", 4).admitted);
+        assert!(enrich(&meter, "t3", 3).admitted);
         assert_eq!(figures(&meter), (-10, 15));
-        assert!(!hold(&meter, "t4", 1));
+        assert!(!enrich(&meter, "t4", 1).admitted);
 
         // 10 of t1 delivered: 2 released, back to the overdraft first.
-        settle(&meter, "t1", 10);
+        settle_records(&meter, "t1", 10);
         assert_eq!(figures(&meter), (-8, 3));
         // A grant of 20 repays 8; its lot keeps 12.
-        let from = journal(&meter).len();
+        let from = meter.meter.journal(TENANT, 10_000).unwrap().len();
         assert_eq!(grant(&meter, "top-up", 20).balances, amounts(&[("default", 12)]));
         assert_eq!(
             moves(&meter, from),
@@ -137,7 +66,7 @@ crate::on_both_stores! {
         assert_eq!((top_up.amount, top_up.remaining), (20, 12));
         // t3's hold drew on the overdraft: released, it goes back to the account's own
         // lot (repaid already), not to the new lot.
-        settle(&meter, "t3", 0);
+        settle_records(&meter, "t3", 0);
         assert_eq!(figures(&meter), (15, 0));
         assert_sound(&meter);
     }
@@ -149,30 +78,30 @@ crate::on_both_stores! {
         let meter = TestMeter::on(store, "smarte");
         grant(&meter, "paid", 2);
         meter.meter.set_overdraft(TENANT, "default", 10).unwrap();
-        assert!(hold(&meter, "t1", 10));
+        assert!(enrich(&meter, "t1", 10).admitted);
         assert_eq!(figures(&meter), (-8, 10));
-        let entries = journal(&meter).len();
+        let entries = meter.meter.journal(TENANT, 10_000).unwrap().len();
 
         let lowered = meter.meter.set_overdraft(TENANT, "default", 3).unwrap();
         assert_eq!(lowered.balances, amounts(&[("default", -8)]));
         assert_eq!(lowered.held, amounts(&[("default", 10)]));
         assert_eq!(meter.meter.set_overdraft(TENANT, "default", 3).unwrap(), lowered);
-        assert_eq!(journal(&meter).len(), entries, "a limit moves no credit");
-        assert!(!hold(&meter, "t2", 1));
+        assert_eq!(meter.meter.journal(TENANT, 10_000).unwrap().len(), entries, "a limit moves no credit");
+        assert!(!enrich(&meter, "t2", 1).admitted);
 
-        settle(&meter, "t1", 10);
+        settle_records(&meter, "t1", 10);
         assert_eq!(figures(&meter), (-8, 0));
         grant(&meter, "top-up", 6);
         assert_eq!(figures(&meter), (-2, 0));
         // -2 with a limit of 3: one credit can be spent, not two.
-        assert!(!hold(&meter, "t3", 2));
-        assert!(hold(&meter, "t4", 1));
+        assert!(!enrich(&meter, "t3", 2).admitted);
+        assert!(enrich(&meter, "t4", 1).admitted);
         assert_eq!(figures(&meter), (-3, 1));
 
         // 0 removes the overdraft: nothing more to spend until the account is repaid.
         let removed = meter.meter.set_overdraft(TENANT, "default", 0).unwrap();
         assert!(removed.overdraft_limits.is_empty());
-        assert!(!hold(&meter, "t5", 1));
+        assert!(!enrich(&meter, "t5", 1).admitted);
         assert_sound(&meter);
     }
 
@@ -190,7 +119,7 @@ crate::on_both_stores! {
         let answer = meter.meter.set_overdraft("bad tenant", "default", 5);
         assert!(matches!(answer, Err(MeterError::InvalidRequest(_))), "{answer:?}");
         assert!(meter.meter.balances(TENANT).unwrap().overdraft_limits.is_empty());
-        assert!(!hold(&meter, "t1", 3));
+        assert!(!enrich(&meter, "t1", 3).admitted);
         assert_sound(&meter);
     }
 
@@ -251,12 +180,12 @@ crate::on_both_stores! {
         let meter = TestMeter::on(store, "smarte");
         grant(&meter, "paid", 1);
         meter.meter.set_overdraft(TENANT, "default", 4).unwrap();
-        assert!(hold(&meter, "t1", 3));
+        assert!(enrich(&meter, "t1", 3).admitted);
         let before = meter.meter.balances(TENANT).unwrap();
         let meter = meter.reopen("smarte");
         assert_eq!(meter.meter.balances(TENANT).unwrap(), before);
-        assert!(hold(&meter, "t2", 2));
-        assert!(!hold(&meter, "t3", 1));
+        assert!(enrich(&meter, "t2", 2).admitted);
+        assert!(!enrich(&meter, "t3", 1).admitted);
         assert_eq!(figures(&meter), (-4, 5));
         assert_sound(&meter);
     }

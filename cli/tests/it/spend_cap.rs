@@ -9,14 +9,13 @@ use std::collections::BTreeMap;
 
 use creditgate::MeterError;
 use creditgate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest, SpendCapTerms,
-    SpendCapView,
+    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, SpendCapTerms, SpendCapView,
 };
 use serde_json::json;
 
-use crate::support::{START_MS, Server, TestMeter, pairs};
+use crate::account::{TENANT, assert_sound, figures, settle_records};
+use crate::support::{START_MS, Server, TestMeter};
 
-const TENANT: &str = "acme";
 const HOUR_MS: i64 = 3_600_000;
 /// The end of the UTC hour the test clock starts in (22:13:20 on 14 November 2023).
 const HOUR_END_MS: i64 = 1_700_002_800_000;
@@ -59,27 +58,9 @@ fn authorize(meter: &TestMeter, id: &str, operation: &str, items: usize) -> Auth
         .unwrap()
 }
 
-fn settle(meter: &TestMeter, id: &str, attributes: &[(&str, &str)]) {
-    meter
-        .meter
-        .settle(SettleRequest {
-            transaction_id: id.to_owned(),
-            status: 200,
-            attributes: pairs(attributes),
-            body: None,
-        })
-        .unwrap();
-}
-
 /// The window of `default` as the balances show it.
 fn window(meter: &TestMeter) -> SpendCapView {
     meter.meter.balances(TENANT).unwrap().spend_caps["default"].clone()
-}
-
-/// (available, held) on `default`.
-fn figures(meter: &TestMeter) -> (i64, i64) {
-    let balances = meter.meter.balances(TENANT).unwrap();
-    (balances.balances["default"], balances.held["default"])
 }
 
 fn refused_code(answer: &Authorization) -> Option<(u16, &str)> {
@@ -92,11 +73,6 @@ fn refused_code(answer: &Authorization) -> Option<(u16, &str)> {
                 .map_or("", |error| error.code.as_str()),
         )
     })
-}
-
-fn assert_sound(meter: &TestMeter) {
-    let violations = meter.meter.invariant_violations().unwrap();
-    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 crate::on_both_stores! {
@@ -180,9 +156,9 @@ crate::on_both_stores! {
         assert!(authorize(&meter, "t6", "flat", 1).admitted);
         assert_eq!(window(&meter).spent, 2);
         // Its settle charges 2 on a hold of 1: the second credit counts, past nothing.
-        settle(&meter, "t5", &[]);
+        settle_records(&meter, "t5", 0);
         assert_eq!(window(&meter).spent, 3);
-        settle(&meter, "t6", &[]);
+        settle_records(&meter, "t6", 0);
         assert_eq!(window(&meter).spent, 4);
         assert_eq!(figures(&meter), (96, 0));
         let refused = authorize(&meter, "t7", "flat", 1);
@@ -209,7 +185,7 @@ crate::on_both_stores! {
             "what the cap leaves"
         );
         // 2 of 6 records delivered: 4 released, room for 8 now.
-        settle(&meter, "t1", &[("records", "2")]);
+        settle_records(&meter, "t1", 2);
         assert_eq!(window(&meter).spent, 2);
         assert!(authorize(&meter, "t3", "person.enrich", 8).admitted);
         assert_eq!(window(&meter).spent, 10);
@@ -243,9 +219,9 @@ crate::on_both_stores! {
         assert_eq!(hourly.spend_caps["default"].spent, 0);
         assert!(authorize(&meter, "t3", "person.enrich", 6).admitted);
         // t0 was held before this cap counted: its release takes nothing off.
-        settle(&meter, "t0", &[("records", "0")]);
+        settle_records(&meter, "t0", 0);
         assert_eq!(window(&meter).spent, 6);
-        settle(&meter, "t3", &[("records", "1")]);
+        settle_records(&meter, "t3", 1);
         assert_eq!(window(&meter).spent, 1);
 
         let removed = meter.meter.set_spend_cap(TENANT, "default", None).unwrap();

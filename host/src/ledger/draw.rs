@@ -17,7 +17,7 @@ pub struct LotDraw<'a> {
     state: &'a LiveState,
     tenant: &'a str,
     before: &'a Accounts,
-    limits: OverdraftLimits,
+    limits: &'a OverdraftLimits,
     lots: BTreeMap<String, AccountLots>,
     entries: Vec<EntryRecord>,
     /// Lots granted by this decision: recorded even when an overdraft took all of it.
@@ -38,13 +38,19 @@ fn broken(error: LotError) -> MeterError {
 }
 
 impl<'a> LotDraw<'a> {
-    /// Draws on `tenant`'s lots, whose accounts are `before` the decision.
-    pub fn new(state: &'a LiveState, tenant: &'a str, before: &'a Accounts) -> Self {
+    /// Draws on `tenant`'s lots, whose accounts are `before` the decision and whose
+    /// overdraft limits are `limits` (read once per decision).
+    pub fn new(
+        state: &'a LiveState,
+        tenant: &'a str,
+        before: &'a Accounts,
+        limits: &'a OverdraftLimits,
+    ) -> Self {
         Self {
             state,
             tenant,
             before,
-            limits: state.overdraft_limits(tenant),
+            limits,
             lots: BTreeMap::new(),
             entries: Vec::new(),
             granted: Vec::new(),
@@ -79,7 +85,7 @@ impl<'a> LotDraw<'a> {
     /// A hold or a charge: credits leave the account's open lots in burn order, then
     /// overdraw it within its limit.
     pub fn take(&mut self, balance: &str, kind: EntryKind, amount: i64) -> Result<(), MeterError> {
-        let limit = overdraft_limit(&self.limits, balance);
+        let limit = overdraft_limit(self.limits, balance);
         let moves = self.account(balance)?.take(amount, limit).map_err(broken)?;
         for moved in moves {
             self.push(balance, kind, moved);
@@ -170,7 +176,7 @@ impl<'a> LotDraw<'a> {
                 amount: entry.amount,
             })
             .collect();
-        apply(&mut accounts, &plain, &self.limits).map_err(MeterError::StoreCorrupt)?;
+        apply(&mut accounts, &plain, self.limits).map_err(MeterError::StoreCorrupt)?;
         let mut lots = Vec::new();
         for (balance, account) in self.lots {
             let moved: Vec<LotId> = self
@@ -209,10 +215,11 @@ pub fn draw(
     state: &LiveState,
     tenant: &str,
     before: &Accounts,
+    limits: &OverdraftLimits,
     entries: &[Entry],
     drawn: &[(String, LotId, i64)],
 ) -> Result<DrawnPosting, MeterError> {
-    let mut draw = LotDraw::new(state, tenant, before);
+    let mut draw = LotDraw::new(state, tenant, before, limits);
     let mut holds: BTreeMap<&str, Vec<LotMove>> = BTreeMap::new();
     for (balance, lot, amount) in drawn {
         holds.entry(balance.as_str()).or_default().push(LotMove {

@@ -590,6 +590,7 @@ impl Decider<'_> {
                             self.state,
                             &request.tenant,
                             &accounts,
+                            &rules.overdraft,
                             &posting.entries,
                             &[],
                         )?;
@@ -684,7 +685,15 @@ impl Decider<'_> {
             amount: exposure.credits,
         }];
         // Cannot fail: the window's room was checked against a cap that is an i64.
-        let posting = draw(self.state, &request.tenant, &accounts, &entries, &[])?;
+        let limits = self.state.overdraft_limits(&request.tenant);
+        let posting = draw(
+            self.state,
+            &request.tenant,
+            &accounts,
+            &limits,
+            &entries,
+            &[],
+        )?;
         let accounts = posting.accounts.clone();
         let authorization = Authorization {
             transaction_id: id.clone(),
@@ -818,7 +827,14 @@ impl Decider<'_> {
         };
         let posting = post_settle(&accounts, &rules.overdraft, &held, &charge);
         let windows = self.count_close(&rules.caps, taken_at_ms, &held, &posting.charged)?;
-        let lotted = draw(self.state, &tenant, &accounts, &posting.entries, &drawn)?;
+        let lotted = draw(
+            self.state,
+            &tenant,
+            &accounts,
+            &rules.overdraft,
+            &posting.entries,
+            &drawn,
+        )?;
         let receipt = Receipt {
             transaction_id: id.clone(),
             balances: available_amounts(&lotted.accounts, &info.balances),
@@ -909,13 +925,14 @@ impl Decider<'_> {
             terms.priority,
             terms.expires_at_ms,
         );
-        let mut draw = LotDraw::new(self.state, &grant.tenant, &accounts);
+        let rules = self.state.rules(&grant.tenant);
+        let mut draw = LotDraw::new(self.state, &grant.tenant, &accounts, &rules.overdraft);
         draw.grant(&grant.balance, lot)?;
         let posting = draw.finish()?;
         let answer = tenant_balances(
             &grant.tenant,
             &posting.accounts,
-            &self.state.rules(&grant.tenant),
+            &rules,
             self.now_ms(),
             &info.balances,
         );
@@ -1080,7 +1097,8 @@ impl Decider<'_> {
         if known.closed.is_some() {
             return Ok(());
         }
-        let mut draw = LotDraw::new(self.state, tenant, &accounts);
+        let limits = self.state.overdraft_limits(tenant);
+        let mut draw = LotDraw::new(self.state, tenant, &accounts, &limits);
         draw.close(balance, lot, closure)?;
         let mut posting = draw.finish()?;
         // A lot emptied before it closed moves no credit: record its closing all the same.
@@ -1142,14 +1160,15 @@ impl Decider<'_> {
         let held = crate::ledger::record::amounts(&record.held);
         let balances: Vec<String> = held.keys().cloned().collect();
         let accounts = self.accounts(&record.tenant, &balances)?;
-        let caps = self.state.rules(&record.tenant).caps;
+        let rules = self.state.rules(&record.tenant);
         let taken_at_ms = i64::try_from(record.created_at_ms).unwrap_or(i64::MAX);
-        let windows = self.count_close(&caps, taken_at_ms, &held, &Amounts::new())?;
+        let windows = self.count_close(&rules.caps, taken_at_ms, &held, &Amounts::new())?;
         let entries = post_expiry(&held);
         let posting = draw(
             self.state,
             &record.tenant,
             &accounts,
+            &rules.overdraft,
             &entries,
             &record.drawn_lots(),
         )?;
