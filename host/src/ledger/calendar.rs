@@ -9,8 +9,9 @@ use jiff::civil::{DateTime, Time};
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 
-/// How far apart a schedule's periods start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How far apart a schedule's periods start. Stored in records (its variants' order is
+/// the format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cadence {
     Hours(u32),
     Days(u32),
@@ -101,7 +102,8 @@ impl Schedule {
         })
     }
 
-    fn start_ms(&self, index: i64) -> Result<i64, CalendarError> {
+    /// When period `index` starts.
+    pub fn start_ms(&self, index: i64) -> Result<i64, CalendarError> {
         let overflow = |why| error(format!("period {index} is past the calendar's end"), why);
         let span = self.cadence.span(index).map_err(overflow)?;
         let start = self.anchor.checked_add(span).map_err(overflow)?;

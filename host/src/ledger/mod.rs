@@ -15,6 +15,7 @@ pub mod legacy;
 pub mod lots;
 mod posting;
 pub mod record;
+pub mod refills;
 pub mod state;
 pub mod tenants;
 
