@@ -94,6 +94,7 @@ fn tenant_balances(tenant: &str, balances: &[(&str, i64)], held: &[(&str, i64)])
         balances: amounts(balances),
         held: amounts(held),
         overdraft_limits: BTreeMap::new(),
+        spend_caps: BTreeMap::new(),
     }
 }
 

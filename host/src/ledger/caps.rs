@@ -190,6 +190,10 @@ impl CapWindow {
 /// Credits per balance.
 pub type Spending = BTreeMap<String, i64>;
 
+/// An admission counted: each capped balance's window after it, or the balance whose
+/// cap it would pass and how (nothing counted).
+pub type Counted = Result<Vec<(String, CapWindow)>, (String, CapReached)>;
+
 /// Counts an admission's spending (held plus charged) on each capped balance it
 /// spends on: the windows after, or the first cap it would pass, counting nothing.
 pub fn count_admission(
@@ -197,7 +201,7 @@ pub fn count_admission(
     now_ms: i64,
     held: &Spending,
     charged: &Spending,
-) -> Result<Result<Vec<(String, CapWindow)>, (String, CapReached)>, CalendarError> {
+) -> Result<Counted, CalendarError> {
     let mut windows = Vec::new();
     for (balance, capped) in caps {
         let amount = held

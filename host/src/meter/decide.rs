@@ -277,7 +277,7 @@ fn count_admission(
     now_ms: i64,
     held: &Amounts,
     charged: &Amounts,
-) -> Result<Result<Vec<(String, CapWindow)>, (String, CapReached)>, MeterError> {
+) -> Result<caps::Counted, MeterError> {
     if caps.is_empty() {
         return Ok(Ok(Vec::new()));
     }
