@@ -625,9 +625,7 @@ impl LiveState {
             if *start_ms > now_ms {
                 return None;
             }
-            let Some(Reverse((start_ms, tenant, refill_id))) = self.refill_due.pop() else {
-                return None;
-            };
+            let Reverse((start_ms, tenant, refill_id)) = self.refill_due.pop()?;
             let current = self
                 .refills
                 .get(&(tenant.clone(), refill_id.clone()))
