@@ -46,6 +46,8 @@ enum Command {
     Overdraft(operator::OverdraftArgs),
     /// Cap what a tenant's balance may spend per hour, day or month (or remove the cap).
     SpendCap(operator::SpendCapArgs),
+    /// Set a tenant's recurring grant (every hour, day or month), or remove it.
+    Refill(operator::RefillArgs),
     /// Show a tenant's balances.
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Grant(args) => operator::grant(args),
         Command::Overdraft(args) => operator::overdraft(args),
         Command::SpendCap(args) => operator::spend_cap(args),
+        Command::Refill(args) => operator::refill(args),
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),
         Command::Bench(args) => bench::run(args),

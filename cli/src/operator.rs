@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use creditgate::model::{GrantRequest, GrantTerms, JournalEntry, SpendCapTerms, TenantBalances};
+use creditgate::model::{
+    GrantRequest, GrantTerms, JournalEntry, RefillRequest, RefillView, SpendCapTerms,
+    TenantBalances,
+};
 use creditgate::store::StoreLocation;
 use creditgate::store::sqlite::lock;
 use creditgate::{Meter, MeterConfig, PolicySource};
@@ -132,6 +135,26 @@ impl Ledger {
                 "PUT",
                 &path,
                 Some(serde_json::to_value(cap)?),
+            )?)?),
+            (Ledger::Sidecar { .. }, None) => {
+                Ok(serde_json::from_value(self.call("DELETE", &path, None)?)?)
+            }
+        }
+    }
+
+    fn set_refill(
+        &self,
+        tenant: &str,
+        refill_id: &str,
+        refill: Option<&RefillRequest>,
+    ) -> anyhow::Result<Vec<RefillView>> {
+        let path = format!("/v1/tenants/{tenant}/refills/{refill_id}");
+        match (self, refill) {
+            (Ledger::Here(meter), refill) => Ok(meter.set_refill(tenant, refill_id, refill)?),
+            (Ledger::Sidecar { .. }, Some(refill)) => Ok(serde_json::from_value(self.call(
+                "PUT",
+                &path,
+                Some(serde_json::to_value(refill)?),
             )?)?),
             (Ledger::Sidecar { .. }, None) => {
                 Ok(serde_json::from_value(self.call("DELETE", &path, None)?)?)
@@ -296,6 +319,92 @@ pub fn spend_cap(args: SpendCapArgs) -> anyhow::Result<()> {
         None => println!("spend cap of {}/{} removed", args.tenant, args.balance),
     }
     print_balances(&balances);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RefillArgs {
+    #[command(flatten)]
+    ledger: LedgerFile,
+    tenant: String,
+    refill_id: String,
+    /// The balance the refill grants to.
+    #[arg(required_unless_present = "remove")]
+    balance: Option<String>,
+    /// Credits each period grants (rollover: at most).
+    #[arg(required_unless_present = "remove")]
+    amount: Option<i64>,
+    /// `hour`, `day`, `month`, or `N hours|days|months`.
+    #[arg(long, default_value = "month")]
+    every: String,
+    /// The IANA time zone whose calendar the periods follow.
+    #[arg(long, default_value = "UTC")]
+    time_zone: String,
+    /// When the first period starts, in ms since the Unix epoch (default: now, or the
+    /// refill's anchor if it exists).
+    #[arg(long)]
+    anchor_ms: Option<i64>,
+    /// `reset` (a period's unspent credits expire) or `rollover` (they stay, up to
+    /// --rollover-cap).
+    #[arg(long, default_value = "reset")]
+    mode: String,
+    #[arg(long)]
+    rollover_cap: Option<i64>,
+    /// The lots' burn priority (lower burns first).
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// The lots' category.
+    #[arg(long)]
+    category: Option<String>,
+    /// Remove the refill instead (its lots stay).
+    #[arg(long, conflicts_with_all = ["balance", "amount"])]
+    remove: bool,
+}
+
+pub fn refill(args: RefillArgs) -> anyhow::Result<()> {
+    let ledger = args.ledger.open()?;
+    let request = args
+        .balance
+        .clone()
+        .zip(args.amount)
+        .map(|(balance, amount)| RefillRequest {
+            balance,
+            amount,
+            every: args.every.clone(),
+            time_zone: args.time_zone.clone(),
+            anchor_ms: args.anchor_ms,
+            mode: args.mode.clone(),
+            rollover_cap: args.rollover_cap,
+            priority: args.priority,
+            category: args.category.clone(),
+        });
+    let refills = ledger.set_refill(&args.tenant, &args.refill_id, request.as_ref())?;
+    match &request {
+        Some(_) => println!("refill {} of {} set", args.refill_id, args.tenant),
+        None => println!("refill {} of {} removed", args.refill_id, args.tenant),
+    }
+    for refill in refills {
+        let cap = refill
+            .rollover_cap
+            .map(|cap| format!(" up to {cap}"))
+            .unwrap_or_default();
+        println!(
+            "{} {}: {} credits on {} every {} ({}), {}{cap}; last period {}, next {}",
+            args.tenant,
+            refill.refill_id,
+            refill.amount,
+            refill.balance,
+            refill.every,
+            refill.time_zone,
+            refill.mode,
+            refill
+                .last_start_ms
+                .map_or("none".to_owned(), |at| format!("at {at} ms")),
+            refill
+                .next_start_ms
+                .map_or("none".to_owned(), |at| format!("at {at} ms")),
+        );
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use creditgate::model::Amounts;
+use creditgate::model::{Amounts, SpendCapView};
 
 /// The schema every case file must satisfy, compiled into the binary.
 pub const SCHEMA: &str = include_str!("../../tests/conformance/case.schema.json");
@@ -56,6 +56,18 @@ pub enum Action {
         balance: String,
         limit: i64,
     },
+    /// An operator sets an account's spend cap (`cap`, `window`, `time_zone`), or
+    /// removes it (`"remove": true`); the schema allows one or the other.
+    SpendCap {
+        tenant: String,
+        balance: String,
+        cap: Option<i64>,
+        window: Option<String>,
+        /// An IANA zone; `UTC` when absent.
+        time_zone: Option<String>,
+        #[serde(default)]
+        remove: bool,
+    },
     Authorize {
         transaction_id: String,
         tenant: String,
@@ -94,6 +106,8 @@ pub struct Expect {
     pub error: Option<ExpectedError>,
     pub balances: Option<BTreeMap<String, Amounts>>,
     pub holds: Option<BTreeMap<String, Amounts>>,
+    /// Per tenant, its spend caps with their current windows (`{}`: none).
+    pub spend_caps: Option<BTreeMap<String, BTreeMap<String, SpendCapView>>>,
     pub journal: Option<Vec<ExpectedEntry>>,
     pub expired: Option<usize>,
 }

@@ -7,7 +7,9 @@ use super::case::{Action, Case, Expect, ExpectedEntry};
 use creditgate::clock::Clock;
 use creditgate::clock::ManualClock;
 use creditgate::error::MeterError;
-use creditgate::model::{AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest};
+use creditgate::model::{
+    AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest, SpendCapTerms, TenantBalances,
+};
 use creditgate::policy::component::Limits;
 use creditgate::policy::probe;
 use creditgate::store::scratch::{ScratchLedger, ScratchStore};
@@ -24,8 +26,11 @@ pub const CASE_START_MS: u64 = 1_700_000_000_000;
 enum Answer {
     Authorization(serde_json::Value),
     Receipt(serde_json::Value),
-    /// An operator's call (a grant, an overdraft limit): `balances` checks what it did.
+    /// A grant: `balances` checks what it did.
     Operator,
+    /// An operator's setting of an account (an overdraft limit, a spend cap): the
+    /// tenant's balances as it answered them, which must be what a read gives after it.
+    Account(TenantBalances),
     Expired(usize),
     Swapped,
     Error {
@@ -153,6 +158,25 @@ fn describe(action: &Action) -> String {
             balance,
             limit,
         } => format!("overdraft of {limit} on {tenant}/{balance}"),
+        Action::SpendCap {
+            tenant,
+            balance,
+            remove: true,
+            ..
+        } => format!("removal of the spend cap on {tenant}/{balance}"),
+        Action::SpendCap {
+            tenant,
+            balance,
+            cap,
+            window,
+            time_zone,
+            ..
+        } => format!(
+            "spend cap of {} per {} ({}) on {tenant}/{balance}",
+            cap.map_or_else(|| "?".to_owned(), |cap| cap.to_string()),
+            window.as_deref().unwrap_or("?"),
+            time_zone.as_deref().unwrap_or("UTC")
+        ),
         Action::Authorize {
             transaction_id,
             operation,
@@ -219,9 +243,37 @@ fn perform(
             balance,
             limit,
         } => match meter.set_overdraft(tenant, balance, *limit) {
-            Ok(_) => Answer::Operator,
+            Ok(answered) => Answer::Account(answered),
             Err(error) => failed(error),
         },
+        Action::SpendCap {
+            tenant,
+            balance,
+            cap,
+            window,
+            time_zone,
+            remove,
+        } => {
+            let terms = match (remove, cap, window) {
+                (true, None, None) if time_zone.is_none() => None,
+                (false, Some(cap), Some(window)) => Some(SpendCapTerms {
+                    cap: *cap,
+                    window: window.clone(),
+                    time_zone: time_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
+                }),
+                _ => {
+                    return Err(
+                        "a spend_cap step sets `cap` and `window` (and `time_zone`), or is \
+                         `\"remove\": true` alone"
+                            .to_owned(),
+                    );
+                }
+            };
+            match meter.set_spend_cap(tenant, balance, terms.as_ref()) {
+                Ok(answered) => Answer::Account(answered),
+                Err(error) => failed(error),
+            }
+        }
         Action::Authorize {
             transaction_id,
             tenant,
@@ -357,6 +409,17 @@ fn check(
             same("meta", &expect.meta, value["meta"].clone())?;
         }
         (Answer::Expired(count), None) => same("expired", &expect.expired, *count)?,
+        (Answer::Account(answered), None) => {
+            let read = ledger
+                .meter()?
+                .balances(&answered.tenant)
+                .map_err(|error| error.to_string())?;
+            same(
+                "the operator's answer (against the balances read after it)",
+                &Some(read),
+                answered.clone(),
+            )?;
+        }
         (Answer::Operator | Answer::Swapped, None) => {}
     }
     for (tenant, expected) in expect.balances.iter().flatten() {
@@ -379,6 +442,17 @@ fn check(
             &format!("holds of {tenant}"),
             &Some(expected.clone()),
             actual.held,
+        )?;
+    }
+    for (tenant, expected) in expect.spend_caps.iter().flatten() {
+        let actual = ledger
+            .meter()?
+            .balances(tenant)
+            .map_err(|error| error.to_string())?;
+        same(
+            &format!("spend caps of {tenant}"),
+            &Some(expected.clone()),
+            actual.spend_caps,
         )?;
     }
     // A movement drawn from several lots is one journal entry per lot; a case states

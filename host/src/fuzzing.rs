@@ -452,7 +452,7 @@ impl<'a> Source<'a> {
     }
 
     fn decision(&mut self) -> Decision {
-        match self.byte() % 11 {
+        match self.byte() % 12 {
             0 => Decision::Authorize(Authorized {
                 id: self.string(),
                 tenant: self.string(),
@@ -530,7 +530,36 @@ impl<'a> Source<'a> {
                 tenant: self.string(),
                 windows: self.list(3, |source| (source.string(), source.cap_window())),
             }),
+            10 => Decision::Refill(RefillSet {
+                tenant: self.string(),
+                refill_id: self.string(),
+                refill: self.option(Self::refill_terms),
+                last_start_ms: self.option(Self::i64),
+            }),
             _ => Decision::Import(self.imported()),
+        }
+    }
+
+    fn refill_terms(&mut self) -> crate::ledger::refills::RefillTerms {
+        use crate::ledger::calendar::Cadence;
+        use crate::ledger::refills::{RefillMode, RefillTerms};
+        RefillTerms {
+            balance: self.string(),
+            amount: self.i64(),
+            every: match self.byte() % 3 {
+                0 => Cadence::Hours(self.u32()),
+                1 => Cadence::Days(self.u32()),
+                _ => Cadence::Months(self.u32()),
+            },
+            time_zone: self.string(),
+            anchor_ms: self.i64(),
+            mode: if self.bool() {
+                RefillMode::Rollover { cap: self.i64() }
+            } else {
+                RefillMode::Reset
+            },
+            priority: self.i64() as i32,
+            category: self.string(),
         }
     }
 

@@ -198,6 +198,61 @@ fn utc() -> String {
     "UTC".to_owned()
 }
 
+/// A refill as an operator sets it: a lot granted at the start of every period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefillRequest {
+    /// A balance the active policy names.
+    pub balance: String,
+    /// Credits each period grants (rollover: at most), 1 to 10^15.
+    pub amount: i64,
+    /// `hour`, `day`, `month`, or `N hours`, `N days`, `N months` (N from 1 to 1,000).
+    #[schema(example = "month")]
+    pub every: String,
+    /// An IANA time zone whose calendar the periods follow; `UTC` when absent.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    /// When the first period starts, in ms since the Unix epoch: now when absent (or,
+    /// for a refill that exists, its anchor unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_ms: Option<i64>,
+    /// `reset`: a period's unspent credits expire when the next starts; `rollover`:
+    /// they stay, and a period grants no more than tops the refill's lots up to
+    /// `rollover_cap`.
+    #[schema(example = "reset")]
+    pub mode: String,
+    /// With `rollover` only: the most the refill's lots hold after a refill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollover_cap: Option<i64>,
+    /// The lots' burn priority (lower burns first).
+    #[serde(default)]
+    pub priority: i32,
+    /// The lots' category; `refill` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// A refill and where its schedule stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RefillView {
+    pub refill_id: String,
+    pub balance: String,
+    pub amount: i64,
+    pub every: String,
+    pub time_zone: String,
+    pub anchor_ms: i64,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollover_cap: Option<i64>,
+    pub priority: i32,
+    pub category: String,
+    /// When the last period granted started (its lot's grant id is
+    /// `refill:{refill_id}:{last_start_ms}`); none before the first.
+    pub last_start_ms: Option<i64>,
+    /// When the next period starts, and its lot is granted.
+    pub next_start_ms: Option<i64>,
+}
+
 /// A spend cap and its current window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SpendCapView {

@@ -41,8 +41,8 @@ pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
 use creditgate::error::{ErrorCode, MeterError};
 use creditgate::meter::Meter;
 use creditgate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, Quote, Receipt, SettleRequest,
-    ShadowReport, SpendCapTerms, TenantBalances, TransactionView,
+    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, Quote, Receipt, RefillRequest,
+    RefillView, SettleRequest, ShadowReport, SpendCapTerms, TenantBalances, TransactionView,
 };
 use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
@@ -96,6 +96,8 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(admin(state, routes!(void_grant)))
         .routes(admin(state, routes!(set_overdraft)))
         .routes(admin(state, routes!(set_spend_cap, remove_spend_cap)))
+        .routes(admin(state, routes!(set_refill, remove_refill)))
+        .routes(routes!(refills))
         .routes(routes!(balances))
         .routes(routes!(journal))
         .routes(admin(state, routes!(audit)))
@@ -635,6 +637,99 @@ async fn remove_spend_cap(
         .meter
         .set_spend_cap_async(&tenant, &balance, None)
         .await?)
+}
+
+/// A path's tenant and refill.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct RefillPath {
+    /// 1 to 128 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "acme")]
+    tenant: String,
+    /// 1 to 100 characters of `[A-Za-z0-9._:@-]`.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,100}$", example = "monthly")]
+    refill_id: String,
+}
+
+/// (admin) Sets a refill: a lot of `amount` credits granted at the start of every
+/// period of the zone's calendar, with grant id `refill:{refill_id}:{start_ms}`, once
+/// per period across restarts and replicas. The first period starts at `anchor_ms`
+/// (now when absent), so a new refill grants its first lot at once. `reset`: a
+/// period's unspent credits expire when the next period starts; `rollover`: they
+/// stay, and a period tops the refill's lots up to at most `rollover_cap`. A refill
+/// that exists keeps its anchor unless the body names one, and never grants a period
+/// that starts before the last one it granted.
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/refills/{refill_id}",
+    tag = "ledger",
+    params(RefillPath),
+    request_body = RefillRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's refills", body = Vec<RefillView>),
+        (status = 400, description = "`invalid_json`, `invalid_request` (the body, the tenant, the refill id, `every`, `mode`, the time zone), `unknown_balance`: the policy names no such balance, `invalid_amount`: an amount or cap that is not a whole number of credits from 1 to 10^15", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn set_refill(
+    State(state): State<Arc<AppState>>,
+    ApiPath(RefillPath { tenant, refill_id }): ApiPath<RefillPath>,
+    body: Request,
+) -> ApiResult {
+    let refill: RefillRequest = read_json(&state, body).await?;
+    ok(state
+        .meter
+        .set_refill_async(&tenant, &refill_id, Some(&refill))
+        .await?)
+}
+
+/// (admin) Removes a refill: no more periods are granted; the lots it granted stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/refills/{refill_id}",
+    tag = "ledger",
+    params(RefillPath),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's refills", body = Vec<RefillView>),
+        (status = 400, description = "`invalid_request` (the tenant or the refill id)", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn remove_refill(
+    State(state): State<Arc<AppState>>,
+    ApiPath(RefillPath { tenant, refill_id }): ApiPath<RefillPath>,
+) -> ApiResult {
+    ok(state
+        .meter
+        .set_refill_async(&tenant, &refill_id, None)
+        .await?)
+}
+
+/// A tenant's refills: terms, the last period granted and when the next starts.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/refills",
+    tag = "ledger",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The tenant's refills", body = Vec<RefillView>),
+        (status = 400, description = "`invalid_request`: the tenant", body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn refills(
+    State(state): State<Arc<AppState>>,
+    ApiPath(TenantPath { tenant }): ApiPath<TenantPath>,
+) -> ApiResult {
+    ok(state.meter.refills_async(&tenant).await?)
 }
 
 /// `?lots=true` of [`balances`].

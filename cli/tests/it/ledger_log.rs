@@ -13,8 +13,8 @@ use creditgate::ledger::codec;
 use creditgate::ledger::record::Decision;
 use creditgate::model::{
     Authorization, AuthorizeRequest, ErrorBody, GrantRequest, JournalEntry, PolicyActivation,
-    PolicyRef, Receipt, SettleRequest, SpendCapTerms, SpendCapView, TenantBalances,
-    TransactionView,
+    PolicyRef, Receipt, RefillRequest, RefillView, SettleRequest, SpendCapTerms, SpendCapView,
+    TenantBalances, TransactionView,
 };
 use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
@@ -789,6 +789,8 @@ struct Model {
     overdrafts: BTreeMap<String, BTreeMap<String, i64>>,
     /// DonorAtlas tenants' spend caps, by balance (nothing spent on them).
     caps: BTreeMap<String, BTreeMap<String, SpendCapView>>,
+    /// DonorAtlas tenants' refills, as set (each granted its first period at once).
+    refills: BTreeMap<String, Vec<RefillView>>,
     requests: BTreeMap<String, AuthorizeRequest>,
     answers: BTreeMap<String, Authorization>,
     receipts: BTreeMap<String, Receipt>,
@@ -859,6 +861,26 @@ impl Model {
             meter.set_spend_cap(tenant, balance, Some(&terms)).unwrap(),
             self.partner_balances(tenant)
         );
+    }
+
+    /// A monthly reset refill of `amount` on `enhancement`, anchored at the test clock's
+    /// start: its first lot is granted at once.
+    fn refill(&mut self, meter: &Meter, tenant: &str, refill_id: &str, amount: i64) {
+        let request = RefillRequest {
+            balance: "enhancement".to_owned(),
+            amount,
+            every: "month".to_owned(),
+            time_zone: "UTC".to_owned(),
+            anchor_ms: Some(START_MS as i64),
+            mode: "reset".to_owned(),
+            rollover_cap: None,
+            priority: 0,
+            category: None,
+        };
+        let refills = meter.set_refill(tenant, refill_id, Some(&request)).unwrap();
+        assert_eq!(refills[0].last_start_ms, Some(START_MS as i64));
+        self.partners.entry(tenant.to_owned()).or_default().0 += amount;
+        self.refills.insert(tenant.to_owned(), refills);
     }
 
     fn authorize(&mut self, meter: &Meter, request: AuthorizeRequest) -> Authorization {
@@ -981,6 +1003,9 @@ impl Model {
                 self.partner_balances(tenant)
             );
         }
+        for (tenant, refills) in &self.refills {
+            assert_eq!(&meter.refills(tenant).unwrap(), refills);
+        }
     }
 
     /// Retries answer what the first call answered and move nothing; another request
@@ -1078,6 +1103,7 @@ fn mixed_traffic(meter: &Meter, clock: &ManualClock, model: &mut Model) {
     model.grant(meter, "g-q0", "q0", "enhancement", 1);
     model.overdraft(meter, "q0", "export", 5);
     model.spend_cap(meter, "q0", "enhancement", 7);
+    model.refill(meter, "q0", "q0-monthly", 3);
     for partner in 0..3 {
         let tenant = format!("p{partner}");
         model.grant(meter, &format!("g-px{partner}"), &tenant, "export", 12);

@@ -24,6 +24,7 @@ mod lots;
 mod observability;
 mod overdraft;
 mod quote;
+mod refills;
 mod replicas;
 mod sandbox;
 mod smarte;

@@ -143,6 +143,8 @@ crate::on_both_stores! {
             .meter
             .set_spend_cap(TENANT, "default", Some(&cap(4, "day", "Europe/Paris")))
             .unwrap();
+        // A cap counts releases of holds taken from the millisecond after it was set.
+        meter.clock.advance_ms(1);
         for index in 0..4 {
             assert!(authorize(&meter, &format!("t{index}"), "flat", 1).admitted);
         }
@@ -177,6 +179,7 @@ crate::on_both_stores! {
             .meter
             .set_spend_cap(TENANT, "default", Some(&cap(10, "hour", "UTC")))
             .unwrap();
+        meter.clock.advance_ms(1);
         assert!(authorize(&meter, "t1", "person.enrich", 6).admitted);
         let refused = authorize(&meter, "t2", "person.enrich", 5);
         assert_eq!(refused_code(&refused), Some((402, "insufficient_credits")));
@@ -217,6 +220,9 @@ crate::on_both_stores! {
             .set_spend_cap(TENANT, "default", Some(&cap(12, "hour", "UTC")))
             .unwrap();
         assert_eq!(hourly.spend_caps["default"].spent, 0);
+        // A hold taken in the millisecond a cap is set gives nothing back at release:
+        // the cap counts from the next one.
+        meter.clock.advance_ms(1);
         assert!(authorize(&meter, "t3", "person.enrich", 6).admitted);
         // t0 was held before this cap counted: its release takes nothing off.
         settle_records(&meter, "t0", 0);

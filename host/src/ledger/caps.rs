@@ -116,11 +116,14 @@ impl AccountCap {
 }
 
 impl CapWindow {
-    /// The window of a cap set at `now_ms`: counting from now, from zero.
+    /// The window of a cap set at `now_ms`: counting from zero, from the next
+    /// millisecond on. A hold taken in the same millisecond (before the cap, or after it
+    /// in the same batch) gives nothing back at release: the clock cannot tell which, and
+    /// counting too much is the side a cap may err on.
     pub fn starting(cap: &SpendCap, now_ms: i64) -> Result<Self, CalendarError> {
         Ok(CapWindow {
             window: Some(cap.window_at(now_ms)?),
-            since_ms: now_ms,
+            since_ms: now_ms.saturating_add(1),
             spent: 0,
         })
     }
@@ -324,6 +327,9 @@ mod tests {
         window.admit(&cap, set_at + 1, 4).unwrap().unwrap();
         // A hold of 9 taken at the hour's start, before the cap: never counted.
         window.release(MIDNIGHT_MS, set_at + 2, 9);
+        assert_eq!(window.spent, 4);
+        // Nor does one taken in the millisecond the cap was set.
+        window.release(set_at, set_at + 2, 4);
         assert_eq!(window.spent, 4);
         window.release(set_at + 1, set_at + 3, 4);
         assert_eq!(window.spent, 0);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::caps::{CapTerms, CapWindow};
 use super::lots::{Closure, Lot, LotId};
+use super::refills::RefillTerms;
 use super::{AccountState, EntryKind};
 use crate::model::{Amounts, Authorization, ErrorBody, PolicyRef, Receipt};
 
@@ -57,6 +58,9 @@ pub enum Decision {
     Cap(CapSet),
     /// The spend windows the decision before it moved. Added in record format 5.
     Spend(Spent),
+    /// An operator set or removed a refill, or the sweep granted one of its periods.
+    /// Added in record format 5.
+    Refill(RefillSet),
 }
 
 /// An authorize: admitted (the transaction is open) or refused.
@@ -231,6 +235,16 @@ pub struct Spent {
     pub windows: Vec<(String, CapWindow)>,
 }
 
+/// A refill as it is after the decision: its terms (none: removed) and when the last
+/// period it granted started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefillSet {
+    pub tenant: String,
+    pub refill_id: String,
+    pub refill: Option<RefillTerms>,
+    pub last_start_ms: Option<i64>,
+}
+
 /// Journal lines of one decision and the account states they lead to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostingRecord {
@@ -386,7 +400,8 @@ impl Decision {
             | Decision::Import(_)
             | Decision::Overdraft(_)
             | Decision::Cap(_)
-            | Decision::Spend(_) => None,
+            | Decision::Spend(_)
+            | Decision::Refill(_) => None,
         }
     }
 
@@ -403,7 +418,8 @@ impl Decision {
             | Decision::Import(_)
             | Decision::Overdraft(_)
             | Decision::Cap(_)
-            | Decision::Spend(_) => &[],
+            | Decision::Spend(_)
+            | Decision::Refill(_) => &[],
         }
     }
 }

@@ -39,8 +39,10 @@ pub struct RefillTerms {
 pub struct Refill {
     pub terms: RefillTerms,
     schedule: Schedule,
-    /// None until the first period is granted.
-    pub last_period: Option<u64>,
+    /// When the last period granted started; none until the first. An instant, not a
+    /// period number, so that a refill whose schedule an operator changed never grants
+    /// a period that starts before the last one it granted.
+    pub last_start_ms: Option<i64>,
 }
 
 /// The lot a period grants.
@@ -52,9 +54,10 @@ pub struct RefillLot {
     pub expires_at_ms: Option<i64>,
 }
 
-/// The grant id of a refill's period: unique, so one lot per period whatever grants it.
-pub fn grant_id(refill_id: &str, period: u64) -> String {
-    format!("refill:{refill_id}:{period}")
+/// The grant id of a refill's period, named by when it starts: unique, so one lot per
+/// period whatever grants it.
+pub fn grant_id(refill_id: &str, start_ms: i64) -> String {
+    format!("refill:{refill_id}:{start_ms}")
 }
 
 /// Whether a grant id is one of this refill's periods.
@@ -67,7 +70,7 @@ pub fn is_refill_grant(refill_id: &str, grant_id: &str) -> bool {
 }
 
 impl Refill {
-    pub fn new(terms: RefillTerms, last_period: Option<u64>) -> Result<Self, CalendarError> {
+    pub fn new(terms: RefillTerms, last_start_ms: Option<i64>) -> Result<Self, CalendarError> {
         if terms.amount <= 0 {
             return Err(CalendarError(format!(
                 "a refill of {} credits grants nothing",
@@ -86,7 +89,7 @@ impl Refill {
         Ok(Self {
             terms,
             schedule,
-            last_period,
+            last_start_ms,
         })
     }
 
@@ -96,18 +99,22 @@ impl Refill {
         let Some(period) = self.schedule.period(now_ms)? else {
             return Ok(None);
         };
-        Ok(match self.last_period {
-            Some(last) if last >= period.index => None,
+        Ok(match self.last_start_ms {
+            Some(last) if last >= period.start_ms => None,
             _ => Some(period),
         })
     }
 
     /// When the next period to grant starts: the sweep's wake-up.
     pub fn next_start_ms(&self) -> Result<i64, CalendarError> {
-        let next = self.last_period.map_or(0, |last| last.saturating_add(1));
-        let next = i64::try_from(next)
-            .map_err(|_| CalendarError(format!("period {next} is past the calendar's end")))?;
-        self.schedule.start_ms(next)
+        let first = self.schedule.start_ms(0)?;
+        match self.last_start_ms {
+            Some(last) if last >= first => Ok(self
+                .schedule
+                .period(last)?
+                .map_or(first, |period| period.end_ms)),
+            _ => Ok(first),
+        }
     }
 
     /// The lot `period` grants, given what the refill's open lots still hold; none when
@@ -123,7 +130,7 @@ impl Refill {
             ),
         };
         (amount > 0).then(|| RefillLot {
-            grant_id: grant_id(refill_id, period.index),
+            grant_id: grant_id(refill_id, period.start_ms),
             amount,
             expires_at_ms,
         })
@@ -163,7 +170,7 @@ mod tests {
         );
         let first = refill.due(ANCHOR_MS).unwrap().unwrap();
         assert_eq!(first.index, 0);
-        refill.last_period = Some(0);
+        refill.last_start_ms = Some(first.start_ms);
         assert_eq!(refill.due(ANCHOR_MS + DAY_MS).unwrap(), None);
         // 28 February 2026 09:00 Paris: January's 31st has no February twin.
         assert_eq!(refill.next_start_ms().unwrap(), ANCHOR_MS + 28 * DAY_MS);
@@ -179,7 +186,7 @@ mod tests {
         assert_eq!(
             reset.lot("monthly", period, 40),
             Some(RefillLot {
-                grant_id: "refill:monthly:0".to_owned(),
+                grant_id: format!("refill:monthly:{ANCHOR_MS}"),
                 amount: 100,
                 expires_at_ms: Some(ANCHOR_MS + 7 * DAY_MS),
             })
@@ -217,6 +224,12 @@ mod tests {
     #[test]
     fn grant_ids_name_their_refill_and_period_only() {
         assert_eq!(grant_id("monthly", 12), "refill:monthly:12");
+        // A changed schedule whose period started before the last one granted waits
+        // for its next period.
+        let mut refill = Refill::new(terms(Cadence::Days(7), RefillMode::Reset), None).unwrap();
+        refill.last_start_ms = Some(ANCHOR_MS + DAY_MS);
+        assert_eq!(refill.due(ANCHOR_MS + 2 * DAY_MS).unwrap(), None);
+        assert_eq!(refill.next_start_ms().unwrap(), ANCHOR_MS + 7 * DAY_MS);
         assert!(is_refill_grant("monthly", "refill:monthly:12"));
         assert!(!is_refill_grant("month", "refill:monthly:12"));
         assert!(!is_refill_grant("monthly", "refill:monthly:"));
@@ -249,9 +262,8 @@ mod tests {
                 open = (open - spent).max(0);
                 let Some(period) = refill.due(now_ms).unwrap() else {
                     // Not due: the clock is in the last period granted.
-                    let last = refill.last_period.unwrap();
                     prop_assert!(now_ms < refill.next_start_ms().unwrap());
-                    prop_assert!(granted.last() == Some(&last));
+                    prop_assert!(granted.last().is_some());
                     continue;
                 };
                 prop_assert!(period.start_ms <= now_ms && now_ms < period.end_ms);
@@ -270,7 +282,7 @@ mod tests {
                     }
                 }
                 granted.push(period.index);
-                refill.last_period = Some(period.index);
+                refill.last_start_ms = Some(period.start_ms);
                 prop_assert_eq!(refill.due(now_ms).unwrap(), None);
             }
         }

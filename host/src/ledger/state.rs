@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use growable_bloom_filter::GrowableBloom;
@@ -23,6 +23,7 @@ use super::record::{
     AmountList, AuthorizationRecord, Batch, Decision, Digest, EntryRecord, LotTerms, PostingRecord,
     ReceiptRecord, RequestRecord, TransactionState,
 };
+use super::refills::{Refill, RefillTerms};
 use super::tenants::{CapPart, LimitPart, LotPart, LotPartOut, Tenants};
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
@@ -268,6 +269,11 @@ pub struct LiveState {
     /// Open lots by expiry, with their tenant's index; an entry whose lot closed
     /// meanwhile is skipped. (The lots themselves are the tenants'.)
     lot_expiry: BinaryHeap<Reverse<(i64, LotId, u32)>>,
+    /// Refills by (tenant, refill id): few, and read only by the sweep and operators.
+    refills: BTreeMap<(String, String), Refill>,
+    /// When each refill's next period starts; an entry its refill moved past since is
+    /// skipped.
+    refill_due: BinaryHeap<Reverse<(i64, String, String)>>,
     /// The seq of the last batch applied.
     pub last_seq: u64,
     /// The id the next journal entry gets.
@@ -306,6 +312,8 @@ impl LiveState {
             recent_components: HashMap::new(),
             active_policy: None,
             lot_expiry: BinaryHeap::new(),
+            refills: BTreeMap::new(),
+            refill_due: BinaryHeap::new(),
             last_seq: 0,
             next_entry_id: 1,
         }
@@ -504,6 +512,12 @@ impl LiveState {
                 self.set_overdraft_limit(&tenant, &balance, limit)?;
             }
             Ok(())
+        } else if bytes.starts_with(SNAPSHOT_REFILLS) {
+            let refills: RefillPart = super::codec::decode_value(SNAPSHOT_REFILLS, bytes)?;
+            for (tenant, refill_id, terms, last_start_ms) in refills {
+                self.set_refill(&tenant, &refill_id, Some((terms, last_start_ms)))?;
+            }
+            Ok(())
         } else if bytes.starts_with(SNAPSHOT_CAPS) {
             let caps: CapPart = super::codec::decode_value(SNAPSHOT_CAPS, bytes)?;
             for (tenant, balance, terms, window) in caps {
@@ -567,6 +581,82 @@ impl LiveState {
 
     /// The open lot that expired first, if it expired at or before `now_ms`:
     /// `(tenant, balance, lot)`.
+    /// Sets or removes a refill, as a decision recorded it (or a store read it).
+    pub fn set_refill(
+        &mut self,
+        tenant: &str,
+        refill_id: &str,
+        refill: Option<(RefillTerms, Option<i64>)>,
+    ) -> Result<(), MeterError> {
+        let key = (tenant.to_owned(), refill_id.to_owned());
+        let Some((terms, last_start_ms)) = refill else {
+            self.refills.remove(&key);
+            return Ok(());
+        };
+        // A snapshot writes refills with their tenant's slice.
+        self.touch_tenant(tenant)?;
+        let refill = Refill::new(terms, last_start_ms)
+            .map_err(|why| corrupt(format!("refill {refill_id} of {tenant}: {why}")))?;
+        if let Ok(next_ms) = refill.next_start_ms() {
+            self.refill_due
+                .push(Reverse((next_ms, key.0.clone(), key.1.clone())));
+        }
+        self.refills.insert(key, refill);
+        Ok(())
+    }
+
+    pub fn refill(&self, tenant: &str, refill_id: &str) -> Option<&Refill> {
+        self.refills.get(&(tenant.to_owned(), refill_id.to_owned()))
+    }
+
+    /// The tenant's refills, by id.
+    pub fn tenant_refills(&self, tenant: &str) -> Vec<(&str, &Refill)> {
+        self.refills
+            .range((tenant.to_owned(), String::new())..)
+            .take_while(|((owner, _), _)| owner == tenant)
+            .map(|((_, id), refill)| (id.as_str(), refill))
+            .collect()
+    }
+
+    /// The next refill whose period started by `now_ms`, taken off the queue (granting
+    /// it records its next start).
+    pub fn next_due_refill(&mut self, now_ms: i64) -> Option<(String, String)> {
+        while let Some(Reverse((start_ms, _, _))) = self.refill_due.peek() {
+            if *start_ms > now_ms {
+                return None;
+            }
+            let Reverse((start_ms, tenant, refill_id)) = self.refill_due.pop()?;
+            let current = self
+                .refills
+                .get(&(tenant.clone(), refill_id.clone()))
+                .and_then(|refill| refill.next_start_ms().ok());
+            if current == Some(start_ms) {
+                return Some((tenant, refill_id));
+            }
+        }
+        None
+    }
+
+    /// The refills of tenants `start..end` (a snapshot's).
+    pub fn refill_slice(&self, start: usize, end: usize) -> RefillPart {
+        self.refills
+            .iter()
+            .filter(|((tenant, _), _)| {
+                self.tenants
+                    .index_of(tenant)
+                    .is_some_and(|index| (start..end).contains(&(index as usize)))
+            })
+            .map(|((tenant, id), refill)| {
+                (
+                    tenant.clone(),
+                    id.clone(),
+                    refill.terms.clone(),
+                    refill.last_start_ms,
+                )
+            })
+            .collect()
+    }
+
     pub fn next_due_lot(&mut self, now_ms: i64) -> Option<(String, String, LotId)> {
         while let Some(Reverse((expires_at_ms, id, index))) = self.lot_expiry.peek() {
             if *expires_at_ms > now_ms {
@@ -1102,6 +1192,11 @@ impl LiveState {
                 &set.balance,
                 set.cap.clone().map(|terms| (terms, set.window)),
             )?,
+            Decision::Refill(set) => self.set_refill(
+                &set.tenant,
+                &set.refill_id,
+                set.refill.clone().map(|terms| (terms, set.last_start_ms)),
+            )?,
             Decision::Spend(spent) => {
                 for (balance, window) in &spent.windows {
                     self.tenants
@@ -1252,6 +1347,14 @@ pub(crate) const SNAPSHOT_TAIL: &[u8; 4] = b"CGS2";
 pub(crate) const SNAPSHOT_LOTS: &[u8; 4] = b"CGS3";
 /// The overdraft limits of a slice of tenants (format 4).
 pub(crate) const SNAPSHOT_LIMITS: &[u8; 4] = b"CGS4";
+
+/// The refills of a slice of tenants (format 5): `(tenant, refill, terms, last start)`.
+pub type RefillPart = Vec<(String, String, RefillTerms, Option<i64>)>;
+pub(crate) const SNAPSHOT_REFILLS: &[u8; 4] = b"CGS6";
+
+pub fn encode_refills(slice: &RefillPart) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_REFILLS, slice)
+}
 
 /// The spend caps of a slice of tenants (format 5).
 pub(crate) const SNAPSHOT_CAPS: &[u8; 4] = b"CGS5";

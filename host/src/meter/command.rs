@@ -8,9 +8,10 @@ use tokio::sync::oneshot;
 use super::decide::CheckedAuthorize;
 use crate::error::MeterError;
 use crate::ledger::caps::CapTerms;
+use crate::ledger::refills::RefillTerms;
 use crate::ledger::state::FilterBytes;
 use crate::model::{
-    Authorization, GrantRequest, Receipt, SettleRequest, ShadowReport, TenantBalances,
+    Authorization, GrantRequest, Receipt, RefillView, SettleRequest, ShadowReport, TenantBalances,
 };
 use crate::policy::PolicyInfo;
 use crate::policy::component::CompiledPolicy;
@@ -48,6 +49,17 @@ pub enum Command {
         cap: Option<CapTerms>,
         reply: Reply<TenantBalances>,
     },
+    /// Set (or, with none, remove) a tenant's refill; the anchor is the request's, if
+    /// it names one.
+    Refill {
+        tenant: String,
+        refill_id: String,
+        refill: Option<RefillTerms>,
+        anchor_ms: Option<i64>,
+        reply: Reply<Vec<RefillView>>,
+    },
+    /// A tenant's refills.
+    Refills(String, Reply<Vec<RefillView>>),
     /// Release every lapsed hold and expire every lot due now; answers how many holds.
     ExpireDue(Reply<usize>),
     /// Make a compiled, checked policy the active one, between two decisions.
@@ -106,6 +118,9 @@ impl Command {
             | Command::Void { reply, .. }
             | Command::Overdraft { reply, .. }
             | Command::SpendCap { reply, .. } => drop(reply.send(Err(error))),
+            Command::Refill { reply, .. } | Command::Refills(_, reply) => {
+                drop(reply.send(Err(error)))
+            }
             Command::ExpireDue(reply) => drop(reply.send(Err(error))),
             Command::Activate { reply, .. } => drop(reply.send(Err(error))),
             Command::SetShadow { reply, .. } => drop(reply.send(Err(error))),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::failure::{Exposure, FailureCounts, FailurePolicy};
 use super::registry::Registry;
 use crate::error::MeterError;
-use crate::ledger::calendar::CalendarError;
+use crate::ledger::calendar::{Cadence, CalendarError};
 use crate::ledger::caps::{
     self, CapReached, CapTerms, CapWindow, Counted, SpendCap, SpendCaps, Windows,
 };
@@ -22,7 +22,10 @@ use crate::ledger::record::{
     Activation, AuthorizationRecord, Authorized, Batch, Decision, Expired, Granted, MarkRecord,
     PolicyRecord, PostingRecord, ReceiptRecord, RequestRecord, Settled, TransactionState,
 };
-use crate::ledger::record::{CapSet, DEFAULT_CATEGORY, LotClosed, LotTerms, OverdraftSet, Spent};
+use crate::ledger::record::{
+    CapSet, DEFAULT_CATEGORY, LotClosed, LotTerms, OverdraftSet, RefillSet, Spent,
+};
+use crate::ledger::refills::{self, Refill, RefillMode, RefillTerms};
 use crate::ledger::state::GrantRecord;
 use crate::ledger::state::{LiveState, TransactionRecord};
 use crate::ledger::{
@@ -31,7 +34,7 @@ use crate::ledger::{
 };
 use crate::model::{
     Amounts, Authorization, AuthorizeRequest, ErrorBody, GrantRequest, GrantTerms, LotView,
-    PolicyRef, Receipt, SettleRequest, SpendCapView, TenantBalances,
+    PolicyRef, Receipt, RefillView, SettleRequest, SpendCapView, TenantBalances,
 };
 use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
 use crate::store::ColdStore;
@@ -266,6 +269,38 @@ fn request_record(request: &AuthorizeRequest) -> RequestRecord {
         items: request.items.clone(),
         attributes: pairs(&request.attributes),
         body: request.body.clone(),
+    }
+}
+
+/// A refill as the API shows it.
+fn refill_view(refill_id: &str, refill: &Refill) -> RefillView {
+    let terms = &refill.terms;
+    let (count, unit) = match terms.every {
+        Cadence::Hours(count) => (count, "hour"),
+        Cadence::Days(count) => (count, "day"),
+        Cadence::Months(count) => (count, "month"),
+    };
+    let (mode, rollover_cap) = match terms.mode {
+        RefillMode::Reset => ("reset", None),
+        RefillMode::Rollover { cap } => ("rollover", Some(cap)),
+    };
+    RefillView {
+        refill_id: refill_id.to_owned(),
+        balance: terms.balance.clone(),
+        amount: terms.amount,
+        every: if count == 1 {
+            unit.to_owned()
+        } else {
+            format!("{count} {unit}s")
+        },
+        time_zone: terms.time_zone.clone(),
+        anchor_ms: terms.anchor_ms,
+        mode: mode.to_owned(),
+        rollover_cap,
+        priority: terms.priority,
+        category: terms.category.clone(),
+        last_start_ms: refill.last_start_ms,
+        next_start_ms: refill.next_start_ms().ok(),
     }
 }
 
@@ -1024,6 +1059,152 @@ impl Decider<'_> {
             self.now_ms(),
             &info.balances,
         ))
+    }
+
+    /// Sets or removes a tenant's refill, then grants its period if one is due (a new
+    /// refill anchored now grants its first lot at once). A refill that exists keeps
+    /// its anchor unless `anchor_ms` names one, and the last period it granted: a
+    /// changed schedule never grants a period that starts before that one. Setting
+    /// the refill it has records nothing.
+    pub fn set_refill(
+        &mut self,
+        tenant: &str,
+        refill_id: &str,
+        terms: Option<RefillTerms>,
+        anchor_ms: Option<i64>,
+    ) -> Result<Vec<RefillView>, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy(&active)?;
+        self.accounts(tenant, &info.balances)?;
+        let existing = self.state.refill(tenant, refill_id).cloned();
+        let set = match terms {
+            None => existing.is_some().then_some(None),
+            Some(mut terms) => {
+                if !info.has_balance(&terms.balance) {
+                    return Err(MeterError::UnknownBalance {
+                        balance: terms.balance.clone(),
+                        known: info.balances.join(", "),
+                    });
+                }
+                terms.anchor_ms = anchor_ms
+                    .or(existing.as_ref().map(|refill| refill.terms.anchor_ms))
+                    .unwrap_or_else(|| self.now_ms());
+                Refill::new(terms.clone(), None)
+                    .map_err(|why| MeterError::InvalidRequest(why.to_string()))?;
+                let unchanged = existing
+                    .as_ref()
+                    .is_some_and(|refill| refill.terms == terms);
+                (!unchanged).then_some(Some(terms))
+            }
+        };
+        if let Some(refill) = set {
+            self.builder.record(
+                self.state,
+                Decision::Refill(RefillSet {
+                    tenant: tenant.to_owned(),
+                    refill_id: refill_id.to_owned(),
+                    refill,
+                    last_start_ms: existing.and_then(|refill| refill.last_start_ms),
+                }),
+            )?;
+        }
+        self.run_refill(tenant, refill_id)?;
+        Ok(self.refills(tenant))
+    }
+
+    /// The tenant's refills (of the tenants loaded: the caller loads it).
+    pub fn refills(&self, tenant: &str) -> Vec<RefillView> {
+        self.state
+            .tenant_refills(tenant)
+            .into_iter()
+            .map(|(refill_id, refill)| refill_view(refill_id, refill))
+            .collect()
+    }
+
+    /// The tenant's refills, loading the tenant.
+    pub fn list_refills(&mut self, tenant: &str) -> Result<Vec<RefillView>, MeterError> {
+        if !self.state.has_tenant(tenant) {
+            self.store.load_tenant(tenant, self.state)?;
+        }
+        Ok(self.refills(tenant))
+    }
+
+    /// Grants the periods of refills that started, at most `limit`; returns how many
+    /// refills ran.
+    pub fn grant_due_refills(&mut self, limit: usize) -> Result<usize, MeterError> {
+        let now_ms = self.now_ms();
+        let mut ran = 0;
+        while ran < limit {
+            let Some((tenant, refill_id)) = self.state.next_due_refill(now_ms) else {
+                break;
+            };
+            if self.run_refill(&tenant, &refill_id)? {
+                ran += 1;
+            }
+        }
+        if ran > 0 {
+            tracing::info!(count = ran, "granted refills");
+        }
+        Ok(ran)
+    }
+
+    /// Grants a refill's period if one is due: its lot (none when a rollover refill is
+    /// at its cap), then the refill with that period recorded as its last. Answers
+    /// whether a period was due. A lot the grant refuses (its balance is no longer the
+    /// policy's, or the balance would overflow) is skipped with a warning; the period
+    /// still counts as done, so the sweep does not retry it at every batch.
+    fn run_refill(&mut self, tenant: &str, refill_id: &str) -> Result<bool, MeterError> {
+        let Some(refill) = self.state.refill(tenant, refill_id).cloned() else {
+            return Ok(false);
+        };
+        let Some(period) = refill.due(self.now_ms()).map_err(calendar_failed)? else {
+            return Ok(false);
+        };
+        let open: i64 = self
+            .state
+            .tenant_lots(tenant)
+            .iter()
+            .filter(|(lot, info)| {
+                lot.closed.is_none() && refills::is_refill_grant(refill_id, &info.grant_id)
+            })
+            .map(|(lot, _)| lot.remaining)
+            .fold(0, i64::saturating_add);
+        if let Some(lot) = refill.lot(refill_id, period, open) {
+            let grant = GrantRequest {
+                grant_id: lot.grant_id,
+                tenant: tenant.to_owned(),
+                balance: refill.terms.balance.clone(),
+                amount: lot.amount,
+                terms: GrantTerms {
+                    expires_at_ms: lot.expires_at_ms,
+                    priority: refill.terms.priority,
+                    category: Some(refill.terms.category.clone()),
+                    metadata: [("refill".to_owned(), refill_id.to_owned())].into(),
+                },
+            };
+            match self.grant(&grant) {
+                Ok(_) => {}
+                Err(
+                    error @ (MeterError::UnknownBalance { .. }
+                    | MeterError::InvalidAmount(_)
+                    | MeterError::InvalidRequest(_)
+                    | MeterError::GrantConflict(_)),
+                ) => {
+                    tracing::warn!(tenant, refill = refill_id, %error, "a refill's lot was refused; its period is skipped");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.builder.record(
+            self.state,
+            Decision::Refill(RefillSet {
+                tenant: tenant.to_owned(),
+                refill_id: refill_id.to_owned(),
+                refill: Some(refill.terms),
+                last_start_ms: Some(period.start_ms),
+            }),
+        )?;
+        Ok(true)
     }
 
     /// Sets or removes an account's spend cap. A new cap, or one counting in other

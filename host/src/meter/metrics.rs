@@ -96,6 +96,7 @@ impl DurableMetrics {
             Decision::Overdraft(_) => ("overdraft", None),
             Decision::Cap(_) => ("spend_cap", None),
             Decision::Spend(_) => ("spend", None),
+            Decision::Refill(_) => ("refill", None),
         };
         counter!("creditgate_decisions_total", "kind" => kind).increment(1);
         if let Some(posting) = posting {

@@ -53,8 +53,8 @@ use crate::error::MeterError;
 use crate::ledger::state::{Coverage, FilterBytes, LiveState};
 use crate::model::{
     ActivePolicy, Authorization, AuthorizeRequest, BatchStats, GrantRequest, JournalEntry,
-    PolicyActivation, PolicyRef, Quote, Receipt, SettleRequest, ShadowReport, SpendCapTerms,
-    TenantBalances, TransactionView,
+    PolicyActivation, PolicyRef, Quote, Receipt, RefillRequest, RefillView, SettleRequest,
+    ShadowReport, SpendCapTerms, TenantBalances, TransactionView,
 };
 use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
@@ -613,6 +613,59 @@ impl Meter {
             .await
         })
         .await
+    }
+
+    /// Sets a tenant's refill (none: removes it): a lot of `amount` granted at the start
+    /// of every period, the first at once when its anchor has passed. Answers the
+    /// tenant's refills.
+    pub fn set_refill(
+        &self,
+        tenant: &str,
+        refill_id: &str,
+        refill: Option<&RefillRequest>,
+    ) -> Result<Vec<RefillView>, MeterError> {
+        metrics::call("refill", || {
+            let terms = validate::refill(tenant, refill_id, refill)?;
+            self.call(|reply| Command::Refill {
+                tenant: tenant.to_owned(),
+                refill_id: refill_id.to_owned(),
+                refill: terms,
+                anchor_ms: refill.and_then(|refill| refill.anchor_ms),
+                reply,
+            })
+        })
+    }
+
+    pub async fn set_refill_async(
+        &self,
+        tenant: &str,
+        refill_id: &str,
+        refill: Option<&RefillRequest>,
+    ) -> Result<Vec<RefillView>, MeterError> {
+        metrics::call_async("refill", async {
+            let terms = validate::refill(tenant, refill_id, refill)?;
+            self.call_async(|reply| Command::Refill {
+                tenant: tenant.to_owned(),
+                refill_id: refill_id.to_owned(),
+                refill: terms,
+                anchor_ms: refill.and_then(|refill| refill.anchor_ms),
+                reply,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// A tenant's refills.
+    pub fn refills(&self, tenant: &str) -> Result<Vec<RefillView>, MeterError> {
+        validate::identifier("tenant", tenant)?;
+        self.call(|reply| Command::Refills(tenant.to_owned(), reply))
+    }
+
+    pub async fn refills_async(&self, tenant: &str) -> Result<Vec<RefillView>, MeterError> {
+        validate::identifier("tenant", tenant)?;
+        self.call_async(|reply| Command::Refills(tenant.to_owned(), reply))
+            .await
     }
 
     /// A tenant's credits with the lots they come from.

@@ -295,6 +295,8 @@ impl Sequencer {
                 // leave, before any policy looks.
                 let released = decider.expire_due(self.config.expiry_batch_max)?;
                 decider.expire_due_lots(self.config.expiry_batch_max)?;
+                // A reset refill's lot expired above as the next period's is granted.
+                decider.grant_due_refills(self.config.expiry_batch_max)?;
                 Ok(released)
             };
             match prepare() {
@@ -412,11 +414,14 @@ impl Sequencer {
                 let limits = (!limits.is_empty()).then(|| state::encode_limits(&limits));
                 let caps = self.state.cap_slice(cursor.next_tenant, end);
                 let caps = (!caps.is_empty()).then(|| state::encode_caps(&caps));
+                let refills = self.state.refill_slice(cursor.next_tenant, end);
+                let refills = (!refills.is_empty()).then(|| state::encode_refills(&refills));
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
                     .and_then(|()| {
-                        for part in lots.into_iter().chain(limits).chain(caps) {
+                        let beside = lots.into_iter().chain(limits).chain(caps).chain(refills);
+                        for part in beside {
                             self.store.snapshot_part(SnapshotPart::Beside(part))?;
                         }
                         Ok(())
@@ -531,10 +536,22 @@ fn execute(
             cap,
             reply,
         } => answer!(reply, decider.set_spend_cap(&tenant, &balance, cap)),
+        Command::Refill {
+            tenant,
+            refill_id,
+            refill,
+            anchor_ms,
+            reply,
+        } => answer!(
+            reply,
+            decider.set_refill(&tenant, &refill_id, refill, anchor_ms)
+        ),
+        Command::Refills(tenant, reply) => answer!(reply, decider.list_refills(&tenant)),
         Command::ExpireDue(reply) => {
             let result = decider
                 .expire_due(usize::MAX)
                 .and_then(|count| decider.expire_due_lots(usize::MAX).map(|_| count))
+                .and_then(|count| decider.grant_due_refills(usize::MAX).map(|_| count))
                 .map(|count| {
                     *released += count;
                     *released
@@ -625,6 +642,10 @@ fn claims(batch: &[Command]) -> BatchClaims {
             | Command::Overdraft { tenant, .. }
             | Command::SpendCap { tenant, .. } => {
                 claims.tenants.insert(tenant.clone());
+            }
+            Command::Refill { tenant, .. } | Command::Refills(tenant, _) => {
+                claims.tenants.insert(tenant.clone());
+                claims.refills = true;
             }
             Command::Void {
                 tenant, grant_id, ..

@@ -3,9 +3,11 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::error::MeterError;
+use crate::ledger::calendar::Cadence;
 use crate::ledger::calendar::Window;
 use crate::ledger::caps::{CapTerms, SpendCap};
-use crate::model::{AuthorizeRequest, GrantRequest, SettleRequest, SpendCapTerms};
+use crate::ledger::refills::{Refill, RefillMode, RefillTerms};
+use crate::model::{AuthorizeRequest, GrantRequest, RefillRequest, SettleRequest, SpendCapTerms};
 
 pub const ID_BYTES_MAX: usize = 128;
 pub const ITEMS_MAX: usize = 10_000;
@@ -15,8 +17,8 @@ pub const ATTRIBUTE_NAME_BYTES_MAX: usize = 128;
 pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 1024;
 pub const BODY_BYTES_MAX: usize = 1 << 20;
 
-fn invalid(message: String) -> MeterError {
-    MeterError::InvalidRequest(message)
+fn invalid(message: impl Into<String>) -> MeterError {
+    MeterError::InvalidRequest(message.into())
 }
 
 /// Transaction, grant and tenant ids: 1 to 128 characters of `[A-Za-z0-9._:@-]`.
@@ -162,6 +164,102 @@ pub fn overdraft(tenant: &str, balance: &str, limit: i64) -> Result<(), MeterErr
         )));
     }
     Ok(())
+}
+
+/// The longest refill id, in bytes: its grant ids add a prefix and a start instant.
+pub const REFILL_ID_BYTES_MAX: usize = 100;
+/// The most periods a refill's `every` may span.
+pub const REFILL_EVERY_MAX: u32 = 1_000;
+/// The largest refill, in credits per period.
+pub const REFILL_CREDITS_MAX: i64 = 1_000_000_000_000_000;
+
+/// An operator's refill (none: remove it), as the ledger keeps it. Its anchor is the
+/// request's, or 0 when it names none (the decider sets it).
+pub fn refill(
+    tenant: &str,
+    refill_id: &str,
+    request: Option<&RefillRequest>,
+) -> Result<Option<RefillTerms>, MeterError> {
+    identifier("tenant", tenant)?;
+    identifier("refill_id", refill_id)?;
+    if refill_id.len() > REFILL_ID_BYTES_MAX {
+        return Err(invalid(format!(
+            "refill_id is {} bytes; at most {REFILL_ID_BYTES_MAX}",
+            refill_id.len()
+        )));
+    }
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    identifier("balance", &request.balance)?;
+    let credits = |what: &str, amount: i64| {
+        if (1..=REFILL_CREDITS_MAX).contains(&amount) {
+            Ok(amount)
+        } else {
+            Err(MeterError::InvalidAmount(format!(
+                "a refill's {what} is a whole number of credits from 1 to \
+                 {REFILL_CREDITS_MAX}, not {amount}"
+            )))
+        }
+    };
+    let amount = credits("amount", request.amount)?;
+    let mode = match (request.mode.as_str(), request.rollover_cap) {
+        ("reset", None) => RefillMode::Reset,
+        ("rollover", Some(cap)) => RefillMode::Rollover {
+            cap: credits("rollover cap", cap)?,
+        },
+        ("reset", Some(_)) => return Err(invalid("a reset refill takes no rollover_cap")),
+        ("rollover", None) => return Err(invalid("a rollover refill needs a rollover_cap")),
+        (other, _) => {
+            return Err(invalid(format!(
+                "a refill's mode is reset or rollover, not '{other}'"
+            )));
+        }
+    };
+    let category = request
+        .category
+        .clone()
+        .unwrap_or_else(|| "refill".to_owned());
+    if category.is_empty() || category.len() > GRANT_CATEGORY_BYTES_MAX {
+        return Err(invalid(format!(
+            "a refill's category is 1 to {GRANT_CATEGORY_BYTES_MAX} bytes"
+        )));
+    }
+    let terms = RefillTerms {
+        balance: request.balance.clone(),
+        amount,
+        every: cadence(&request.every)?,
+        time_zone: request.time_zone.clone(),
+        anchor_ms: request.anchor_ms.unwrap_or(0),
+        mode,
+        priority: request.priority,
+        category,
+    };
+    Refill::new(terms.clone(), None).map_err(|why| invalid(why.to_string()))?;
+    Ok(Some(terms))
+}
+
+/// `hour`, `day`, `month`, or `N hours|days|months`.
+fn cadence(every: &str) -> Result<Cadence, MeterError> {
+    let refused = || {
+        invalid(format!(
+            "a refill's every is hour, day, month, or N hours, days or months (N from 1 to \
+             {REFILL_EVERY_MAX}), not '{every}'"
+        ))
+    };
+    let (count, unit) = match every.trim().split_once(' ') {
+        Some((count, unit)) => (count.parse::<u32>().map_err(|_| refused())?, unit),
+        None => (1, every.trim()),
+    };
+    if !(1..=REFILL_EVERY_MAX).contains(&count) {
+        return Err(refused());
+    }
+    match unit.trim_end_matches('s') {
+        "hour" => Ok(Cadence::Hours(count)),
+        "day" => Ok(Cadence::Days(count)),
+        "month" => Ok(Cadence::Months(count)),
+        _ => Err(refused()),
+    }
 }
 
 /// The largest spend cap, in credits per window.

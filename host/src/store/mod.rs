@@ -105,6 +105,8 @@ pub struct BatchClaims {
     pub activation: bool,
     /// The batch sweeps lapsed holds of tenants no other process holds.
     pub sweep: bool,
+    /// The batch reads or writes its tenants' refills (the sweep does too).
+    pub refills: bool,
 }
 
 /// A policy the store remembers, so settles can run on the version that authorized: its

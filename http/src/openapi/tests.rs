@@ -154,6 +154,8 @@ async fn every_documented_route_answers_a_documented_status_and_only_admin_route
             "PUT /v1/tenants/{tenant}/balances/{balance}/overdraft",
             "PUT /v1/tenants/{tenant}/balances/{balance}/spend-cap",
             "DELETE /v1/tenants/{tenant}/balances/{balance}/spend-cap",
+            "PUT /v1/tenants/{tenant}/refills/{refill_id}",
+            "DELETE /v1/tenants/{tenant}/refills/{refill_id}",
             "GET /v1/audit",
             "PUT /v1/policy",
             "POST /v1/policy/rollback",

@@ -23,8 +23,8 @@
 //! Version 4 added a decision at the end of the enum (an account's overdraft limit):
 //! version-3 bytes mean the same in it, and both read with one decoder.
 //!
-//! Version 5 added two decisions at the end of the enum (an account's spend cap, and
-//! the spend windows a decision moved): versions 3 and 4 read with the same decoder.
+//! Version 5 added decisions at the end of the enum (an account's spend cap, the spend
+//! windows a decision moved, a refill): versions 3 and 4 read with the same decoder.
 
 mod v2;
 

@@ -88,6 +88,19 @@ const MIGRATIONS: &[Migration] = &[
                  (spend_cap IS NULL) = (spend_window IS NULL) \
                  AND (spend_cap IS NULL) = (spend_time_zone IS NULL))",
     ),
+    // Refills (record format 5): read by the sweep and the operator's calls only, never
+    // on the request path. `next_start_ms` is when the sweep grants the next period.
+    Migration::Sql(
+        "CREATE TABLE refills ( \
+             tenant        TEXT NOT NULL, \
+             refill_id     TEXT NOT NULL, \
+             terms_json    TEXT NOT NULL, \
+             last_start_ms BIGINT, \
+             next_start_ms BIGINT NOT NULL, \
+             PRIMARY KEY (tenant, refill_id) \
+         ); \
+         CREATE INDEX refills_by_next_start ON refills (next_start_ms)",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.

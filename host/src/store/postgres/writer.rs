@@ -41,7 +41,10 @@ const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM tran
      WHERE state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
      ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM lots \
      WHERE closed IS NULL AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
-     ORDER BY expires_at_ms LIMIT $2)) AS due";
+     ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM refills \
+     WHERE next_start_ms <= $1 ORDER BY next_start_ms LIMIT $2)) AS due";
+const REFILLS_OF: &str =
+    "SELECT tenant, refill_id, terms_json, last_start_ms FROM refills WHERE tenant = ANY($1)";
 const GRANTS_BY_ID: &str = "SELECT grant_id, tenant, balance, amount, lot, terms_json \
      FROM grants WHERE grant_id = ANY($1)";
 /// Every lot of the tenants, closed ones included: a hold still open may give credits
@@ -92,6 +95,13 @@ const UPSERT_CAPS: &str = "INSERT INTO accounts (tenant, balance, available, hel
      spend_window_start_ms = excluded.spend_window_start_ms, \
      spend_window_end_ms = excluded.spend_window_end_ms, \
      spend_since_ms = excluded.spend_since_ms, spent = excluded.spent";
+const UPSERT_REFILLS: &str = "INSERT INTO refills (tenant, refill_id, terms_json, \
+     last_start_ms, next_start_ms) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+     $4::int8[], $5::int8[]) ON CONFLICT (tenant, refill_id) DO UPDATE SET \
+     terms_json = excluded.terms_json, last_start_ms = excluded.last_start_ms, \
+     next_start_ms = excluded.next_start_ms";
+const DELETE_REFILLS: &str = "DELETE FROM refills AS r USING unnest($1::text[], $2::text[]) \
+     AS d (tenant, refill_id) WHERE r.tenant = d.tenant AND r.refill_id = d.refill_id";
 const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_id) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
 const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms, \
@@ -228,10 +238,28 @@ impl PostgresStore {
         result
     }
 
-    /// Reads the accounts and lapsed holds of tenants this batch holds the lock of.
-    fn load_locked(&self, tenants: &[String], state: &mut LiveState) -> StoreResult<()> {
+    /// Reads the accounts and lapsed holds of tenants this batch holds the lock of, and
+    /// their refills when the batch needs them.
+    fn load_locked(
+        &self,
+        tenants: &[String],
+        state: &mut LiveState,
+        with_refills: bool,
+    ) -> StoreResult<()> {
         if tenants.is_empty() {
             return Ok(());
+        }
+        if with_refills {
+            let rows = self.with(|connection| Ok(connection.query(REFILLS_OF, &[&tenants])?))?;
+            for row in rows {
+                let tenant: String = row.try_get(0)?;
+                let refill_id: String = row.try_get(1)?;
+                let terms_json: String = row.try_get(2)?;
+                let terms = serde_json::from_str(&terms_json).map_err(|why| {
+                    MeterError::StoreCorrupt(format!("refill {refill_id} of {tenant}: {why}"))
+                })?;
+                state.set_refill(&tenant, &refill_id, Some((terms, row.try_get(3)?)))?;
+            }
         }
         let now_ms = to_i64(*self.now_ms.borrow());
         let (accounts, due, lots) = self.with(|connection| {
@@ -287,6 +315,8 @@ impl PostgresStore {
         let mut limits: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         // Accounts whose cap or window moved: written as the batch left them.
         let mut caps: BTreeSet<(&str, &str)> = BTreeSet::new();
+        // Refills set, removed or granted: written as the batch left them.
+        let mut refills: BTreeSet<(&str, &str)> = BTreeSet::new();
         for decision in &batch.decisions {
             let (transaction_id, tenant, policy) = match decision {
                 Decision::Authorize(authorized_here) => {
@@ -335,6 +365,10 @@ impl PostgresStore {
                 }
                 Decision::Cap(set) => {
                     caps.insert((&set.tenant, &set.balance));
+                    continue;
+                }
+                Decision::Refill(set) => {
+                    refills.insert((&set.tenant, &set.refill_id));
                     continue;
                 }
                 Decision::Spend(spent) => {
@@ -505,6 +539,43 @@ impl PostgresStore {
                     ],
                 )?;
             }
+            if !refills.is_empty() {
+                let (kept, removed): (Vec<_>, Vec<_>) = refills
+                    .iter()
+                    .map(|(tenant, id)| (*tenant, *id, state.refill(tenant, id)))
+                    .partition(|(_, _, refill)| refill.is_some());
+                let rows = kept
+                    .iter()
+                    .filter_map(|(tenant, id, refill)| {
+                        let refill = (*refill)?;
+                        let json = serde_json::to_string(&refill.terms).ok()?;
+                        Some((*tenant, *id, json, refill.last_start_ms, refill.next_start_ms()))
+                    })
+                    .map(|(tenant, id, json, last, next)| {
+                        let next = next.map_err(|why| {
+                            MeterError::StoreCorrupt(format!("refill {id} of {tenant}: {why}"))
+                        })?;
+                        Ok((tenant, id, json, last, next))
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                connection.execute(
+                    UPSERT_REFILLS,
+                    &[
+                        &rows.iter().map(|row| row.0).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.1).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.2.as_str()).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.3).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.4).collect::<Vec<_>>(),
+                    ],
+                )?;
+                connection.execute(
+                    DELETE_REFILLS,
+                    &[
+                        &removed.iter().map(|row| row.0).collect::<Vec<_>>(),
+                        &removed.iter().map(|row| row.1).collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
             if !marks.is_empty() {
                 connection.execute(
                     INSERT_MARKS,
@@ -668,7 +739,7 @@ impl ColdStore for PostgresStore {
             connection.execute(LOCK_IN_ORDER, &[&keys])?;
             Ok(())
         })?;
-        self.load_locked(&[tenant.to_owned()], state)
+        self.load_locked(&[tenant.to_owned()], state, true)
     }
 }
 
@@ -792,7 +863,9 @@ impl Store for PostgresStore {
             self.connect()?;
         }
         self.with(|connection| Ok(connection.client.batch_execute("BEGIN")?))?;
-        if !claims.grant_ids.is_empty() {
+        // A batch that may grant draws its lot numbers: grants by id, and refills (the
+        // operator's calls and the sweep grant their periods).
+        if !claims.grant_ids.is_empty() || claims.refills || claims.sweep {
             let block: i64 = self.with(|connection| {
                 let rows = connection.query(NEXT_LOT_BLOCK, &[])?;
                 let row = rows.first().ok_or_else(|| {
@@ -862,7 +935,7 @@ impl Store for PostgresStore {
             }
         }
         let tenants: Vec<String> = tenants.into_iter().collect();
-        self.load_locked(&tenants, state)?;
+        self.load_locked(&tenants, state, claims.sweep || claims.refills)?;
         if claims.sweep {
             self.load_sweep(state, now_ms)?;
         }
@@ -927,7 +1000,7 @@ impl PostgresStore {
             .filter(|tenant| acquired.contains(&tenant_lock(&space, tenant)))
             .cloned()
             .collect();
-        self.load_locked(&locked, state)
+        self.load_locked(&locked, state, true)
     }
 }
 

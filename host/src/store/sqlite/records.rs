@@ -273,7 +273,8 @@ pub fn decision_entries(
         | Decision::Activate(_)
         | Decision::Overdraft(_)
         | Decision::Cap(_)
-        | Decision::Spend(_) => {
+        | Decision::Spend(_)
+        | Decision::Refill(_) => {
             return Ok(Vec::new());
         }
     };

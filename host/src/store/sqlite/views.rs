@@ -680,9 +680,12 @@ impl WindowRows {
                     );
                 }
                 Decision::CloseLot(closed) => journal(&closed.tenant),
-                // Limits, caps and windows live in the live state (and its snapshots);
-                // nothing to view.
-                Decision::Overdraft(_) | Decision::Cap(_) | Decision::Spend(_) => {}
+                // Limits, caps, windows and refills live in the live state (and its
+                // snapshots); nothing to view.
+                Decision::Overdraft(_)
+                | Decision::Cap(_)
+                | Decision::Spend(_)
+                | Decision::Refill(_) => {}
                 Decision::Policy(saved) => self.policies.push(PolicyRow {
                     digest: policy(saved.policy)?,
                     name: saved.name.clone(),
