@@ -212,8 +212,8 @@ pub struct RefillRequest {
     /// An IANA time zone whose calendar the periods follow; `UTC` when absent.
     #[serde(default = "utc")]
     pub time_zone: String,
-    /// When the first period starts, in ms since the Unix epoch: now when absent (or,
-    /// for a refill that exists, its anchor unchanged).
+    /// When the first period starts, in ms since the Unix epoch, up to the year 9999:
+    /// now when absent (or, for a refill that exists, its anchor unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor_ms: Option<i64>,
     /// `reset`: a period's unspent credits expire when the next starts; `rollover`:

@@ -1157,8 +1157,15 @@ impl Decider<'_> {
         let Some(refill) = self.state.refill(tenant, refill_id).cloned() else {
             return Ok(false);
         };
-        let Some(period) = refill.due(self.now_ms()).map_err(calendar_failed)? else {
-            return Ok(false);
+        let period = match refill.due(self.now_ms()) {
+            Ok(Some(period)) => period,
+            Ok(None) => return Ok(false),
+            // A schedule the calendar cannot place now (its periods run past the year
+            // 9999) grants nothing; the request path goes on.
+            Err(error) => {
+                tracing::warn!(tenant, refill = refill_id, %error, "a refill's period cannot be computed; nothing granted");
+                return Ok(false);
+            }
         };
         let open: i64 = self
             .state

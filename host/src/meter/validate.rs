@@ -170,6 +170,8 @@ pub fn overdraft(tenant: &str, balance: &str, limit: i64) -> Result<(), MeterErr
 pub const REFILL_ID_BYTES_MAX: usize = 100;
 /// The most periods a refill's `every` may span.
 pub const REFILL_EVERY_MAX: u32 = 1_000;
+/// The latest refill anchor: the last millisecond of the year 9999, the calendar's end.
+pub const REFILL_ANCHOR_MS_MAX: i64 = 253_402_300_799_999;
 /// The largest refill, in credits per period.
 pub const REFILL_CREDITS_MAX: i64 = 1_000_000_000_000_000;
 
@@ -203,6 +205,14 @@ pub fn refill(
         }
     };
     let amount = credits("amount", request.amount)?;
+    if let Some(anchor_ms) = request.anchor_ms
+        && !(0..=REFILL_ANCHOR_MS_MAX).contains(&anchor_ms)
+    {
+        return Err(invalid(format!(
+            "a refill's anchor_ms runs from 0 to {REFILL_ANCHOR_MS_MAX} (the year 9999), not \
+             {anchor_ms}"
+        )));
+    }
     let mode = match (request.mode.as_str(), request.rollover_cap) {
         ("reset", None) => RefillMode::Reset,
         ("rollover", Some(cap)) => RefillMode::Rollover {
