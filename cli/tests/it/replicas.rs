@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use creditgate::clock::ManualClock;
-use creditgate::model::{AuthorizeRequest, GrantRequest, SettleRequest};
+use creditgate::model::{AuthorizeRequest, GrantRequest, RefillRequest, SettleRequest};
 use creditgate::store::StoreLocation;
 use creditgate::store::scratch::ScratchLedger;
 use creditgate::{Meter, MeterConfig, PolicySource};
@@ -517,5 +517,78 @@ fn a_hold_taken_on_one_replica_lapses_and_the_other_replica_releases_it() {
         .map(|entry| entry.kind)
         .collect();
     assert_eq!(kinds, ["hold", "expire"]);
+    assert_ledger_sound(scratch.location());
+}
+
+/// L5 across replicas: three meters on one PostgreSQL ledger sweep at the same instant
+/// once a refill's period starts; one of them grants the period's lot and expires the
+/// last period's, the others find it done. Sweeping again, on any of them, grants
+/// nothing more.
+#[test]
+fn three_replicas_sweeping_at_once_grant_a_refill_period_once_and_expire_its_last_lot_once() {
+    let scratch = postgres_store().create().expect("scratch schema");
+    let clock = ManualClock::starting_at(START_MS);
+    let open = || {
+        let mut config = MeterConfig::new(scratch.location().clone());
+        config.clock = Arc::new(clock.clone());
+        config.sweep_interval_ms = 0;
+        Meter::open(config, PolicySource::Component(component("smarte"))).expect("replica")
+    };
+    let replicas = [open(), open(), open()];
+    let refill = RefillRequest {
+        balance: "default".to_owned(),
+        amount: 50,
+        every: "day".to_owned(),
+        time_zone: "Europe/Paris".to_owned(),
+        anchor_ms: Some(START_MS as i64),
+        mode: "reset".to_owned(),
+        rollover_cap: None,
+        priority: 0,
+        category: None,
+    };
+    replicas[0]
+        .set_refill("acme", "daily", Some(&refill))
+        .unwrap();
+    assert!(
+        replicas[1]
+            .authorize(enrich("t1", &["a"]))
+            .unwrap()
+            .admitted
+    );
+    for day in 1..=3u64 {
+        clock.advance_ms(86_400_000);
+        let barrier = Barrier::new(replicas.len());
+        std::thread::scope(|scope| {
+            for replica in &replicas {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    replica.expire_due().unwrap();
+                });
+            }
+        });
+        for replica in &replicas {
+            replica.expire_due().unwrap();
+        }
+        let lots = replicas[2].lots("acme").unwrap().lots.unwrap();
+        let open_lots: Vec<_> = lots.iter().filter(|lot| lot.state == "open").collect();
+        assert_eq!(
+            lots.len() as u64,
+            day + 1,
+            "day {day}: one lot a period: {lots:?}"
+        );
+        assert_eq!(open_lots.len(), 1, "day {day}: {lots:?}");
+        assert_eq!(open_lots[0].remaining, 50);
+        let views = replicas[usize::try_from(day).unwrap() % 3]
+            .refills("acme")
+            .unwrap();
+        assert_eq!(
+            views[0].last_start_ms,
+            Some(START_MS as i64 + i64::try_from(day).unwrap() * 86_400_000)
+        );
+    }
+    let journal = replicas[0].journal("acme", 1_000).unwrap();
+    let count = |kind: &str| journal.iter().filter(|entry| entry.kind == kind).count();
+    assert_eq!((count("grant"), count("lot_expire")), (4, 3), "{journal:?}");
     assert_ledger_sound(scratch.location());
 }
