@@ -457,6 +457,18 @@ impl Decider<'_> {
         self.registry.load(&bytes)
     }
 
+    /// The active policy's description, if it names `balance`.
+    fn policy_with_balance(&mut self, balance: &str) -> Result<PolicyInfo, MeterError> {
+        let info = self.policy(&self.registry.active())?;
+        if !info.has_balance(balance) {
+            return Err(MeterError::UnknownBalance {
+                balance: balance.to_owned(),
+                known: info.balances.join(", "),
+            });
+        }
+        Ok(info)
+    }
+
     /// Name, version and digest of a policy by digest, wherever it is known.
     fn policy_ref_of(&mut self, digest: &PolicyDigest) -> Result<PolicyRef, MeterError> {
         if let Some(info) = self.registry.info(digest) {
@@ -1032,14 +1044,7 @@ impl Decider<'_> {
         balance: &str,
         limit: i64,
     ) -> Result<TenantBalances, MeterError> {
-        let active = self.registry.active();
-        let info = self.policy(&active)?;
-        if !info.has_balance(balance) {
-            return Err(MeterError::UnknownBalance {
-                balance: balance.to_owned(),
-                known: info.balances.join(", "),
-            });
-        }
+        let info = self.policy_with_balance(balance)?;
         let accounts = self.accounts(tenant, &info.balances)?;
         let limits = self.state.overdraft_limits(tenant);
         if overdraft_limit(&limits, balance) != limit {
@@ -1223,14 +1228,7 @@ impl Decider<'_> {
         balance: &str,
         terms: Option<CapTerms>,
     ) -> Result<TenantBalances, MeterError> {
-        let active = self.registry.active();
-        let info = self.policy(&active)?;
-        if !info.has_balance(balance) {
-            return Err(MeterError::UnknownBalance {
-                balance: balance.to_owned(),
-                known: info.balances.join(", "),
-            });
-        }
+        let info = self.policy_with_balance(balance)?;
         let accounts = self.accounts(tenant, &info.balances)?;
         let now_ms = self.now_ms();
         let current = self.state.rules(tenant).caps.remove(balance);
