@@ -48,6 +48,10 @@ enum Command {
     SpendCap(operator::SpendCapArgs),
     /// Set a tenant's recurring grant (every hour, day or month), or remove it.
     Refill(operator::RefillArgs),
+    /// Watch a tenant's balance for events (low balance, expiring lots, ...), or stop.
+    Thresholds(operator::ThresholdsArgs),
+    /// Print the event feed as JSON lines (`--follow` to keep reading).
+    Events(operator::EventsArgs),
     /// Show a tenant's balances.
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
@@ -96,6 +100,8 @@ fn main() -> ExitCode {
         Command::Overdraft(args) => operator::overdraft(args),
         Command::SpendCap(args) => operator::spend_cap(args),
         Command::Refill(args) => operator::refill(args),
+        Command::Thresholds(args) => operator::thresholds(args),
+        Command::Events(args) => operator::events(args),
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),
         Command::Bench(args) => bench::run(args),

@@ -1,16 +1,21 @@
-//! Operator commands on a ledger: grant, balance, ledger. A SQLite ledger has one
+//! Operator commands on a ledger: grant, limits, caps, refills, thresholds, the event
+//! feed, balance, ledger. A SQLite ledger has one
 //! owner: beside a running sidecar they go through its API (the ledger's lock file says
 //! where it listens); otherwise they open the ledger themselves. On PostgreSQL they open
 //! it as one more replica. Either way they never record anything about policies: the
 //! ledger's active policy names the balances.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Args;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use creditgate::model::{
-    GrantRequest, GrantTerms, JournalEntry, RefillRequest, RefillView, SpendCapTerms,
-    TenantBalances,
+    EventPage, GrantRequest, GrantTerms, JournalEntry, LevelTerms, RefillRequest, RefillView,
+    SpendCapTerms, TenantBalances, ThresholdTerms,
 };
 use creditgate::store::StoreLocation;
 use creditgate::store::sqlite::lock;
@@ -122,23 +127,47 @@ impl Ledger {
         }
     }
 
+    /// An operator's setting through the sidecar: `PUT` with its terms, or `DELETE`
+    /// without.
+    fn setting<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        terms: Option<impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let answer = match terms {
+            Some(terms) => self.call("PUT", path, Some(serde_json::to_value(terms)?))?,
+            None => self.call("DELETE", path, None)?,
+        };
+        Ok(serde_json::from_value(answer)?)
+    }
+
     fn set_spend_cap(
         &self,
         tenant: &str,
         balance: &str,
         cap: Option<&SpendCapTerms>,
     ) -> anyhow::Result<TenantBalances> {
-        let path = format!("/v1/tenants/{tenant}/balances/{balance}/spend-cap");
-        match (self, cap) {
-            (Ledger::Here(meter), cap) => Ok(meter.set_spend_cap(tenant, balance, cap)?),
-            (Ledger::Sidecar { .. }, Some(cap)) => Ok(serde_json::from_value(self.call(
-                "PUT",
-                &path,
-                Some(serde_json::to_value(cap)?),
-            )?)?),
-            (Ledger::Sidecar { .. }, None) => {
-                Ok(serde_json::from_value(self.call("DELETE", &path, None)?)?)
-            }
+        match self {
+            Ledger::Here(meter) => Ok(meter.set_spend_cap(tenant, balance, cap)?),
+            Ledger::Sidecar { .. } => self.setting(
+                &format!("/v1/tenants/{tenant}/balances/{balance}/spend-cap"),
+                cap,
+            ),
+        }
+    }
+
+    fn set_thresholds(
+        &self,
+        tenant: &str,
+        balance: &str,
+        thresholds: Option<&ThresholdTerms>,
+    ) -> anyhow::Result<TenantBalances> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.set_thresholds(tenant, balance, thresholds)?),
+            Ledger::Sidecar { .. } => self.setting(
+                &format!("/v1/tenants/{tenant}/balances/{balance}/thresholds"),
+                thresholds,
+            ),
         }
     }
 
@@ -148,16 +177,34 @@ impl Ledger {
         refill_id: &str,
         refill: Option<&RefillRequest>,
     ) -> anyhow::Result<Vec<RefillView>> {
-        let path = format!("/v1/tenants/{tenant}/refills/{refill_id}");
-        match (self, refill) {
-            (Ledger::Here(meter), refill) => Ok(meter.set_refill(tenant, refill_id, refill)?),
-            (Ledger::Sidecar { .. }, Some(refill)) => Ok(serde_json::from_value(self.call(
-                "PUT",
-                &path,
-                Some(serde_json::to_value(refill)?),
-            )?)?),
-            (Ledger::Sidecar { .. }, None) => {
-                Ok(serde_json::from_value(self.call("DELETE", &path, None)?)?)
+        match self {
+            Ledger::Here(meter) => Ok(meter.set_refill(tenant, refill_id, refill)?),
+            Ledger::Sidecar { .. } => {
+                self.setting(&format!("/v1/tenants/{tenant}/refills/{refill_id}"), refill)
+            }
+        }
+    }
+
+    /// A page of the event feed, waiting up to `wait` for the first event.
+    fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+        wait: Duration,
+    ) -> anyhow::Result<EventPage> {
+        match self {
+            Ledger::Here(meter) => Ok(meter.events(after, limit, tenant, wait)?),
+            Ledger::Sidecar { .. } => {
+                let tenant = tenant.map_or_else(String::new, |tenant| format!("&tenant={tenant}"));
+                Ok(serde_json::from_value(self.call(
+                    "GET",
+                    &format!(
+                        "/v1/events?after={after}&limit={limit}&wait_ms={}{tenant}",
+                        wait.as_millis()
+                    ),
+                    None,
+                )?)?)
             }
         }
     }
@@ -320,6 +367,93 @@ pub fn spend_cap(args: SpendCapArgs) -> anyhow::Result<()> {
     }
     print_balances(&balances);
     Ok(())
+}
+
+#[derive(Args)]
+pub struct ThresholdsArgs {
+    #[command(flatten)]
+    ledger: LedgerFile,
+    tenant: String,
+    balance: String,
+    /// A level in credits: `balance_low` when available credits fall below it
+    /// (repeatable).
+    #[arg(long = "credits", value_name = "CREDITS")]
+    credits: Vec<i64>,
+    /// A level in percent (1 to 100) of the balance's latest grant (repeatable).
+    #[arg(long = "percent", value_name = "PERCENT")]
+    percent: Vec<u8>,
+    /// Raise `lot_expiring` this many ms before a lot with credits left expires.
+    #[arg(long, value_name = "MS")]
+    lot_expiring_lead_ms: Option<i64>,
+    /// Stop watching the balance instead.
+    #[arg(long, conflicts_with_all = ["credits", "percent", "lot_expiring_lead_ms"])]
+    remove: bool,
+}
+
+pub fn thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
+    let ledger = args.ledger.open()?;
+    let terms = (!args.remove).then(|| ThresholdTerms {
+        levels: args
+            .credits
+            .iter()
+            .map(|credits| LevelTerms::Credits(*credits))
+            .chain(
+                args.percent
+                    .iter()
+                    .map(|percent| LevelTerms::Percent(*percent)),
+            )
+            .collect(),
+        lot_expiring_lead_ms: args.lot_expiring_lead_ms,
+    });
+    let balances = ledger.set_thresholds(&args.tenant, &args.balance, terms.as_ref())?;
+    match &terms {
+        Some(_) => println!("{}/{} is watched", args.tenant, args.balance),
+        None => println!("{}/{} is no longer watched", args.tenant, args.balance),
+    }
+    print_balances(&balances);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    ledger: LedgerFile,
+    /// Start after this event id (0: from the first).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// Only this tenant's events.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Events per page, 1 to 1,000.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Keep reading: wait for the next events (long-poll) until interrupted.
+    #[arg(long)]
+    follow: bool,
+}
+
+/// How long `--follow` waits per read.
+const FOLLOW_WAIT: Duration = Duration::from_secs(25);
+
+/// Prints the event feed as JSON lines, one event per line.
+pub fn events(args: EventsArgs) -> anyhow::Result<()> {
+    let ledger = args.ledger.open()?;
+    let mut after = args.after;
+    loop {
+        let wait = if args.follow {
+            FOLLOW_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let page = ledger.events(after, args.limit, args.tenant.as_deref(), wait)?;
+        for event in &page.events {
+            println!("{}", serde_json::to_string(event)?);
+        }
+        after = page.next_after;
+        if !args.follow && page.events.len() < args.limit {
+            return Ok(());
+        }
+    }
 }
 
 #[derive(Args)]
@@ -520,8 +654,18 @@ fn print_balances(balances: &TenantBalances) {
                 )
             })
             .unwrap_or_default();
+        let watched = balances
+            .thresholds
+            .get(balance)
+            .map(|thresholds| {
+                format!(
+                    ", watched: {}",
+                    serde_json::to_string(thresholds).unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "{} {balance}: {available} available, {held} held{overdraft}{cap}",
+            "{} {balance}: {available} available, {held} held{overdraft}{cap}{watched}",
             balances.tenant
         );
     }

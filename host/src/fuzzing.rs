@@ -452,7 +452,7 @@ impl<'a> Source<'a> {
     }
 
     fn decision(&mut self) -> Decision {
-        match self.byte() % 12 {
+        match self.byte() % 14 {
             0 => Decision::Authorize(Authorized {
                 id: self.string(),
                 tenant: self.string(),
@@ -535,6 +535,33 @@ impl<'a> Source<'a> {
                 refill_id: self.string(),
                 refill: self.option(Self::refill_terms),
                 last_start_ms: self.option(Self::i64),
+            }),
+            11 => Decision::Watch(crate::ledger::record::WatchSet {
+                tenant: self.string(),
+                balance: self.string(),
+                watch: self.option(|source| crate::ledger::events::Watch {
+                    thresholds: crate::ledger::events::Thresholds {
+                        levels: source.list(3, |source| {
+                            if source.byte() % 2 == 0 {
+                                crate::ledger::events::Level::Credits(source.i64())
+                            } else {
+                                crate::ledger::events::Level::Percent(source.byte())
+                            }
+                        }),
+                        lot_expiring_lead_ms: source.option(Self::i64),
+                    },
+                    cap_reached_window_ms: source.option(Self::i64),
+                    warned_lots: source.list(3, Self::u64),
+                }),
+            }),
+            12 => Decision::Event(crate::ledger::record::EventRecord {
+                tenant: self.string(),
+                balance: self.string(),
+                kind: crate::ledger::events::EventKind::LotExpired {
+                    lot: self.u64(),
+                    grant_id: self.string(),
+                    amount: self.i64(),
+                },
             }),
             _ => Decision::Import(self.imported()),
         }

@@ -173,6 +173,9 @@ pub struct TenantBalances {
     /// balances that have one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub spend_caps: BTreeMap<String, SpendCapView>,
+    /// What an operator watches, for events: only the watched balances.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub thresholds: BTreeMap<String, ThresholdTerms>,
     /// Where the credits come from, lot by lot, in burn order per balance: only when
     /// asked for (`?lots=true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +254,106 @@ pub struct RefillView {
     pub last_start_ms: Option<i64>,
     /// When the next period starts, and its lot is granted.
     pub next_start_ms: Option<i64>,
+}
+
+/// What an operator watches on a balance. Once set (even with no level), the balance
+/// raises events: `balance_low` as `available` falls below a level, `balance_exhausted`
+/// as it reaches zero, `lot_expiring` a lead time before a lot expires, `lot_expired`,
+/// `lot_voided`, `refill_granted` and `spend_cap_reached`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdTerms {
+    /// At most 16 levels, each `{"credits": N}` or `{"percent": P}` (1 to 100, of the
+    /// balance's latest grant: a refill's lot is a grant).
+    #[serde(default)]
+    pub levels: Vec<LevelTerms>,
+    /// Raise `lot_expiring` this long before a lot with credits left expires (0 to a
+    /// year); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lot_expiring_lead_ms: Option<i64>,
+}
+
+/// A balance level: in credits, or in percent of the balance's latest grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LevelTerms {
+    /// Available credits (negative under an overdraft limit).
+    Credits(i64),
+    /// 1 to 100.
+    Percent(u8),
+}
+
+/// One event of a watched balance, in the ledger's order of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// The event's place in the ledger's order: ask for `after` the last one seen. A
+    /// receiver deduplicates deliveries by it.
+    pub id: u64,
+    /// When the batch that raised it was decided.
+    pub at_ms: u64,
+    pub tenant: String,
+    pub balance: String,
+    #[serde(flatten)]
+    pub event: EventDetails,
+}
+
+/// What happened, by kind (`kind`), with its figures (`details`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", content = "details", rename_all = "snake_case")]
+pub enum EventDetails {
+    /// `available` fell from at or above a level to below it.
+    BalanceLow {
+        level: LevelTerms,
+        level_credits: i64,
+        before: i64,
+        after: i64,
+    },
+    /// `available` fell from above zero to zero or below.
+    BalanceExhausted { before: i64, after: i64 },
+    /// A lot with credits left expires within the lead time.
+    LotExpiring {
+        lot: u64,
+        grant_id: String,
+        remaining: i64,
+        expires_at_ms: i64,
+    },
+    /// A lot expired; `amount` credits left with it.
+    LotExpired {
+        lot: u64,
+        grant_id: String,
+        amount: i64,
+    },
+    /// A grant was voided; `amount` credits left with its lot.
+    LotVoided {
+        lot: u64,
+        grant_id: String,
+        amount: i64,
+    },
+    /// A refill granted a period's lot.
+    RefillGranted {
+        refill_id: String,
+        grant_id: String,
+        amount: i64,
+        period_start_ms: i64,
+    },
+    /// The host refused an admission by the balance's spend cap, for the first time in
+    /// the window.
+    SpendCapReached {
+        cap: i64,
+        spent: i64,
+        asked: i64,
+        window_start_ms: i64,
+        resets_at_ms: i64,
+    },
+}
+
+/// A page of the event feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// The cursor for the next page: the last event's id, or the `after` asked for
+    /// when no event came.
+    pub next_after: u64,
 }
 
 /// A spend cap and its current window.

@@ -41,8 +41,9 @@ pub use body::{POLICY_BYTES_MAX, REQUEST_BYTES_MAX};
 use creditgate::error::{ErrorCode, MeterError};
 use creditgate::meter::Meter;
 use creditgate::model::{
-    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, Quote, Receipt, RefillRequest,
-    RefillView, SettleRequest, ShadowReport, SpendCapTerms, TenantBalances, TransactionView,
+    Authorization, AuthorizeRequest, EventPage, GrantRequest, GrantTerms, Quote, Receipt,
+    RefillRequest, RefillView, SettleRequest, ShadowReport, SpendCapTerms, TenantBalances,
+    ThresholdTerms, TransactionView,
 };
 use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
@@ -84,9 +85,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Every route of the sidecar, each registered with `routes!` from its handler's
 /// `#[utoipa::path]`, so that the router serves the method and path the document names
-/// (add none with a plain `route`). Every route but `/healthz`, `/metrics` and
-/// `/openapi.json` counts against the requests in flight, so that a full sidecar still
-/// says whether it is alive and how it is doing.
+/// (add none with a plain `route`). Every route but `/healthz`, `/metrics`,
+/// `/openapi.json` and the event feed counts against the requests in flight, so that a
+/// full sidecar still says whether it is alive and how it is doing.
 fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
     let bounded = OpenApiRouter::new()
         .routes(routes!(authorize))
@@ -97,6 +98,7 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(admin(state, routes!(set_overdraft)))
         .routes(admin(state, routes!(set_spend_cap, remove_spend_cap)))
         .routes(admin(state, routes!(set_refill, remove_refill)))
+        .routes(admin(state, routes!(set_thresholds, remove_thresholds)))
         .routes(routes!(refills))
         .routes(routes!(balances))
         .routes(routes!(journal))
@@ -112,7 +114,10 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
             Arc::clone(&state.admission),
             limits::bound_in_flight,
         ));
+    // A long-poll of the feed waits up to 30 s holding no decision's place: it is
+    // bounded by the connection limits, not the requests in flight.
     bounded
+        .routes(admin(state, routes!(events)))
         .routes(routes!(healthz))
         .routes(routes!(prometheus))
         .routes(routes!(openapi::document))
@@ -763,6 +768,120 @@ async fn balances(
         return ok(state.meter.lots_async(&tenant).await?);
     }
     ok(blocking(move || state.meter.balances(&tenant)).await?)
+}
+
+/// (admin) Watches a tenant's balance for events: `balance_low` as its available
+/// credits fall below a level (credits, or a percent of its latest grant),
+/// `balance_exhausted` as they reach zero, `lot_expiring` a lead time before a lot
+/// with credits left expires, `lot_expired`, `lot_voided`, `refill_granted` and
+/// `spend_cap_reached`. Levels are compared per batch of decisions. Events are read
+/// from `GET /v1/events`. Moves no credit.
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/balances/{balance}/thresholds",
+    tag = "events",
+    params(BalancePath),
+    request_body = ThresholdTerms,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits, with the thresholds of its watched balances", body = TenantBalances),
+        (status = 400, description = "`invalid_json`, `invalid_request` (the body, the tenant, the balance, more than 16 levels, a percent outside 1 to 100, a lead outside 0 to a year), `unknown_balance`: the policy names no such balance", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn set_thresholds(
+    State(state): State<Arc<AppState>>,
+    ApiPath(BalancePath { tenant, balance }): ApiPath<BalancePath>,
+    body: Request,
+) -> ApiResult {
+    let terms: ThresholdTerms = read_json(&state, body).await?;
+    ok(state
+        .meter
+        .set_thresholds_async(&tenant, &balance, Some(&terms))
+        .await?)
+}
+
+/// (admin) Stops watching a balance: it raises no more events. Its past events stay in
+/// the feed.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/balances/{balance}/thresholds",
+    tag = "events",
+    params(BalancePath),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's credits, without the balance's thresholds", body = TenantBalances),
+        (status = 400, description = "`invalid_request` (the tenant or the balance), `unknown_balance`: the policy names no such balance", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn remove_thresholds(
+    State(state): State<Arc<AppState>>,
+    ApiPath(BalancePath { tenant, balance }): ApiPath<BalancePath>,
+) -> ApiResult {
+    ok(state
+        .meter
+        .set_thresholds_async(&tenant, &balance, None)
+        .await?)
+}
+
+/// `?after=ID&limit=N&wait_ms=M&tenant=T` of [`events`].
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// The last event id seen: the answer starts after it. 0 (the default) starts at
+    /// the first event.
+    #[param(minimum = 0, example = 0)]
+    after: Option<u64>,
+    /// Events to answer, oldest first: 100 when absent, 1 to 1,000.
+    #[param(minimum = 1, maximum = 1000, example = 100)]
+    limit: Option<usize>,
+    /// When no event is there yet, wait up to this long for the next, in ms: 0 (the
+    /// default) answers at once, at most 30,000.
+    #[param(minimum = 0, maximum = 30000, example = 20000)]
+    wait_ms: Option<u64>,
+    /// Only this tenant's events.
+    #[param(pattern = "^[A-Za-z0-9._:@-]{1,128}$", example = "acme")]
+    tenant: Option<String>,
+}
+
+/// (admin) The event feed: the events of watched balances after a cursor, in the
+/// ledger's order, long-polled. Each event was recorded in the same batch as the
+/// decisions that caused it, so none is lost or invented by a crash. Read the next
+/// page with `after` = `next_after`; a consumer that stores `next_after` after
+/// handling a page gets every event at least once.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The events after the cursor (none if the wait ended first), and the next cursor", body = EventPage),
+        (status = 400, description = "`invalid_request`: `limit` outside 1 to 1,000, `wait_ms` over 30,000, a tenant that is not 1 to 128 characters of `[A-Za-z0-9._:@-]`, or a parameter that is not a whole number", body = ErrorAnswer),
+        (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
+    )
+)]
+async fn events(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> ApiResult {
+    let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0));
+    ok(state
+        .meter
+        .events_async(
+            query.after.unwrap_or(0),
+            query.limit.unwrap_or(100),
+            query.tenant.as_deref(),
+            wait,
+        )
+        .await?)
 }
 
 /// `?limit=N` of [`journal`].

@@ -29,6 +29,9 @@ use utoipa::{Modify, OpenApi};
         super::set_refill,
         super::remove_refill,
         super::refills,
+        super::set_thresholds,
+        super::remove_thresholds,
+        super::events,
         super::balances,
         super::journal,
         super::audit,
@@ -47,6 +50,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "metering", description = "What a gateway calls around each metered call"),
         (name = "ledger", description = "Credits, journals and transactions"),
+        (name = "events", description = "Thresholds on balances, and the feed of the events they raise"),
         (name = "policy", description = "The active policy, its history, and shadow evaluation"),
         (name = "operations", description = "Health, metrics and this document"),
     )

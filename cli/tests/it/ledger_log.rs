@@ -12,9 +12,9 @@ use creditgate::clock::ManualClock;
 use creditgate::ledger::codec;
 use creditgate::ledger::record::Decision;
 use creditgate::model::{
-    Authorization, AuthorizeRequest, ErrorBody, GrantRequest, JournalEntry, PolicyActivation,
-    PolicyRef, Receipt, RefillRequest, RefillView, SettleRequest, SpendCapTerms, SpendCapView,
-    TenantBalances, TransactionView,
+    Authorization, AuthorizeRequest, ErrorBody, GrantRequest, JournalEntry, LevelTerms,
+    PolicyActivation, PolicyRef, Receipt, RefillRequest, RefillView, SettleRequest, SpendCapTerms,
+    SpendCapView, TenantBalances, ThresholdTerms, TransactionView,
 };
 use creditgate::store::StoreLocation;
 use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
@@ -96,6 +96,7 @@ fn tenant_balances(tenant: &str, balances: &[(&str, i64)], held: &[(&str, i64)])
         held: amounts(held),
         overdraft_limits: BTreeMap::new(),
         spend_caps: BTreeMap::new(),
+        thresholds: BTreeMap::new(),
     }
 }
 
@@ -789,6 +790,8 @@ struct Model {
     overdrafts: BTreeMap<String, BTreeMap<String, i64>>,
     /// DonorAtlas tenants' spend caps, by balance (nothing spent on them).
     caps: BTreeMap<String, BTreeMap<String, SpendCapView>>,
+    /// Watched balances' thresholds, by tenant and balance.
+    watched: BTreeMap<String, BTreeMap<String, ThresholdTerms>>,
     /// DonorAtlas tenants' refills, as set (each granted its first period at once).
     refills: BTreeMap<String, Vec<RefillView>>,
     requests: BTreeMap<String, AuthorizeRequest>,
@@ -820,6 +823,7 @@ impl Model {
         TenantBalances {
             overdraft_limits: self.overdrafts.get(tenant).cloned().unwrap_or_default(),
             spend_caps: self.caps.get(tenant).cloned().unwrap_or_default(),
+            thresholds: self.watched.get(tenant).cloned().unwrap_or_default(),
             ..tenant_balances(
                 tenant,
                 &[("enhancement", enhancement), ("export", export)],
@@ -859,6 +863,22 @@ impl Model {
         };
         assert_eq!(
             meter.set_spend_cap(tenant, balance, Some(&terms)).unwrap(),
+            self.partner_balances(tenant)
+        );
+    }
+
+    /// Watches a balance nothing spends: a level and a lead time, which raise nothing.
+    fn watch(&mut self, meter: &Meter, tenant: &str, balance: &str, credits: i64) {
+        let terms = ThresholdTerms {
+            levels: vec![LevelTerms::Credits(credits), LevelTerms::Percent(50)],
+            lot_expiring_lead_ms: Some(60_000),
+        };
+        self.watched
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(balance.to_owned(), terms.clone());
+        assert_eq!(
+            meter.set_thresholds(tenant, balance, Some(&terms)).unwrap(),
             self.partner_balances(tenant)
         );
     }
@@ -1098,12 +1118,13 @@ fn mixed_traffic(meter: &Meter, clock: &ManualClock, model: &mut Model) {
         }
     }
     activate(meter, "donoratlas");
-    // A tenant with an overdraft limit, a spend cap and no traffic: both are in the
-    // snapshot.
+    // A tenant with an overdraft limit, a spend cap, a refill, thresholds and no
+    // traffic: all are in the snapshot.
     model.grant(meter, "g-q0", "q0", "enhancement", 1);
     model.overdraft(meter, "q0", "export", 5);
     model.spend_cap(meter, "q0", "enhancement", 7);
     model.refill(meter, "q0", "q0-monthly", 3);
+    model.watch(meter, "q0", "export", 2);
     for partner in 0..3 {
         let tenant = format!("p{partner}");
         model.grant(meter, &format!("g-px{partner}"), &tenant, "export", 12);

@@ -10,6 +10,7 @@ mod conformance;
 mod crash_cycles;
 mod donoratlas;
 mod durability;
+mod events;
 mod failure_mode;
 mod gateway;
 mod guarantees;

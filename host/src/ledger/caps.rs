@@ -64,6 +64,8 @@ pub struct CapReached {
     /// Spent in the window before the refused admission.
     pub spent: i64,
     pub asked: i64,
+    /// When the window started.
+    pub window_start_ms: i64,
     /// When the window ends and spending starts again from zero.
     pub resets_at_ms: i64,
 }
@@ -162,6 +164,7 @@ impl CapWindow {
                 cap: cap.terms.cap,
                 spent: self.spent,
                 asked: amount,
+                window_start_ms: window.start_ms,
                 resets_at_ms: window.end_ms,
             })),
         }
@@ -284,6 +287,7 @@ mod tests {
                 cap: 10,
                 spent: 6,
                 asked: 5,
+                window_start_ms: MIDNIGHT_MS,
                 resets_at_ms: MIDNIGHT_MS + HOUR_MS
             })
         );

@@ -11,6 +11,7 @@ pub mod calendar;
 pub mod caps;
 pub mod codec;
 pub mod draw;
+pub mod events;
 pub mod legacy;
 pub mod lots;
 mod posting;
@@ -119,11 +120,13 @@ pub type Accounts = BTreeMap<String, AccountState>;
 pub type OverdraftLimits = BTreeMap<String, i64>;
 
 /// What an operator set on a tenant's accounts, read once per decision: overdraft
-/// limits and spend caps (most accounts have neither).
+/// limits, spend caps and thresholds (most accounts have none).
 #[derive(Debug, Clone, Default)]
 pub struct AccountRules {
     pub overdraft: OverdraftLimits,
     pub caps: caps::SpendCaps,
+    /// What operators watch, for events: by balance name.
+    pub thresholds: BTreeMap<String, events::Thresholds>,
 }
 
 /// The overdraft limit of `balance`: 0 when none is set.

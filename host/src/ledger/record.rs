@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::caps::{CapTerms, CapWindow};
+use super::events::{EventKind, Watch};
 use super::lots::{Closure, Lot, LotId};
 use super::refills::RefillTerms;
 use super::{AccountState, EntryKind};
@@ -61,6 +62,12 @@ pub enum Decision {
     /// An operator set or removed a refill, or the sweep granted one of its periods.
     /// Added in record format 5.
     Refill(RefillSet),
+    /// An operator set or removed what an account is watched for. Added in record
+    /// format 6.
+    Watch(WatchSet),
+    /// Something happened to a watched account, caused by the decisions of the same
+    /// batch. Added in record format 6.
+    Event(EventRecord),
 }
 
 /// An authorize: admitted (the transaction is open) or refused.
@@ -245,6 +252,23 @@ pub struct RefillSet {
     pub last_start_ms: Option<i64>,
 }
 
+/// An account's watch as it is after an operator's call (none: no longer watched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchSet {
+    pub tenant: String,
+    pub balance: String,
+    pub watch: Option<Watch>,
+}
+
+/// One event of a watched account. Its id is the store's: the position of the event
+/// in the ledger's order of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub tenant: String,
+    pub balance: String,
+    pub kind: EventKind,
+}
+
 /// Journal lines of one decision and the account states they lead to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostingRecord {
@@ -401,7 +425,9 @@ impl Decision {
             | Decision::Overdraft(_)
             | Decision::Cap(_)
             | Decision::Spend(_)
-            | Decision::Refill(_) => None,
+            | Decision::Refill(_)
+            | Decision::Watch(_)
+            | Decision::Event(_) => None,
         }
     }
 
@@ -419,7 +445,9 @@ impl Decision {
             | Decision::Overdraft(_)
             | Decision::Cap(_)
             | Decision::Spend(_)
-            | Decision::Refill(_) => &[],
+            | Decision::Refill(_)
+            | Decision::Watch(_)
+            | Decision::Event(_) => &[],
         }
     }
 }

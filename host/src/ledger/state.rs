@@ -18,13 +18,14 @@ use growable_bloom_filter::GrowableBloom;
 use serde::{Deserialize, Serialize};
 
 use super::caps::{AccountCap, CapTerms, CapWindow, SpendCap};
+use super::events::{Watch, check as check_thresholds};
 use super::lots::{AccountLots, LEGACY_LOT, Lot, LotId};
 use super::record::{
     AmountList, AuthorizationRecord, Batch, Decision, Digest, EntryRecord, LotTerms, PostingRecord,
     ReceiptRecord, RequestRecord, TransactionState,
 };
 use super::refills::{Refill, RefillTerms};
-use super::tenants::{CapPart, LimitPart, LotPart, LotPartOut, Tenants};
+use super::tenants::{CapPart, LimitPart, LotPart, LotPartOut, Tenants, WatchPart};
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
 
@@ -278,6 +279,9 @@ pub struct LiveState {
     pub last_seq: u64,
     /// The id the next journal entry gets.
     pub next_entry_id: u64,
+    /// When the sweep looks for lots to warn of next: a timer of this process, not
+    /// state of the ledger (never recorded).
+    pub next_warning_sweep_ms: i64,
 }
 
 /// A whole ledger in memory (SQLite), or a batch's share of one (PostgreSQL).
@@ -316,6 +320,7 @@ impl LiveState {
             refill_due: BinaryHeap::new(),
             last_seq: 0,
             next_entry_id: 1,
+            next_warning_sweep_ms: 0,
         }
     }
 
@@ -439,6 +444,7 @@ impl LiveState {
         super::AccountRules {
             overdraft: self.overdraft_limits(tenant),
             caps: self.tenants.spend_caps(tenant),
+            thresholds: self.tenants.thresholds(tenant),
         }
     }
 
@@ -465,6 +471,52 @@ impl LiveState {
     /// An account's spend cap and window, if it has one.
     pub fn spend_cap(&self, tenant: &str, balance: &str) -> Option<AccountCap> {
         self.tenants.spend_caps(tenant).remove(balance)
+    }
+
+    /// Sets or removes what an operator watches on an account, as a store read it
+    /// (PostgreSQL) or a decision recorded it.
+    pub fn set_watch(
+        &mut self,
+        tenant: &str,
+        balance: &str,
+        watch: Option<Watch>,
+    ) -> Result<(), MeterError> {
+        if let Some(watch) = &watch {
+            check_thresholds(&watch.thresholds)
+                .map_err(|why| corrupt(format!("the watch of {tenant}/{balance}: {why}")))?;
+        }
+        self.tenants.set_watch(tenant, balance, watch)
+    }
+
+    /// What an operator watches on an account, if anything.
+    pub fn watch(&self, tenant: &str, balance: &str) -> Option<&Watch> {
+        self.tenants.watch(tenant, balance)
+    }
+
+    /// Whether any account of the tenant is watched.
+    pub fn is_watched(&self, tenant: &str) -> bool {
+        self.tenants.is_watched(tenant)
+    }
+
+    /// The watched accounts that want lots warned of before they expire.
+    pub fn watches_with_lead(&self) -> Vec<(String, String)> {
+        self.tenants.watches_with_lead()
+    }
+
+    /// The watches of tenants `start..end` (a snapshot's).
+    pub fn watch_slice(&self, start: usize, end: usize) -> WatchPart {
+        self.tenants.watch_slice(start, end)
+    }
+
+    /// The amount of the account's latest grant (its newest lot), which percent levels
+    /// are measured against.
+    pub fn latest_grant(&self, tenant: &str, balance: &str) -> Option<i64> {
+        self.tenants
+            .account_lots(tenant, balance)
+            .iter()
+            .filter(|lot| lot.id != LEGACY_LOT)
+            .max_by_key(|lot| lot.id)
+            .map(|lot| lot.amount)
     }
 
     /// The spend caps of tenants `start..end` (a snapshot's).
@@ -516,6 +568,12 @@ impl LiveState {
             let refills: RefillPart = super::codec::decode_value(SNAPSHOT_REFILLS, bytes)?;
             for (tenant, refill_id, terms, last_start_ms) in refills {
                 self.set_refill(&tenant, &refill_id, Some((terms, last_start_ms)))?;
+            }
+            Ok(())
+        } else if bytes.starts_with(SNAPSHOT_WATCHES) {
+            let watches: WatchPart = super::codec::decode_value(SNAPSHOT_WATCHES, bytes)?;
+            for (tenant, balance, watch) in watches {
+                self.set_watch(&tenant, &balance, Some(watch))?;
             }
             Ok(())
         } else if bytes.starts_with(SNAPSHOT_CAPS) {
@@ -1183,7 +1241,24 @@ impl LiveState {
                 self.active_policy = Some(policy(activation.policy)?);
             }
             Decision::Import(imported) => self.apply_import(batch, imported)?,
-            Decision::CloseLot(closed) => self.set_posting(&closed.tenant, &closed.posting)?,
+            Decision::CloseLot(closed) => {
+                self.set_posting(&closed.tenant, &closed.posting)?;
+                if let Some(watch) = self.tenants.watch(&closed.tenant, &closed.balance) {
+                    let mut watch = watch.clone();
+                    watch.forget_lot(closed.lot);
+                    self.tenants
+                        .set_watch(&closed.tenant, &closed.balance, Some(watch))?;
+                }
+            }
+            Decision::Watch(set) => self.set_watch(&set.tenant, &set.balance, set.watch.clone())?,
+            Decision::Event(event) => {
+                if let Some(watch) = self.tenants.watch(&event.tenant, &event.balance) {
+                    let mut watch = watch.clone();
+                    watch.remember(&event.kind);
+                    self.tenants
+                        .set_watch(&event.tenant, &event.balance, Some(watch))?;
+                }
+            }
             Decision::Overdraft(set) => {
                 self.set_overdraft_limit(&set.tenant, &set.balance, set.limit)?
             }
@@ -1354,6 +1429,13 @@ pub(crate) const SNAPSHOT_REFILLS: &[u8; 4] = b"CGS6";
 
 pub fn encode_refills(slice: &RefillPart) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_REFILLS, slice)
+}
+
+/// The watches of a slice of tenants (format 6).
+pub(crate) const SNAPSHOT_WATCHES: &[u8; 4] = b"CGS7";
+
+pub fn encode_watches(slice: &WatchPart) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_WATCHES, slice)
 }
 
 /// The spend caps of a slice of tenants (format 5).

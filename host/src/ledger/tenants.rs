@@ -8,6 +8,7 @@
 //! Tenants are never removed and keep the index they first got: a snapshot copies them
 //! in index slices while the sequencer goes on.
 
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -16,6 +17,7 @@ use smallvec::SmallVec;
 
 use super::AccountState;
 use super::caps::{AccountCap, CapTerms, CapWindow, SpendCaps};
+use super::events::{Thresholds, Watch};
 use super::lots::{Lot, LotId};
 use super::record::{DEFAULT_CATEGORY, LotTerms};
 use super::state::LotInfo;
@@ -249,7 +251,15 @@ pub struct Tenants {
     /// Spend caps and their windows by (tenant index, balance id), only capped
     /// accounts.
     caps: hashbrown::HashMap<(u32, u16), AccountCap>,
+    /// What operators watch, by (tenant index, balance id), only watched accounts.
+    watches: hashbrown::HashMap<(u32, u16), Watch>,
+    /// How many accounts of each tenant are watched.
+    watched_tenants: hashbrown::HashMap<u32, u32>,
 }
+
+/// The watches of a slice of tenants, as a snapshot part stores them:
+/// `(tenant, balance, watch)`.
+pub type WatchPart = Vec<(String, String, Watch)>;
 
 /// The spend caps of a slice of tenants, as a snapshot part stores them:
 /// `(tenant, balance, cap, window)`.
@@ -478,6 +488,104 @@ impl Tenants {
                     self.balance_names.get(usize::from(*balance))?.to_string(),
                     capped.cap.terms.clone(),
                     capped.window,
+                ))
+            })
+            .collect();
+        part.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        part
+    }
+
+    /// Sets or removes the watch of an account, adding the tenant if new.
+    pub fn set_watch(
+        &mut self,
+        name: &str,
+        balance: &str,
+        watch: Option<Watch>,
+    ) -> Result<(), MeterError> {
+        let key = self.account_key(name, balance)?;
+        let was = match watch {
+            Some(watch) => self.watches.insert(key, watch),
+            None => self.watches.remove(&key),
+        };
+        let now = self.watches.contains_key(&key);
+        let count = self.watched_tenants.entry(key.0).or_default();
+        match (was.is_some(), now) {
+            (false, true) => *count += 1,
+            (true, false) => *count -= 1,
+            _ => {}
+        }
+        if *count == 0 {
+            self.watched_tenants.remove(&key.0);
+        }
+        Ok(())
+    }
+
+    /// The watch of an account, if an operator watches it.
+    pub fn watch(&self, name: &str, balance: &str) -> Option<&Watch> {
+        if self.watches.is_empty() {
+            return None;
+        }
+        let index = self.index_of(name)?;
+        let balance = self.balance_ids.get(balance)?;
+        self.watches.get(&(index, *balance))
+    }
+
+    /// The tenant's watched accounts' thresholds, by balance name.
+    pub fn thresholds(&self, name: &str) -> BTreeMap<String, Thresholds> {
+        let mut watched = BTreeMap::new();
+        if !self.is_watched(name) {
+            return watched;
+        }
+        let Some(index) = self.index_of(name) else {
+            return watched;
+        };
+        for (id, balance) in self.balance_names.iter().enumerate() {
+            let Ok(id) = u16::try_from(id) else { break };
+            if let Some(watch) = self.watches.get(&(index, id)) {
+                watched.insert(balance.to_string(), watch.thresholds.clone());
+            }
+        }
+        watched
+    }
+
+    /// Whether any account of the tenant is watched: the cost of events on the path of
+    /// a tenant nobody watches is this lookup.
+    pub fn is_watched(&self, name: &str) -> bool {
+        !self.watched_tenants.is_empty()
+            && self
+                .index_of(name)
+                .is_some_and(|index| self.watched_tenants.contains_key(&index))
+    }
+
+    /// The watched accounts that want lots warned of before they expire:
+    /// `(tenant, balance)`.
+    pub fn watches_with_lead(&self) -> Vec<(String, String)> {
+        let mut due: Vec<(String, String)> = self
+            .watches
+            .iter()
+            .filter(|(_, watch)| watch.thresholds.lot_expiring_lead_ms.is_some())
+            .filter_map(|((index, balance), _)| {
+                Some((
+                    self.name_at(*index)?.to_owned(),
+                    self.balance_names.get(usize::from(*balance))?.to_string(),
+                ))
+            })
+            .collect();
+        due.sort();
+        due
+    }
+
+    /// The watches of tenants `start..end`.
+    pub fn watch_slice(&self, start: usize, end: usize) -> WatchPart {
+        let mut part: WatchPart = self
+            .watches
+            .iter()
+            .filter(|((index, _), _)| (start..end).contains(&(*index as usize)))
+            .filter_map(|((index, balance), watch)| {
+                Some((
+                    self.name_at(*index)?.to_owned(),
+                    self.balance_names.get(usize::from(*balance))?.to_string(),
+                    watch.clone(),
                 ))
             })
             .collect();

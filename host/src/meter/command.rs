@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use super::decide::CheckedAuthorize;
 use crate::error::MeterError;
 use crate::ledger::caps::CapTerms;
+use crate::ledger::events::Thresholds;
 use crate::ledger::refills::RefillTerms;
 use crate::ledger::state::FilterBytes;
 use crate::model::{
@@ -47,6 +48,13 @@ pub enum Command {
         tenant: String,
         balance: String,
         cap: Option<CapTerms>,
+        reply: Reply<TenantBalances>,
+    },
+    /// Set (or, with none, remove) what an operator watches on an account.
+    Thresholds {
+        tenant: String,
+        balance: String,
+        thresholds: Option<Thresholds>,
         reply: Reply<TenantBalances>,
     },
     /// Set (or, with none, remove) a tenant's refill; the anchor is the request's, if
@@ -117,7 +125,8 @@ impl Command {
             | Command::Lots(_, reply)
             | Command::Void { reply, .. }
             | Command::Overdraft { reply, .. }
-            | Command::SpendCap { reply, .. } => drop(reply.send(Err(error))),
+            | Command::SpendCap { reply, .. }
+            | Command::Thresholds { reply, .. } => drop(reply.send(Err(error))),
             Command::Refill { reply, .. } | Command::Refills(_, reply) => {
                 drop(reply.send(Err(error)))
             }

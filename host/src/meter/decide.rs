@@ -7,7 +7,7 @@
 //! Every check that can refuse a request runs before the decision is recorded, so a
 //! refused request leaves the state and the batch as they were.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::failure::{Exposure, FailureCounts, FailurePolicy};
 use super::registry::Registry;
@@ -17,6 +17,7 @@ use crate::ledger::caps::{
     self, CapReached, CapTerms, CapWindow, Counted, SpendCap, SpendCaps, Windows,
 };
 use crate::ledger::draw::{DrawnPosting, LotDraw, draw};
+use crate::ledger::events::EventKind;
 use crate::ledger::lots::{Closure, LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{
     Activation, AuthorizationRecord, Authorized, Batch, Decision, Expired, Granted, MarkRecord,
@@ -39,6 +40,8 @@ use crate::model::{
 use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision, sdk};
 use crate::store::ColdStore;
 
+mod events;
+
 /// An authorize request checked on the caller's thread: valid, with its id and
 /// fingerprint.
 #[derive(Debug, Clone)]
@@ -60,6 +63,9 @@ pub enum Pricing {
 pub struct BatchBuilder {
     pub batch: Batch,
     policy_index: HashMap<[u8; 32], u32>,
+    /// Each watched account the batch moved, with its `available` before the batch
+    /// first moved it: compared with the batch's end for threshold events.
+    watched_before: BTreeMap<(String, String), i64>,
 }
 
 impl BatchBuilder {
@@ -72,6 +78,7 @@ impl BatchBuilder {
                 ..Batch::default()
             },
             policy_index: HashMap::new(),
+            watched_before: BTreeMap::new(),
         }
     }
 
@@ -92,6 +99,20 @@ impl BatchBuilder {
             state.check_posting(tenant, posting).map_err(|why| {
                 MeterError::StoreCorrupt(format!("a decision breaks a lot invariant: {why}"))
             })?;
+            if state.is_watched(tenant) {
+                for (balance, _) in &posting.accounts {
+                    let key = (tenant.to_owned(), balance.clone());
+                    if state.watch(tenant, balance).is_some()
+                        && !self.watched_before.contains_key(&key)
+                    {
+                        let before = state
+                            .accounts(tenant, std::slice::from_ref(balance))
+                            .get(balance)
+                            .map_or(0, |account| account.available);
+                        self.watched_before.insert(key, before);
+                    }
+                }
+            }
         }
         state.apply(&self.batch, &decision)?;
         self.batch.decisions.push(decision);
@@ -196,6 +217,12 @@ pub fn tenant_balances(
     TenantBalances {
         lots: None,
         spend_caps: cap_views(&rules.caps, now_ms, balances),
+        thresholds: rules
+            .thresholds
+            .iter()
+            .filter(|(balance, _)| balances.contains(balance))
+            .map(|(balance, thresholds)| (balance.clone(), thresholds.into()))
+            .collect(),
         overdraft_limits: rules
             .overdraft
             .iter()
@@ -334,6 +361,7 @@ fn cap_refusal(
         spent,
         asked,
         resets_at_ms,
+        ..
     } = reached;
     let retry_after_s = (resets_at_ms.saturating_sub(now_ms).max(0) + 999) / 1000;
     refused.error = Some(ErrorBody {
@@ -575,6 +603,7 @@ impl Decider<'_> {
             ..PostingRecord::default()
         };
         let mut windows = Vec::new();
+        let mut cap_reached = None;
         let (authorization, request_record, expires_at_ms, posting, marks) = match decision {
             AuthorizeDecision::Reject {
                 status,
@@ -619,18 +648,16 @@ impl Decider<'_> {
                 // The host's cap, whatever the policy said: a window's spending never
                 // passes it (L6 of docs/credits.md).
                 Ok(posting) => match count_admission(&rules.caps, now_ms, &hold, &charge)? {
-                    Err((balance, reached)) => (
-                        cap_refusal(
+                    Err((balance, reached)) => {
+                        let refused = cap_refusal(
                             rejected(429, "spend_cap_reached", ""),
                             now_ms,
                             &balance,
                             reached,
-                        ),
-                        None,
-                        None,
-                        unchanged(),
-                        Vec::new(),
-                    ),
+                        );
+                        cap_reached = Some((balance, reached));
+                        (refused, None, None, unchanged(), Vec::new())
+                    }
                     Ok(counted) => {
                         windows = counted;
                         let posting = draw(
@@ -707,6 +734,9 @@ impl Decider<'_> {
             }),
         )?;
         self.record_windows(&request.tenant, windows)?;
+        if let Some((balance, reached)) = cap_reached {
+            self.raise_cap_reached(&request.tenant, &balance, reached)?;
+        }
         Ok(authorization)
     }
 
@@ -1182,6 +1212,13 @@ impl Decider<'_> {
             .map(|(lot, _)| lot.remaining)
             .fold(0, i64::saturating_add);
         if let Some(lot) = refill.lot(refill_id, period, open) {
+            let new = self.find_grant(&lot.grant_id)?.is_none();
+            let granted = EventKind::RefillGranted {
+                refill_id: refill_id.to_owned(),
+                grant_id: lot.grant_id.clone(),
+                amount: lot.amount,
+                period_start_ms: period.start_ms,
+            };
             let grant = GrantRequest {
                 grant_id: lot.grant_id,
                 tenant: tenant.to_owned(),
@@ -1195,6 +1232,7 @@ impl Decider<'_> {
                 },
             };
             match self.grant(&grant) {
+                Ok(_) if new => self.raise(tenant, &refill.terms.balance, granted)?,
                 Ok(_) => {}
                 Err(
                     error @ (MeterError::UnknownBalance { .. }
@@ -1299,18 +1337,37 @@ impl Decider<'_> {
         }
         let grant_id = info.grant_id;
         let policy = self.builder.policy(&self.registry.active());
+        let posting = posting_record(posting);
+        let amount = posting
+            .entries
+            .iter()
+            .map(|entry| entry.amount)
+            .fold(0, i64::saturating_add);
         self.builder.record(
             self.state,
             Decision::CloseLot(LotClosed {
                 tenant: tenant.to_owned(),
                 balance: balance.to_owned(),
                 lot,
-                grant_id,
+                grant_id: grant_id.clone(),
                 closure,
                 policy,
-                posting: posting_record(posting),
+                posting,
             }),
-        )
+        )?;
+        let event = match closure {
+            Closure::Expired => EventKind::LotExpired {
+                lot,
+                grant_id,
+                amount,
+            },
+            Closure::Voided => EventKind::LotVoided {
+                lot,
+                grant_id,
+                amount,
+            },
+        };
+        self.raise(tenant, balance, event)
     }
 
     /// Expires the tenant's lots that are due, before a decision reads its credits.

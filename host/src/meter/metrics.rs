@@ -97,6 +97,11 @@ impl DurableMetrics {
             Decision::Cap(_) => ("spend_cap", None),
             Decision::Spend(_) => ("spend", None),
             Decision::Refill(_) => ("refill", None),
+            Decision::Watch(_) => ("thresholds", None),
+            Decision::Event(event) => {
+                counter!("creditgate_events_total", "kind" => event.kind.as_str()).increment(1);
+                ("event", None)
+            }
         };
         counter!("creditgate_decisions_total", "kind" => kind).increment(1);
         if let Some(posting) = posting {

@@ -32,6 +32,7 @@ mod breaker;
 mod command;
 pub mod decide;
 pub mod failure;
+pub mod feed;
 mod marks;
 pub mod metrics;
 mod registry;
@@ -44,6 +45,7 @@ use std::rc::Rc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -52,9 +54,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::MeterError;
 use crate::ledger::state::{Coverage, FilterBytes, LiveState};
 use crate::model::{
-    ActivePolicy, Authorization, AuthorizeRequest, BatchStats, GrantRequest, JournalEntry,
-    PolicyActivation, PolicyRef, Quote, Receipt, RefillRequest, RefillView, SettleRequest,
-    ShadowReport, SpendCapTerms, TenantBalances, TransactionView,
+    ActivePolicy, Authorization, AuthorizeRequest, BatchStats, EventPage, GrantRequest,
+    JournalEntry, PolicyActivation, PolicyRef, Quote, Receipt, RefillRequest, RefillView,
+    SettleRequest, ShadowReport, SpendCapTerms, TenantBalances, ThresholdTerms, TransactionView,
 };
 use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
@@ -613,6 +615,105 @@ impl Meter {
             .await
         })
         .await
+    }
+
+    /// Sets what an operator watches on an account (none: stops watching it): from the
+    /// next decision on, the account raises events (see [`ThresholdTerms`]). Moves no
+    /// credit.
+    pub fn set_thresholds(
+        &self,
+        tenant: &str,
+        balance: &str,
+        thresholds: Option<&ThresholdTerms>,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call("thresholds", || {
+            let thresholds = validate::thresholds(tenant, balance, thresholds)?;
+            self.call(|reply| Command::Thresholds {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                thresholds,
+                reply,
+            })
+        })
+    }
+
+    pub async fn set_thresholds_async(
+        &self,
+        tenant: &str,
+        balance: &str,
+        thresholds: Option<&ThresholdTerms>,
+    ) -> Result<TenantBalances, MeterError> {
+        metrics::call_async("thresholds", async {
+            let thresholds = validate::thresholds(tenant, balance, thresholds)?;
+            self.call_async(|reply| Command::Thresholds {
+                tenant: tenant.to_owned(),
+                balance: balance.to_owned(),
+                thresholds,
+                reply,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// The events after `after` (an event id; 0 for the first), oldest first, at most
+    /// `limit`, of one tenant or all; when there are none yet, waits up to `wait` for
+    /// the next. Blocking: from async code use [`Meter::events_async`].
+    pub fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+        wait: Duration,
+    ) -> Result<EventPage, MeterError> {
+        validate::events(limit, tenant, wait)?;
+        let deadline = Instant::now() + wait;
+        let mut signal = self.health.events.subscribe();
+        loop {
+            signal.borrow_and_update();
+            let events = self.reader.events_after(after, limit, tenant)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !events.is_empty() || left.is_zero() {
+                return Ok(feed::page(after, events));
+            }
+            // Wakes at this process's next durable events, or at the next poll.
+            let look = Instant::now() + feed::next_look(left);
+            while Instant::now() < look && !signal.has_changed().unwrap_or(false) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    pub async fn events_async(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+        wait: Duration,
+    ) -> Result<EventPage, MeterError> {
+        validate::events(limit, tenant, wait)?;
+        let deadline = Instant::now() + wait;
+        let mut signal = self.health.events.subscribe();
+        let tenant = tenant.map(str::to_owned);
+        loop {
+            signal.borrow_and_update();
+            let reader = Arc::clone(&self.reader);
+            let of = tenant.clone();
+            let events = tokio::task::spawn_blocking(move || {
+                reader.events_after(after, limit, of.as_deref())
+            })
+            .await
+            .map_err(|error| MeterError::StoreUnavailable(format!("the read failed: {error}")))??;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !events.is_empty() || left.is_zero() {
+                return Ok(feed::page(after, events));
+            }
+            let look = feed::next_look(left);
+            if let Ok(Err(_)) = tokio::time::timeout(look, signal.changed()).await {
+                // The meter closed: no signal will come; look at the store again later.
+                tokio::time::sleep(look).await;
+            }
+        }
     }
 
     /// Sets a tenant's refill (none: removes it): a lot of `amount` granted at the start

@@ -20,11 +20,12 @@ use super::MeterConfig;
 use super::command::{Command, Pending};
 use super::decide::{BatchBuilder, Decider, Pricing};
 use super::failure::FailureCounts;
+use super::feed::EventSignal;
 use super::metrics::{self, DurableMetrics};
 use super::registry::Registry;
 use crate::clock::Clock;
 use crate::error::MeterError;
-use crate::ledger::record::Batch;
+use crate::ledger::record::{Batch, Decision};
 use crate::ledger::state::{self, Coverage, LiveState};
 use crate::model::BatchStats;
 use crate::policy::PolicyInfo;
@@ -54,11 +55,13 @@ impl BatchCounters {
     }
 }
 
-/// Whether the meter can decide, and if not, why: shared by the sequencer, the sync
-/// thread and the meter (`/healthz`).
+/// Whether the meter can decide, and if not, why; and the signal that events became
+/// durable: shared by the sequencer, the sync thread and the meter (`/healthz`, the
+/// event feed).
 #[derive(Default)]
 pub struct Health {
     failure: Mutex<Option<String>>,
+    pub events: EventSignal,
 }
 
 impl Health {
@@ -297,6 +300,7 @@ impl Sequencer {
                 decider.expire_due_lots(self.config.expiry_batch_max)?;
                 // A reset refill's lot expired above as the next period's is granted.
                 decider.grant_due_refills(self.config.expiry_batch_max)?;
+                decider.warn_expiring_lots()?;
                 Ok(released)
             };
             match prepare() {
@@ -313,6 +317,11 @@ impl Sequencer {
                     store_failure = Some(error);
                 }
                 answers.push(answer.0);
+            }
+            if store_failure.is_none()
+                && let Err(error) = decider.raise_balance_events()
+            {
+                store_failure = Some(error);
             }
         }
         let decisions = builder.batch.decisions.len() as u64;
@@ -416,11 +425,18 @@ impl Sequencer {
                 let caps = (!caps.is_empty()).then(|| state::encode_caps(&caps));
                 let refills = self.state.refill_slice(cursor.next_tenant, end);
                 let refills = (!refills.is_empty()).then(|| state::encode_refills(&refills));
+                let watches = self.state.watch_slice(cursor.next_tenant, end);
+                let watches = (!watches.is_empty()).then(|| state::encode_watches(&watches));
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
                     .and_then(|()| {
-                        let beside = lots.into_iter().chain(limits).chain(caps).chain(refills);
+                        let beside = lots
+                            .into_iter()
+                            .chain(limits)
+                            .chain(caps)
+                            .chain(refills)
+                            .chain(watches);
                         for part in beside {
                             self.store.snapshot_part(SnapshotPart::Beside(part))?;
                         }
@@ -471,6 +487,9 @@ fn execute(
             tenant, balance, ..
         }
         | Command::SpendCap {
+            tenant, balance, ..
+        }
+        | Command::Thresholds {
             tenant, balance, ..
         } => {
             tracing::info_span!("decide", tenant = %tenant, balance = %balance)
@@ -536,6 +555,12 @@ fn execute(
             cap,
             reply,
         } => answer!(reply, decider.set_spend_cap(&tenant, &balance, cap)),
+        Command::Thresholds {
+            tenant,
+            balance,
+            thresholds,
+            reply,
+        } => answer!(reply, decider.set_thresholds(&tenant, &balance, thresholds)),
         Command::Refill {
             tenant,
             refill_id,
@@ -552,6 +577,7 @@ fn execute(
                 .expire_due(usize::MAX)
                 .and_then(|count| decider.expire_due_lots(usize::MAX).map(|_| count))
                 .and_then(|count| decider.grant_due_refills(usize::MAX).map(|_| count))
+                .and_then(|count| decider.warn_expiring_lots().map(|_| count))
                 .map(|count| {
                     *released += count;
                     *released
@@ -640,7 +666,8 @@ fn claims(batch: &[Command]) -> BatchClaims {
             Command::Balances(tenant, _)
             | Command::Lots(tenant, _)
             | Command::Overdraft { tenant, .. }
-            | Command::SpendCap { tenant, .. } => {
+            | Command::SpendCap { tenant, .. }
+            | Command::Thresholds { tenant, .. } => {
                 claims.tenants.insert(tenant.clone());
             }
             Command::Refill { tenant, .. } | Command::Refills(tenant, _) => {
@@ -696,8 +723,17 @@ fn sync_and_answer(
         let failure = persisted.err();
         if failure.is_none() {
             metrics.durable(&batches, started.elapsed());
+            let events = batches.iter().any(|batch| {
+                batch
+                    .decisions
+                    .iter()
+                    .any(|decision| matches!(decision, Decision::Event(_)))
+            });
             for batch in batches {
                 durability.durable(batch);
+            }
+            if events {
+                health.events.raised();
             }
         }
         for committed in group {

@@ -1,13 +1,19 @@
 //! Limits on what a caller may send, checked before anything else happens.
 
+use std::time::Duration;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::error::MeterError;
 use crate::ledger::calendar::Cadence;
 use crate::ledger::calendar::Window;
 use crate::ledger::caps::{CapTerms, SpendCap};
+use crate::ledger::events::{self, Thresholds};
 use crate::ledger::refills::{Refill, RefillMode, RefillTerms};
-use crate::model::{AuthorizeRequest, GrantRequest, RefillRequest, SettleRequest, SpendCapTerms};
+use crate::meter::feed::{EVENTS_PAGE_MAX, EVENTS_WAIT_MS_MAX};
+use crate::model::{
+    AuthorizeRequest, GrantRequest, RefillRequest, SettleRequest, SpendCapTerms, ThresholdTerms,
+};
 
 pub const ID_BYTES_MAX: usize = 128;
 pub const ITEMS_MAX: usize = 10_000;
@@ -305,6 +311,43 @@ pub fn spend_cap(
     };
     SpendCap::new(cap.clone()).map_err(|why| MeterError::InvalidRequest(why.to_string()))?;
     Ok(Some(cap))
+}
+
+/// What an operator watches on an account (none: stop watching it), as the ledger
+/// keeps it.
+pub fn thresholds(
+    tenant: &str,
+    balance: &str,
+    terms: Option<&ThresholdTerms>,
+) -> Result<Option<Thresholds>, MeterError> {
+    identifier("tenant", tenant)?;
+    identifier("balance", balance)?;
+    let Some(terms) = terms else { return Ok(None) };
+    let thresholds = Thresholds::from(terms);
+    events::check(&thresholds).map_err(|why| {
+        MeterError::InvalidRequest(format!("these thresholds cannot be watched: {why}"))
+    })?;
+    Ok(Some(thresholds))
+}
+
+/// A read of the event feed: a page of 1 to [`EVENTS_PAGE_MAX`] events, of one tenant
+/// or all, waiting at most [`EVENTS_WAIT_MS_MAX`] ms.
+pub fn events(limit: usize, tenant: Option<&str>, wait: Duration) -> Result<(), MeterError> {
+    if !(1..=EVENTS_PAGE_MAX).contains(&limit) {
+        return Err(MeterError::InvalidRequest(format!(
+            "a page holds 1 to {EVENTS_PAGE_MAX} events, not {limit}"
+        )));
+    }
+    if wait > Duration::from_millis(EVENTS_WAIT_MS_MAX) {
+        return Err(MeterError::InvalidRequest(format!(
+            "a read of the feed waits at most {EVENTS_WAIT_MS_MAX} ms, not {} ms",
+            wait.as_millis()
+        )));
+    }
+    if let Some(tenant) = tenant {
+        identifier("tenant", tenant)?;
+    }
+    Ok(())
 }
 
 /// The sha256 of what makes two authorize requests the same request.

@@ -22,7 +22,9 @@ use crate::ledger::lots::{LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::ledger::{AccountState, EntryKind};
-use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
+use crate::model::{
+    EventView, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
+};
 use crate::policy::PolicyDigest;
 
 pub type StoreResult<T> = Result<T, MeterError>;
@@ -248,6 +250,14 @@ pub trait LedgerReader: Send + Sync {
     fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
     /// The activation history, newest first.
     fn activations(&self, limit: usize) -> StoreResult<Vec<PolicyActivation>>;
+    /// The events after the one numbered `after`, oldest first, of one tenant or all:
+    /// every event a later call can see has a larger id than every event seen before.
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant: Option<&str>,
+    ) -> StoreResult<Vec<EventView>>;
     /// A policy the ledger has seen, by digest.
     fn stored_policy(&self, digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>>;
     /// A tenant's credits, when the store's tables are current (PostgreSQL); none when

@@ -34,7 +34,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -212,7 +212,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 fn layout(bytes: &[u8]) -> Result<(Header, u8, Vec<&[u8]>), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1..=5 => {
+        1..=6 => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
@@ -324,7 +324,7 @@ fn decode_value_versioned<T: for<'de> Deserialize<'de>>(
 ) -> Result<(u8, T), CodecError> {
     let (version, mut payload) = unframe(magic, bytes)?;
     match version {
-        1..=5 => {
+        1..=6 => {
             let value = take_value(&mut payload)?;
             if payload.is_empty() {
                 Ok((version, value))
@@ -423,6 +423,24 @@ mod tests {
                             spent: 2,
                         },
                     )],
+                }),
+                Decision::Watch(crate::ledger::record::WatchSet {
+                    tenant: "acme".into(),
+                    balance: "default".into(),
+                    watch: Some(crate::ledger::events::Watch::new(
+                        crate::ledger::events::Thresholds {
+                            levels: vec![crate::ledger::events::Level::Percent(20)],
+                            lot_expiring_lead_ms: Some(86_400_000),
+                        },
+                    )),
+                }),
+                Decision::Event(crate::ledger::record::EventRecord {
+                    tenant: "acme".into(),
+                    balance: "default".into(),
+                    kind: crate::ledger::events::EventKind::BalanceExhausted {
+                        before: 3,
+                        after: 0,
+                    },
                 }),
             ],
         }

@@ -101,6 +101,28 @@ const MIGRATIONS: &[Migration] = &[
          ); \
          CREATE INDEX refills_by_next_start ON refills (next_start_ms)",
     ),
+    // Events (record format 6): an account's watch lives in its row (`watch_json`,
+    // read with it), with its lead time and the lots it warned of as columns for the
+    // sweep's query. An event's id comes from `event_ids` under the events lock, held
+    // to commit, so ids become visible in order and a reader after id N never misses
+    // one below a later N.
+    Migration::Sql(
+        "ALTER TABLE accounts ADD COLUMN watch_json TEXT, \
+             ADD COLUMN expiring_lead_ms BIGINT, \
+             ADD COLUMN warned_lots BIGINT[] NOT NULL DEFAULT '{}'; \
+         CREATE INDEX accounts_warned_early ON accounts (tenant) \
+             WHERE expiring_lead_ms IS NOT NULL; \
+         CREATE TABLE events ( \
+             id      BIGINT PRIMARY KEY, \
+             tenant  TEXT NOT NULL, \
+             balance TEXT NOT NULL, \
+             kind    TEXT NOT NULL, \
+             at_ms   BIGINT NOT NULL, \
+             record  BYTEA NOT NULL \
+         ); \
+         CREATE INDEX events_by_tenant ON events (tenant, id); \
+         CREATE SEQUENCE event_ids",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.
@@ -410,6 +432,23 @@ fn lock_key(space: &str, kind: &str, name: &str) -> i64 {
 
 fn tenant_lock(space: &str, tenant: &str) -> i64 {
     lock_key(space, "tenant", tenant)
+}
+
+/// Taken by every batch that records events, from its first event id to its commit, so
+/// that event ids become visible in their order.
+fn events_lock(space: &str) -> i64 {
+    lock_key(space, "events", "")
+}
+
+/// An event as the `events` table keeps it.
+const EVENT_MAGIC: &[u8; 4] = b"CGE1";
+
+fn encode_event(event: &crate::ledger::record::EventRecord) -> Vec<u8> {
+    codec::encode_value(EVENT_MAGIC, event)
+}
+
+fn decode_event(bytes: &[u8]) -> StoreResult<crate::ledger::record::EventRecord> {
+    Ok(codec::decode_value(EVENT_MAGIC, bytes)?)
 }
 
 /// Taken by every activation, so the history gets one entry per switch.

@@ -4,12 +4,13 @@ use postgres::types::ToSql;
 use postgres::{Config, NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{closure_from_text, policy_from_row, to_u64, transaction_from_row};
+use super::{closure_from_text, decode_event, policy_from_row, to_u64, transaction_from_row};
 use crate::error::MeterError;
 use crate::ledger::AccountState;
+use crate::ledger::events::event_view;
 use crate::ledger::lots::Lot;
 use crate::model::{
-    Amounts, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
+    Amounts, EventView, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
 };
 use crate::policy::PolicyDigest;
 use crate::store::{
@@ -79,13 +80,15 @@ impl LedgerReader for PostgresReader {
             held: balances.iter().map(|name| (name.clone(), 0)).collect(),
             overdraft_limits: Amounts::new(),
             spend_caps: Default::default(),
+            thresholds: Default::default(),
         };
         let rows = self.query(
-            "SELECT balance, available, held, overdraft_limit, spend_cap IS NOT NULL \
-             FROM accounts WHERE tenant = $1",
+            "SELECT balance, available, held, overdraft_limit, \
+             spend_cap IS NOT NULL OR watch_json IS NOT NULL FROM accounts WHERE tenant = $1",
             &[&tenant],
         )?;
-        // A spend window is shown as of the ledger's clock: the sequencer's to answer.
+        // A spend window is shown as of the ledger's clock, and thresholds as the live
+        // state reads them: the sequencer's to answer.
         for row in &rows {
             if row.try_get::<_, bool>(4)? {
                 return Ok(None);
@@ -159,6 +162,36 @@ impl LedgerReader for PostgresReader {
         .iter()
         .map(journal_from_row)
         .collect()
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        count: usize,
+        tenant: Option<&str>,
+    ) -> StoreResult<Vec<EventView>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = match tenant {
+            Some(tenant) => self.query(
+                "SELECT id, at_ms, record FROM events WHERE tenant = $1 AND id > $2 \
+                 ORDER BY id LIMIT $3",
+                &[&tenant, &after, &limit(count)],
+            )?,
+            None => self.query(
+                "SELECT id, at_ms, record FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &limit(count)],
+            )?,
+        };
+        rows.iter()
+            .map(|row| {
+                let record: Vec<u8> = row.try_get(2)?;
+                Ok(event_view(
+                    to_u64(row.try_get(0)?),
+                    to_u64(row.try_get(1)?),
+                    &decode_event(&record)?,
+                ))
+            })
+            .collect()
     }
 
     fn activations(&self, count: usize) -> StoreResult<Vec<PolicyActivation>> {

@@ -10,8 +10,9 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, Row, Statement};
 
 use super::{
-    LOCK_SPACE, activation_lock, closure_from_text, closure_text, connect, encode_record, lock_key,
-    policy_from_row, tenant_lock, to_i64, to_u64, transaction_from_row,
+    LOCK_SPACE, activation_lock, closure_from_text, closure_text, connect, encode_event,
+    encode_record, events_lock, lock_key, policy_from_row, tenant_lock, to_i64, to_u64,
+    transaction_from_row,
 };
 use crate::error::MeterError;
 use crate::ledger::AccountState;
@@ -34,7 +35,7 @@ const TENANTS_OF: &str = "SELECT DISTINCT tenant FROM transactions WHERE id = AN
 const TRANSACTIONS_BY_ID: &str = "SELECT id, record FROM transactions WHERE id = ANY($1)";
 const ACCOUNTS_OF: &str = "SELECT tenant, balance, available, held, overdraft_limit, \
      spend_cap, spend_window, spend_time_zone, spend_window_start_ms, spend_window_end_ms, \
-     spend_since_ms, spent FROM accounts WHERE tenant = ANY($1)";
+     spend_since_ms, spent, watch_json FROM accounts WHERE tenant = ANY($1)";
 const DUE_OF: &str = "SELECT id, record FROM transactions WHERE tenant = ANY($1) \
      AND state = 'open' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $2";
 const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM transactions \
@@ -42,7 +43,12 @@ const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM tran
      ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM lots \
      WHERE closed IS NULL AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
      ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM refills \
-     WHERE next_start_ms <= $1 ORDER BY next_start_ms LIMIT $2)) AS due";
+     WHERE next_start_ms <= $1 ORDER BY next_start_ms LIMIT $2) UNION ALL (SELECT a.tenant \
+     FROM accounts a WHERE a.expiring_lead_ms IS NOT NULL AND EXISTS (SELECT 1 FROM lots l \
+     WHERE l.tenant = a.tenant AND l.balance = a.balance AND l.closed IS NULL \
+     AND l.remaining > 0 AND l.expires_at_ms > $1 \
+     AND l.expires_at_ms <= $1 + a.expiring_lead_ms AND l.lot <> ALL (a.warned_lots)) \
+     LIMIT $2)) AS due";
 const REFILLS_OF: &str =
     "SELECT tenant, refill_id, terms_json, last_start_ms FROM refills WHERE tenant = ANY($1)";
 const GRANTS_BY_ID: &str = "SELECT grant_id, tenant, balance, amount, lot, terms_json \
@@ -102,6 +108,19 @@ const UPSERT_REFILLS: &str = "INSERT INTO refills (tenant, refill_id, terms_json
      next_start_ms = excluded.next_start_ms";
 const DELETE_REFILLS: &str = "DELETE FROM refills AS r USING unnest($1::text[], $2::text[]) \
      AS d (tenant, refill_id) WHERE r.tenant = d.tenant AND r.refill_id = d.refill_id";
+/// An account's watch (a removed one: nulls); the account starts empty if it is new.
+/// The lots warned of come as comma-separated text: `unnest` takes no array of arrays.
+const UPSERT_WATCHES: &str = "INSERT INTO accounts (tenant, balance, available, held, \
+     watch_json, expiring_lead_ms, warned_lots) SELECT tenant, balance, 0, 0, watch_json, \
+     lead_ms, COALESCE(string_to_array(warned, ',')::int8[], '{}') FROM unnest($1::text[], \
+     $2::text[], $3::text[], $4::int8[], $5::text[]) \
+     AS watches (tenant, balance, watch_json, lead_ms, warned) \
+     ON CONFLICT (tenant, balance) DO UPDATE SET watch_json = excluded.watch_json, \
+     expiring_lead_ms = excluded.expiring_lead_ms, warned_lots = excluded.warned_lots";
+const NEXT_EVENT_IDS: &str = "SELECT nextval('event_ids') FROM generate_series(1, $1::int8)";
+const INSERT_EVENTS: &str = "INSERT INTO events (id, tenant, balance, kind, at_ms, record) \
+     SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+     $6::bytea[])";
 const INSERT_MARKS: &str = "INSERT INTO marks (tenant, scope, key, transaction_id) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
 const INSERT_GRANTS: &str = "INSERT INTO grants (grant_id, tenant, balance, amount, at_ms, \
@@ -281,6 +300,13 @@ impl PostgresStore {
             state.set_accounts(&tenant, [(&balance, &account)])?;
             state.set_overdraft_limit(&tenant, &balance, row.try_get(4)?)?;
             state.set_spend_cap(&tenant, &balance, cap_from_row(&row)?)?;
+            let watch_json: Option<String> = row.try_get(12)?;
+            if let Some(json) = watch_json {
+                let watch = serde_json::from_str(&json).map_err(|why| {
+                    MeterError::StoreCorrupt(format!("the watch of {tenant}/{balance}: {why}"))
+                })?;
+                state.set_watch(&tenant, &balance, Some(watch))?;
+            }
         }
         for row in &due {
             let id: String = row.try_get(0)?;
@@ -317,6 +343,9 @@ impl PostgresStore {
         let mut caps: BTreeSet<(&str, &str)> = BTreeSet::new();
         // Refills set, removed or granted: written as the batch left them.
         let mut refills: BTreeSet<(&str, &str)> = BTreeSet::new();
+        // Watches set, removed or that remembered an event: as the batch left them.
+        let mut watches: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut events: Vec<&crate::ledger::record::EventRecord> = Vec::new();
         for decision in &batch.decisions {
             let (transaction_id, tenant, policy) = match decision {
                 Decision::Authorize(authorized_here) => {
@@ -358,7 +387,13 @@ impl PostgresStore {
                     ));
                     (&granted.grant_id, &granted.tenant, granted.policy)
                 }
-                Decision::CloseLot(closed) => (&closed.grant_id, &closed.tenant, closed.policy),
+                Decision::CloseLot(closed) => {
+                    // A watch forgets the lots it warned of as they close.
+                    if state.watch(&closed.tenant, &closed.balance).is_some() {
+                        watches.insert((&closed.tenant, &closed.balance));
+                    }
+                    (&closed.grant_id, &closed.tenant, closed.policy)
+                }
                 Decision::Overdraft(set) => {
                     limits.insert((&set.tenant, &set.balance), set.limit);
                     continue;
@@ -369,6 +404,15 @@ impl PostgresStore {
                 }
                 Decision::Refill(set) => {
                     refills.insert((&set.tenant, &set.refill_id));
+                    continue;
+                }
+                Decision::Watch(set) => {
+                    watches.insert((&set.tenant, &set.balance));
+                    continue;
+                }
+                Decision::Event(event) => {
+                    watches.insert((&event.tenant, &event.balance));
+                    events.push(event);
                     continue;
                 }
                 Decision::Spend(spent) => {
@@ -573,6 +617,57 @@ impl PostgresStore {
                     &[
                         &removed.iter().map(|row| row.0).collect::<Vec<_>>(),
                         &removed.iter().map(|row| row.1).collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if !watches.is_empty() {
+                let rows = watches
+                    .iter()
+                    .map(|(tenant, balance)| {
+                        let watch = state.watch(tenant, balance);
+                        let json = watch.map(serde_json::to_string).transpose().map_err(|why| {
+                            MeterError::StoreCorrupt(format!("the watch of {tenant}/{balance}: {why}"))
+                        })?;
+                        let lead = watch.and_then(|watch| watch.thresholds.lot_expiring_lead_ms);
+                        let warned = watch.map(|watch| {
+                            watch.warned_lots.iter().map(|lot| lot.to_string()).collect::<Vec<_>>().join(",")
+                        });
+                        Ok((json, lead, warned.filter(|warned| !warned.is_empty())))
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                connection.execute(
+                    UPSERT_WATCHES,
+                    &[
+                        &watches.iter().map(|key| key.0).collect::<Vec<_>>(),
+                        &watches.iter().map(|key| key.1).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.0.clone()).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.1).collect::<Vec<_>>(),
+                        &rows.iter().map(|row| row.2.clone()).collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if !events.is_empty() {
+                // Last of the batch's locks, held to commit: no batch holding it waits
+                // on another lock, and ids become visible in their order.
+                connection.execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&events_lock(&self.lock_space.borrow())],
+                )?;
+                let mut ids: Vec<i64> = connection
+                    .query(NEXT_EVENT_IDS, &[&(events.len() as i64)])?
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                ids.sort_unstable();
+                connection.execute(
+                    INSERT_EVENTS,
+                    &[
+                        &ids,
+                        &events.iter().map(|event| event.tenant.as_str()).collect::<Vec<_>>(),
+                        &events.iter().map(|event| event.balance.as_str()).collect::<Vec<_>>(),
+                        &events.iter().map(|event| event.kind.as_str()).collect::<Vec<_>>(),
+                        &vec![at_ms; events.len()],
+                        &events.iter().map(|event| encode_event(event)).collect::<Vec<_>>(),
                     ],
                 )?;
             }

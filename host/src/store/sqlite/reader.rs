@@ -13,8 +13,13 @@ use super::log::stored_policy;
 use super::records;
 use super::views::Progress;
 use super::{open_reading, to_i64, to_u64, views_path};
+use crate::error::MeterError;
 use crate::ledger::codec::{self, Header};
-use crate::model::{JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView};
+use crate::ledger::events::event_view;
+use crate::ledger::record::Decision;
+use crate::model::{
+    EventView, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
+};
 use crate::policy::PolicyDigest;
 use crate::store::{
     AuditPoint, JournalSum, LedgerReader, StoreResult, StoredPolicy, ViewsLag,
@@ -189,6 +194,64 @@ impl LedgerReader for SqliteReader {
             entries.sort_by_key(|entry| entry.id);
             entries.truncate(count);
             Ok(entries)
+        })
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        count: usize,
+        tenant: Option<&str>,
+    ) -> StoreResult<Vec<EventView>> {
+        self.read(|connections| {
+            let after = to_i64(after);
+            let places: Vec<(i64, i64, i64)> = match tenant {
+                Some(tenant) => connections
+                    .views
+                    .prepare_cached(
+                        "SELECT id, seq, decision FROM events WHERE tenant = ?1 AND id > ?2 \
+                         ORDER BY id LIMIT ?3",
+                    )?
+                    .query_map(params![tenant, after, limit(count)], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => connections
+                    .views
+                    .prepare_cached(
+                        "SELECT id, seq, decision FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    )?
+                    .query_map(params![after, limit(count)], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
+            let mut events = Vec::with_capacity(places.len());
+            let mut loaded: Option<(i64, Vec<u8>)> = None;
+            for (id, seq, decision) in places {
+                if loaded.as_ref().is_none_or(|(known, _)| *known != seq) {
+                    let bytes: Vec<u8> = connections
+                        .log
+                        .prepare_cached("SELECT record FROM log WHERE seq = ?1")?
+                        .query_row(params![seq], |row| row.get(0))?;
+                    loaded = Some((seq, bytes));
+                }
+                if let Some((_, bytes)) = &loaded {
+                    let index = usize::try_from(decision).unwrap_or(usize::MAX);
+                    match codec::decode_decision(bytes, index)? {
+                        (header, Decision::Event(event)) => {
+                            events.push(event_view(to_u64(id), header.at_ms, &event));
+                        }
+                        _ => {
+                            return Err(MeterError::StoreCorrupt(format!(
+                                "event {id} points at decision {decision} of batch {seq}, \
+                                 which is no event"
+                            )));
+                        }
+                    }
+                }
+            }
+            Ok(events)
         })
     }
 

@@ -274,7 +274,9 @@ pub fn decision_entries(
         | Decision::Overdraft(_)
         | Decision::Cap(_)
         | Decision::Spend(_)
-        | Decision::Refill(_) => {
+        | Decision::Refill(_)
+        | Decision::Watch(_)
+        | Decision::Event(_) => {
             return Ok(Vec::new());
         }
     };

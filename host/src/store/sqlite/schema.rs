@@ -227,6 +227,18 @@ CREATE TABLE snapshot_next (part INTEGER PRIMARY KEY, bytes BLOB NOT NULL);
 ALTER TABLE grants ADD COLUMN lot INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE grants ADD COLUMN terms_json TEXT NOT NULL DEFAULT '';
 "#,
+    // Events (record format 6): where each is in the log, numbered in log order (a
+    // row is never deleted, so a new id is always the largest).
+    r#"
+CREATE TABLE events (
+    id       INTEGER PRIMARY KEY,
+    seq      INTEGER NOT NULL,
+    decision INTEGER NOT NULL,
+    tenant   TEXT NOT NULL,
+    UNIQUE (seq, decision)
+);
+CREATE INDEX events_by_tenant ON events (tenant, id);
+"#,
 ];
 
 /// Brings `PATH.views` to this build's schema.

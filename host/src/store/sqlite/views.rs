@@ -496,6 +496,15 @@ impl ViewThread {
             }
         }
         {
+            // In log order: the ids follow it.
+            let mut insert = views.prepare_cached(
+                "INSERT OR IGNORE INTO events (seq, decision, tenant) VALUES (?1, ?2, ?3)",
+            )?;
+            for (seq, decision, tenant) in &rows.events {
+                insert.execute(params![to_i64(*seq), *decision as i64, tenant])?;
+            }
+        }
+        {
             let mut insert = views.prepare_cached(
                 "INSERT OR REPLACE INTO batches (seq, last_entry) VALUES (?1, ?2)",
             )?;
@@ -605,6 +614,8 @@ struct WindowRows {
     grants: BTreeMap<String, GrantRow>,
     policies: Vec<PolicyRow>,
     activations: Vec<(Digest, String, u64)>,
+    /// `(seq, decision, tenant)` of every event, in log order.
+    events: Vec<(u64, usize, String)>,
 }
 
 impl WindowRows {
@@ -680,12 +691,16 @@ impl WindowRows {
                     );
                 }
                 Decision::CloseLot(closed) => journal(&closed.tenant),
-                // Limits, caps, windows and refills live in the live state (and its
-                // snapshots); nothing to view.
+                // Limits, caps, windows, refills and watches live in the live state
+                // (and its snapshots); nothing to view.
                 Decision::Overdraft(_)
                 | Decision::Cap(_)
                 | Decision::Spend(_)
-                | Decision::Refill(_) => {}
+                | Decision::Refill(_)
+                | Decision::Watch(_) => {}
+                Decision::Event(event) => {
+                    self.events.push((batch.seq, index, event.tenant.clone()));
+                }
                 Decision::Policy(saved) => self.policies.push(PolicyRow {
                     digest: policy(saved.policy)?,
                     name: saved.name.clone(),
