@@ -11,6 +11,7 @@ mod new_policy;
 mod operator;
 mod policy;
 mod proxy;
+mod receiver;
 mod serve;
 
 use std::io::IsTerminal;
@@ -52,6 +53,8 @@ enum Command {
     Thresholds(operator::ThresholdsArgs),
     /// Print the event feed as JSON lines (`--follow` to keep reading).
     Events(operator::EventsArgs),
+    /// Receive webhook deliveries: check their signature, print each event once.
+    WebhookReceiver(receiver::ReceiverArgs),
     /// Show a tenant's balances.
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Refill(args) => operator::refill(args),
         Command::Thresholds(args) => operator::thresholds(args),
         Command::Events(args) => operator::events(args),
+        Command::WebhookReceiver(args) => receiver::run(args),
         Command::Balance(args) => operator::balance(args),
         Command::Ledger(args) => operator::ledger(args),
         Command::Bench(args) => bench::run(args),

@@ -12,6 +12,7 @@ use super::limits::PolicyLimitArgs;
 use clap::builder::TypedValueParser;
 
 use creditgate::store::StoreLocation;
+use creditgate::webhooks::deliver::{Deliverer, DeliveryOptions};
 use creditgate::{Meter, MeterConfig, PolicySource};
 use creditgate_http::limits::ApiLimits;
 use creditgate_http::server::{self, ConnectionLimits};
@@ -26,6 +27,32 @@ pub struct ServeArgs {
     meter: MeterArgs,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+/// How webhooks are delivered.
+#[derive(Args)]
+pub struct WebhookArgs {
+    /// The wait after a failed delivery, in ms; it doubles with each further failure.
+    #[arg(long, default_value_t = DeliveryOptions::default().retry_base_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_retry_base_ms: u64,
+    /// The longest wait between two attempts at one event, in ms.
+    #[arg(long, default_value_t = DeliveryOptions::default().retry_max_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_retry_max_ms: u64,
+    /// The longest a receiver may take to answer a delivery, in ms.
+    #[arg(long, default_value_t = DeliveryOptions::default().timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_timeout_ms: u64,
+}
+
+impl WebhookArgs {
+    fn options(&self) -> DeliveryOptions {
+        DeliveryOptions {
+            retry_base_ms: self.webhook_retry_base_ms,
+            retry_max_ms: self.webhook_retry_max_ms.max(self.webhook_retry_base_ms),
+            timeout_ms: self.webhook_timeout_ms,
+        }
+    }
 }
 
 /// The meter's options: its policy and its ledger (`serve` and `proxy`).
@@ -89,6 +116,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Counting from the start: the policy registered and activated on opening.
     creditgate_http::metrics::exporter();
     let meter = args.meter.open()?;
+    // Delivers while the sidecar serves; stopped (and joined) when `run` returns.
+    let _deliverer = Deliverer::start(Arc::clone(&meter), args.webhooks.options())?;
     let connection_limits = args.http.connection_limits();
     let api_limits = args.http.api_limits();
     let runtime = runtime()?;

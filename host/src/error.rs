@@ -32,6 +32,9 @@ pub enum MeterError {
     /// No grant with this id was made to this tenant.
     #[error("no grant '{0}' was made to this tenant")]
     UnknownGrant(String),
+    /// No webhook with this id (or no dead letter of it with this event id).
+    #[error("{0}")]
+    UnknownWebhook(String),
     /// The grant was made before lots existed: its credits are not told apart from the
     /// account's other credits of that time, so it cannot be voided alone.
     #[error("grant '{0}' was made before lots existed and cannot be voided alone")]
@@ -138,7 +141,9 @@ impl MeterError {
             MeterError::InvalidRequest(_)
             | MeterError::UnknownBalance { .. }
             | MeterError::InvalidAmount(_) => 400,
-            MeterError::UnknownTransaction(_) | MeterError::UnknownGrant(_) => 404,
+            MeterError::UnknownTransaction(_)
+            | MeterError::UnknownGrant(_)
+            | MeterError::UnknownWebhook(_) => 404,
             MeterError::InvalidPolicy(_) => 422,
             MeterError::NoPreviousPolicy => 409,
             MeterError::NoShadow => 404,
@@ -181,6 +186,7 @@ impl MeterError {
             MeterError::TransactionConflict(_) => ErrorCode::TransactionConflict,
             MeterError::GrantConflict(_) => ErrorCode::GrantConflict,
             MeterError::UnknownGrant(_) => ErrorCode::UnknownGrant,
+            MeterError::UnknownWebhook(_) => ErrorCode::UnknownWebhook,
             MeterError::GrantNotVoidable(_) => ErrorCode::GrantNotVoidable,
             MeterError::TransactionRejected(_) => ErrorCode::TransactionRejected,
             MeterError::HoldExpired(_) => ErrorCode::HoldExpired,
@@ -236,6 +242,7 @@ error_codes! {
     TransactionConflict = "transaction_conflict",
     GrantConflict = "grant_conflict",
     UnknownGrant = "unknown_grant",
+    UnknownWebhook = "unknown_webhook",
     GrantNotVoidable = "grant_not_voidable",
     TransactionRejected = "transaction_rejected",
     HoldExpired = "hold_expired",

@@ -36,6 +36,7 @@ pub mod meter;
 pub mod model;
 pub mod policy;
 pub mod store;
+pub mod webhooks;
 
 pub use error::MeterError;
 pub use meter::{Meter, MeterConfig, NativePolicy, PolicySource};

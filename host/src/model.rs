@@ -347,6 +347,21 @@ pub enum EventDetails {
     },
 }
 
+impl EventDetails {
+    /// The event's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventDetails::BalanceLow { .. } => "balance_low",
+            EventDetails::BalanceExhausted { .. } => "balance_exhausted",
+            EventDetails::LotExpiring { .. } => "lot_expiring",
+            EventDetails::LotExpired { .. } => "lot_expired",
+            EventDetails::LotVoided { .. } => "lot_voided",
+            EventDetails::RefillGranted { .. } => "refill_granted",
+            EventDetails::SpendCapReached { .. } => "spend_cap_reached",
+        }
+    }
+}
+
 /// A page of the event feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventPage {
@@ -354,6 +369,66 @@ pub struct EventPage {
     /// The cursor for the next page: the last event's id, or the `after` asked for
     /// when no event came.
     pub next_after: u64,
+}
+
+/// A webhook as an operator sets it: every event of the feed that matches is POSTed to
+/// `url`, in order, signed with `secret`, retried until delivered or dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    /// `http://` or `https://`, at most 2,048 bytes.
+    pub url: String,
+    /// The HMAC-SHA256 key of the `creditgate-signature` header: 16 to 256 bytes.
+    pub secret: String,
+    /// Only this tenant's events; every tenant's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Only these kinds (`balance_low`, ...); every kind when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Start after this event id (0: the whole feed). When absent, a new webhook gets
+    /// the events raised from now on, and a changed one keeps its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// Attempts at one event before it is dead-lettered: 1 to 100, 30 when absent
+    /// (about 4 hours of retries with the default backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_max: Option<u32>,
+}
+
+/// A webhook and where its delivery is (its secret is never shown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookView {
+    pub webhook_id: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    pub attempts_max: u32,
+    /// Every event up to this id was delivered, skipped (another tenant or kind) or
+    /// dead-lettered.
+    pub after: u64,
+    /// Failed attempts at the next event.
+    pub attempts: u32,
+    /// When the next attempt is due, after a failure (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Events given up on, kept for `GET /v1/webhooks/{webhook_id}/dead`.
+    pub dead_letters: u64,
+}
+
+/// An event a webhook gave up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetter {
+    pub event: EventView,
+    pub attempts: u32,
+    pub last_error: String,
+    pub dead_at_ms: u64,
+    /// An operator asked for it again: the next delivery round tries it once more.
+    pub requeued: bool,
 }
 
 /// A spend cap and its current window.

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -99,6 +100,13 @@ fn routes(state: &Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
         .routes(admin(state, routes!(set_spend_cap, remove_spend_cap)))
         .routes(admin(state, routes!(set_refill, remove_refill)))
         .routes(admin(state, routes!(set_thresholds, remove_thresholds)))
+        .routes(admin(
+            state,
+            routes!(webhooks::set_webhook, webhooks::remove_webhook),
+        ))
+        .routes(admin(state, routes!(webhooks::webhooks)))
+        .routes(admin(state, routes!(webhooks::dead_letters)))
+        .routes(admin(state, routes!(webhooks::requeue_dead_letter)))
         .routes(routes!(refills))
         .routes(routes!(balances))
         .routes(routes!(journal))

@@ -32,6 +32,11 @@ use utoipa::{Modify, OpenApi};
         super::set_thresholds,
         super::remove_thresholds,
         super::events,
+        super::webhooks::set_webhook,
+        super::webhooks::remove_webhook,
+        super::webhooks::webhooks,
+        super::webhooks::dead_letters,
+        super::webhooks::requeue_dead_letter,
         super::balances,
         super::journal,
         super::audit,
@@ -50,7 +55,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "metering", description = "What a gateway calls around each metered call"),
         (name = "ledger", description = "Credits, journals and transactions"),
-        (name = "events", description = "Thresholds on balances, and the feed of the events they raise"),
+        (name = "events", description = "Thresholds on balances, the feed of the events they raise, and webhooks delivering it"),
         (name = "policy", description = "The active policy, its history, and shadow evaluation"),
         (name = "operations", description = "Health, metrics and this document"),
     )

@@ -31,3 +31,4 @@ mod sandbox;
 mod smarte;
 mod spend_cap;
 mod support;
+mod webhooks;

@@ -58,11 +58,13 @@ use crate::model::{
     JournalEntry, PolicyActivation, PolicyRef, Quote, Receipt, RefillRequest, RefillView,
     SettleRequest, ShadowReport, SpendCapTerms, TenantBalances, ThresholdTerms, TransactionView,
 };
+use crate::model::{DeadLetter, WebhookRequest, WebhookView};
 use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
 use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, probe};
 use crate::store::sqlite::{self, SqliteOptions, lock::LedgerLock};
 use crate::store::{ColdStore, LedgerReader, Store, StoreLocation, ViewsLag, postgres};
+use crate::webhooks::{self, Webhook, WebhookStore};
 use command::{Command, Reply};
 use decide::CheckedAuthorize;
 use registry::Registry;
@@ -183,6 +185,8 @@ pub struct Meter {
     health: Arc<Health>,
     /// The SQLite ledger's lock, where the owner says where it serves.
     lock: Option<Arc<LedgerLock>>,
+    /// What webhooks there are and where their delivery is.
+    webhooks: Arc<dyn WebhookStore>,
 }
 
 /// What the sequencer thread answers once it runs.
@@ -233,6 +237,11 @@ impl Meter {
                 })?
         };
         let started: Started = start_result.recv().map_err(|_| MeterError::ShutDown)??;
+        // Opened once the ledger is: its lock is held, its schema migrated.
+        let webhooks: Arc<dyn WebhookStore> = match &config.store {
+            StoreLocation::Sqlite(path) => Arc::new(sqlite::webhooks::open(path)?),
+            StoreLocation::Postgres(url) => Arc::new(postgres::open_webhooks(url)?),
+        };
         Ok(Self {
             jobs: Some(jobs),
             sequencer: Some(thread),
@@ -247,6 +256,7 @@ impl Meter {
             failure_counts,
             health,
             lock: started.lock,
+            webhooks,
         })
     }
 
@@ -716,6 +726,110 @@ impl Meter {
         }
     }
 
+    /// Adds or changes a webhook: from the next delivery round, the events of the feed
+    /// it wants are POSTed to its URL (by the process that runs
+    /// [`Deliverer`](crate::webhooks::deliver::Deliverer)). A new webhook starts at the
+    /// end of the feed unless `after` says where.
+    pub fn set_webhook(
+        &self,
+        webhook_id: &str,
+        request: &WebhookRequest,
+    ) -> Result<WebhookView, MeterError> {
+        let existing = self.find_webhook(webhook_id)?;
+        let hook = webhooks::webhook(webhook_id, request, existing.as_ref())?;
+        let after = match (request.after, &existing) {
+            (Some(after), _) => Some(after),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.reader.last_event_id()?),
+        };
+        self.webhooks.put(&hook, after)?;
+        self.find_webhook(webhook_id)?
+            .map(|hook| hook.view())
+            .ok_or_else(|| {
+                MeterError::UnknownWebhook(format!("webhook '{webhook_id}' was removed meanwhile"))
+            })
+    }
+
+    /// Removes a webhook and its dead letters.
+    pub fn remove_webhook(&self, webhook_id: &str) -> Result<(), MeterError> {
+        validate::identifier("webhook_id", webhook_id)?;
+        if self.webhooks.remove(webhook_id)? {
+            Ok(())
+        } else {
+            Err(unknown_webhook(webhook_id))
+        }
+    }
+
+    /// Every webhook, with where its delivery is.
+    pub fn webhooks(&self) -> Result<Vec<WebhookView>, MeterError> {
+        Ok(self.webhooks.list()?.iter().map(Webhook::view).collect())
+    }
+
+    /// The events a webhook gave up on, oldest first.
+    pub fn dead_letters(&self, webhook_id: &str) -> Result<Vec<DeadLetter>, MeterError> {
+        validate::identifier("webhook_id", webhook_id)?;
+        if self.find_webhook(webhook_id)?.is_none() {
+            return Err(unknown_webhook(webhook_id));
+        }
+        self.webhooks
+            .dead_letters(webhook_id, webhooks::DEAD_LETTERS_PAGE_MAX)?
+            .into_iter()
+            .map(|dead| {
+                let page = self
+                    .reader
+                    .events_after(dead.event_id.saturating_sub(1), 1, None)?;
+                let event = page
+                    .into_iter()
+                    .find(|event| event.id == dead.event_id)
+                    .ok_or_else(|| {
+                        MeterError::StoreCorrupt(format!(
+                            "dead letter {} of webhook '{webhook_id}' names no event of the feed",
+                            dead.event_id
+                        ))
+                    })?;
+                Ok(DeadLetter {
+                    event,
+                    attempts: dead.attempts,
+                    last_error: dead.last_error,
+                    dead_at_ms: dead.dead_at_ms,
+                    requeued: dead.requeued,
+                })
+            })
+            .collect()
+    }
+
+    /// Asks for a dead letter again: the next delivery round tries it once more (it
+    /// leaves the dead letters when delivered).
+    pub fn requeue_dead_letter(&self, webhook_id: &str, event_id: u64) -> Result<(), MeterError> {
+        validate::identifier("webhook_id", webhook_id)?;
+        if self.webhooks.requeue(webhook_id, event_id)? {
+            Ok(())
+        } else {
+            Err(MeterError::UnknownWebhook(format!(
+                "webhook '{webhook_id}' has no dead letter of event {event_id}"
+            )))
+        }
+    }
+
+    fn find_webhook(&self, webhook_id: &str) -> Result<Option<Webhook>, MeterError> {
+        validate::identifier("webhook_id", webhook_id)?;
+        Ok(self
+            .webhooks
+            .list()?
+            .into_iter()
+            .find(|hook| hook.id == webhook_id))
+    }
+
+    /// Where webhooks live, for the delivery thread.
+    pub(crate) fn webhook_store(&self) -> Arc<dyn WebhookStore> {
+        Arc::clone(&self.webhooks)
+    }
+
+    /// Wakes at the next events made durable by this process.
+    pub(crate) fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.health.events.subscribe()
+    }
+
     /// Sets a tenant's refill (none: removes it): a lot of `amount` granted at the start
     /// of every period, the first at once when its anchor has passed. Answers the
     /// tenant's refills.
@@ -844,6 +958,10 @@ impl Drop for Meter {
             let _ = sequencer.join();
         }
     }
+}
+
+fn unknown_webhook(webhook_id: &str) -> MeterError {
+    MeterError::UnknownWebhook(format!("no webhook '{webhook_id}'"))
 }
 
 /// Validation, fingerprint and id of an authorize, on the caller's thread.

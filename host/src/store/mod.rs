@@ -250,6 +250,8 @@ pub trait LedgerReader: Send + Sync {
     fn journal_after(&self, after_id: i64, limit: usize) -> StoreResult<Vec<JournalEntry>>;
     /// The activation history, newest first.
     fn activations(&self, limit: usize) -> StoreResult<Vec<PolicyActivation>>;
+    /// The id of the latest event (0 before the first).
+    fn last_event_id(&self) -> StoreResult<u64>;
     /// The events after the one numbered `after`, oldest first, of one tenant or all:
     /// every event a later call can see has a larger id than every event seen before.
     fn events_after(

@@ -6,6 +6,7 @@
 //! the server sets it, on by default), so answers wait for nothing more.
 
 mod reader;
+pub mod webhooks;
 mod writer;
 
 use std::str::FromStr;
@@ -122,6 +123,31 @@ const MIGRATIONS: &[Migration] = &[
          ); \
          CREATE INDEX events_by_tenant ON events (tenant, id); \
          CREATE SEQUENCE event_ids",
+    ),
+    // Webhooks (operational, not the ledger's): what each is and where its delivery
+    // is, and the events it gave up on.
+    Migration::Sql(
+        "CREATE TABLE webhooks ( \
+             id                 TEXT PRIMARY KEY, \
+             url                TEXT NOT NULL, \
+             secret             TEXT NOT NULL, \
+             tenant             TEXT, \
+             kinds_json         TEXT NOT NULL, \
+             attempts_max       INTEGER NOT NULL, \
+             after              BIGINT NOT NULL, \
+             attempts           INTEGER NOT NULL DEFAULT 0, \
+             next_attempt_at_ms BIGINT, \
+             last_error         TEXT \
+         ); \
+         CREATE TABLE webhook_dead ( \
+             webhook_id TEXT NOT NULL, \
+             event_id   BIGINT NOT NULL, \
+             attempts   INTEGER NOT NULL, \
+             last_error TEXT NOT NULL, \
+             dead_at_ms BIGINT NOT NULL, \
+             requeued   BOOLEAN NOT NULL DEFAULT false, \
+             PRIMARY KEY (webhook_id, event_id) \
+         )",
     ),
 ];
 
@@ -262,6 +288,12 @@ pub fn open_reader(url: &str) -> StoreResult<PostgresReader> {
         other => other,
     })?;
     Ok(PostgresReader::new(config))
+}
+
+/// The webhooks of the ledger at `url` (its schema is brought up to date by the
+/// ledger's own connection).
+pub fn open_webhooks(url: &str) -> StoreResult<webhooks::PostgresWebhooks> {
+    Ok(webhooks::open(config(url)?))
 }
 
 /// Creates an empty schema (for a scratch ledger).

@@ -164,6 +164,12 @@ impl LedgerReader for PostgresReader {
         .collect()
     }
 
+    fn last_event_id(&self) -> StoreResult<u64> {
+        let rows = self.query("SELECT COALESCE(MAX(id), 0) FROM events", &[])?;
+        let last: i64 = rows.first().map_or(Ok(0), |row| row.try_get(0))?;
+        Ok(to_u64(last))
+    }
+
     fn events_after(
         &self,
         after: u64,

@@ -19,6 +19,7 @@ mod records;
 mod recovery;
 mod schema;
 mod views;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 

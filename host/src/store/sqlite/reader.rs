@@ -197,6 +197,17 @@ impl LedgerReader for SqliteReader {
         })
     }
 
+    fn last_event_id(&self) -> StoreResult<u64> {
+        self.read(|connections| {
+            let last: i64 = connections.views.query_row(
+                "SELECT COALESCE(MAX(id), 0) FROM events",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(to_u64(last))
+        })
+    }
+
     fn events_after(
         &self,
         after: u64,
