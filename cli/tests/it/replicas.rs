@@ -676,3 +676,95 @@ fn a_reader_tailing_the_feed_misses_no_event_raised_by_three_replicas_at_once() 
     );
     assert_ledger_sound(replicas.scratch.location());
 }
+
+/// L5 with three `serve` processes on one PostgreSQL ledger, each sweeping every
+/// second on its own clock: a refill's period that starts while they run is granted
+/// once, a promotional lot that expires at the same instant expires once, and each is
+/// raised as an event once (with the lot's warning, once).
+#[test]
+fn three_serve_processes_grant_a_refill_period_once_and_expire_a_lot_once() {
+    let replicas = Replicas::start("smarte", 3);
+    let clients = replicas.clients();
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let (status, body) = clients[0].call(
+        "PUT",
+        "/v1/tenants/acme/balances/default/thresholds",
+        Some(r#"{"lot_expiring_lead_ms":60000}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = clients[1].post(
+        "/v1/tenants/acme/grants",
+        json!({"grant_id": "promo", "balance": "default", "amount": 30,
+               "category": "promotional", "expires_at_ms": now_ms + 1_500}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let anchor_ms = now_ms + 1_500;
+    let (status, body) = clients[2].call(
+        "PUT",
+        "/v1/tenants/acme/refills/hourly",
+        Some(
+            &json!({"balance": "default", "amount": 100, "every": "hour", "mode": "reset",
+                    "anchor_ms": anchor_ms})
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Every replica sweeps at least twice past both instants.
+    std::thread::sleep(Duration::from_millis(4_000));
+    let (status, balances) = clients[0].call("GET", "/v1/tenants/acme/balances?lots=true", None);
+    assert_eq!(status, 200, "{balances}");
+    let lots = balances["lots"].as_array().unwrap();
+    let states: BTreeMap<&str, (&str, i64)> = lots
+        .iter()
+        .map(|lot| {
+            (
+                lot["grant_id"].as_str().unwrap(),
+                (
+                    lot["state"].as_str().unwrap(),
+                    lot["remaining"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    let refill_lot = format!("refill:hourly:{anchor_ms}");
+    assert_eq!(
+        states,
+        BTreeMap::from([
+            ("promo", ("expired", 0)),
+            (refill_lot.as_str(), ("open", 100))
+        ]),
+        "{lots:?}"
+    );
+    let (status, journal) = clients[1].call("GET", "/v1/tenants/acme/journal", None);
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["grant", "lot_expire", "grant"], "{journal}");
+    let (status, page) = clients[2].call("GET", "/v1/events", None);
+    assert_eq!(status, 200);
+    let mut events: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap())
+        .collect();
+    events.sort_unstable();
+    // The promotional lot expires in the batch that grants the period (both at the
+    // same instant): the balance never shows zero, and nothing says it did.
+    assert_eq!(
+        events,
+        ["lot_expired", "lot_expiring", "refill_granted"],
+        "{page}"
+    );
+    assert_ledger_sound(replicas.scratch.location());
+}

@@ -186,7 +186,13 @@ fn deliver_feed(
         if let Some(after) = skipped.take() {
             store.delivered(&hook.id, after)?;
         }
-        match post(agent, hook, &event) {
+        let posted = post(agent, hook, &event);
+        delivery(match (&posted, attempts + 1 >= hook.attempts_max) {
+            (Ok(()), _) => "delivered",
+            (Err(_), false) => "failed",
+            (Err(_), true) => "dead_lettered",
+        });
+        match posted {
             Ok(()) => {
                 store.delivered(&hook.id, event.id)?;
                 attempts = 0;
@@ -218,6 +224,11 @@ fn deliver_feed(
         store.delivered(&hook.id, after)?;
     }
     Ok(())
+}
+
+/// Counts an attempt by its outcome.
+fn delivery(outcome: &'static str) {
+    metrics::counter!("creditgate_webhook_deliveries_total", "outcome" => outcome).increment(1);
 }
 
 /// One signed POST of one event; any answer but 2xx is a failure, told in a sentence.
