@@ -46,7 +46,7 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    fn options(&self) -> DeliveryOptions {
+    pub fn options(&self) -> DeliveryOptions {
         DeliveryOptions {
             retry_base_ms: self.webhook_retry_base_ms,
             retry_max_ms: self.webhook_retry_max_ms.max(self.webhook_retry_base_ms),

@@ -13,13 +13,14 @@ use axum::Router;
 use axum::middleware::from_fn_with_state;
 use clap::Args;
 use creditgate::Meter;
+use creditgate::webhooks::deliver::Deliverer;
 use creditgate_http::server;
 use creditgate_http::{AppState, limits, router};
 use creditgate_tower::{MeteringLayer, Routes};
 use tokio::sync::watch;
 use tower::Layer;
 
-use crate::serve::{HttpArgs, MeterArgs, shutdown_signal};
+use crate::serve::{HttpArgs, MeterArgs, WebhookArgs, shutdown_signal};
 pub use upstream::Upstream;
 
 #[derive(Args)]
@@ -40,6 +41,8 @@ pub struct ProxyArgs {
     meter: MeterArgs,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -52,6 +55,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // Counting from the start: the policy registered and activated on opening.
     creditgate_http::metrics::exporter();
     let meter = args.meter.open()?;
+    // Delivers while the proxy serves; stopped (and joined) when `run` returns.
+    let _deliverer = Deliverer::start(Arc::clone(&meter), args.webhooks.options())?;
     let layer = MeteringLayer::new(Arc::clone(&meter), routes)
         .with_context(|| format!("in the routes file {}", args.routes.display()))?;
     let connection_limits = args.http.connection_limits();

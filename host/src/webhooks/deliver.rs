@@ -234,7 +234,7 @@ fn delivery(outcome: &'static str) {
 /// One signed POST of one event; any answer but 2xx is a failure, told in a sentence.
 fn post(agent: &ureq::Agent, hook: &Webhook, event: &EventView) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|error| error.to_string())?;
-    let signed = signature(hook.secret.as_bytes(), now_ms(), &body);
+    let signed = signature(hook.secret.as_bytes(), now_ms(), &body)?;
     let answer = agent
         .post(&hook.url)
         .set("content-type", "application/json")

@@ -13,20 +13,20 @@ pub const SIGNATURE_HEADER: &str = "creditgate-signature";
 /// The header naming the event's id, for deduplication.
 pub const EVENT_ID_HEADER: &str = "creditgate-event-id";
 
-fn mac(secret: &[u8], at_ms: u64, body: &[u8]) -> HmacSha256 {
-    // HMAC takes a key of any length.
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+fn mac(secret: &[u8], at_ms: u64, body: &[u8]) -> Result<HmacSha256, String> {
+    // HMAC takes a key of any length: this refuses none.
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|error| error.to_string())?;
     mac.update(at_ms.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac
+    Ok(mac)
 }
 
 /// The header's value for `body` sent at `at_ms`.
-pub fn signature(secret: &[u8], at_ms: u64, body: &[u8]) -> String {
-    let digest = mac(secret, at_ms, body).finalize().into_bytes();
+pub fn signature(secret: &[u8], at_ms: u64, body: &[u8]) -> Result<String, String> {
+    let digest = mac(secret, at_ms, body)?.finalize().into_bytes();
     let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("t={at_ms},v1={hex}")
+    Ok(format!("t={at_ms},v1={hex}"))
 }
 
 /// Checks a header's value against `body`: a well-formed header, a time within
@@ -65,7 +65,7 @@ pub fn verify(
         .collect::<Option<Vec<u8>>>()
         .filter(|bytes| v1.len() == 2 * bytes.len())
         .ok_or_else(|| format!("v1 '{v1}' is not hex"))?;
-    mac(secret, at_ms, body)
+    mac(secret, at_ms, body)?
         .verify_slice(&bytes)
         .map_err(|_| "the signature does not match the body".to_owned())
 }
@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn a_signature_verifies_and_any_change_is_refused() {
-        let header = signature(b"0123456789abcdef", 1_000, b"{\"id\":1}");
+        let header = signature(b"0123456789abcdef", 1_000, b"{\"id\":1}").unwrap();
         assert!(header.starts_with("t=1000,v1="), "{header}");
         assert_eq!(
             verify(b"0123456789abcdef", &header, b"{\"id\":1}", 1_500, 1_000),
