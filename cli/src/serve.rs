@@ -109,6 +109,10 @@ pub struct HttpArgs {
     /// `PUT /v1/policy` uploads received and checked at once; more get 503 `overloaded`.
     #[arg(long, default_value_t = ApiLimits::POLICY_UPLOADS_MAX, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     policy_uploads_max: usize,
+    /// The longest a read of the event feed waits for the next event, in ms (a longer
+    /// `wait_ms` waits this long).
+    #[arg(long, default_value_t = creditgate::meter::feed::EVENTS_WAIT_MS_MAX, value_parser = clap::value_parser!(u64).range(0..=creditgate::meter::feed::EVENTS_WAIT_MS_MAX))]
+    events_wait_ms_max: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -219,6 +223,7 @@ impl HttpArgs {
             requests_in_flight_max: self.requests_in_flight_max,
             policy_uploads_max: self.policy_uploads_max,
             body_read_timeout_ms: self.body_read_timeout_ms,
+            events_wait_ms_max: self.events_wait_ms_max,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct AppState {
     /// When set, admin calls need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     pub admission: Arc<Admission>,
+    /// The longest a feed read waits ([`ApiLimits::events_wait_ms_max`]).
+    pub events_wait_ms_max: u64,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
         Self {
             meter,
             admin_token,
+            events_wait_ms_max: limits.events_wait_ms_max,
             admission: Arc::new(Admission::new(limits)),
         }
     }
@@ -880,7 +883,14 @@ async fn events(
     State(state): State<Arc<AppState>>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> ApiResult {
-    let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0));
+    // Past the API's bound, the meter refuses it; within, this server may wait less.
+    let wait_ms = query.wait_ms.unwrap_or(0);
+    let wait_ms = if wait_ms > creditgate::meter::feed::EVENTS_WAIT_MS_MAX {
+        wait_ms
+    } else {
+        wait_ms.min(state.events_wait_ms_max)
+    };
+    let wait = std::time::Duration::from_millis(wait_ms);
     ok(state
         .meter
         .events_async(

@@ -25,6 +25,9 @@ pub struct ApiLimits {
     /// How long a request body may take to arrive, from the end of its head; a slower
     /// one gets 408 `request_timeout`.
     pub body_read_timeout_ms: u64,
+    /// The longest a read of the event feed waits for the next event, in ms: a longer
+    /// `wait_ms` (up to the API's 30,000) waits this long and answers what there is.
+    pub events_wait_ms_max: u64,
 }
 
 impl ApiLimits {
@@ -50,6 +53,7 @@ impl Default for ApiLimits {
             requests_in_flight_max: Self::REQUESTS_IN_FLIGHT_MAX,
             policy_uploads_max: Self::POLICY_UPLOADS_MAX,
             body_read_timeout_ms: Self::BODY_READ_TIMEOUT_MS,
+            events_wait_ms_max: creditgate::meter::feed::EVENTS_WAIT_MS_MAX,
         }
     }
 }

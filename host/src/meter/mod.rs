@@ -676,7 +676,7 @@ impl Meter {
         tenant: Option<&str>,
         wait: Duration,
     ) -> Result<EventPage, MeterError> {
-        validate::events(limit, tenant, wait)?;
+        validate::events(after, limit, tenant, wait)?;
         let deadline = Instant::now() + wait;
         let mut signal = self.health.events.subscribe();
         loop {
@@ -701,7 +701,7 @@ impl Meter {
         tenant: Option<&str>,
         wait: Duration,
     ) -> Result<EventPage, MeterError> {
-        validate::events(limit, tenant, wait)?;
+        validate::events(after, limit, tenant, wait)?;
         let deadline = Instant::now() + wait;
         let mut signal = self.health.events.subscribe();
         let tenant = tenant.map(str::to_owned);
@@ -802,6 +802,7 @@ impl Meter {
     /// leaves the dead letters when delivered).
     pub fn requeue_dead_letter(&self, webhook_id: &str, event_id: u64) -> Result<(), MeterError> {
         validate::identifier("webhook_id", webhook_id)?;
+        validate::event_id(event_id)?;
         if self.webhooks.requeue(webhook_id, event_id)? {
             Ok(())
         } else {

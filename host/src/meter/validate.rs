@@ -330,9 +330,15 @@ pub fn thresholds(
     Ok(Some(thresholds))
 }
 
-/// A read of the event feed: a page of 1 to [`EVENTS_PAGE_MAX`] events, of one tenant
-/// or all, waiting at most [`EVENTS_WAIT_MS_MAX`] ms.
-pub fn events(limit: usize, tenant: Option<&str>, wait: Duration) -> Result<(), MeterError> {
+/// A read of the event feed: after an event id, a page of 1 to [`EVENTS_PAGE_MAX`]
+/// events, of one tenant or all, waiting at most [`EVENTS_WAIT_MS_MAX`] ms.
+pub fn events(
+    after: u64,
+    limit: usize,
+    tenant: Option<&str>,
+    wait: Duration,
+) -> Result<(), MeterError> {
+    event_id(after)?;
     if !(1..=EVENTS_PAGE_MAX).contains(&limit) {
         return Err(MeterError::InvalidRequest(format!(
             "a page holds 1 to {EVENTS_PAGE_MAX} events, not {limit}"
@@ -348,6 +354,17 @@ pub fn events(limit: usize, tenant: Option<&str>, wait: Duration) -> Result<(), 
         identifier("tenant", tenant)?;
     }
     Ok(())
+}
+
+/// An event id (a cursor of the feed): 0 to 2^63 − 1, as every store numbers them.
+pub fn event_id(id: u64) -> Result<u64, MeterError> {
+    if i64::try_from(id).is_err() {
+        return Err(MeterError::InvalidRequest(format!(
+            "an event id runs from 0 to {}, not {id}",
+            i64::MAX
+        )));
+    }
+    Ok(id)
 }
 
 /// The sha256 of what makes two authorize requests the same request.

@@ -142,6 +142,9 @@ pub fn webhook(
     if let Some(tenant) = &request.tenant {
         validate::identifier("tenant", tenant)?;
     }
+    if let Some(after) = request.after {
+        validate::event_id(after)?;
+    }
     if let Some(unknown) = request
         .kinds
         .iter()

@@ -156,6 +156,14 @@ async fn every_documented_route_answers_a_documented_status_and_only_admin_route
             "DELETE /v1/tenants/{tenant}/balances/{balance}/spend-cap",
             "PUT /v1/tenants/{tenant}/refills/{refill_id}",
             "DELETE /v1/tenants/{tenant}/refills/{refill_id}",
+            "PUT /v1/tenants/{tenant}/balances/{balance}/thresholds",
+            "DELETE /v1/tenants/{tenant}/balances/{balance}/thresholds",
+            "GET /v1/events",
+            "PUT /v1/webhooks/{webhook_id}",
+            "DELETE /v1/webhooks/{webhook_id}",
+            "GET /v1/webhooks",
+            "GET /v1/webhooks/{webhook_id}/dead",
+            "POST /v1/webhooks/{webhook_id}/dead/{event_id}/requeue",
             "GET /v1/audit",
             "PUT /v1/policy",
             "POST /v1/policy/rollback",
@@ -183,9 +191,12 @@ fn readme_requests() -> Vec<(Method, String, Option<Value>)> {
                 Some(rest) => rest.split_once(' ').unwrap(),
                 None => ("GET", command),
             };
-            let (url, body) = match rest.split_once(" -d '") {
-                Some((url, body)) => (url, Some(body.strip_suffix('\'').unwrap())),
-                None => (rest, None),
+            let (url, body) = match (rest.split_once(" -d '"), rest.split_once(" -d \"")) {
+                (Some((url, body)), _) => (url, Some(body.strip_suffix('\'').unwrap().to_owned())),
+                (None, Some((url, body))) => {
+                    (url, Some(shell_computed(body.strip_suffix('"').unwrap())))
+                }
+                (None, None) => (rest, None),
             };
             // A URL with a query is quoted for the shell; the document's paths have none.
             let url = url.trim_matches('\'');
@@ -194,10 +205,21 @@ fn readme_requests() -> Vec<(Method, String, Option<Value>)> {
             (
                 method.parse().unwrap(),
                 path.to_owned(),
-                body.map(|body| serde_json::from_str(body).unwrap()),
+                body.map(|body| serde_json::from_str(&body).unwrap()),
             )
         })
         .collect()
+}
+
+/// A double-quoted body the shell completes (an expiry a minute from now): its quotes
+/// unescaped and each `$(( ... ))` replaced by 0, a number of the same type.
+fn shell_computed(body: &str) -> String {
+    let mut body = body.replace("\\\"", "\"");
+    while let Some(start) = body.find("$((") {
+        let end = body[start..].find("))").map(|end| start + end + 2).unwrap();
+        body.replace_range(start..end, "0");
+    }
+    body
 }
 
 /// The template of the document's path that `path` matches.
