@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use creditgate::model::{Amounts, SpendCapView};
+use creditgate::model::{Amounts, LevelTerms, SpendCapView, ThresholdTerms};
 
 /// The schema every case file must satisfy, compiled into the binary.
 pub const SCHEMA: &str = include_str!("../../tests/conformance/case.schema.json");
@@ -68,6 +68,17 @@ pub enum Action {
         #[serde(default)]
         remove: bool,
     },
+    /// An operator watches an account (`levels`, `lot_expiring_lead_ms`; neither:
+    /// watched without levels), or stops watching it (`"remove": true`); the schema
+    /// allows one or the other.
+    Thresholds {
+        tenant: String,
+        balance: String,
+        levels: Option<Vec<LevelTerms>>,
+        lot_expiring_lead_ms: Option<i64>,
+        #[serde(default)]
+        remove: bool,
+    },
     Authorize {
         transaction_id: String,
         tenant: String,
@@ -108,6 +119,10 @@ pub struct Expect {
     pub holds: Option<BTreeMap<String, Amounts>>,
     /// Per tenant, its spend caps with their current windows (`{}`: none).
     pub spend_caps: Option<BTreeMap<String, BTreeMap<String, SpendCapView>>>,
+    /// Per tenant, what an operator watches on each balance (`{}`: nothing).
+    pub thresholds: Option<BTreeMap<String, BTreeMap<String, ThresholdTerms>>>,
+    /// Exactly the events the step raised, in the feed's order (`[]`: none).
+    pub events: Option<Vec<ExpectedEvent>>,
     pub journal: Option<Vec<ExpectedEntry>>,
     pub expired: Option<usize>,
 }
@@ -133,6 +148,17 @@ pub struct ExpectedEntry {
     pub balance: String,
     pub kind: String,
     pub amount: i64,
+}
+
+/// An event as a case states it: the feed's event without its `id` and `at_ms`, and
+/// without the ledger's number for a lot (`lot`, which differs between stores): the
+/// runner checks that it numbers the lot `grant_id` granted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ExpectedEvent {
+    pub kind: String,
+    pub tenant: String,
+    pub balance: String,
+    pub details: serde_json::Value,
 }
 
 /// A case file, read and checked against the schema, or the reason it could not be.

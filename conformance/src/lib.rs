@@ -7,9 +7,9 @@
 //!   limits) and its calls cost at most half of it; it does not trap. The report says
 //!   what the calls cost (fuel and wall time, median and maximum).
 //! - **Cases** ([`case`], in `tests/conformance/cases`) are language-neutral JSON files,
-//!   one scenario each, stating the exact answers, balances and journal entries each
-//!   step must produce; they run against the module on a fresh temporary ledger
-//!   ([`runner`]).
+//!   one scenario each, stating the exact answers, balances, journal entries and
+//!   events each step must produce; they run against the module on a fresh temporary
+//!   ledger ([`runner`]).
 //!
 //! `creditgate check` prints the report; activation, and a meter opened on a given
 //! component, refuse a module that fails the contract checks.

@@ -1,14 +1,18 @@
 //! Runs one case against a module on a fresh scratch ledger (SQLite or PostgreSQL), with
 //! a hand-driven clock.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::case::{Action, Case, Expect, ExpectedEntry};
+use super::case::{Action, Case, Expect, ExpectedEntry, ExpectedEvent};
 use creditgate::clock::Clock;
 use creditgate::clock::ManualClock;
 use creditgate::error::MeterError;
 use creditgate::model::{
-    AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest, SpendCapTerms, TenantBalances,
+    AuthorizeRequest, EventView, GrantRequest, GrantTerms, LotView, SettleRequest, SpendCapTerms,
+    TenantBalances, ThresholdTerms,
 };
 use creditgate::policy::component::Limits;
 use creditgate::policy::probe;
@@ -20,6 +24,9 @@ pub type ModuleResolver<'a> = &'a dyn Fn(&str) -> Result<Vec<u8>, String>;
 
 /// The clock every case starts at (2023-11-14T22:13:20Z).
 pub const CASE_START_MS: u64 = 1_700_000_000_000;
+
+/// Events read from the feed at a time (its largest page).
+const EVENTS_PAGE: usize = 1_000;
 
 /// What a step answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +55,8 @@ struct Ledger {
     meter: Option<Meter>,
     /// The last journal entry seen, so each step's own entries can be told apart.
     journal_seen: i64,
+    /// The last event of the feed seen, so each step's own events can be told apart.
+    events_seen: u64,
 }
 
 impl Ledger {
@@ -55,6 +64,24 @@ impl Ledger {
         self.meter
             .as_ref()
             .ok_or_else(|| "the ledger's meter did not reopen".to_owned())
+    }
+
+    /// The events raised since the last read, in the feed's order; the cursor moves
+    /// past them.
+    fn new_events(&mut self) -> Result<Vec<EventView>, String> {
+        let mut raised = Vec::new();
+        loop {
+            let page = self
+                .meter()?
+                .events(self.events_seen, EVENTS_PAGE, None, Duration::ZERO)
+                .map_err(|error| format!("cannot read the event feed: {error}"))?;
+            self.events_seen = page.next_after;
+            let full = page.events.len() == EVENTS_PAGE;
+            raised.extend(page.events);
+            if !full {
+                return Ok(raised);
+            }
+        }
     }
 }
 
@@ -94,7 +121,11 @@ pub fn run_case(
         limits,
         meter: Some(meter),
         journal_seen: 0,
+        events_seen: 0,
     };
+    // Opening the ledger raises nothing (nothing is watched yet); from here on, each
+    // step's events are those after the cursor.
+    ledger.new_events()?;
     let mut answers: Vec<Answer> = Vec::with_capacity(case.steps.len());
     for (index, step) in case.steps.iter().enumerate() {
         let (label, answer) = match &step.action {
@@ -119,9 +150,11 @@ pub fn run_case(
             }
             action => (describe(action), perform(&mut ledger, action, resolve)?),
         };
-        let repeat_moves_nothing =
-            matches!(step.action, Action::Repeat(_)) && step.expect.journal.is_none();
-        check(&ledger, &answer, &step.expect, repeat_moves_nothing)
+        // Read at once, before the checks' reads, so that the step's events are exactly
+        // those its own call raised.
+        let raised = ledger.new_events()?;
+        let repeat = matches!(step.action, Action::Repeat(_));
+        check(&ledger, &answer, &raised, &step.expect, repeat)
             .map_err(|mismatch| format!("step {index} ({label}): {mismatch}"))?;
         ledger.journal_seen = ledger
             .meter()?
@@ -176,6 +209,25 @@ fn describe(action: &Action) -> String {
             cap.map_or_else(|| "?".to_owned(), |cap| cap.to_string()),
             window.as_deref().unwrap_or("?"),
             time_zone.as_deref().unwrap_or("UTC")
+        ),
+        Action::Thresholds {
+            tenant,
+            balance,
+            remove: true,
+            ..
+        } => format!("removal of the thresholds on {tenant}/{balance}"),
+        Action::Thresholds {
+            tenant,
+            balance,
+            levels,
+            lot_expiring_lead_ms,
+            ..
+        } => format!(
+            "thresholds on {tenant}/{balance}: {} level(s){}",
+            levels.as_ref().map_or(0, Vec::len),
+            lot_expiring_lead_ms.map_or_else(String::new, |lead| format!(
+                ", lots warned of {lead} ms before they expire"
+            ))
         ),
         Action::Authorize {
             transaction_id,
@@ -274,6 +326,32 @@ fn perform(
                 Err(error) => failed(error),
             }
         }
+        Action::Thresholds {
+            tenant,
+            balance,
+            levels,
+            lot_expiring_lead_ms,
+            remove,
+        } => {
+            let terms = match (remove, levels, lot_expiring_lead_ms) {
+                (true, None, None) => None,
+                (false, levels, lead) => Some(ThresholdTerms {
+                    levels: levels.clone().unwrap_or_default(),
+                    lot_expiring_lead_ms: *lead,
+                }),
+                (true, _, _) => {
+                    return Err(
+                        "a thresholds step sets `levels` and `lot_expiring_lead_ms` (either, \
+                         both or neither), or is `\"remove\": true` alone"
+                            .to_owned(),
+                    );
+                }
+            };
+            match meter.set_thresholds(tenant, balance, terms.as_ref()) {
+                Ok(answered) => Answer::Account(answered),
+                Err(error) => failed(error),
+            }
+        }
         Action::Authorize {
             transaction_id,
             tenant,
@@ -351,11 +429,14 @@ fn field<T: serde::de::DeserializeOwned>(
         .map_err(|error| format!("{name}: cannot read the answer: {error}"))
 }
 
+/// `raised` is what the step raised; a `repeat` must write no journal entry and raise no
+/// event unless `expect` says otherwise.
 fn check(
     ledger: &Ledger,
     answer: &Answer,
+    raised: &[EventView],
     expect: &Expect,
-    must_move_nothing: bool,
+    repeat: bool,
 ) -> Result<(), String> {
     match (answer, &expect.error) {
         (Answer::Error { status, code }, Some(expected)) => {
@@ -455,6 +536,32 @@ fn check(
             actual.spend_caps,
         )?;
     }
+    for (tenant, expected) in expect.thresholds.iter().flatten() {
+        let actual = ledger
+            .meter()?
+            .balances(tenant)
+            .map_err(|error| error.to_string())?;
+        same(
+            &format!("thresholds of {tenant}"),
+            &Some(expected.clone()),
+            actual.thresholds,
+        )?;
+    }
+    let expected_events = match (&expect.events, repeat) {
+        (Some(events), _) => Some(events.clone()),
+        (None, true) => Some(Vec::new()),
+        (None, false) => None,
+    };
+    if let Some(expected) = expected_events {
+        let actual = as_stated(ledger, raised)?;
+        if actual != expected {
+            return Err(format!(
+                "events: expected {}, got {}",
+                json_text(&expected),
+                json_text(&actual)
+            ));
+        }
+    }
     // A movement drawn from several lots is one journal entry per lot; a case states
     // what the policy moved, so consecutive entries of one kind on one account are
     // one line here.
@@ -479,11 +586,69 @@ fn check(
             }),
         }
     }
-    let expected_journal = match (&expect.journal, must_move_nothing) {
+    let expected_journal = match (&expect.journal, repeat) {
         (Some(journal), _) => Some(journal.clone()),
         (None, true) => Some(Vec::new()),
         (None, false) => None,
     };
     same("journal", &expected_journal, written)?;
     Ok(())
+}
+
+/// Compact JSON, for a mismatch's message.
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|error| error.to_string())
+}
+
+/// The events as a case states them: without `id` and `at_ms`, and without a lot's
+/// number, once it is checked to number the lot `grant_id` granted on that balance (the
+/// numbers differ between stores; the grant id names the lot in a case).
+fn as_stated(ledger: &Ledger, raised: &[EventView]) -> Result<Vec<ExpectedEvent>, String> {
+    let mut lots: BTreeMap<String, Vec<LotView>> = BTreeMap::new();
+    let mut stated = Vec::with_capacity(raised.len());
+    for (index, event) in raised.iter().enumerate() {
+        let mut value = to_value(event)?;
+        let Some(fields) = value.as_object_mut() else {
+            return Err(format!("event {index}: not a JSON object: {value}"));
+        };
+        fields.remove("id");
+        fields.remove("at_ms");
+        let lot = fields
+            .get_mut("details")
+            .and_then(serde_json::Value::as_object_mut)
+            .and_then(|details| details.remove("lot"));
+        if let Some(lot) = lot {
+            let grant_id = value["details"]["grant_id"].as_str().unwrap_or_default();
+            let listed = match lots.entry(event.tenant.clone()) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(unread) => unread.insert(
+                    ledger
+                        .meter()?
+                        .lots(&event.tenant)
+                        .map_err(|error| error.to_string())?
+                        .lots
+                        .unwrap_or_default(),
+                ),
+            };
+            let granted = listed
+                .iter()
+                .find(|listed| listed.grant_id == grant_id && listed.balance == event.balance)
+                .map(|listed| listed.lot);
+            if granted.is_none() || lot.as_u64() != granted {
+                return Err(format!(
+                    "events: event {index} ({}) names lot {lot} of {}/{}, but the lot granted \
+                     by {grant_id:?} is {}",
+                    event.event.kind(),
+                    event.tenant,
+                    event.balance,
+                    granted.map_or_else(|| "not listed".to_owned(), |lot| lot.to_string())
+                ));
+            }
+        }
+        stated.push(
+            serde_json::from_value(value)
+                .map_err(|error| format!("event {index}: cannot read it: {error}"))?,
+        );
+    }
+    Ok(stated)
 }
