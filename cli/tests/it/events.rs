@@ -237,6 +237,31 @@ crate::on_both_stores! {
         assert_sound(&meter);
     }
 
+    /// A lot that expires while its credits are held raises its expiry with what was
+    /// left unheld (here none), and the held credits raise another `lot_expired` when
+    /// their hold's release sends them out of the closed lot.
+    fn credits_held_past_their_lots_expiry_are_raised_when_they_leave(store) {
+        let meter = TestMeter::on(store, "smarte");
+        meter
+            .meter
+            .set_thresholds(TENANT, "default", Some(&watching(&[], None)))
+            .unwrap();
+        grant(&meter, TENANT, "promo", 3, Some(START_MS as i64 + 60_000));
+        grant(&meter, TENANT, "paid", 10, None);
+        assert!(enrich(&meter, "t1", 4).admitted);
+        meter.clock.advance_ms(61_000);
+        meter.meter.expire_due().unwrap();
+        settle_records(&meter, "t1", 0);
+        let lines = summary(&feed(&meter, 0));
+        let expired: Vec<&str> = lines
+            .iter()
+            .map(|line| line.split_once(": ").unwrap().1)
+            .filter(|line| line.starts_with("lot_expired"))
+            .collect();
+        assert_eq!(expired, ["lot_expired promo 0", "lot_expired promo 3"], "{lines:?}");
+        assert_sound(&meter);
+    }
+
     /// The host's refusal by a spend cap is raised once per window, however many
     /// admissions it refuses, and again in the next window.
     fn a_spend_cap_refusal_is_raised_once_per_window(store) {

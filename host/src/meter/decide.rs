@@ -924,6 +924,8 @@ impl Decider<'_> {
             failed_open,
         };
         let policy = self.builder.policy(&digest);
+        let posting = posting_record(lotted);
+        let late = self.late_closings(&tenant, &posting);
         self.builder.record(
             self.state,
             Decision::Settle(Settled {
@@ -932,11 +934,12 @@ impl Decider<'_> {
                 policy,
                 status: request.status,
                 answer: ReceiptRecord::of(&receipt),
-                posting: posting_record(lotted),
+                posting,
                 marks: mark_records(&marks),
             }),
         )?;
         self.record_windows(&tenant, windows)?;
+        self.raise_all(&tenant, late)?;
         Ok(receipt)
     }
 
@@ -1418,16 +1421,19 @@ impl Decider<'_> {
         let policy = self
             .builder
             .policy(&PolicyDigest::from_bytes(record.policy));
+        let posting = posting_record(posting);
+        let late = self.late_closings(&record.tenant, &posting);
         self.builder.record(
             self.state,
             Decision::Expire(Expired {
                 id: record.id.clone(),
                 tenant: record.tenant.clone(),
                 policy,
-                posting: posting_record(posting),
+                posting,
             }),
         )?;
-        self.record_windows(&record.tenant, windows)
+        self.record_windows(&record.tenant, windows)?;
+        self.raise_all(&record.tenant, late)
     }
 
     /// Releases lapsed holds, at most `limit`; returns how many.

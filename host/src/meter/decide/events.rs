@@ -7,9 +7,10 @@ use std::slice::from_ref;
 
 use super::{Decider, tenant_balances};
 use crate::error::MeterError;
+use crate::ledger::EntryKind;
 use crate::ledger::caps::CapReached;
 use crate::ledger::events::{self, EventKind, Thresholds, Watch};
-use crate::ledger::record::{Decision, EventRecord, WatchSet};
+use crate::ledger::record::{Decision, EventRecord, PostingRecord, WatchSet};
 use crate::model::TenantBalances;
 
 /// How often the sweep looks for lots to warn of: lead times are hours or days, and
@@ -35,6 +36,54 @@ impl Decider<'_> {
                 kind,
             }),
         )
+    }
+
+    /// The credits a hold's release sends out of lots that closed while they were held
+    /// (their `lot_expire` and `void` entries), as the events that say so: the lot's
+    /// closing raised its remainder then; these are the rest, leaving now.
+    pub(super) fn late_closings(
+        &self,
+        tenant: &str,
+        posting: &PostingRecord,
+    ) -> Vec<(String, EventKind)> {
+        if !self.state.is_watched(tenant) {
+            return Vec::new();
+        }
+        posting
+            .entries
+            .iter()
+            .filter(|entry| matches!(entry.kind, EntryKind::LotExpire | EntryKind::Void))
+            .filter_map(|entry| {
+                let (_, info) = self.state.tenant_lot(tenant, entry.lot)?;
+                let (lot, grant_id, amount) = (entry.lot, info.grant_id, entry.amount);
+                let event = if entry.kind == EntryKind::Void {
+                    EventKind::LotVoided {
+                        lot,
+                        grant_id,
+                        amount,
+                    }
+                } else {
+                    EventKind::LotExpired {
+                        lot,
+                        grant_id,
+                        amount,
+                    }
+                };
+                Some((entry.balance.clone(), event))
+            })
+            .collect()
+    }
+
+    /// Raises each `(balance, event)` of a watched account.
+    pub(super) fn raise_all(
+        &mut self,
+        tenant: &str,
+        events: Vec<(String, EventKind)>,
+    ) -> Result<(), MeterError> {
+        for (balance, event) in events {
+            self.raise(tenant, &balance, event)?;
+        }
+        Ok(())
     }
 
     /// Raises `spend_cap_reached` for a refusal by the cap, once per window.
