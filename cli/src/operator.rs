@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use creditgate::model::{
-    EventPage, GrantRequest, GrantTerms, JournalEntry, LevelTerms, RefillRequest, RefillView,
-    SpendCapTerms, TenantBalances, ThresholdTerms,
+    EventPage, GrantRequest, GrantTerms, JournalEntry, LevelTerms, LotView, RefillRequest,
+    RefillView, SpendCapTerms, TenantBalances, ThresholdTerms,
 };
 use creditgate::store::StoreLocation;
 use creditgate::store::sqlite::lock;
@@ -267,6 +267,10 @@ pub struct GrantArgs {
     /// Idempotency key: a repeated grant with the same id moves nothing.
     #[arg(long)]
     grant_id: Option<String>,
+    /// When the grant takes effect, in ms since the Unix epoch: until then it adds
+    /// nothing (it is listed as scheduled); a time already past grants at once.
+    #[arg(long)]
+    effective_at_ms: Option<i64>,
     /// When the unspent credits expire, in ms since the Unix epoch.
     #[arg(long)]
     expires_at_ms: Option<i64>,
@@ -298,13 +302,17 @@ pub fn grant(args: GrantArgs) -> anyhow::Result<()> {
         balance: args.balance,
         amount: args.amount,
         terms: GrantTerms {
+            effective_at_ms: args.effective_at_ms,
             expires_at_ms: args.expires_at_ms,
             priority: args.priority,
             category: args.category,
             metadata: args.metadata.into_iter().collect(),
         },
     })?;
-    println!("grant {grant_id} applied");
+    match args.effective_at_ms {
+        Some(at_ms) => println!("grant {grant_id} recorded: it takes effect at {at_ms} ms"),
+        None => println!("grant {grant_id} applied"),
+    }
     print_balances(&balances);
     Ok(())
 }
@@ -601,9 +609,42 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The lots, in burn order per balance.
+/// The lots, in burn order per balance, then the grants that take effect later.
 fn print_lots(balances: &TenantBalances) {
-    let lots = balances.lots.as_deref().unwrap_or_default();
+    print_granted_lots(balances.lots.as_deref().unwrap_or_default());
+    let scheduled = balances.scheduled.as_deref().unwrap_or_default();
+    if scheduled.is_empty() {
+        return;
+    }
+    println!(
+        "{:<24}  {:<12}  {:>10}  {:<8}  {:>16}  {:>8}  {:<14}  {:<12}",
+        "scheduled grant",
+        "balance",
+        "amount",
+        "state",
+        "effective_at_ms",
+        "priority",
+        "expires_at_ms",
+        "category"
+    );
+    for grant in scheduled {
+        println!(
+            "{:<24}  {:<12}  {:>10}  {:<8}  {:>16}  {:>8}  {:<14}  {:<12}",
+            grant.grant_id,
+            grant.balance,
+            grant.amount,
+            grant.state,
+            grant.effective_at_ms,
+            grant.priority,
+            grant
+                .expires_at_ms
+                .map_or("-".to_owned(), |at| at.to_string()),
+            grant.category
+        );
+    }
+}
+
+fn print_granted_lots(lots: &[LotView]) {
     if lots.is_empty() {
         return;
     }

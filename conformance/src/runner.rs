@@ -279,6 +279,7 @@ fn perform(
             balance: balance.clone(),
             amount: *amount,
             terms: GrantTerms {
+                effective_at_ms: None,
                 expires_at_ms: expires_in_ms.map(|in_ms| {
                     i64::try_from(ledger.clock.now_ms().saturating_add(in_ms)).unwrap_or(i64::MAX)
                 }),

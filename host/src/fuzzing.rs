@@ -452,7 +452,7 @@ impl<'a> Source<'a> {
     }
 
     fn decision(&mut self) -> Decision {
-        match self.byte() % 14 {
+        match self.byte() % 15 {
             0 => Decision::Authorize(Authorized {
                 id: self.string(),
                 tenant: self.string(),
@@ -562,6 +562,20 @@ impl<'a> Source<'a> {
                     grant_id: self.string(),
                     amount: self.i64(),
                 },
+            }),
+            13 => Decision::Schedule(crate::ledger::scheduled::ScheduledGrant {
+                grant_id: self.string(),
+                tenant: self.string(),
+                balance: self.string(),
+                amount: self.i64(),
+                terms: self.terms(),
+                effective_at_ms: self.i64(),
+                state: [
+                    crate::ledger::scheduled::ScheduledState::Pending,
+                    crate::ledger::scheduled::ScheduledState::Granted,
+                    crate::ledger::scheduled::ScheduledState::Voided,
+                    crate::ledger::scheduled::ScheduledState::Refused,
+                ][usize::from(self.byte() % 4)],
             }),
             _ => Decision::Import(self.imported()),
         }

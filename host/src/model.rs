@@ -65,8 +65,14 @@ pub struct GrantRequest {
 /// What a grant says of its lot besides the amount; every field may be left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GrantTerms {
+    /// When the grant takes effect, in ms since the Unix epoch: until then it adds
+    /// nothing to the balance (it is listed as `scheduled`), and at that time the ledger
+    /// grants its lot. None, or a time already past: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 1_796_083_200_000_i64)]
+    pub effective_at_ms: Option<i64>,
     /// When the lot's unspent credits leave (`lot_expire`), in ms since the Unix epoch;
-    /// later than now. None: never.
+    /// later than now (and than `effective_at_ms`). None: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = 1_798_761_600_000_i64)]
     pub expires_at_ms: Option<i64>,
@@ -180,6 +186,10 @@ pub struct TenantBalances {
     /// asked for (`?lots=true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lots: Option<Vec<LotView>>,
+    /// Grants that take effect later, by time (and those voided or refused before they
+    /// did): only when asked for (`?lots=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<Vec<ScheduledGrantView>>,
 }
 
 /// A spend cap as an operator sets it: at most `cap` credits held or charged per
@@ -464,6 +474,25 @@ pub struct LotView {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     pub granted_at_ms: u64,
+}
+
+/// A grant that takes effect later, as `?lots=true` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduledGrantView {
+    pub grant_id: String,
+    pub balance: String,
+    pub amount: i64,
+    pub effective_at_ms: i64,
+    /// `pending` (waiting for its time), `voided` (by an operator before it took
+    /// effect) or `refused` (its time came but its balance was no longer the policy's,
+    /// or would have passed the largest amount): only a pending grant is ever granted.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    pub priority: i32,
+    pub category: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// One entry of the policy history: which policy became active, when, and how.

@@ -91,6 +91,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, MeterError>) -> (u16, &'static 
 fn tenant_balances(tenant: &str, balances: &[(&str, i64)], held: &[(&str, i64)]) -> TenantBalances {
     TenantBalances {
         lots: None,
+        scheduled: None,
         tenant: tenant.to_owned(),
         balances: amounts(balances),
         held: amounts(held),

@@ -16,6 +16,7 @@ const HOUR_MS: i64 = 3_600_000;
 
 fn terms(priority: i32, expires_in_ms: Option<i64>, category: &str) -> GrantTerms {
     GrantTerms {
+        effective_at_ms: None,
         expires_at_ms: expires_in_ms.map(|in_ms| START_MS as i64 + in_ms),
         priority,
         category: Some(category.to_owned()),

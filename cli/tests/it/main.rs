@@ -28,6 +28,7 @@ mod quote;
 mod refills;
 mod replicas;
 mod sandbox;
+mod scheduled;
 mod smarte;
 mod spend_cap;
 mod support;

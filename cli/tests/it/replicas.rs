@@ -682,7 +682,7 @@ fn a_reader_tailing_the_feed_misses_no_event_raised_by_three_replicas_at_once() 
 /// once, a promotional lot that expires at the same instant expires once, and each is
 /// raised as an event once (with the lot's warning, once).
 #[test]
-fn three_serve_processes_grant_a_refill_period_once_and_expire_a_lot_once() {
+fn three_serve_processes_grant_a_refill_period_and_a_scheduled_grant_once_and_expire_a_lot_once() {
     let replicas = Replicas::start("smarte", 3);
     let clients = replicas.clients();
     let now_ms = i64::try_from(
@@ -715,6 +715,16 @@ fn three_serve_processes_grant_a_refill_period_once_and_expire_a_lot_once() {
         ),
     );
     assert_eq!(status, 200, "{body}");
+    let (status, body) = clients[0].post(
+        "/v1/tenants/acme/grants",
+        json!({"grant_id": "launch", "balance": "default", "amount": 20,
+               "effective_at_ms": now_ms + 1_500}),
+    );
+    assert_eq!(
+        (status, &body["balances"]["default"]),
+        (200, &json!(30)),
+        "{body}"
+    );
     // Every replica sweeps at least twice past both instants.
     std::thread::sleep(Duration::from_millis(4_000));
     let (status, balances) = clients[0].call("GET", "/v1/tenants/acme/balances?lots=true", None);
@@ -737,10 +747,12 @@ fn three_serve_processes_grant_a_refill_period_once_and_expire_a_lot_once() {
         states,
         BTreeMap::from([
             ("promo", ("expired", 0)),
+            ("launch", ("open", 20)),
             (refill_lot.as_str(), ("open", 100))
         ]),
         "{lots:?}"
     );
+    assert_eq!(balances["scheduled"], json!([]), "{balances}");
     let (status, journal) = clients[1].call("GET", "/v1/tenants/acme/journal", None);
     assert_eq!(status, 200);
     let kinds: Vec<&str> = journal["entries"]
@@ -749,7 +761,11 @@ fn three_serve_processes_grant_a_refill_period_once_and_expire_a_lot_once() {
         .iter()
         .map(|entry| entry["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["grant", "lot_expire", "grant"], "{journal}");
+    assert_eq!(
+        kinds,
+        ["grant", "lot_expire", "grant", "grant"],
+        "{journal}"
+    );
     let (status, page) = clients[2].call("GET", "/v1/events", None);
     assert_eq!(status, 200);
     let mut events: Vec<&str> = page["events"]

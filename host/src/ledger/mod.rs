@@ -17,6 +17,7 @@ pub mod lots;
 mod posting;
 pub mod record;
 pub mod refills;
+pub mod scheduled;
 pub mod state;
 pub mod tenants;
 

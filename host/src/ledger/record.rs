@@ -14,6 +14,7 @@ use super::caps::{CapTerms, CapWindow};
 use super::events::{EventKind, Watch};
 use super::lots::{Closure, Lot, LotId};
 use super::refills::RefillTerms;
+use super::scheduled::ScheduledGrant;
 use super::{AccountState, EntryKind};
 use crate::model::{Amounts, Authorization, ErrorBody, PolicyRef, Receipt};
 
@@ -68,6 +69,10 @@ pub enum Decision {
     /// Something happened to a watched account, caused by the decisions of the same
     /// batch. Added in record format 6.
     Event(EventRecord),
+    /// A grant that takes effect later, as it is after the decision: scheduled, granted
+    /// by the sweep (the batch records its grant too), voided or refused. Added in
+    /// record format 7.
+    Schedule(ScheduledGrant),
 }
 
 /// An authorize: admitted (the transaction is open) or refused.
@@ -427,7 +432,8 @@ impl Decision {
             | Decision::Spend(_)
             | Decision::Refill(_)
             | Decision::Watch(_)
-            | Decision::Event(_) => None,
+            | Decision::Event(_)
+            | Decision::Schedule(_) => None,
         }
     }
 
@@ -447,7 +453,8 @@ impl Decision {
             | Decision::Spend(_)
             | Decision::Refill(_)
             | Decision::Watch(_)
-            | Decision::Event(_) => &[],
+            | Decision::Event(_)
+            | Decision::Schedule(_) => &[],
         }
     }
 }

@@ -25,6 +25,7 @@ use super::record::{
     ReceiptRecord, RequestRecord, TransactionState,
 };
 use super::refills::{Refill, RefillTerms};
+use super::scheduled::{ScheduledGrant, ScheduledGrants};
 use super::tenants::{CapPart, LimitPart, LotPart, LotPartOut, Tenants, WatchPart};
 use super::{AccountState, Accounts};
 use crate::error::MeterError;
@@ -275,6 +276,8 @@ pub struct LiveState {
     /// When each refill's next period starts; an entry its refill moved past since is
     /// skipped.
     refill_due: BinaryHeap<Reverse<(i64, String, String)>>,
+    /// Grants that take effect later, by id, pending by time.
+    scheduled: ScheduledGrants,
     /// The seq of the last batch applied.
     pub last_seq: u64,
     /// The id the next journal entry gets.
@@ -318,6 +321,7 @@ impl LiveState {
             lot_expiry: BinaryHeap::new(),
             refills: BTreeMap::new(),
             refill_due: BinaryHeap::new(),
+            scheduled: ScheduledGrants::default(),
             last_seq: 0,
             next_entry_id: 1,
             next_warning_sweep_ms: 0,
@@ -576,6 +580,12 @@ impl LiveState {
                 self.set_watch(&tenant, &balance, Some(watch))?;
             }
             Ok(())
+        } else if bytes.starts_with(SNAPSHOT_SCHEDULED) {
+            let grants: ScheduledPart = super::codec::decode_value(SNAPSHOT_SCHEDULED, bytes)?;
+            for grant in grants {
+                self.set_scheduled(grant)?;
+            }
+            Ok(())
         } else if bytes.starts_with(SNAPSHOT_CAPS) {
             let caps: CapPart = super::codec::decode_value(SNAPSHOT_CAPS, bytes)?;
             for (tenant, balance, terms, window) in caps {
@@ -674,6 +684,45 @@ impl LiveState {
             .take_while(|((owner, _), _)| owner == tenant)
             .map(|((_, id), refill)| (id.as_str(), refill))
             .collect()
+    }
+
+    /// Sets a grant that takes effect later, as a decision recorded it (or a store read
+    /// it with its tenant): the sweep grants it when its time comes.
+    pub fn set_scheduled(&mut self, grant: ScheduledGrant) -> Result<(), MeterError> {
+        // A snapshot writes scheduled grants with their tenant's slice.
+        self.touch_tenant(&grant.tenant)?;
+        self.scheduled.set(grant, true);
+        Ok(())
+    }
+
+    /// A grant that takes effect later, read by id only (PostgreSQL: a retry or a void
+    /// compares with it): its tenant is not loaded, so this batch's sweep leaves it.
+    pub fn know_scheduled(&mut self, grant: ScheduledGrant) {
+        self.scheduled.set(grant, false);
+    }
+
+    pub fn scheduled(&self, grant_id: &str) -> Option<&ScheduledGrant> {
+        self.scheduled.get(grant_id)
+    }
+
+    /// The tenant's grants that take effect later (or were voided or refused before
+    /// they did), by time.
+    pub fn tenant_scheduled(&self, tenant: &str) -> Vec<&ScheduledGrant> {
+        self.scheduled.of_tenant(tenant)
+    }
+
+    /// The pending grant whose time came first, if it came by `now_ms`.
+    pub fn next_due_scheduled(&mut self, now_ms: i64) -> Option<ScheduledGrant> {
+        self.scheduled.next_due(now_ms)
+    }
+
+    /// The scheduled grants of tenants `start..end` (a snapshot's).
+    pub fn scheduled_slice(&self, start: usize, end: usize) -> ScheduledPart {
+        self.scheduled.filtered(|tenant| {
+            self.tenants
+                .index_of(tenant)
+                .is_some_and(|index| (start..end).contains(&(index as usize)))
+        })
     }
 
     /// The next refill whose period started by `now_ms`, taken off the queue (granting
@@ -1272,6 +1321,7 @@ impl LiveState {
                 &set.refill_id,
                 set.refill.clone().map(|terms| (terms, set.last_start_ms)),
             )?,
+            Decision::Schedule(grant) => self.set_scheduled(grant.clone())?,
             Decision::Spend(spent) => {
                 for (balance, window) in &spent.windows {
                     self.tenants
@@ -1429,6 +1479,14 @@ pub(crate) const SNAPSHOT_REFILLS: &[u8; 4] = b"CGS6";
 
 pub fn encode_refills(slice: &RefillPart) -> Vec<u8> {
     super::codec::encode_value(SNAPSHOT_REFILLS, slice)
+}
+
+/// The grants that take effect later of a slice of tenants (format 7).
+pub type ScheduledPart = Vec<ScheduledGrant>;
+pub(crate) const SNAPSHOT_SCHEDULED: &[u8; 4] = b"CGS8";
+
+pub fn encode_scheduled(slice: &ScheduledPart) -> Vec<u8> {
+    super::codec::encode_value(SNAPSHOT_SCHEDULED, slice)
 }
 
 /// The watches of a slice of tenants (format 6).

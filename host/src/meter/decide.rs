@@ -41,6 +41,7 @@ use crate::policy::{AuthorizeDecision, PolicyDigest, PolicyInfo, SettleDecision,
 use crate::store::ColdStore;
 
 mod events;
+mod scheduled;
 
 /// An authorize request checked on the caller's thread: valid, with its id and
 /// fingerprint.
@@ -216,6 +217,7 @@ pub fn tenant_balances(
 ) -> TenantBalances {
     TenantBalances {
         lots: None,
+        scheduled: None,
         spend_caps: cap_views(&rules.caps, now_ms, balances),
         thresholds: rules
             .thresholds
@@ -943,48 +945,73 @@ impl Decider<'_> {
         Ok(receipt)
     }
 
+    /// Grants credits: a lot now, or (`effective_at_ms` later than now) a grant the
+    /// sweep makes at that time. A retry with the same id and terms is answered with the
+    /// balances as they are; the same id with other terms is a conflict.
     pub fn grant(&mut self, grant: &GrantRequest) -> Result<TenantBalances, MeterError> {
-        let active = self.registry.active();
-        let info = self.policy(&active)?;
         let terms = lot_terms(&grant.terms);
-        // A retry is answered first, whatever the active policy is now.
+        // A retry is answered first, whatever the active policy is now: of a grant
+        // scheduled for later (whatever became of it since), or of a lot granted.
+        if let Some(scheduled) = self.state.scheduled(&grant.grant_id) {
+            if !scheduled::same_request(scheduled, grant, &terms) {
+                return Err(MeterError::GrantConflict(grant.grant_id.clone()));
+            }
+            return self.balances(&grant.tenant);
+        }
+        let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
+        let effective_at_ms = grant.terms.effective_at_ms.filter(|at_ms| *at_ms > now_ms);
         if let Some(existing) = self.find_grant(&grant.grant_id)? {
+            // A lot granted already is not one that takes effect later (a scheduled
+            // grant is granted at its time, so a retry of it names a time past).
             if (
                 existing.tenant.as_str(),
                 existing.balance.as_str(),
                 existing.amount,
                 &existing.terms,
+                None,
             ) != (
                 grant.tenant.as_str(),
                 grant.balance.as_str(),
                 grant.amount,
                 &terms,
+                effective_at_ms,
             ) {
                 return Err(MeterError::GrantConflict(grant.grant_id.clone()));
             }
-            let accounts = self.accounts(&grant.tenant, &info.balances)?;
-            return Ok(tenant_balances(
-                &grant.tenant,
-                &accounts,
-                &self.state.rules(&grant.tenant),
-                self.now_ms(),
-                &info.balances,
-            ));
+            return self.balances(&grant.tenant);
         }
-        if !info.has_balance(&grant.balance) {
-            return Err(MeterError::UnknownBalance {
-                balance: grant.balance.clone(),
-                known: info.balances.join(", "),
-            });
+        self.policy_with_balance(&grant.balance)?;
+        if let Some(expires_at_ms) = terms.expires_at_ms {
+            match effective_at_ms {
+                Some(effective_at_ms) if expires_at_ms <= effective_at_ms => {
+                    return Err(MeterError::InvalidRequest(format!(
+                        "a grant expiring at {expires_at_ms} ms would expire before it takes effect at {effective_at_ms} ms"
+                    )));
+                }
+                None if expires_at_ms <= now_ms => {
+                    return Err(MeterError::InvalidRequest(format!(
+                        "a grant expiring at {expires_at_ms} ms would expire at once: the ledger's clock reads {now_ms}"
+                    )));
+                }
+                _ => {}
+            }
         }
-        let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
-        if let Some(expires_at_ms) = terms.expires_at_ms
-            && expires_at_ms <= now_ms
-        {
-            return Err(MeterError::InvalidRequest(format!(
-                "a grant expiring at {expires_at_ms} ms would expire at once: the ledger's clock reads {now_ms}"
-            )));
+        match effective_at_ms {
+            Some(effective_at_ms) => self.schedule(grant, terms, effective_at_ms),
+            None => self.grant_lot(grant, terms),
         }
+    }
+
+    /// Grants a lot now: its number is its grant entry's id. Refuses a balance the
+    /// active policy does not have, and one the grant would take past the largest
+    /// amount.
+    fn grant_lot(
+        &mut self,
+        grant: &GrantRequest,
+        terms: LotTerms,
+    ) -> Result<TenantBalances, MeterError> {
+        let active = self.registry.active();
+        let info = self.policy_with_balance(&grant.balance)?;
         self.expire_lots_of(&grant.tenant)?;
         let accounts = self.accounts(&grant.tenant, &info.balances)?;
         let available = accounts
@@ -998,7 +1025,6 @@ impl Decider<'_> {
                 i64::MAX
             )));
         }
-        // The lot's number is its grant entry's id: the next one.
         let lot = Lot::new(
             self.state.next_entry_id,
             grant.amount,
@@ -1045,6 +1071,14 @@ impl Decider<'_> {
     /// entry; credits already spent stay spent, and credits held leave when their hold
     /// is released. Voiding a voided or expired grant moves nothing.
     pub fn void(&mut self, tenant: &str, grant_id: &str) -> Result<TenantBalances, MeterError> {
+        if let Some(scheduled) = self
+            .state
+            .scheduled(grant_id)
+            .filter(|scheduled| scheduled.tenant == tenant)
+            .cloned()
+        {
+            return self.void_scheduled(scheduled);
+        }
         let active = self.registry.active();
         let info = self.policy(&active)?;
         let grant = self
@@ -1228,6 +1262,7 @@ impl Decider<'_> {
                 balance: refill.terms.balance.clone(),
                 amount: lot.amount,
                 terms: GrantTerms {
+                    effective_at_ms: None,
                     expires_at_ms: lot.expires_at_ms,
                     priority: refill.terms.priority,
                     category: Some(refill.terms.category.clone()),
@@ -1478,6 +1513,7 @@ impl Decider<'_> {
             });
         }
         answer.lots = Some(lots);
+        answer.scheduled = Some(self.scheduled_views(tenant));
         Ok(answer)
     }
 

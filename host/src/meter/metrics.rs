@@ -98,6 +98,7 @@ impl DurableMetrics {
             Decision::Spend(_) => ("spend", None),
             Decision::Refill(_) => ("refill", None),
             Decision::Watch(_) => ("thresholds", None),
+            Decision::Schedule(_) => ("schedule", None),
             Decision::Event(event) => {
                 counter!("creditgate_events_total", "kind" => event.kind.as_str()).increment(1);
                 ("event", None)

@@ -300,6 +300,7 @@ impl Sequencer {
                 decider.expire_due_lots(self.config.expiry_batch_max)?;
                 // A reset refill's lot expired above as the next period's is granted.
                 decider.grant_due_refills(self.config.expiry_batch_max)?;
+                decider.grant_due_scheduled(self.config.expiry_batch_max)?;
                 decider.warn_expiring_lots()?;
                 Ok(released)
             };
@@ -427,6 +428,9 @@ impl Sequencer {
                 let refills = (!refills.is_empty()).then(|| state::encode_refills(&refills));
                 let watches = self.state.watch_slice(cursor.next_tenant, end);
                 let watches = (!watches.is_empty()).then(|| state::encode_watches(&watches));
+                let scheduled = self.state.scheduled_slice(cursor.next_tenant, end);
+                let scheduled =
+                    (!scheduled.is_empty()).then(|| state::encode_scheduled(&scheduled));
                 cursor.next_tenant = end;
                 self.store
                     .snapshot_part(SnapshotPart::Tenants(state::encode_tenants(&slice)))
@@ -436,7 +440,8 @@ impl Sequencer {
                             .chain(limits)
                             .chain(caps)
                             .chain(refills)
-                            .chain(watches);
+                            .chain(watches)
+                            .chain(scheduled);
                         for part in beside {
                             self.store.snapshot_part(SnapshotPart::Beside(part))?;
                         }
@@ -577,6 +582,7 @@ fn execute(
                 .expire_due(usize::MAX)
                 .and_then(|count| decider.expire_due_lots(usize::MAX).map(|_| count))
                 .and_then(|count| decider.grant_due_refills(usize::MAX).map(|_| count))
+                .and_then(|count| decider.grant_due_scheduled(usize::MAX).map(|_| count))
                 .and_then(|count| decider.warn_expiring_lots().map(|_| count))
                 .map(|count| {
                     *released += count;
@@ -664,15 +670,16 @@ fn claims(batch: &[Command]) -> BatchClaims {
                 claims.grant_ids.insert(grant.grant_id.clone());
             }
             Command::Balances(tenant, _)
-            | Command::Lots(tenant, _)
             | Command::Overdraft { tenant, .. }
             | Command::SpendCap { tenant, .. }
             | Command::Thresholds { tenant, .. } => {
                 claims.tenants.insert(tenant.clone());
             }
-            Command::Refill { tenant, .. } | Command::Refills(tenant, _) => {
+            Command::Refill { tenant, .. }
+            | Command::Refills(tenant, _)
+            | Command::Lots(tenant, _) => {
                 claims.tenants.insert(tenant.clone());
-                claims.refills = true;
+                claims.schedules = true;
             }
             Command::Void {
                 tenant, grant_id, ..

@@ -107,8 +107,9 @@ pub struct BatchClaims {
     pub activation: bool,
     /// The batch sweeps lapsed holds of tenants no other process holds.
     pub sweep: bool,
-    /// The batch reads or writes its tenants' refills (the sweep does too).
-    pub refills: bool,
+    /// The batch reads or writes its tenants' refills or grants that take effect
+    /// later, and may grant what is due of them (the sweep does too).
+    pub schedules: bool,
 }
 
 /// A policy the store remembers, so settles can run on the version that authorized: its

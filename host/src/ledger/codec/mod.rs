@@ -25,6 +25,10 @@
 //!
 //! Version 5 added decisions at the end of the enum (an account's spend cap, the spend
 //! windows a decision moved, a refill): versions 3 and 4 read with the same decoder.
+//!
+//! Version 6 added decisions at the end of the enum (an account's watch, an event), and
+//! version 7 one more (a grant that takes effect later): versions 3 to 6 read with the
+//! same decoder.
 
 mod v2;
 
@@ -34,7 +38,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -212,7 +216,7 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 fn layout(bytes: &[u8]) -> Result<(Header, u8, Vec<&[u8]>), CodecError> {
     let (version, mut payload) = unframe(MAGIC, bytes)?;
     match version {
-        1..=6 => {
+        1..=FORMAT_VERSION => {
             let header: Header = take_value(&mut payload)?;
             let count = take_varint(&mut payload)?;
             // Each decision takes at least one byte: a damaged count cannot over-allocate.
@@ -324,7 +328,7 @@ fn decode_value_versioned<T: for<'de> Deserialize<'de>>(
 ) -> Result<(u8, T), CodecError> {
     let (version, mut payload) = unframe(magic, bytes)?;
     match version {
-        1..=6 => {
+        1..=FORMAT_VERSION => {
             let value = take_value(&mut payload)?;
             if payload.is_empty() {
                 Ok((version, value))

@@ -149,6 +149,23 @@ const MIGRATIONS: &[Migration] = &[
              PRIMARY KEY (webhook_id, event_id) \
          )",
     ),
+    // Grants that take effect later (record format 7): one row each while pending,
+    // voided or refused (the id stays taken); a granted one leaves (its lot is in
+    // `lots`). Read by grant id (a retry, a void) and by tenant (the sweep, a listing).
+    Migration::Sql(
+        "CREATE TABLE scheduled_grants ( \
+             grant_id        TEXT PRIMARY KEY, \
+             tenant          TEXT NOT NULL, \
+             balance         TEXT NOT NULL, \
+             amount          BIGINT NOT NULL CHECK (amount > 0), \
+             terms_json      TEXT NOT NULL, \
+             effective_at_ms BIGINT NOT NULL, \
+             state           TEXT NOT NULL \
+         ); \
+         CREATE INDEX scheduled_grants_by_tenant ON scheduled_grants (tenant); \
+         CREATE INDEX scheduled_grants_pending ON scheduled_grants (effective_at_ms) \
+             WHERE state = 'pending'",
+    ),
 ];
 
 /// The first schema, as the build before the log created it.

@@ -75,6 +75,7 @@ impl LedgerReader for PostgresReader {
     fn balances(&self, tenant: &str, balances: &[String]) -> StoreResult<Option<TenantBalances>> {
         let mut answer = TenantBalances {
             lots: None,
+            scheduled: None,
             tenant: tenant.to_owned(),
             balances: balances.iter().map(|name| (name.clone(), 0)).collect(),
             held: balances.iter().map(|name| (name.clone(), 0)).collect(),

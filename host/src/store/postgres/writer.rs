@@ -20,6 +20,7 @@ use crate::ledger::calendar::{Interval, Window};
 use crate::ledger::caps::{CapTerms, CapWindow};
 use crate::ledger::lots::{LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{Batch, Decision, LotTerms};
+use crate::ledger::scheduled::{ScheduledGrant, ScheduledState};
 use crate::ledger::state::{GrantRecord, LiveState, LotInfo, TransactionRecord};
 use crate::policy::PolicyDigest;
 use crate::store::{
@@ -43,7 +44,9 @@ const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM tran
      ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM lots \
      WHERE closed IS NULL AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1 \
      ORDER BY expires_at_ms LIMIT $2) UNION ALL (SELECT tenant FROM refills \
-     WHERE next_start_ms <= $1 ORDER BY next_start_ms LIMIT $2) UNION ALL (SELECT a.tenant \
+     WHERE next_start_ms <= $1 ORDER BY next_start_ms LIMIT $2) UNION ALL (SELECT tenant \
+     FROM scheduled_grants WHERE state = 'pending' AND effective_at_ms <= $1 \
+     ORDER BY effective_at_ms LIMIT $2) UNION ALL (SELECT a.tenant \
      FROM accounts a WHERE a.expiring_lead_ms IS NOT NULL AND EXISTS (SELECT 1 FROM lots l \
      WHERE l.tenant = a.tenant AND l.balance = a.balance AND l.closed IS NULL \
      AND l.remaining > 0 AND l.expires_at_ms > $1 \
@@ -51,6 +54,15 @@ const TENANTS_DUE: &str = "SELECT DISTINCT tenant FROM ((SELECT tenant FROM tran
      LIMIT $2)) AS due";
 const REFILLS_OF: &str =
     "SELECT tenant, refill_id, terms_json, last_start_ms FROM refills WHERE tenant = ANY($1)";
+const SCHEDULED_OF: &str = "SELECT grant_id, tenant, balance, amount, terms_json, \
+     effective_at_ms, state FROM scheduled_grants WHERE tenant = ANY($1)";
+const SCHEDULED_BY_ID: &str = "SELECT grant_id, tenant, balance, amount, terms_json, \
+     effective_at_ms, state FROM scheduled_grants WHERE grant_id = ANY($1)";
+const UPSERT_SCHEDULED: &str = "INSERT INTO scheduled_grants (grant_id, tenant, balance, \
+     amount, terms_json, effective_at_ms, state) SELECT * FROM unnest($1::text[], $2::text[], \
+     $3::text[], $4::int8[], $5::text[], $6::int8[], $7::text[]) ON CONFLICT (grant_id) DO UPDATE \
+     SET state = EXCLUDED.state";
+const DELETE_SCHEDULED: &str = "DELETE FROM scheduled_grants WHERE grant_id = ANY($1)";
 const GRANTS_BY_ID: &str = "SELECT grant_id, tenant, balance, amount, lot, terms_json \
      FROM grants WHERE grant_id = ANY($1)";
 /// Every lot of the tenants, closed ones included: a hold still open may give credits
@@ -258,17 +270,21 @@ impl PostgresStore {
     }
 
     /// Reads the accounts and lapsed holds of tenants this batch holds the lock of, and
-    /// their refills when the batch needs them.
+    /// their refills and grants that take effect later when the batch needs them.
     fn load_locked(
         &self,
         tenants: &[String],
         state: &mut LiveState,
-        with_refills: bool,
+        with_schedules: bool,
     ) -> StoreResult<()> {
         if tenants.is_empty() {
             return Ok(());
         }
-        if with_refills {
+        if with_schedules {
+            let rows = self.with(|connection| Ok(connection.query(SCHEDULED_OF, &[&tenants])?))?;
+            for row in &rows {
+                state.set_scheduled(scheduled_from_row(row)?)?;
+            }
             let rows = self.with(|connection| Ok(connection.query(REFILLS_OF, &[&tenants])?))?;
             for row in rows {
                 let tenant: String = row.try_get(0)?;
@@ -346,6 +362,8 @@ impl PostgresStore {
         // Watches set, removed or that remembered an event: as the batch left them.
         let mut watches: BTreeSet<(&str, &str)> = BTreeSet::new();
         let mut events: Vec<&crate::ledger::record::EventRecord> = Vec::new();
+        // Grants that take effect later, as each decision left them (the last wins).
+        let mut scheduled: BTreeMap<&str, &ScheduledGrant> = BTreeMap::new();
         for decision in &batch.decisions {
             let (transaction_id, tenant, policy) = match decision {
                 Decision::Authorize(authorized_here) => {
@@ -408,6 +426,10 @@ impl PostgresStore {
                 }
                 Decision::Watch(set) => {
                     watches.insert((&set.tenant, &set.balance));
+                    continue;
+                }
+                Decision::Schedule(grant) => {
+                    scheduled.insert(&grant.grant_id, grant);
                     continue;
                 }
                 Decision::Event(event) => {
@@ -582,6 +604,9 @@ impl PostgresStore {
                         &rows.iter().map(|row| row.3.spent).collect::<Vec<_>>(),
                     ],
                 )?;
+            }
+            if !scheduled.is_empty() {
+                write_scheduled(connection, &scheduled)?;
             }
             if !refills.is_empty() {
                 let (kept, removed): (Vec<_>, Vec<_>) = refills
@@ -838,6 +863,80 @@ impl ColdStore for PostgresStore {
     }
 }
 
+/// A row of `scheduled_grants`.
+fn scheduled_from_row(row: &Row) -> StoreResult<ScheduledGrant> {
+    let grant_id: String = row.try_get(0)?;
+    let state: String = row.try_get(6)?;
+    let state = ScheduledState::parse(&state).ok_or_else(|| {
+        MeterError::StoreCorrupt(format!("scheduled grant {grant_id} is '{state}'"))
+    })?;
+    let terms_json: String = row.try_get(4)?;
+    Ok(ScheduledGrant {
+        tenant: row.try_get(1)?,
+        balance: row.try_get(2)?,
+        amount: row.try_get(3)?,
+        terms: terms_from_json(&terms_json)?,
+        effective_at_ms: row.try_get(5)?,
+        state,
+        grant_id,
+    })
+}
+
+/// Writes grants that take effect later as the batch left them: a granted one leaves
+/// the table (its lot is in `lots` and `grants`), any other is upserted.
+fn write_scheduled(
+    connection: &mut Connection,
+    scheduled: &BTreeMap<&str, &ScheduledGrant>,
+) -> StoreResult<()> {
+    let (granted, kept): (Vec<&ScheduledGrant>, Vec<&ScheduledGrant>) = scheduled
+        .values()
+        .partition(|grant| grant.state == ScheduledState::Granted);
+    if !kept.is_empty() {
+        let terms = kept
+            .iter()
+            .map(|grant| serde_json::to_string(&grant.terms))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| MeterError::StoreCorrupt(format!("a scheduled grant's terms: {why}")))?;
+        connection.execute(
+            UPSERT_SCHEDULED,
+            &[
+                &kept
+                    .iter()
+                    .map(|grant| grant.grant_id.as_str())
+                    .collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|grant| grant.tenant.as_str())
+                    .collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|grant| grant.balance.as_str())
+                    .collect::<Vec<_>>(),
+                &kept.iter().map(|grant| grant.amount).collect::<Vec<_>>(),
+                &terms,
+                &kept
+                    .iter()
+                    .map(|grant| grant.effective_at_ms)
+                    .collect::<Vec<_>>(),
+                &kept
+                    .iter()
+                    .map(|grant| grant.state.as_str())
+                    .collect::<Vec<_>>(),
+            ],
+        )?;
+    }
+    if !granted.is_empty() {
+        connection.execute(
+            DELETE_SCHEDULED,
+            &[&granted
+                .iter()
+                .map(|grant| grant.grant_id.as_str())
+                .collect::<Vec<_>>()],
+        )?;
+    }
+    Ok(())
+}
+
 fn grant_from_row(row: &Row) -> StoreResult<(String, GrantRecord)> {
     let grant = GrantRecord {
         tenant: row.try_get(1)?,
@@ -960,7 +1059,7 @@ impl Store for PostgresStore {
         self.with(|connection| Ok(connection.client.batch_execute("BEGIN")?))?;
         // A batch that may grant draws its lot numbers: grants by id, and refills (the
         // operator's calls and the sweep grant their periods).
-        if !claims.grant_ids.is_empty() || claims.refills || claims.sweep {
+        if !claims.grant_ids.is_empty() || claims.schedules || claims.sweep {
             let block: i64 = self.with(|connection| {
                 let rows = connection.query(NEXT_LOT_BLOCK, &[])?;
                 let row = rows.first().ok_or_else(|| {
@@ -1001,19 +1100,22 @@ impl Store for PostgresStore {
         if !keys.is_empty() {
             let ids: Vec<&str> = ids.iter().copied().collect();
             let grant_ids: Vec<&str> = claims.grant_ids.iter().map(String::as_str).collect();
-            let (records, grants) = self.with(|connection| {
+            let (records, grants, scheduled) = self.with(|connection| {
                 connection.execute(LOCK_IN_ORDER, &[&keys])?;
                 let records = if ids.is_empty() {
                     Vec::new()
                 } else {
                     connection.query(TRANSACTIONS_BY_ID, &[&ids])?
                 };
-                let grants = if grant_ids.is_empty() {
-                    Vec::new()
+                let (grants, scheduled) = if grant_ids.is_empty() {
+                    (Vec::new(), Vec::new())
                 } else {
-                    connection.query(GRANTS_BY_ID, &[&grant_ids])?
+                    (
+                        connection.query(GRANTS_BY_ID, &[&grant_ids])?,
+                        connection.query(SCHEDULED_BY_ID, &[&grant_ids])?,
+                    )
                 };
-                Ok((records, grants))
+                Ok((records, grants, scheduled))
             })?;
             let mut absent = self.absent.borrow_mut();
             absent.transactions = ids.iter().map(|id| (*id).to_owned()).collect();
@@ -1021,6 +1123,9 @@ impl Store for PostgresStore {
                 let record = transaction_from_row(row, 1)?;
                 absent.transactions.remove(&record.id);
                 state.load_transaction(record, 0);
+            }
+            for row in &scheduled {
+                state.know_scheduled(scheduled_from_row(row)?);
             }
             absent.grants = grant_ids.iter().map(|id| (*id).to_owned()).collect();
             for row in &grants {
@@ -1030,7 +1135,7 @@ impl Store for PostgresStore {
             }
         }
         let tenants: Vec<String> = tenants.into_iter().collect();
-        self.load_locked(&tenants, state, claims.sweep || claims.refills)?;
+        self.load_locked(&tenants, state, claims.sweep || claims.schedules)?;
         if claims.sweep {
             self.load_sweep(state, now_ms)?;
         }

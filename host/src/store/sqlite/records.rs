@@ -276,7 +276,8 @@ pub fn decision_entries(
         | Decision::Spend(_)
         | Decision::Refill(_)
         | Decision::Watch(_)
-        | Decision::Event(_) => {
+        | Decision::Event(_)
+        | Decision::Schedule(_) => {
             return Ok(Vec::new());
         }
     };

@@ -691,13 +691,14 @@ impl WindowRows {
                     );
                 }
                 Decision::CloseLot(closed) => journal(&closed.tenant),
-                // Limits, caps, windows, refills and watches live in the live state
-                // (and its snapshots); nothing to view.
+                // Limits, caps, windows, refills, watches and scheduled grants live in
+                // the live state (and its snapshots); nothing to view.
                 Decision::Overdraft(_)
                 | Decision::Cap(_)
                 | Decision::Spend(_)
                 | Decision::Refill(_)
-                | Decision::Watch(_) => {}
+                | Decision::Watch(_)
+                | Decision::Schedule(_) => {}
                 Decision::Event(event) => {
                     self.events.push((batch.seq, index, event.tenant.clone()));
                 }
