@@ -44,11 +44,37 @@ pub enum Action {
         balance: String,
         amount: i64,
         grant_id: Option<String>,
+        /// The grant takes effect this long after the step (none: at once).
+        effective_in_ms: Option<u64>,
         /// The lot expires this long after the step (none: never).
         expires_in_ms: Option<u64>,
         #[serde(default)]
         priority: i32,
         category: Option<String>,
+    },
+    /// An operator voids a grant: its lot's unspent remainder leaves (before it takes
+    /// effect: it never will).
+    Void {
+        tenant: String,
+        grant_id: String,
+    },
+    /// An operator sets a refill (`balance`, `amount`, `every`, `mode`, ...), anchored
+    /// at the step, or removes it (`"remove": true`); the schema allows one or the other.
+    Refill {
+        tenant: String,
+        refill_id: String,
+        balance: Option<String>,
+        amount: Option<i64>,
+        every: Option<String>,
+        mode: Option<String>,
+        rollover_cap: Option<i64>,
+        /// An IANA zone; `UTC` when absent.
+        time_zone: Option<String>,
+        #[serde(default)]
+        priority: i32,
+        category: Option<String>,
+        #[serde(default)]
+        remove: bool,
     },
     /// An operator sets an account's overdraft limit.
     Overdraft {
@@ -124,7 +150,19 @@ pub struct Expect {
     /// Exactly the events the step raised, in the feed's order (`[]`: none).
     pub events: Option<Vec<ExpectedEvent>>,
     pub journal: Option<Vec<ExpectedEntry>>,
+    /// Per tenant, every lot in the listing's order (burn order per balance), exactly.
+    pub lots: Option<BTreeMap<String, Vec<ExpectedLot>>>,
     pub expired: Option<usize>,
+}
+
+/// A lot as a case states it: named by its grant (lot numbers differ by store).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ExpectedLot {
+    pub grant_id: String,
+    pub balance: String,
+    pub remaining: i64,
+    /// `open`, `expired` or `voided`.
+    pub state: String,
 }
 
 /// `"status": null` means "expected to be null", not "not checked".

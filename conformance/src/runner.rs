@@ -6,13 +6,13 @@ use std::collections::btree_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::case::{Action, Case, Expect, ExpectedEntry, ExpectedEvent};
+use super::case::{Action, Case, Expect, ExpectedEntry, ExpectedEvent, ExpectedLot};
 use creditgate::clock::Clock;
 use creditgate::clock::ManualClock;
 use creditgate::error::MeterError;
 use creditgate::model::{
-    AuthorizeRequest, EventView, GrantRequest, GrantTerms, LotView, SettleRequest, SpendCapTerms,
-    TenantBalances, ThresholdTerms,
+    AuthorizeRequest, EventView, GrantRequest, GrantTerms, LotView, RefillRequest, SettleRequest,
+    SpendCapTerms, TenantBalances, ThresholdTerms,
 };
 use creditgate::policy::component::Limits;
 use creditgate::policy::probe;
@@ -186,6 +186,28 @@ fn describe(action: &Action) -> String {
             amount,
             ..
         } => format!("grant {amount} {balance} to {tenant}"),
+        Action::Void { tenant, grant_id } => format!("void of {grant_id} of {tenant}"),
+        Action::Refill {
+            tenant,
+            refill_id,
+            remove: true,
+            ..
+        } => format!("removal of refill {refill_id} of {tenant}"),
+        Action::Refill {
+            tenant,
+            refill_id,
+            amount,
+            balance,
+            every,
+            mode,
+            ..
+        } => format!(
+            "refill {refill_id} of {tenant}: {} {} every {} ({})",
+            amount.map_or_else(|| "?".to_owned(), |amount| amount.to_string()),
+            balance.as_deref().unwrap_or("?"),
+            every.as_deref().unwrap_or("?"),
+            mode.as_deref().unwrap_or("?")
+        ),
         Action::Overdraft {
             tenant,
             balance,
@@ -268,6 +290,7 @@ fn perform(
             balance,
             amount,
             grant_id,
+            effective_in_ms,
             expires_in_ms,
             priority,
             category,
@@ -279,10 +302,8 @@ fn perform(
             balance: balance.clone(),
             amount: *amount,
             terms: GrantTerms {
-                effective_at_ms: None,
-                expires_at_ms: expires_in_ms.map(|in_ms| {
-                    i64::try_from(ledger.clock.now_ms().saturating_add(in_ms)).unwrap_or(i64::MAX)
-                }),
+                effective_at_ms: effective_in_ms.map(|in_ms| after(ledger, in_ms)),
+                expires_at_ms: expires_in_ms.map(|in_ms| after(ledger, in_ms)),
                 priority: *priority,
                 category: category.clone(),
                 metadata: Default::default(),
@@ -291,6 +312,51 @@ fn perform(
             Ok(_) => Answer::Operator,
             Err(error) => failed(error),
         },
+        Action::Void { tenant, grant_id } => match meter.void(tenant, grant_id) {
+            Ok(answered) => Answer::Account(answered),
+            Err(error) => failed(error),
+        },
+        Action::Refill {
+            tenant,
+            refill_id,
+            balance,
+            amount,
+            every,
+            mode,
+            rollover_cap,
+            time_zone,
+            priority,
+            category,
+            remove,
+        } => {
+            let request = match (remove, balance, amount, every, mode) {
+                (true, None, None, None, None) => None,
+                (false, Some(balance), Some(amount), Some(every), Some(mode)) => {
+                    Some(RefillRequest {
+                        balance: balance.clone(),
+                        amount: *amount,
+                        every: every.clone(),
+                        time_zone: time_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
+                        anchor_ms: None,
+                        mode: mode.clone(),
+                        rollover_cap: *rollover_cap,
+                        priority: *priority,
+                        category: category.clone(),
+                    })
+                }
+                _ => {
+                    return Err(
+                        "a refill step sets `balance`, `amount`, `every` and `mode`, or is \
+                         `\"remove\": true` alone"
+                            .to_owned(),
+                    );
+                }
+            };
+            match meter.set_refill(tenant, refill_id, request.as_ref()) {
+                Ok(_) => Answer::Operator,
+                Err(error) => failed(error),
+            }
+        }
         Action::Overdraft {
             tenant,
             balance,
@@ -406,6 +472,11 @@ fn perform(
         }
         Action::Repeat(_) => return Err("a repeat cannot repeat a repeat".to_owned()),
     })
+}
+
+/// The case clock's time `in_ms` after now, in ms since the epoch.
+fn after(ledger: &Ledger, in_ms: u64) -> i64 {
+    i64::try_from(ledger.clock.now_ms().saturating_add(in_ms)).unwrap_or(i64::MAX)
 }
 
 /// Compares one expected field; `name` names it in the mismatch.
@@ -547,6 +618,29 @@ fn check(
             &Some(expected.clone()),
             actual.thresholds,
         )?;
+    }
+    for (tenant, expected) in expect.lots.iter().flatten() {
+        let actual: Vec<ExpectedLot> = ledger
+            .meter()?
+            .lots(tenant)
+            .map_err(|error| error.to_string())?
+            .lots
+            .unwrap_or_default()
+            .into_iter()
+            .map(|lot| ExpectedLot {
+                grant_id: lot.grant_id,
+                balance: lot.balance,
+                remaining: lot.remaining,
+                state: lot.state,
+            })
+            .collect();
+        if actual != *expected {
+            return Err(format!(
+                "lots of {tenant}: expected {}, got {}",
+                json_text(expected),
+                json_text(&actual)
+            ));
+        }
     }
     let expected_events = match (&expect.events, repeat) {
         (Some(events), _) => Some(events.clone()),
