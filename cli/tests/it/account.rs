@@ -4,11 +4,30 @@
 
 use std::collections::BTreeMap;
 
-use creditgate::model::{Authorization, AuthorizeRequest, SettleRequest};
+use creditgate::MeterError;
+use creditgate::model::{
+    Authorization, AuthorizeRequest, GrantRequest, GrantTerms, SettleRequest, TenantBalances,
+};
 
 use crate::support::{TestMeter, pairs};
 
 pub const TENANT: &str = "acme";
+
+/// Grants `amount` on `default` under `grant_id`, with these terms.
+pub fn grant(
+    meter: &TestMeter,
+    grant_id: &str,
+    amount: i64,
+    terms: GrantTerms,
+) -> Result<TenantBalances, MeterError> {
+    meter.meter.grant(GrantRequest {
+        grant_id: grant_id.to_owned(),
+        tenant: TENANT.to_owned(),
+        balance: "default".to_owned(),
+        amount,
+        terms,
+    })
+}
 
 /// SMARTe holds one credit per requested record: its answer.
 pub fn enrich(meter: &TestMeter, id: &str, records: usize) -> Authorization {

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use creditgate::MeterError;
-use creditgate::model::{GrantRequest, GrantTerms, LotView, TenantBalances};
+use creditgate::model::{GrantTerms, LotView};
 use serde_json::json;
 
-use crate::account::{TENANT, assert_sound, enrich, moved, moves, settle_records};
+use crate::account::{TENANT, assert_sound, enrich, grant, moved, moves, settle_records};
 use crate::support::{HttpGate, START_MS, TestMeter, amounts};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -22,21 +22,6 @@ fn terms(priority: i32, expires_in_ms: Option<i64>, category: &str) -> GrantTerm
         category: Some(category.to_owned()),
         metadata: BTreeMap::new(),
     }
-}
-
-fn grant(
-    meter: &TestMeter,
-    grant_id: &str,
-    amount: i64,
-    terms: GrantTerms,
-) -> Result<TenantBalances, MeterError> {
-    meter.meter.grant(GrantRequest {
-        grant_id: grant_id.to_owned(),
-        tenant: TENANT.to_owned(),
-        balance: "default".to_owned(),
-        amount,
-        terms,
-    })
 }
 
 fn lots(meter: &TestMeter) -> Vec<LotView> {

@@ -5,10 +5,10 @@
 //! over HTTP; every test ends with the audit.
 
 use creditgate::MeterError;
-use creditgate::model::{GrantRequest, GrantTerms, ScheduledGrantView, TenantBalances};
+use creditgate::model::{GrantRequest, GrantTerms, ScheduledGrantView};
 use serde_json::json;
 
-use crate::account::{TENANT, assert_sound, enrich, moved, moves, settle_records};
+use crate::account::{TENANT, assert_sound, enrich, grant, moved, moves, settle_records};
 use crate::support::{HttpGate, START_MS, TestMeter};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -21,21 +21,6 @@ fn later(effective_in_ms: i64, expires_in_ms: Option<i64>) -> GrantTerms {
         category: Some("promotional".to_owned()),
         ..GrantTerms::default()
     }
-}
-
-fn grant(
-    meter: &TestMeter,
-    grant_id: &str,
-    amount: i64,
-    terms: GrantTerms,
-) -> Result<TenantBalances, MeterError> {
-    meter.meter.grant(GrantRequest {
-        grant_id: grant_id.to_owned(),
-        tenant: TENANT.to_owned(),
-        balance: "default".to_owned(),
-        amount,
-        terms,
-    })
 }
 
 fn scheduled(meter: &TestMeter) -> Vec<ScheduledGrantView> {
