@@ -25,7 +25,13 @@ pub struct PolicyArgs {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Upload a component; the sidecar checks it and, if it passes, switches to it.
-    Activate { file: PathBuf },
+    Activate {
+        file: PathBuf,
+        /// Activate only if the bytes the sidecar receives have this sha256 (64 hex
+        /// digits), the digest of the module you reviewed: sent as `If-Match`.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+    },
     /// Return to the policy that was active before the current one.
     Rollback,
     /// Show the active policy and the history.
@@ -39,9 +45,14 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         None => request,
     };
     let result = match &args.command {
-        PolicyCommand::Activate { file } => {
+        PolicyCommand::Activate { file, sha256 } => {
             let component = super::read_policy(file)?;
-            authorize(ureq::put(&url)).send_bytes(&component)
+            let request = authorize(ureq::put(&url));
+            match sha256 {
+                Some(hex) => request.set("if-match", &format!("\"sha256:{hex}\"")),
+                None => request,
+            }
+            .send_bytes(&component)
         }
         PolicyCommand::Rollback => authorize(ureq::post(&format!("{url}/rollback"))).call(),
         PolicyCommand::Show => ureq::get(&url).call(),

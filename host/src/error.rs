@@ -49,6 +49,10 @@ pub enum MeterError {
     /// `describe` that fails, or failed contract checks. The active policy stays.
     #[error("the policy module was refused: {0}")]
     InvalidPolicy(String),
+    /// The module's bytes are not the ones pinned by the caller (`--sha256`,
+    /// `If-Match`): nothing was compiled or activated.
+    #[error("the module's sha256 is {actual}, not the pinned {expected}")]
+    DigestMismatch { expected: String, actual: String },
     /// There is no earlier policy to roll back to.
     #[error("no earlier policy to roll back to")]
     NoPreviousPolicy,
@@ -145,6 +149,7 @@ impl MeterError {
             | MeterError::UnknownGrant(_)
             | MeterError::UnknownWebhook(_) => 404,
             MeterError::InvalidPolicy(_) => 422,
+            MeterError::DigestMismatch { .. } => 412,
             MeterError::NoPreviousPolicy => 409,
             MeterError::NoShadow => 404,
             MeterError::TransactionConflict(_)
@@ -181,6 +186,7 @@ impl MeterError {
             MeterError::InvalidAmount(_) => ErrorCode::InvalidAmount,
             MeterError::UnknownTransaction(_) => ErrorCode::UnknownTransaction,
             MeterError::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
+            MeterError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
             MeterError::NoPreviousPolicy => ErrorCode::NoPreviousPolicy,
             MeterError::NoShadow => ErrorCode::NoShadow,
             MeterError::TransactionConflict(_) => ErrorCode::TransactionConflict,
@@ -237,6 +243,7 @@ error_codes! {
     InvalidAmount = "invalid_amount",
     UnknownTransaction = "unknown_transaction",
     InvalidPolicy = "invalid_policy",
+    DigestMismatch = "digest_mismatch",
     NoPreviousPolicy = "no_previous_policy",
     NoShadow = "no_shadow",
     TransactionConflict = "transaction_conflict",

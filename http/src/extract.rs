@@ -1,6 +1,7 @@
-//! Path and query extractors whose refusals are the API's error answers (400
+//! Path, query and header extractors whose refusals are the API's error answers (400
 //! `invalid_request` in `{"error": ...}`) rather than axum's plain-text ones: a path
-//! segment that is not UTF-8 once decoded, or a query that does not parse.
+//! segment that is not UTF-8 once decoded, a query that does not parse, an `If-Match`
+//! that names no digest.
 
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
@@ -9,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::ApiError;
 use creditgate::error::ErrorCode;
+use creditgate::policy::PolicyDigest;
 
 /// [`Path`], refused with 400 `invalid_request`.
 pub struct ApiPath<T>(pub T);
@@ -41,6 +43,31 @@ pub fn query<T: DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> 
         Ok(Query(value)) => Ok(value),
         Err(rejection) => Err(invalid_request(&rejection.body_text())),
     }
+}
+
+/// The module digest an `If-Match` header pins (`"sha256:HEX"`, the quotes optional);
+/// none when absent or `*`. Anything else is refused with 400 `invalid_request`.
+pub fn pinned_digest(headers: &axum::http::HeaderMap) -> Result<Option<PolicyDigest>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let unquoted = text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(text);
+    unquoted
+        .strip_prefix("sha256:")
+        .and_then(|hex| PolicyDigest::parse(&hex.to_ascii_lowercase()))
+        .map(Some)
+        .ok_or_else(|| {
+            invalid_request(
+                "If-Match names the module's digest as \"sha256:\" and 64 hex digits (or is *)",
+            )
+        })
 }
 
 fn invalid_request(why: &str) -> ApiError {

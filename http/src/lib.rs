@@ -46,6 +46,7 @@ use creditgate::model::{
     RefillRequest, RefillView, SettleRequest, ShadowReport, SpendCapTerms, TenantBalances,
     ThresholdTerms, TransactionView,
 };
+use creditgate::policy::PolicyDigest;
 use extract::{ApiPath, ApiQuery};
 use limits::{Admission, ApiLimits};
 use openapi::{
@@ -1032,14 +1033,18 @@ enum ActivationMode {
     put,
     path = "/v1/policy",
     tag = "policy",
-    params(ActivationQuery),
+    params(
+        ActivationQuery,
+        ("If-Match" = Option<String>, Header, description = "`\"sha256:HEX\"`: activate only a module with this digest (`*` or absent: any)"),
+    ),
     request_body(content(("application/octet-stream")), description = "The policy component's bytes (at most 32 MiB)"),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The module passed the contract checks and is live (or, with `mode=shadow`, shadows the active policy)", body = Activated),
-        (status = 400, description = "`invalid_request`: `mode` is not `active` or `shadow`", body = ErrorAnswer),
+        (status = 400, description = "`invalid_request`: `mode` is not `active` or `shadow`, or `If-Match` names no sha256", body = ErrorAnswer),
         (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
         (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
+        (status = 412, description = "`digest_mismatch`: `If-Match` pins another sha256 than the uploaded bytes'; nothing was compiled", body = ErrorAnswer),
         (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
         (status = 422, description = "`invalid_policy`: not a component, another contract version, a failing `describe`, or failed contract checks (the report is in the message); the active policy stays", body = ErrorAnswer),
         (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
@@ -1048,20 +1053,27 @@ enum ActivationMode {
 async fn activate_policy(State(state): State<Arc<AppState>>, body: Request) -> Response {
     let admitted = extract::query::<ActivationQuery>(body.uri())
         .map(|query| query.mode == Some(ActivationMode::Shadow))
-        .and_then(|shadow| Ok((shadow, state.admission.upload()?)));
+        .and_then(|shadow| Ok((shadow, extract::pinned_digest(body.headers())?)))
+        .and_then(|(shadow, pinned)| Ok((shadow, pinned, state.admission.upload()?)));
     match admitted {
-        Ok((shadow, _upload)) => activate_uploaded(&state, shadow, body)
+        Ok((shadow, pinned, _upload)) => activate_uploaded(&state, shadow, pinned, body)
             .await
             .into_response(),
         Err(refusal) => state.admission.refuse_unread(body, refusal),
     }
 }
 
-/// Receives the component into a temporary file, then activates it (or loads it as the
-/// shadow). Compiling and checking take tens of milliseconds, so they run off the async
-/// workers.
-async fn activate_uploaded(state: &AppState, shadow: bool, body: Request) -> ApiResult {
+/// Receives the component into a temporary file, checks it is the pinned module if one
+/// is, then activates it (or loads it as the shadow). Compiling and checking take tens
+/// of milliseconds, so they run off the async workers.
+async fn activate_uploaded(
+    state: &AppState,
+    shadow: bool,
+    pinned: Option<PolicyDigest>,
+    body: Request,
+) -> ApiResult {
     let component = body::receive_policy(body, state.admission.body_read_timeout).await?;
+    PolicyDigest::check_pinned(&component, pinned.as_ref())?;
     let meter = Arc::clone(&state.meter);
     if shadow {
         let report = blocking(move || meter.set_shadow(component)).await?;

@@ -536,6 +536,91 @@ fn http_policy_changes_need_the_admin_token() {
     );
 }
 
+/// Pinning: `If-Match: "sha256:HEX"` (what `creditgate policy activate --sha256` sends)
+/// activates only the module with that digest; another is refused with 412 before
+/// anything compiles, and an `If-Match` that names no digest with 400.
+#[test]
+fn a_pinned_activation_takes_only_the_module_with_that_digest() {
+    let (_dir, db) = ledger();
+    let server = Server::start("smarte", &db, None);
+    let digest_of = |name: &str| creditgate::policy::PolicyDigest::of(&component(name)).to_string();
+    let activate = |name: &str, pinned: &str| {
+        Command::new(BINARY)
+            .args([
+                "policy",
+                "activate",
+                "--server",
+                &server.base,
+                "--sha256",
+                pinned,
+            ])
+            .arg(component_path(name))
+            .output()
+            .unwrap()
+    };
+    let refused = activate("donoratlas", &digest_of("smarte"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("412 digest_mismatch"), "{stderr}");
+    assert!(stderr.contains(&digest_of("donoratlas")), "{stderr}");
+    assert_eq!(
+        server.get("/v1/policy").1["active"]["name"],
+        json!("smarte")
+    );
+
+    let put = |mode: &str, if_match: &str| {
+        let response = ureq::put(&format!("{}/v1/policy{mode}", server.base))
+            .set("if-match", if_match)
+            .send_bytes(&component("donoratlas"));
+        let response = match response {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("PUT /v1/policy: {error}"),
+        };
+        (
+            response.status(),
+            response.into_json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    for bad in [
+        "sha256:zz",
+        "md5:abc",
+        &format!("\"{}\"", digest_of("donoratlas")),
+    ] {
+        let (status, body) = put("", bad);
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_request"),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = put(
+        "?mode=shadow",
+        &format!("\"sha256:{}\"", digest_of("smarte")),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (412, "digest_mismatch"),
+        "{body}"
+    );
+    assert_eq!(
+        server.get("/v1/policy").1["active"]["name"],
+        json!("smarte")
+    );
+
+    let accepted = activate("donoratlas", &digest_of("donoratlas").to_uppercase());
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert_eq!(
+        server.get("/v1/policy").1["active"]["name"],
+        json!("donoratlas")
+    );
+    let (status, body) = put("", "*");
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn http_a_restart_resumes_the_last_policy_and_settles_open_holds_on_their_version() {
     let (_dir, db) = ledger();

@@ -51,6 +51,18 @@ impl PolicyDigest {
     pub fn bytes(&self) -> [u8; 32] {
         self.0
     }
+
+    /// Refuses a module whose bytes are not the pinned ones, before anything compiles
+    /// them: what an operator activates is what they reviewed, byte for byte.
+    pub fn check_pinned(bytes: &[u8], pinned: Option<&Self>) -> Result<(), MeterError> {
+        match pinned {
+            Some(expected) if *expected != Self::of(bytes) => Err(MeterError::DigestMismatch {
+                expected: expected.to_string(),
+                actual: Self::of(bytes).to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for PolicyDigest {
