@@ -154,6 +154,10 @@ pub fn check_module(
         info.name, info.version, info.digest, info.contract
     ));
     report.profile = profile.unwrap_or(&info.name).to_owned();
+    // Compiled once for the run: every case's meter deserializes it from here. Without
+    // the directory, each case only compiles again.
+    let compiled = tempfile::tempdir();
+    let compiled = compiled.as_ref().ok().map(tempfile::TempDir::path);
     for loaded in cases {
         let row = match &loaded.case {
             Err(problem) => Some(Row {
@@ -166,7 +170,7 @@ pub fn check_module(
                 name: loaded.name.clone(),
                 rule: case.rule.clone(),
                 tier: case.tier,
-                failure: runner::run_case(case, module, resolve, store, limits).err(),
+                failure: runner::run_case(case, module, resolve, store, limits, compiled).err(),
             }),
             Ok(_) => None,
         };

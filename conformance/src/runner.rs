@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ struct Ledger {
     scratch: ScratchLedger,
     clock: ManualClock,
     limits: Limits,
+    /// Where modules compiled earlier in the run are kept, precompiled.
+    compiled: Option<PathBuf>,
     /// None only while a swap closes one meter before opening the next: a SQLite
     /// ledger has one owner at a time.
     meter: Option<Meter>,
@@ -90,10 +93,12 @@ fn open_meter(
     clock: &ManualClock,
     module: Vec<u8>,
     limits: Limits,
+    compiled: Option<&Path>,
 ) -> Result<Meter, String> {
     let mut config = MeterConfig::new(scratch.location().clone());
     config.clock = Arc::new(clock.clone());
     config.limits = limits;
+    config.compile_cache_dir = compiled.map(Path::to_path_buf);
     config.sweep_interval_ms = 0;
     Meter::open(config, PolicySource::Component(module))
         .map_err(|error| format!("the module did not load: {error}"))
@@ -101,24 +106,27 @@ fn open_meter(
 
 /// Runs the case under the check's bounds (with the probes' wall-clock bound, so that a
 /// loaded machine does not fail a step); `Err` describes the first step that did not go
-/// as expected.
+/// as expected. `compiled`: a directory where modules are kept precompiled across the
+/// run's cases.
 pub fn run_case(
     case: &Case,
     module: &[u8],
     resolve: ModuleResolver<'_>,
     store: &ScratchStore,
     limits: Limits,
+    compiled: Option<&Path>,
 ) -> Result<(), String> {
     let limits = probe::lenient_wall(limits);
     let scratch = store
         .create()
         .map_err(|error| format!("cannot make a fresh ledger: {error}"))?;
     let clock = ManualClock::starting_at(CASE_START_MS);
-    let meter = open_meter(&scratch, &clock, module.to_vec(), limits)?;
+    let meter = open_meter(&scratch, &clock, module.to_vec(), limits, compiled)?;
     let mut ledger = Ledger {
         scratch,
         clock,
         limits,
+        compiled: compiled.map(Path::to_path_buf),
         meter: Some(meter),
         journal_seen: 0,
         events_seen: 0,
@@ -467,6 +475,7 @@ fn perform(
                 &ledger.clock,
                 module,
                 ledger.limits,
+                ledger.compiled.as_deref(),
             )?);
             Answer::Swapped
         }
