@@ -123,6 +123,9 @@ pub enum Action {
     Repeat(usize),
     AdvanceMs(u64),
     SwapPolicy(String),
+    /// Restart on the same ledger with the module under check, as after a crash or a
+    /// deploy: what the ledger keeps must come back. Needs no other module.
+    Restart {},
 }
 
 /// The expected outcome of a step; `None` fields are not checked.

@@ -48,6 +48,8 @@ enum Answer {
 }
 
 struct Ledger {
+    /// The module under check, for `restart` steps.
+    module: Vec<u8>,
     scratch: ScratchLedger,
     clock: ManualClock,
     limits: Limits,
@@ -123,6 +125,7 @@ pub fn run_case(
     let clock = ManualClock::starting_at(CASE_START_MS);
     let meter = open_meter(&scratch, &clock, module.to_vec(), limits, compiled)?;
     let mut ledger = Ledger {
+        module: module.to_vec(),
         scratch,
         clock,
         limits,
@@ -272,6 +275,7 @@ fn describe(action: &Action) -> String {
         Action::Repeat(step) => format!("repeat of step {step}"),
         Action::AdvanceMs(ms) => format!("advance {ms} ms"),
         Action::SwapPolicy(name) => format!("swap to {name}"),
+        Action::Restart {} => "restart".to_owned(),
     }
 }
 
@@ -468,19 +472,29 @@ fn perform(
         }
         Action::SwapPolicy(name) => {
             // The same ledger file, restarted on another module.
-            let module = resolve(name)?;
-            drop(ledger.meter.take());
-            ledger.meter = Some(open_meter(
-                &ledger.scratch,
-                &ledger.clock,
-                module,
-                ledger.limits,
-                ledger.compiled.as_deref(),
-            )?);
+            reopen(ledger, resolve(name)?)?;
+            Answer::Swapped
+        }
+        Action::Restart {} => {
+            reopen(ledger, ledger.module.clone())?;
             Answer::Swapped
         }
         Action::Repeat(_) => return Err("a repeat cannot repeat a repeat".to_owned()),
     })
+}
+
+/// Closes the ledger's meter and opens the same ledger on `module`.
+fn reopen(ledger: &mut Ledger, module: Vec<u8>) -> Result<(), String> {
+    // A SQLite ledger has one owner at a time: the old meter closes first.
+    drop(ledger.meter.take());
+    ledger.meter = Some(open_meter(
+        &ledger.scratch,
+        &ledger.clock,
+        module,
+        ledger.limits,
+        ledger.compiled.as_deref(),
+    )?);
+    Ok(())
 }
 
 /// The case clock's time `in_ms` after now, in ms since the epoch.
