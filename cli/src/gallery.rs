@@ -37,7 +37,7 @@ const CASES: &[&str] = &[
     "amount-i64-min",
     "amount-overflow",
     "overadmit",
-    "wasi-random",
+    "wasi-clock",
     "wasi-file",
 ];
 /// What the attacker threads send in the run every case is measured against: the same

@@ -231,10 +231,13 @@ async fn read_json<T: DeserializeOwned>(state: &AppState, request: Request) -> R
 }
 
 /// Parses a JSON request body, naming what is wrong with it: 400 `invalid_json` for
-/// bytes that are not JSON, 400 `invalid_request` for JSON of the wrong shape. Public
-/// for the fuzz targets (`creditgate::fuzzing`), which feed it what a client could.
+/// bytes that are not JSON, 400 `invalid_request` for JSON of the wrong shape. Every
+/// body is an object: serde would also read a struct from an array of its fields in
+/// order (`[]` for one whose fields all have defaults), which no client means and the
+/// API's document does not allow. Public for the fuzz targets (`creditgate::fuzzing`),
+/// which feed it what a client could.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
+    let invalid = |error: serde_json::Error| {
         let code = match error.classify() {
             serde_json::error::Category::Data => ErrorCode::InvalidRequest,
             _ => ErrorCode::InvalidJson,
@@ -244,7 +247,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             code,
             format!("invalid request body: {error}"),
         )
-    })
+    };
+    let first = bytes
+        .iter()
+        .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(invalid)?;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "invalid request body: expected a JSON object".to_owned(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(invalid)
 }
 
 fn ok<T: serde::Serialize>(value: T) -> ApiResult {

@@ -136,6 +136,19 @@ crate::on_both_stores! {
     fn donoratlas_passes_the_conformance_suite(store) {
         assert_passes_every_case_of_its_profile("donoratlas", "donoratlas", store);
     }
+
+    /// The same rules written in Python (`policy/smarte-python`, componentize-py) pass
+    /// the same cases: a CPython guest loads within the host's bounds, reads its empty
+    /// environment and fixed random bytes as it starts, and answers exactly.
+    fn smarte_in_python_passes_the_conformance_suite(store) {
+        assert_passes_every_case_of_its_profile("smarte_python", "smarte", store);
+    }
+
+    /// DonorAtlas's rules written in JavaScript (`policy/donoratlas-js`,
+    /// componentize-qjs) pass DonorAtlas's cases, `marked` lookups included.
+    fn donoratlas_in_javascript_passes_the_conformance_suite(store) {
+        assert_passes_every_case_of_its_profile("donoratlas_js", "donoratlas", store);
+    }
 }
 
 crate::on_both_stores! {

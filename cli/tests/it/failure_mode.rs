@@ -192,7 +192,7 @@ fn both_modes_over_http_with_the_hostile_fixture() {
     let authorize = |server: &Server, id: &str| {
         server.post(
             "/v1/authorize",
-            json!({"transaction_id": id, "tenant": "acme", "operation": "wasi-env", "items": ["a", "b"]}),
+            json!({"transaction_id": id, "tenant": "acme", "operation": "wasi-clock", "items": ["a", "b"]}),
         )
     };
     for id in ["http-1", "http-2"] {

@@ -27,9 +27,7 @@ const GALLERY: &[(&str, u16, &str)] = &[
     ("amount-overflow", 500, "policy_invalid_verdict"),
     ("overadmit", 500, "policy_invalid_verdict"),
     ("wasi-clock", 500, "policy_trap"),
-    ("wasi-env", 500, "policy_trap"),
     ("wasi-file", 500, "policy_trap"),
-    ("wasi-random", 500, "policy_trap"),
     ("wasi-stdout", 500, "policy_trap"),
 ];
 

@@ -14,6 +14,7 @@ mod events;
 mod failure_mode;
 mod gateway;
 mod guarantees;
+mod guest_sdks;
 mod hostile;
 mod http;
 mod http_limits;

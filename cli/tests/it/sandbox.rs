@@ -3,6 +3,7 @@
 //! the meter keeps serving.
 
 use creditgate::{Meter, MeterConfig, PolicySource};
+use serde_json::json;
 
 use crate::support::{Gate, TestMeter};
 
@@ -52,11 +53,46 @@ fn a_policy_that_exhausts_its_cpu_budget_fails_closed() {
 }
 
 #[test]
-fn a_policy_gets_no_clock_environment_or_files() {
+fn a_policy_gets_no_clock_or_files() {
     let meter = meter();
-    for operation in ["clock", "env", "file"] {
+    for operation in ["clock", "file"] {
         assert_fails_closed(&meter, operation, 500, "policy_trap");
     }
+}
+
+/// Guest runtimes read the environment and random bytes as they start: the host answers
+/// both, with nothing to decide by. The environment is empty; the "random" bytes are the
+/// same in every fresh instance, so std's hash keys (drawn from them) hash alike after a
+/// restart. Within one instance each new `RandomState` differs (std adds one to its
+/// keys): a policy that prices by them answers one request two ways, which the
+/// determinism probe refuses.
+#[test]
+fn a_policy_reads_an_empty_environment_and_the_same_random_bytes_in_every_instance() {
+    let first = meter();
+    let seen = first.authorize("env-1", "acme", "env", &[], &[]);
+    assert!(seen.admitted, "{seen:?}");
+    assert_eq!(seen.meta, json!({"variables": 0, "arguments": 0}));
+    let hashes = |meter: &TestMeter| -> Vec<serde_json::Value> {
+        (0..3)
+            .map(|i| {
+                let answer = meter.authorize(&format!("random-{i}"), "acme", "random", &[], &[]);
+                assert!(answer.admitted, "{answer:?}");
+                answer.meta["hash"].clone()
+            })
+            .collect()
+    };
+    let in_first = hashes(&first);
+    assert_ne!(
+        in_first[0], in_first[1],
+        "std's keys advance within an instance"
+    );
+    assert_eq!(
+        hashes(&meter()),
+        in_first,
+        "a fresh instance draws the same bytes"
+    );
+    assert_eq!(first.available("acme", "default"), 5);
+    first.assert_sound();
 }
 
 #[test]

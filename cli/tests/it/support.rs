@@ -30,7 +30,8 @@ pub fn component(name: &str) -> Vec<u8> {
     let path = target_dir().join(format!("wasm32-wasip2/release/{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|error| {
         panic!(
-            "cannot read {}: {error}; build the policy components first with `cargo policies`",
+            "cannot read {}: {error}; build the policy components first with \
+             `cargo policies && policy/build-guests`",
             path.display()
         )
     })

@@ -85,15 +85,27 @@ impl EntryKind {
         Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 
-    /// The change an entry of `amount` makes to (available, held).
-    pub fn effect(self, amount: i64) -> (i64, i64) {
+    /// The direction an entry moves credits in (available, held): +1, 0 or -1 each.
+    fn signs(self) -> (i8, i8) {
         match self {
-            EntryKind::Grant | EntryKind::Open => (amount, 0),
-            EntryKind::Hold => (-amount, amount),
-            EntryKind::Capture => (0, -amount),
-            EntryKind::Release | EntryKind::Expire => (amount, -amount),
-            EntryKind::Charge | EntryKind::LotExpire | EntryKind::Void => (-amount, 0),
+            EntryKind::Grant | EntryKind::Open => (1, 0),
+            EntryKind::Hold => (-1, 1),
+            EntryKind::Capture => (0, -1),
+            EntryKind::Release | EntryKind::Expire => (1, -1),
+            EntryKind::Charge | EntryKind::LotExpire | EntryKind::Void => (-1, 0),
         }
+    }
+
+    /// The change an entry of `amount` (> 0) makes to (available, held).
+    pub fn effect(self, amount: i64) -> (i64, i64) {
+        let (available, held) = self.signs();
+        (i64::from(available) * amount, i64::from(held) * amount)
+    }
+
+    /// [`EntryKind::effect`] on a sum of entries, which may pass `i64::MAX`.
+    pub fn effect_wide(self, amount: i128) -> (i128, i128) {
+        let (available, held) = self.signs();
+        (i128::from(available) * amount, i128::from(held) * amount)
     }
 }
 

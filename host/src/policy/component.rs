@@ -7,9 +7,13 @@
 //!   0.2.0 ([`ContractVersion`]), told at load by the names of the interfaces it imports
 //!   and exports; any other version refuses the load. A 0.1.0 module is given, for each
 //!   balance, what can be spent on it ([`sdk::BalanceState::spendable`]).
-//! - Sandboxed: the only import provided is the read-only `ledger`; any WASI import a
-//!   std guest declares is linked to a function that traps, so a policy gets no files,
-//!   network, environment, clock or randomness. Any other import refuses the load.
+//! - Sandboxed: the only import provided is the read-only `ledger`, besides an empty
+//!   `wasi:cli/environment` and a fixed stream of "random" bytes ([`super::wasi`]),
+//!   which guest runtimes read as they start; any other WASI import a guest declares is
+//!   linked to a function that traps, so a policy gets no files, network, clock or real
+//!   randomness. Any other import refuses the load. An instance may have at most
+//!   [`CORE_INSTANCES_MAX`] core instances, [`TABLES_MAX`] tables and [`MEMORIES_MAX`]
+//!   memories: room for CPython and QuickJS guests, no more.
 //! - Bounded (docs/policy-budget.md): each call gets [`Limits::fuel_per_call`] units of
 //!   fuel, spent by the guest's instructions and by the host's work on its behalf
 //!   (deterministic: the same call always costs the same); a wall-clock deadline
@@ -27,6 +31,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::contract::{check_settlement, check_verdict};
+use super::wasi::{self, GuestEntropy};
 use super::{
     AuthorizeDecision, CallCost, ContractVersion, MarkAnswers, MarkLookup, PolicyDigest,
     PolicyInfo, PolicyRuntime, SettleDecision, sdk,
@@ -78,6 +83,14 @@ pub const FUEL_PER_MARK_KEY: u64 = 200;
 /// Fuel one `marked` key costs when memory cannot answer it and the store is read (an
 /// indexed SQLite read, estimated ~5 µs when its pages are cached).
 pub const FUEL_PER_STORED_MARK_KEY: u64 = 10_000;
+/// Core wasm instances one policy instance may create. A Rust policy has 1 to 3; a
+/// componentize-py guest with its WASI stubs 38; componentize-qjs a handful.
+pub const CORE_INSTANCES_MAX: usize = 64;
+/// Tables one policy instance may create: at most one per core instance.
+pub const TABLES_MAX: usize = 64;
+/// Linear memories one policy instance may create (CPython and its adapter have two);
+/// each is bounded by [`Limits::memory_bytes_max`].
+pub const MEMORIES_MAX: usize = 8;
 /// The wall-clock bound of the `describe` call made when a module is loaded.
 const DESCRIBE_WALL_MS: u64 = 1_000;
 /// How often the engine's epoch advances: the resolution of [`Limits::wall_ms_per_call`].
@@ -156,12 +169,20 @@ struct HostState {
     tenant: String,
     /// `marked` lookups made by the call in progress.
     lookups: u32,
+    /// The instance's "random" bytes, restarted with it ([`super::wasi`]).
+    entropy: rand_chacha::ChaCha12Rng,
+}
+
+impl GuestEntropy for HostState {
+    fn entropy(&mut self) -> &mut rand_chacha::ChaCha12Rng {
+        &mut self.entropy
+    }
 }
 
 /// A call went past one of [`Limits`]' bounds on host work.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct HostLimitExceeded(String);
+pub(super) struct HostLimitExceeded(pub(super) String);
 
 /// The `marked` import. Bounds are checked and fuel is charged before the work: keys
 /// memory can answer cost [`FUEL_PER_MARK_KEY`], and the store is read only when the
@@ -260,6 +281,8 @@ impl CompiledPolicy {
             .instance(&ledger_import)
             .and_then(|mut ledger| ledger.func_wrap(MARKED_FUNCTION, marked))
             .map_err(link_error)?;
+        wasi::link(&mut linker, &component)
+            .map_err(|error| load_error(format!("cannot link the WASI answers: {error}")))?;
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|error| load_error(format!("cannot stub the WASI imports: {error}")))?;
@@ -551,14 +574,15 @@ impl Instance {
         let state = HostState {
             store_limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes_max)
-                .instances(16)
-                .tables(16)
-                .memories(4)
+                .instances(CORE_INSTANCES_MAX)
+                .tables(TABLES_MAX)
+                .memories(MEMORIES_MAX)
                 .build(),
             limits,
             marks,
             tenant: String::new(),
             lookups: 0,
+            entropy: wasi::entropy(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.store_limits);
@@ -627,8 +651,8 @@ fn call_error(error: &wasmtime::Error, limits: Limits) -> MeterError {
                 ))
             } else if cause.contains("unknown import") {
                 MeterError::PolicyTrap(format!(
-                    "{cause}: policies get no WASI (files, environment, clock, \
-                     randomness); note that a Rust panic reads the environment first"
+                    "{cause}: policies get no WASI but an empty environment and fixed \
+                     random bytes (no files, clock, network or stdio)"
                 ))
             } else {
                 MeterError::PolicyTrap(cause)

@@ -13,6 +13,7 @@ pub mod component;
 pub mod contract;
 pub mod native;
 pub mod probe;
+mod wasi;
 
 use std::fmt;
 

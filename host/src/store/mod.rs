@@ -308,13 +308,15 @@ pub fn transaction_view(
 }
 
 /// The journal's total of one kind of entry on one account and lot (none: credits
-/// granted before lots, and `open` entries).
+/// granted before lots, and `open` entries). Wider than an amount: every grant of a
+/// balance that was granted, voided and granted again near `i64::MAX` sums past it, and
+/// the audit must still tell a sound ledger from a broken one.
 pub struct JournalSum {
     pub tenant: String,
     pub balance: String,
     pub kind: String,
     pub lot: Option<LotId>,
-    pub amount: i64,
+    pub amount: i128,
 }
 
 /// Every account whose state differs from the sum of its journal, every lot whose
@@ -326,9 +328,11 @@ pub fn invariant_violations(
     accounts: impl IntoIterator<Item = ((String, String), AccountState)>,
     lots: impl IntoIterator<Item = ((String, String), Lot)>,
 ) -> Vec<String> {
-    let mut sums: std::collections::BTreeMap<(String, String), AccountState> =
+    // Summed in i128: a sum of i64 entries of one kind can pass i64::MAX on a sound ledger
+    // (see `JournalSum`); only the final sums must match the i64 states.
+    let mut sums: std::collections::BTreeMap<(String, String), (i128, i128)> =
         std::collections::BTreeMap::new();
-    let mut lot_sums: std::collections::BTreeMap<(String, String, LotId), i64> =
+    let mut lot_sums: std::collections::BTreeMap<(String, String, LotId), i128> =
         std::collections::BTreeMap::new();
     let mut violations = Vec::new();
     for JournalSum {
@@ -343,27 +347,15 @@ pub fn invariant_violations(
             violations.push(format!("{tenant}/{balance}: unknown entry kind '{kind}'"));
             continue;
         };
-        let (available, held) = kind.effect(amount);
+        let (available, held) = kind.effect_wide(amount);
         if let Some(lot) = lot {
-            let sum = lot_sums
+            *lot_sums
                 .entry((tenant.clone(), balance.clone(), lot))
-                .or_default();
-            match sum.checked_add(available) {
-                Some(total) => *sum = total,
-                None => violations.push(format!(
-                    "lot {lot} of {tenant}/{balance}: the journal sums past i64"
-                )),
-            }
+                .or_default() += available;
         }
-        let label = format!("{tenant}/{balance}");
         let sum = sums.entry((tenant, balance)).or_default();
-        match (
-            sum.available.checked_add(available),
-            sum.held.checked_add(held),
-        ) {
-            (Some(available), Some(held)) => *sum = AccountState { available, held },
-            _ => violations.push(format!("{label}: the journal sums past i64")),
-        }
+        sum.0 += available;
+        sum.1 += held;
     }
     let mut in_lots: std::collections::BTreeMap<(String, String), i64> =
         std::collections::BTreeMap::new();
@@ -371,7 +363,7 @@ pub fn invariant_violations(
         let sum = lot_sums
             .remove(&(tenant.clone(), balance.clone(), lot.id))
             .unwrap_or_default();
-        if sum != lot.remaining {
+        if sum != i128::from(lot.remaining) {
             violations.push(format!(
                 "lot {} of {tenant}/{balance} has {} left but its journal entries sum to {sum}",
                 lot.id, lot.remaining
@@ -388,8 +380,14 @@ pub fn invariant_violations(
         ));
     }
     for (key, state) in accounts {
-        let sum = sums.remove(&key).unwrap_or_default();
-        if let Err(why) = crate::ledger::check_account(state, sum) {
+        let (available, held) = sums.remove(&key).unwrap_or_default();
+        let sum = match (i64::try_from(available), i64::try_from(held)) {
+            (Ok(available), Ok(held)) => Ok(AccountState { available, held }),
+            _ => Err(format!(
+                "its journal sums to {available} available and {held} held, past i64"
+            )),
+        };
+        if let Err(why) = sum.and_then(|sum| crate::ledger::check_account(state, sum)) {
             violations.push(format!("{}/{}: {why}", key.0, key.1));
         }
         let held_in_lots = in_lots.remove(&key).unwrap_or_default();
@@ -406,10 +404,10 @@ pub fn invariant_violations(
             "{tenant}/{balance}: lots hold {held_in_lots} credits of an account the ledger does not have"
         ));
     }
-    for ((tenant, balance), sum) in sums {
-        if sum != AccountState::default() {
+    for ((tenant, balance), (available, held)) in sums {
+        if (available, held) != (0, 0) {
             violations.push(format!(
-                "{tenant}/{balance}: journal {sum:?} but no account"
+                "{tenant}/{balance}: journal {available} available and {held} held but no account"
             ));
         }
     }
@@ -426,7 +424,7 @@ mod tests {
             balance: "default".to_owned(),
             kind: kind.to_owned(),
             lot,
-            amount,
+            amount: amount.into(),
         }
     }
 

@@ -240,7 +240,7 @@ impl LedgerReader for PostgresReader {
     fn invariant_violations(&self, _live: Option<AuditPoint>) -> StoreResult<Vec<String>> {
         let journal_sums = self
             .query(
-                "SELECT tenant, balance, kind, SUM(amount)::BIGINT, lot FROM journal \
+                "SELECT tenant, balance, kind, SUM(amount)::TEXT, lot FROM journal \
                  GROUP BY tenant, balance, kind, lot",
                 &[],
             )?
@@ -250,7 +250,9 @@ impl LedgerReader for PostgresReader {
                     tenant: row.try_get(0)?,
                     balance: row.try_get(1)?,
                     kind: row.try_get(2)?,
-                    amount: row.try_get(3)?,
+                    amount: row.try_get::<_, String>(3)?.parse().map_err(|_| {
+                        MeterError::StoreCorrupt("a journal sum is not an integer".to_owned())
+                    })?,
                     lot: row.try_get::<_, Option<i64>>(4)?.map(to_u64),
                 })
             })
