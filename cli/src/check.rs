@@ -1,6 +1,6 @@
 //! `creditgate check`: the conformance suite against one module.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -8,6 +8,11 @@ use creditgate::store::scratch::ScratchStore;
 use creditgate_conformance::{self as conformance, case};
 
 use super::limits::PolicyLimitArgs;
+
+/// The policy fixtures embedded by `build.rs`.
+mod fixtures {
+    include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
+}
 
 /// Where the repository keeps its conformance cases.
 pub const DEFAULT_CASES: &str = "tests/conformance/cases";
@@ -43,16 +48,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
             args.cases.display()
         );
     };
-    // `swap_policy` steps name sibling modules: look for NAME.wasm beside the module.
-    let beside = args
-        .module
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let resolve = move |name: &str| {
-        let path = beside.join(format!("{}.wasm", name.replace('-', "_")));
-        std::fs::read(&path)
-            .map_err(|error| format!("cannot read module '{name}' at {}: {error}", path.display()))
+    // `swap_policy` steps name a fixture this binary carries: nothing is read from disk.
+    let resolve = |name: &str| {
+        fixtures::FIXTURES
+            .iter()
+            .find(|(fixture, _)| *fixture == name)
+            .map(|(_, bytes)| bytes.to_vec())
+            .ok_or_else(|| {
+                let known: Vec<&str> = fixtures::FIXTURES.iter().map(|(name, _)| *name).collect();
+                format!(
+                    "no module named '{name}': a case may swap to {}",
+                    known.join(", ")
+                )
+            })
     };
     println!("creditgate check {}", args.module.display());
     let report = conformance::check_module(

@@ -334,6 +334,46 @@ fn check_prints_the_table_and_exits_non_zero_on_any_failure() {
     );
 }
 
+/// A case that swaps policies needs nothing beside the module under check: the runner
+/// carries the fixtures a case may name, and a name it does not carry fails that case,
+/// saying which it does.
+#[test]
+fn check_needs_nothing_beside_the_module_under_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("smarte.wasm");
+    std::fs::write(&alone, component("smarte")).unwrap();
+    let cases = dir.path().join("cases");
+    std::fs::create_dir(&cases).unwrap();
+    let swap = std::fs::read_to_string(
+        cases_dir().join("smarte/settle-runs-on-the-authorizing-version.json"),
+    )
+    .unwrap();
+    std::fs::write(cases.join("swap.json"), &swap).unwrap();
+    std::fs::write(
+        cases.join("swap-to-nowhere.json"),
+        swap.replace(
+            r#""swap_policy": "misbehaving""#,
+            r#""swap_policy": "nowhere""#,
+        ),
+    )
+    .unwrap();
+    let checked = Command::new(BINARY)
+        .arg("check")
+        .arg(&alone)
+        .arg("--cases")
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(stdout.contains("PASS  swap "), "{stdout}");
+    assert!(stdout.contains("FAIL  swap-to-nowhere"), "{stdout}");
+    assert!(
+        stdout.contains("no module named 'nowhere': a case may swap to misbehaving"),
+        "{stdout}"
+    );
+    assert_eq!(checked.status.code(), Some(1), "{stdout}");
+}
+
 /// `Meter::open` on a given component runs the gate `activate` runs: a library user
 /// cannot start on a module `serve` and activation would refuse.
 #[test]
