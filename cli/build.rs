@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The modules a case may swap to, by name.
 const FIXTURES: [&str; 1] = ["misbehaving"];
 
-fn main() {
+fn main() -> Result<(), String> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
@@ -22,16 +22,17 @@ fn main() {
     for name in FIXTURES {
         let path = components.join(format!("{name}.wasm"));
         println!("cargo::rerun-if-changed={}", path.display());
-        let Ok(path) = path.canonicalize() else {
-            panic!(
+        let path = path.canonicalize().map_err(|_| {
+            format!(
                 "{} is missing: build the policy components first with `cargo policies` \
                  (the README's commands do)",
                 path.display()
-            );
-        };
+            )
+        })?;
         code.push_str(&format!("    ({name:?}, include_bytes!({path:?})),\n"));
     }
     code.push_str("];\n");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("fixtures.rs"), code).expect("cannot write fixtures.rs");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("cargo sets no OUT_DIR")?);
+    std::fs::write(out.join("fixtures.rs"), code)
+        .map_err(|error| format!("cannot write fixtures.rs: {error}"))
 }

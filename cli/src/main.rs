@@ -12,6 +12,7 @@ mod operator;
 mod policy;
 mod proxy;
 mod receiver;
+mod replay;
 mod serve;
 
 use std::io::IsTerminal;
@@ -59,10 +60,12 @@ enum Command {
     Balance(operator::BalanceArgs),
     /// Show a tenant's journal and check that it sums to the balances.
     Ledger(operator::LedgerArgs),
-    /// Activate, roll back or show the policy of a running sidecar.
+    /// Activate, roll back or show the policy of a running sidecar; sign modules for it.
     Policy(policy::PolicyArgs),
     /// Run the conformance suite against a policy module.
     Check(check::CheckArgs),
+    /// What a period of the ledger's traffic would have cost under a candidate policy.
+    Replay(replay::ReplayArgs),
     /// Start a new policy crate from a template, with an example case.
     NewPolicy(new_policy::NewPolicyArgs),
     /// Measure authorize+settle throughput: in process and over HTTP, wasm and native.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             Err(error) => Err(error),
         },
         Command::NewPolicy(args) => new_policy::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Proxy(args) => proxy::run(args),

@@ -33,8 +33,8 @@ pub struct LedgerFile {
 
 /// Where an operator command is carried out.
 enum Ledger {
-    /// This process opened the ledger.
-    Here(Meter),
+    /// This process opened the ledger (boxed: a meter is a few hundred bytes).
+    Here(Box<Meter>),
     /// A sidecar owns it: through its API.
     Sidecar { url: String, token: Option<String> },
 }
@@ -60,10 +60,11 @@ impl LedgerFile {
         // An operator command records nothing about policies, and must not release
         // anyone's holds behind the sidecar's back.
         config.record_start = false;
+        config.replica_name = None;
         config.sweep_interval_ms = 0;
         let meter = Meter::open(config, PolicySource::Resume { fallback: None })
             .with_context(|| format!("cannot open {}", self.db.describe()))?;
-        Ok(Ledger::Here(meter))
+        Ok(Ledger::Here(Box::new(meter)))
     }
 }
 

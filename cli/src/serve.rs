@@ -11,6 +11,8 @@ use super::failure::FailureArgs;
 use super::limits::PolicyLimitArgs;
 use clap::builder::TypedValueParser;
 
+use creditgate::error::MeterError;
+use creditgate::policy::TrustedKeys;
 use creditgate::store::StoreLocation;
 use creditgate::webhooks::deliver::{Deliverer, DeliveryOptions};
 use creditgate::{Meter, MeterConfig, PolicySource};
@@ -65,6 +67,12 @@ pub struct MeterArgs {
     /// Activate the policy file again whenever it changes (requires --policy).
     #[arg(long, requires = "policy")]
     watch: bool,
+    /// A public key (file from `policy keygen`) whose signature makes a module
+    /// activatable; repeatable. With any, every new module needs a signature by one of
+    /// them: the `creditgate-signature` header over HTTP, `FILE.sig` beside
+    /// `--policy FILE` (also when it is watched).
+    #[arg(long, value_name = "PUB_FILE")]
+    trusted_key: Vec<PathBuf>,
     /// The ledger: a SQLite file (created if missing; `sqlite://PATH` also works), or
     /// `postgres://...` for a database several gateway processes share.
     #[arg(long, default_value = super::DEFAULT_DB)]
@@ -73,6 +81,11 @@ pub struct MeterArgs {
     /// file's name with `.cache`; none for PostgreSQL).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// This process's name among the replicas of a PostgreSQL ledger (its heartbeat row,
+    /// `GET /v1/policy`; default PID@HOST). Every replica takes up an activation made
+    /// through any other within a second.
+    #[arg(long)]
+    replica_name: Option<String>,
     /// Decisions committed together, at most (group commit).
     #[arg(long, default_value_t = MeterConfig::BATCH_SIZE_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size_max: u32,
@@ -160,12 +173,17 @@ impl MeterArgs {
     /// Opens the meter on the ledger, with the policy to start on (watched with
     /// `--watch`).
     pub fn open(&self) -> anyhow::Result<Arc<Meter>> {
-        let (source, name) = self.policy_to_start_with()?;
+        let trusted_keys = self.trusted_keys()?;
+        let (source, name) = self.policy_to_start_with(!trusted_keys.is_empty())?;
         let mut config = MeterConfig::new(self.db.clone());
+        config.trusted_keys = trusted_keys;
         config.limits = self.policy_limits.limits();
         config.failure = self.failure.policy();
         config.batch_size_max = self.batch_size_max as usize;
         config.batch_wait_us_max = self.batch_wait_us_max;
+        if let Some(name) = &self.replica_name {
+            config.replica_name = Some(name.clone());
+        }
         config.compile_cache_dir = match (&self.cache_dir, &self.db) {
             (Some(dir), _) => Some(dir.clone()),
             (None, StoreLocation::Sqlite(path)) => Some(path.with_extension("cache")),
@@ -180,16 +198,54 @@ impl MeterArgs {
         Ok(meter)
     }
 
-    /// The policy to start on: `--policy`, else the one the ledger last ran (a restart
-    /// resumes where it was), else the SMARTe reference policy. `Meter::open` puts a file
-    /// given here through the activation gate; a policy the ledger ran passed it when it
-    /// was activated.
-    fn policy_to_start_with(&self) -> anyhow::Result<(PolicySource, String)> {
+    /// The keys of `--trusted-key`.
+    fn trusted_keys(&self) -> anyhow::Result<TrustedKeys> {
+        let texts = self
+            .trusted_key
+            .iter()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the trusted key {}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        TrustedKeys::parse(texts.iter().map(String::as_str)).with_context(|| {
+            format!(
+                "--trusted-key takes files written by `creditgate policy keygen` (PREFIX.pub): {}",
+                self.trusted_key
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// The policy to start on: `--policy` (with the `FILE.sig` beside it, when keys are
+    /// trusted), else the one the ledger last ran (a restart resumes where it was), else
+    /// the SMARTe reference policy. `Meter::open` puts a file given here through the
+    /// signature check and the activation gate; a policy the ledger ran passed them when
+    /// it was activated.
+    fn policy_to_start_with(&self, signed: bool) -> anyhow::Result<(PolicySource, String)> {
         if let Some(path) = &self.policy {
-            return Ok((
-                PolicySource::Component(super::read_policy(path)?),
-                format!("policy {}", path.display()),
-            ));
+            let component = super::read_policy(path)?;
+            let name = format!("policy {}", path.display());
+            return Ok(match super::policy::read_signature(path)? {
+                Some(signature) if signed => (
+                    PolicySource::Signed {
+                        component,
+                        signature,
+                    },
+                    name,
+                ),
+                None if signed => (
+                    PolicySource::Component(component),
+                    format!(
+                        "{name} (no signature {} beside it)",
+                        super::policy::signature_path(path).display()
+                    ),
+                ),
+                _ => (PolicySource::Component(component), name),
+            });
         }
         let fallback = PathBuf::from(super::DEFAULT_POLICY);
         let (fallback, why_not) = match super::read_policy(&fallback) {
@@ -287,24 +343,40 @@ fn print_banner(address: SocketAddr, meter: &Meter, db: &str, has_token: bool) {
     let _ = stdout.flush();
 }
 
-/// Polls the policy file and activates it again whenever its contents change. A
-/// module that fails its checks is reported and the active policy stays.
+/// Polls the policy file and activates it again whenever its contents change, with the
+/// signature beside it (`FILE.sig`, which a meter with trusted keys checks). A module
+/// that fails its checks is reported and the active policy stays; one refused for its
+/// signature is tried again when the signature changes (a module copied in before its
+/// `.sig`).
 fn watch(meter: Arc<Meter>, path: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("creditgate-watch".to_owned())
         .spawn(move || {
+            let read_signature = || super::policy::read_signature(&path).ok().flatten();
             let mut last = std::fs::read(&path).ok();
+            let mut last_signature = read_signature();
+            let mut refused_for_signature = false;
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(500));
                 let Ok(current) = std::fs::read(&path) else { continue };
-                if last.as_ref() == Some(&current) {
+                let signature = read_signature();
+                let signed_anew = refused_for_signature && signature != last_signature;
+                if last.as_ref() == Some(&current) && !signed_anew {
                     continue;
                 }
-                match meter.activate(current.clone(), "watch") {
+                refused_for_signature = false;
+                match meter.activate_signed(current.clone(), signature.as_deref(), "watch") {
                     Ok(info) => tracing::warn!(policy = %info.name, digest = %info.digest, "activated the changed policy file"),
-                    Err(error) => tracing::error!(%error, "the changed policy file was refused; the active policy stays"),
+                    Err(error) => {
+                        refused_for_signature = matches!(
+                            error,
+                            MeterError::SignatureRequired(_) | MeterError::SignatureInvalid { .. }
+                        );
+                        tracing::error!(%error, "the changed policy file was refused; the active policy stays");
+                    }
                 }
                 last = Some(current);
+                last_signature = signature;
             }
         });
     if let Err(error) = spawned {

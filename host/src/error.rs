@@ -53,6 +53,16 @@ pub enum MeterError {
     /// `If-Match`): nothing was compiled or activated.
     #[error("the module's sha256 is {actual}, not the pinned {expected}")]
     DigestMismatch { expected: String, actual: String },
+    /// The meter trusts signing keys and the module came without a signature: nothing
+    /// was compiled or activated.
+    #[error(
+        "this meter activates only modules signed by a trusted key; the module (sha256 {0}) came without a signature"
+    )]
+    SignatureRequired(String),
+    /// The module's signature does not read as one, is not of these bytes, or is by a
+    /// key the meter does not trust: nothing was compiled or activated.
+    #[error("the module's signature (sha256 {digest}) was refused: {why}")]
+    SignatureInvalid { digest: String, why: String },
     /// There is no earlier policy to roll back to.
     #[error("no earlier policy to roll back to")]
     NoPreviousPolicy,
@@ -150,6 +160,7 @@ impl MeterError {
             | MeterError::UnknownWebhook(_) => 404,
             MeterError::InvalidPolicy(_) => 422,
             MeterError::DigestMismatch { .. } => 412,
+            MeterError::SignatureRequired(_) | MeterError::SignatureInvalid { .. } => 403,
             MeterError::NoPreviousPolicy => 409,
             MeterError::NoShadow => 404,
             MeterError::TransactionConflict(_)
@@ -187,6 +198,8 @@ impl MeterError {
             MeterError::UnknownTransaction(_) => ErrorCode::UnknownTransaction,
             MeterError::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
             MeterError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+            MeterError::SignatureRequired(_) => ErrorCode::SignatureRequired,
+            MeterError::SignatureInvalid { .. } => ErrorCode::SignatureInvalid,
             MeterError::NoPreviousPolicy => ErrorCode::NoPreviousPolicy,
             MeterError::NoShadow => ErrorCode::NoShadow,
             MeterError::TransactionConflict(_) => ErrorCode::TransactionConflict,
@@ -244,6 +257,8 @@ error_codes! {
     UnknownTransaction = "unknown_transaction",
     InvalidPolicy = "invalid_policy",
     DigestMismatch = "digest_mismatch",
+    SignatureRequired = "signature_required",
+    SignatureInvalid = "signature_invalid",
     NoPreviousPolicy = "no_previous_policy",
     NoShadow = "no_shadow",
     TransactionConflict = "transaction_conflict",

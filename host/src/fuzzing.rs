@@ -473,6 +473,10 @@ impl<'a> Source<'a> {
                 answer: self.receipt(),
                 posting: self.posting(),
                 marks: self.marks(),
+                outcome: self.option(|source| OutcomeRecord {
+                    attributes: source.pairs(),
+                    body: source.option(Self::bytes),
+                }),
             }),
             2 => Decision::Expire(Expired {
                 id: self.string(),

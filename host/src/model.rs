@@ -518,6 +518,27 @@ pub struct ActivePolicy {
     /// The contract version the module was built against (`creditgate:policy@VERSION`),
     /// e.g. `0.2.0`.
     pub contract: String,
+    /// On PostgreSQL, every replica sharing the ledger that was seen in the last 5 s,
+    /// with the digest it runs (an activation through any replica reaches the others
+    /// within a second); absent on SQLite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaView>>,
+}
+
+/// One replica sharing a PostgreSQL ledger, from its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    /// Its name: `serve --replica-name`, by default `PID@HOST`.
+    pub replica: String,
+    /// The digest of the policy it runs.
+    pub digest: String,
+    /// The ledger's latest activation, when this replica cannot load it (it keeps
+    /// serving `digest`, the last good one).
+    pub behind: Option<String>,
+    /// Why it cannot load `behind`.
+    pub error: Option<String>,
+    /// Its last heartbeat, in ms since the Unix epoch (one a second).
+    pub seen_at_ms: i64,
 }
 
 /// What a shadow candidate would have done differently from the active policy.

@@ -1,7 +1,7 @@
 //! Path, query and header extractors whose refusals are the API's error answers (400
 //! `invalid_request` in `{"error": ...}`) rather than axum's plain-text ones: a path
 //! segment that is not UTF-8 once decoded, a query that does not parse, an `If-Match`
-//! that names no digest.
+//! that names no digest. The module signature header is read here too.
 
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
@@ -68,6 +68,14 @@ pub fn pinned_digest(headers: &axum::http::HeaderMap) -> Result<Option<PolicyDig
                 "If-Match names the module's digest as \"sha256:\" and 64 hex digits (or is *)",
             )
         })
+}
+
+/// The module signature a `creditgate-signature` header carries, as text; the meter
+/// judges it (bytes that are not text read as an invalid signature).
+pub fn signature(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("creditgate-signature")
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
 
 fn invalid_request(why: &str) -> ApiError {

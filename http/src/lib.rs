@@ -1010,16 +1010,22 @@ async fn transaction(
     path = "/v1/policy",
     tag = "policy",
     responses(
-        (status = 200, description = "The active policy, its history (newest first) and the digests loaded", body = PolicyState),
+        (status = 200, description = "The active policy (on PostgreSQL, with every live replica and the digest it runs), its history (newest first) and the digests loaded", body = PolicyState),
         (status = 503, description = UNAVAILABLE, body = ErrorAnswer, headers(("Retry-After" = u32, description = "Seconds to wait before a retry (`overloaded`, `policy_budget_exceeded`)"))),
     )
 )]
 async fn policy(State(state): State<Arc<AppState>>) -> ApiResult {
     let meter = Arc::clone(&state.meter);
-    let (history, loaded) =
-        blocking(move || Ok((meter.policy_history(100)?, meter.loaded_policies()?))).await?;
+    let (active, history, loaded) = blocking(move || {
+        Ok((
+            meter.active_policy_everywhere()?,
+            meter.policy_history(100)?,
+            meter.loaded_policies()?,
+        ))
+    })
+    .await?;
     ok(PolicyState {
-        active: state.meter.active_policy(),
+        active,
         history,
         loaded,
     })
@@ -1051,6 +1057,7 @@ enum ActivationMode {
     params(
         ActivationQuery,
         ("If-Match" = Option<String>, Header, description = "`\"sha256:HEX\"`: activate only a module with this digest (`*` or absent: any)"),
+        ("creditgate-signature" = Option<String>, Header, description = "The module's signature (`creditgate policy sign`: ed25519 of its sha256, 128 hex digits), required when the sidecar runs with `--trusted-key`"),
     ),
     request_body(content(("application/octet-stream")), description = "The policy component's bytes (at most 32 MiB)"),
     security(("admin_token" = [])),
@@ -1058,6 +1065,7 @@ enum ActivationMode {
         (status = 200, description = "The module passed the contract checks and is live (or, with `mode=shadow`, shadows the active policy)", body = Activated),
         (status = 400, description = "`invalid_request`: `mode` is not `active` or `shadow`, or `If-Match` names no sha256", body = ErrorAnswer),
         (status = 401, description = UNAUTHORIZED, body = ErrorAnswer),
+        (status = 403, description = "`signature_required`: the sidecar trusts signing keys and no `creditgate-signature` came; `signature_invalid`: the signature is not of these bytes by a trusted key. Nothing was compiled", body = ErrorAnswer),
         (status = 408, description = REQUEST_TIMEOUT, body = ErrorAnswer),
         (status = 412, description = "`digest_mismatch`: `If-Match` pins another sha256 than the uploaded bytes'; nothing was compiled", body = ErrorAnswer),
         (status = 413, description = PAYLOAD_TOO_LARGE, body = ErrorAnswer),
@@ -1071,33 +1079,39 @@ async fn activate_policy(State(state): State<Arc<AppState>>, body: Request) -> R
         .and_then(|shadow| Ok((shadow, extract::pinned_digest(body.headers())?)))
         .and_then(|(shadow, pinned)| Ok((shadow, pinned, state.admission.upload()?)));
     match admitted {
-        Ok((shadow, pinned, _upload)) => activate_uploaded(&state, shadow, pinned, body)
-            .await
-            .into_response(),
+        Ok((shadow, pinned, _upload)) => {
+            let signature = extract::signature(body.headers());
+            activate_uploaded(&state, shadow, pinned, signature, body)
+                .await
+                .into_response()
+        }
         Err(refusal) => state.admission.refuse_unread(body, refusal),
     }
 }
 
 /// Receives the component into a temporary file, checks it is the pinned module if one
-/// is, then activates it (or loads it as the shadow). Compiling and checking take tens
-/// of milliseconds, so they run off the async workers.
+/// is, then activates it (or loads it as the shadow), the meter checking its signature
+/// first if it trusts keys. Compiling and checking take tens of milliseconds, so they
+/// run off the async workers.
 async fn activate_uploaded(
     state: &AppState,
     shadow: bool,
     pinned: Option<PolicyDigest>,
+    signature: Option<String>,
     body: Request,
 ) -> ApiResult {
     let component = body::receive_policy(body, state.admission.body_read_timeout).await?;
     PolicyDigest::check_pinned(&component, pinned.as_ref())?;
     let meter = Arc::clone(&state.meter);
     if shadow {
-        let report = blocking(move || meter.set_shadow(component)).await?;
+        let report =
+            blocking(move || meter.set_shadow_signed(component, signature.as_deref())).await?;
         return ok(Activated {
             active: state.meter.active_policy(),
             shadow: Some(report.shadow),
         });
     }
-    blocking(move || meter.activate(component, "http")).await?;
+    blocking(move || meter.activate_signed(component, signature.as_deref(), "http")).await?;
     ok(activated(state))
 }
 

@@ -2,6 +2,7 @@
 //! instead (Redis + Lua, naive PostgreSQL) and beside the HTTP framework's ceiling, on
 //! one workload, and checks the figures against the speed targets.
 
+mod modules;
 pub mod stats;
 mod systems;
 mod workload;
@@ -25,12 +26,25 @@ use stats::{LedgerFigures, Measure, Row, Samples};
 use systems::{Client, HttpServer, PostgresSystem, RedisSystem};
 use workload::{Generator, Product, tenant_name};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct BenchArgs {
     #[arg(long, default_value = "target/wasm32-wasip2/release/smarte.wasm")]
     smarte: PathBuf,
     #[arg(long, default_value = "target/wasm32-wasip2/release/donoratlas.wasm")]
     donoratlas: PathBuf,
+    /// The SMARTe rules in Python (componentize-py; `policy/build-guests` builds it): the
+    /// guests row and the policy modules table.
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/smarte_python.wasm"
+    )]
+    smarte_python: PathBuf,
+    /// The DonorAtlas rules in JavaScript (componentize-qjs; `policy/build-guests`).
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/donoratlas_js.wasm"
+    )]
+    donoratlas_js: PathBuf,
     /// Concurrent clients, each sending authorize then settle, one request at a time.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -75,6 +89,10 @@ pub struct BenchArgs {
     /// The per-call bounds the policy components run under, as `serve` takes them.
     #[command(flatten)]
     limits: PolicyLimitArgs,
+    /// Measure the policy modules table only and write it to stdout as JSON: the bench
+    /// runs the table in a process of its own this way.
+    #[arg(long, hide = true)]
+    modules_table_only: bool,
 }
 
 /// How the run is shaped, after `--quick`.
@@ -87,6 +105,9 @@ struct Plan {
 }
 
 const IN_PROCESS: &str = "creditgate in-process, wasm";
+const GUESTS: &str = "creditgate in-process, wasm guests (Python, JavaScript)";
+/// The table of the policy modules (printed before the rows; `--rows modules` alone).
+const MODULES: &str = "policy modules";
 const NATIVE: &str = "creditgate in-process, native rules";
 const LOTS: &str = "creditgate in-process, wasm, 5 lots a tenant";
 /// Lots every tenant's balance gets in the [`LOTS`] row.
@@ -120,6 +141,13 @@ const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 const SWAP_EVERY: Duration = Duration::from_millis(100);
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.modules_table_only {
+        let (modules, limits) = (policy_modules(&args), args.limits.limits());
+        let calls = module_calls(args.quick);
+        let lines = modules::measure(&modules, limits, calls, args.quick, &args.dir);
+        println!("{}", serde_json::to_string(&lines)?);
+        return Ok(());
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -192,6 +220,25 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
     } else {
         None
     };
+    let modules = if wanted(MODULES) {
+        let lines = tokio::task::spawn_blocking({
+            let args = args.clone();
+            move || {
+                modules_table_apart(&args)
+                    .unwrap_or_else(|error| vec![modules::ModuleLine::unavailable(MODULES, &error)])
+            }
+        })
+        .await?;
+        modules::print(
+            &lines,
+            args.limits.limits(),
+            module_calls(args.quick),
+            args.quick,
+        );
+        Some(lines)
+    } else {
+        None
+    };
     print_header();
     let mut rows: Vec<Row> = Vec::new();
 
@@ -234,7 +281,7 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
     if wanted(HTTP) || wanted(SCRAPED) {
         let (slices, slice) = scrape_slices(&plan);
         println!(
-            "{:<50} sidecar rows: {slices} slices of {} ms each, interleaved, without and with /metrics",
+            "{:<55} sidecar rows: {slices} slices of {} ms each, interleaved, without and with /metrics",
             "",
             slice.as_millis()
         );
@@ -258,7 +305,7 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
     .any(|name| wanted(name))
     {
         println!(
-            "{:<50} gateway rows: one request a transaction, its whole time in the authorize column",
+            "{:<55} gateway rows: one request a transaction, its whole time in the authorize column",
             ""
         );
     }
@@ -339,7 +386,8 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
         );
     }
 
-    // Last: the peak RSS of a row after it would include what this one's allocator kept.
+    // Last but the guests row: the peak RSS of a row after it would include what this
+    // one's allocator kept.
     if wanted(&large) {
         record(
             &mut rows,
@@ -349,6 +397,23 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
                 &large,
                 Variant {
                     tenants: Some(plan.tenants_large),
+                    ..Variant::default()
+                },
+            )
+            .await,
+        );
+    }
+    // After the large row, so that no row after it counts what compiling CPython's
+    // component left in the allocator (trimmed, not all of it goes).
+    if wanted(GUESTS) {
+        record(
+            &mut rows,
+            creditgate_row(
+                &args,
+                &plan,
+                GUESTS,
+                Variant {
+                    guests: true,
                     ..Variant::default()
                 },
             )
@@ -383,26 +448,92 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
             targets: &targets,
             activation_new_ms: activation.0,
             activation_precompiled_ms: activation.1,
+            modules: modules.as_deref(),
         };
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let failed: Vec<&Row> = rows
+    // Rows whose requests failed or that could not run, and modules that could not be
+    // measured or whose calls failed.
+    let failed: Vec<&str> = rows
         .iter()
         .filter(|row| {
             row.failures > 0 || (row.error.is_some() && row.name.starts_with("creditgate"))
         })
+        .map(|row| row.name.as_str())
+        .chain(
+            modules
+                .iter()
+                .flatten()
+                .filter(|line| modules::failed(line))
+                .map(|line| line.module.as_str()),
+        )
         .collect();
     anyhow::ensure!(
         failed.is_empty(),
-        "creditgate rows failed: {}",
-        failed
-            .iter()
-            .map(|row| row.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "creditgate rows or policy modules failed: {}",
+        failed.join(", ")
     );
     Ok(())
+}
+
+/// Authorize calls each way per module in the policy modules table.
+fn module_calls(quick: bool) -> usize {
+    if quick { 200 } else { 2_000 }
+}
+
+/// The modules of the policy modules table: each product's rules in Rust, then in
+/// another language.
+fn policy_modules(args: &BenchArgs) -> [modules::Module; 4] {
+    [
+        (&args.smarte, Product::Smarte, "Rust"),
+        (&args.donoratlas, Product::DonorAtlas, "Rust"),
+        (&args.smarte_python, Product::Smarte, "Python"),
+        (&args.donoratlas_js, Product::DonorAtlas, "JavaScript"),
+    ]
+    .map(|(path, product, language)| modules::Module {
+        path: path.clone(),
+        product,
+        language,
+    })
+}
+
+/// The policy modules table, measured by this command in a process of its own
+/// (`--modules-table-only`): compiling CPython's component frees hundreds of MiB that
+/// the allocator keeps in part even once trimmed, which would otherwise count in the
+/// rows' peak RSS (and a fresh process gives each module's memory figures alike).
+fn modules_table_apart(args: &BenchArgs) -> anyhow::Result<Vec<modules::ModuleLine>> {
+    let limits = args.limits.limits();
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("bench")
+        .arg("--modules-table-only")
+        .arg("--smarte")
+        .arg(&args.smarte)
+        .arg("--donoratlas")
+        .arg(&args.donoratlas)
+        .arg("--smarte-python")
+        .arg(&args.smarte_python)
+        .arg("--donoratlas-js")
+        .arg(&args.donoratlas_js)
+        .arg("--dir")
+        .arg(&args.dir)
+        .arg("--policy-fuel-per-call")
+        .arg(limits.fuel_per_call.to_string())
+        .arg("--policy-wall-ms-per-call")
+        .arg(limits.wall_ms_per_call.to_string())
+        .args(args.quick.then_some("--quick"))
+        .stderr(std::process::Stdio::inherit());
+    let output = command
+        .output()
+        .context("cannot start the policy modules table's process")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the policy modules table's process failed ({})",
+        output.status
+    );
+    serde_json::from_slice(&output.stdout)
+        .context("cannot read the policy modules table's process's answer")
 }
 
 #[derive(Serialize)]
@@ -421,6 +552,8 @@ struct Report<'a> {
     targets: &'a [Target],
     activation_new_ms: f64,
     activation_precompiled_ms: f64,
+    /// The policy modules table, when it ran.
+    modules: Option<&'a [modules::ModuleLine]>,
 }
 
 /// How a creditgate row differs from the default (in process, wasm, durable).
@@ -441,6 +574,9 @@ enum Front {
 #[derive(Default, Clone, Copy)]
 struct Variant {
     native: bool,
+    /// The guests in other languages instead of the Rust modules: SMARTe in Python,
+    /// DonorAtlas in JavaScript.
+    guests: bool,
     front: Front,
     /// The repetitions alternate without and with `/metrics` of the first sidecar read
     /// every [`SCRAPE_EVERY`] ([`measure_alternating`]).
@@ -459,6 +595,9 @@ struct Variant {
 }
 
 async fn creditgate_row(args: &BenchArgs, plan: &Plan, name: &str, variant: Variant) -> Row {
+    // What earlier rows and the modules table freed (a compile of the Python guest
+    // frees hundreds of MiB) is not this row's.
+    stats::trim_heap();
     stats::reset_peak_rss();
     match run_creditgate(args, plan, variant).await {
         Ok(ran) => Row {
@@ -474,6 +613,7 @@ async fn creditgate_row(args: &BenchArgs, plan: &Plan, name: &str, variant: Vari
 /// repetitions alternate between the two: the same meters, servers and clients, and
 /// drift (the ledger growing, the machine's other load) falls on both alike.
 async fn sidecar_rows(args: &BenchArgs, plan: &Plan) -> [Row; 2] {
+    stats::trim_heap();
     stats::reset_peak_rss();
     let variant = Variant {
         front: Front::Sidecar,
@@ -519,12 +659,15 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
     // Per product, one meter per replica.
     let mut replicas: Vec<Vec<Arc<Meter>>> = Vec::new();
     for product in Product::ALL {
-        let source = match (product, variant.native) {
-            (Product::Smarte, false) => PolicySource::Component(super::read_policy(&args.smarte)?),
-            (Product::DonorAtlas, false) => {
-                PolicySource::Component(super::read_policy(&args.donoratlas)?)
-            }
-            (_, true) => PolicySource::Native(product.native()),
+        let module = match (product, variant.guests) {
+            (Product::Smarte, false) => &args.smarte,
+            (Product::DonorAtlas, false) => &args.donoratlas,
+            (Product::Smarte, true) => &args.smarte_python,
+            (Product::DonorAtlas, true) => &args.donoratlas_js,
+        };
+        let source = match variant.native {
+            false => PolicySource::Component(super::read_policy(module)?),
+            true => PolicySource::Native(product.native()),
         };
         let location = match variant.postgres_replicas {
             Some(_) => {
@@ -1331,11 +1474,11 @@ fn record(rows: &mut Vec<Row>, row: Row) {
 
 fn print_header() {
     println!(
-        "{:<50} {:>9}   {:>22}   {:>22}   {:>9}   {:>10}",
+        "{:<55} {:>9}   {:>22}   {:>22}   {:>9}   {:>10}",
         "row", "txn/s", "authorize p50/p99/p999", "settle p50/p99/p999", "peak RSS", "per commit"
     );
     println!(
-        "{:<50} then each repetition's txn/s; on SQLite: disk bytes per transaction, the \
+        "{:<55} then each repetition's txn/s; on SQLite: disk bytes per transaction, the \
          views' worst lag, the time to open the ledger again",
         ""
     );
@@ -1343,7 +1486,7 @@ fn print_header() {
 
 fn print_row(row: &Row) {
     if let Some(error) = &row.error {
-        println!("{:<50} unavailable: {error}", row.name);
+        println!("{:<55} unavailable: {error}", row.name);
         return;
     }
     let rss = row.rss_bytes.map_or_else(
@@ -1354,7 +1497,7 @@ fn print_row(row: &Row) {
         .decisions_per_commit
         .map_or_else(|| "-".to_owned(), |decisions| format!("{decisions:.1}"));
     println!(
-        "{:<50} {:>9.0}   {:>19} µs   {:>19} µs   {:>9}   {:>10}{}",
+        "{:<55} {:>9.0}   {:>19} µs   {:>19} µs   {:>9}   {:>10}{}",
         row.name,
         row.txn_per_s,
         format!(
@@ -1384,7 +1527,7 @@ fn print_row(row: &Row) {
             ledger.disk_bytes_per_txn, ledger.views_lag_worst_ms, ledger.restart_ms
         )
     });
-    println!("{:<50} repetitions {}{ledger}", "", repetitions.join(", "));
+    println!("{:<55} repetitions {}{ledger}", "", repetitions.join(", "));
 }
 
 fn print_targets(targets: &[Target]) {

@@ -1,6 +1,6 @@
 //! Latency samples, percentiles, medians over repetitions, and peak RSS.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Default)]
 pub struct Samples {
@@ -41,7 +41,7 @@ impl Samples {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: u64,
     pub p99: u64,
@@ -159,6 +159,26 @@ impl Row {
             failures: 0,
             error: Some(format!("{error:#}")),
         }
+    }
+}
+
+/// Gives the memory the allocator holds free back to the OS (glibc's `malloc_trim`; a
+/// no-op elsewhere), so that a resident-memory figure taken after it counts what is in
+/// use, not what an earlier phase freed: compiling a large component (CPython's) frees
+/// hundreds of MiB that the allocator's arenas would otherwise keep resident.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    glibc::malloc_trim(0);
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+mod glibc {
+    // SAFETY: the declaration is glibc's (`int malloc_trim(size_t pad)`), and the
+    // function may be called from any thread at any time: it takes each arena's lock and
+    // releases only memory that is free.
+    unsafe extern "C" {
+        pub safe fn malloc_trim(pad: usize) -> std::ffi::c_int;
     }
 }
 

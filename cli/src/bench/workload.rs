@@ -208,6 +208,39 @@ impl Generator {
     }
 }
 
+/// A transaction of one item on an operation the product meters, shaped as
+/// [`Generator::next_transaction`] shapes them: SMARTe enriches one person (one record
+/// delivered, told by the settle's `records` attribute), DonorAtlas enhances one person.
+/// `item` names the item, so that each call can be a new one.
+pub fn single_item(
+    product: Product,
+    tenant: String,
+    transaction_id: String,
+    item: usize,
+) -> Transaction {
+    let (operation, item, records) = match product {
+        Product::Smarte => ("person.enrich", format!("record-{item}"), 1),
+        Product::DonorAtlas => ("enhance", format!("person-{item}"), 0),
+    };
+    Transaction {
+        product,
+        baseline: None,
+        authorize: AuthorizeRequest {
+            transaction_id: Some(transaction_id.clone()),
+            tenant,
+            operation: operation.to_owned(),
+            items: vec![item],
+            ..AuthorizeRequest::default()
+        },
+        settle: SettleRequest {
+            transaction_id,
+            status: 200,
+            attributes: [("records".to_owned(), records.to_string())].into(),
+            body: None,
+        },
+    }
+}
+
 pub fn tenant_name(index: usize) -> String {
     format!("tenant-{index}")
 }

@@ -16,7 +16,7 @@ use super::lots::{Closure, Lot, LotId};
 use super::refills::RefillTerms;
 use super::scheduled::ScheduledGrant;
 use super::{AccountState, EntryKind};
-use crate::model::{Amounts, Authorization, ErrorBody, PolicyRef, Receipt};
+use crate::model::{Amounts, Authorization, ErrorBody, PolicyRef, Receipt, SettleRequest};
 
 /// A sha256 digest: of a policy's component bytes, or of a request's canonical form.
 pub type Digest = [u8; 32];
@@ -85,7 +85,9 @@ pub struct Authorized {
     /// Index into [`Batch::policies`].
     pub policy: u32,
     pub operation: String,
-    /// What settle will give the policy back; none for a refusal, which never settles.
+    /// What settle will give the policy back, and what a replay under another policy
+    /// asks it (`creditgate replay`). Since record format 8 a refusal records it too;
+    /// before, none for a refusal, which never settles.
     pub request: Option<RequestRecord>,
     pub answer: AuthorizationRecord,
     /// When the hold lapses; none when nothing is held (or refused).
@@ -131,6 +133,27 @@ pub struct Settled {
     pub answer: ReceiptRecord,
     pub posting: PostingRecord,
     pub marks: Vec<MarkRecord>,
+    /// The outcome's attributes and body, as the policy was given them: what a replay
+    /// of the ledger under another policy settles on (`creditgate replay`). Added in
+    /// record format 8; none in a settle recorded before.
+    pub outcome: Option<OutcomeRecord>,
+}
+
+/// The parts of a settle's outcome besides its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub attributes: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    pub body: Option<Vec<u8>>,
+}
+
+impl OutcomeRecord {
+    pub fn of(request: &SettleRequest) -> Self {
+        Self {
+            attributes: pairs(&request.attributes),
+            body: request.body.clone(),
+        }
+    }
 }
 
 /// The answer to a settle, as a retry gets it again.

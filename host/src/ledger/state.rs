@@ -925,6 +925,13 @@ impl LiveState {
         self.active_policy
     }
 
+    /// Marks `digest` as the ledger's latest activation without a record of this
+    /// process's: another replica recorded it in the shared ledger (`meter/follower.rs`).
+    /// A later activation of the policy this replica ran before is then recorded again.
+    pub fn adopt_active_policy(&mut self, digest: Digest) {
+        self.active_policy = Some(digest);
+    }
+
     /// Open holds, and the heap bytes they keep.
     pub fn open_holds(&self) -> (usize, usize) {
         (self.open_holds, self.open_hold_bytes)

@@ -77,6 +77,12 @@ pub enum Command {
         via: String,
         reply: Reply<PolicyInfo>,
     },
+    /// Make a policy another replica activated the active one here, between two
+    /// decisions, recording nothing: the activation is in the shared ledger already.
+    Adopt {
+        compiled: Arc<CompiledPolicy>,
+        reply: Reply<PolicyInfo>,
+    },
     /// Evaluate a candidate beside the active policy from now on, moving no credit.
     SetShadow {
         compiled: Arc<CompiledPolicy>,
@@ -131,7 +137,9 @@ impl Command {
                 drop(reply.send(Err(error)))
             }
             Command::ExpireDue(reply) => drop(reply.send(Err(error))),
-            Command::Activate { reply, .. } => drop(reply.send(Err(error))),
+            Command::Activate { reply, .. } | Command::Adopt { reply, .. } => {
+                drop(reply.send(Err(error)))
+            }
             Command::SetShadow { reply, .. } => drop(reply.send(Err(error))),
             Command::ShadowReport(reply) => drop(reply.send(Err(error))),
             Command::TakeShadow(reply) => drop(reply.send(Err(error))),

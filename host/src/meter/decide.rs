@@ -698,6 +698,8 @@ impl Decider<'_> {
             },
         };
         let answer = AuthorizationRecord::of(&authorization);
+        // A refusal records its request too: what a replay asks another policy.
+        let request_record = request_record.or_else(|| Some(self::request_record(request)));
         if expires_at_ms.is_some() {
             let bytes = id.len()
                 + request_record.as_ref().map_or(0, |record| {
@@ -938,6 +940,7 @@ impl Decider<'_> {
                 answer: ReceiptRecord::of(&receipt),
                 posting,
                 marks: mark_records(&marks),
+                outcome: Some(crate::ledger::record::OutcomeRecord::of(request)),
             }),
         )?;
         self.record_windows(&tenant, windows)?;

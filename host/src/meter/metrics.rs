@@ -165,6 +165,12 @@ pub fn open_holds(holds: usize) {
     gauge!("creditgate_open_holds").set(holds as f64);
 }
 
+/// Whether this replica cannot load the ledger's latest activation (1) and serves the
+/// last good policy instead (`meter/follower.rs`).
+pub fn policy_behind(behind: bool) {
+    gauge!("creditgate_policy_behind").set(if behind { 1.0 } else { 0.0 });
+}
+
 /// The durable batches the views have not applied yet.
 pub fn views_behind(batches: u64) {
     gauge!("creditgate_views_behind_batches").set(batches as f64);

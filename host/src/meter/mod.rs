@@ -33,9 +33,11 @@ mod command;
 pub mod decide;
 pub mod failure;
 pub mod feed;
+mod follower;
 mod marks;
 pub mod metrics;
 mod registry;
+pub mod replay;
 mod sequencer;
 mod shadow;
 pub mod validate;
@@ -61,7 +63,7 @@ use crate::model::{
 use crate::model::{DeadLetter, WebhookRequest, WebhookView};
 use crate::policy::component::{self, CompiledPolicy, Limits};
 use crate::policy::native::NativeRuntime;
-use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, probe};
+use crate::policy::{MarkLookup, PolicyDigest, PolicyInfo, PolicyRuntime, TrustedKeys, probe};
 use crate::store::sqlite::{self, SqliteOptions, lock::LedgerLock};
 use crate::store::{ColdStore, LedgerReader, Store, StoreLocation, ViewsLag, postgres};
 use crate::webhooks::{self, Webhook, WebhookStore};
@@ -75,10 +77,17 @@ use sequencer::{BatchCounters, Health, Sequencer, StopGuard};
 pub enum PolicySource {
     /// A WebAssembly component of the `creditgate:policy` world.
     Component(Vec<u8>),
+    /// A component and its signature (text, [`crate::policy::signing`]), for a meter
+    /// with trusted keys.
+    Signed {
+        component: Vec<u8>,
+        signature: String,
+    },
     /// A reference policy linked natively (no sandbox): for measuring the sandbox.
     Native(NativePolicy),
-    /// The policy the ledger activated last; `fallback` (a component) for a ledger that
-    /// never ran one, or an error without it.
+    /// The policy the ledger activated last; `fallback` (a component, which a meter with
+    /// trusted keys refuses as unsigned) for a ledger that never ran one, or an error
+    /// without it.
     Resume { fallback: Option<Vec<u8>> },
 }
 
@@ -140,7 +149,19 @@ pub struct MeterConfig {
     /// The SQLite store's bounds: memory, views, snapshots.
     pub sqlite: SqliteOptions,
     pub clock: Arc<dyn Clock>,
+    /// The keys whose signature a module needs to become active or shadow (none: no
+    /// signature needed). A module the ledger holds was checked when first activated.
+    pub trusted_keys: TrustedKeys,
+    /// On PostgreSQL, follow the shared ledger's activations as one of its replicas,
+    /// under this name (its heartbeat row, `GET /v1/policy`): an activation made through
+    /// any replica is taken up within a second ([`follower`]). None follows nothing
+    /// (operator commands); a SQLite ledger has one process and ignores it.
+    pub replica_name: Option<String>,
 }
+
+/// How recent a replica's heartbeat must be for `GET /v1/policy` to list it: five of
+/// its beats.
+pub const REPLICA_SEEN_WITHIN_MS: i64 = 5_000;
 
 impl MeterConfig {
     /// The default `batch_size_max`.
@@ -163,8 +184,19 @@ impl MeterConfig {
             record_start: true,
             sqlite: SqliteOptions::default(),
             clock: Arc::new(SystemClock),
+            trusted_keys: TrustedKeys::default(),
+            replica_name: Some(default_replica_name()),
         }
     }
+}
+
+/// `PID@HOST`: a replica's name when none is given.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|host| host.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "localhost" } else { &host };
+    format!("{}@{host}", std::process::id())
 }
 
 /// A running meter: one ledger, one active policy.
@@ -172,13 +204,18 @@ pub struct Meter {
     jobs: Option<SyncSender<Command>>,
     sequencer: Option<JoinHandle<()>>,
     reader: Arc<dyn LedgerReader>,
-    /// The active policy; replaced whole on activation.
-    policy: RwLock<Arc<PolicyInfo>>,
+    /// The active policy; replaced whole on activation (here, or by the follower).
+    policy: Arc<RwLock<Arc<PolicyInfo>>>,
     engine: wasmtime::Engine,
     limits: Limits,
     compile_cache_dir: Option<PathBuf>,
+    /// Whose signature a new module needs ([`MeterConfig::trusted_keys`]).
+    trusted_keys: TrustedKeys,
     /// One activation at a time: its checks run outside the sequencer, its switch inside.
-    activation: Mutex<()>,
+    activation: Arc<Mutex<()>>,
+    /// On PostgreSQL, what takes up the activations other replicas make.
+    follower: Option<follower::Follower>,
+    clock: Arc<dyn Clock>,
     counters: Arc<BatchCounters>,
     failure_mode: FailureMode,
     failure_counts: Arc<FailureCounts>,
@@ -242,15 +279,36 @@ impl Meter {
             StoreLocation::Sqlite(path) => Arc::new(sqlite::webhooks::open(path)?),
             StoreLocation::Postgres(url) => Arc::new(postgres::open_webhooks(url)?),
         };
+        let policy = Arc::new(RwLock::new(Arc::new(started.info)));
+        let activation = Arc::new(Mutex::new(()));
+        let follower = match (&config.store, &config.replica_name) {
+            (StoreLocation::Postgres(url), Some(replica)) => {
+                Some(follower::Follower::start(follower::Followed {
+                    url: url.clone(),
+                    replica: replica.clone(),
+                    jobs: jobs.clone(),
+                    policy: Arc::clone(&policy),
+                    activation: Arc::clone(&activation),
+                    engine: engine.clone(),
+                    limits: config.limits,
+                    compile_cache_dir: config.compile_cache_dir.clone(),
+                    clock: Arc::clone(&config.clock),
+                })?)
+            }
+            _ => None,
+        };
         Ok(Self {
             jobs: Some(jobs),
             sequencer: Some(thread),
             reader: started.reader,
-            policy: RwLock::new(Arc::new(started.info)),
+            policy,
             engine,
             limits: config.limits,
             compile_cache_dir: config.compile_cache_dir.clone(),
-            activation: Mutex::new(()),
+            trusted_keys: config.trusted_keys.clone(),
+            activation,
+            follower,
+            clock: Arc::clone(&config.clock),
             counters,
             failure_mode: config.failure.mode,
             failure_counts,
@@ -312,14 +370,47 @@ impl Meter {
             balances: info.balances.clone(),
             hold_ttl_ms: info.hold_ttl_ms,
             contract: info.contract.to_string(),
+            replicas: None,
         }
+    }
+
+    /// [`Meter::active_policy`] with, on PostgreSQL, the replicas sharing the ledger that
+    /// were seen in the last [`REPLICA_SEEN_WITHIN_MS`] and what each runs.
+    pub fn active_policy_everywhere(&self) -> Result<ActivePolicy, MeterError> {
+        let seen_since_ms = i64::try_from(self.clock.now_ms())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(REPLICA_SEEN_WITHIN_MS);
+        Ok(ActivePolicy {
+            replicas: self.reader.replicas(seen_since_ms)?,
+            ..self.active_policy()
+        })
     }
 
     /// Makes `component` the active policy while traffic flows: compiled and put
     /// through the contract checks here, off the request path, then switched
     /// atomically between two decisions. On any failure the active policy stays and
-    /// the error says why. `via` is recorded in the history.
+    /// the error says why. `via` is recorded in the history. A meter with trusted keys
+    /// refuses it as unsigned: see [`Meter::activate_signed`].
     pub fn activate(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
+        self.activate_signed(component, None, via)
+    }
+
+    /// [`Meter::activate`] with the module's signature (text), which a meter with trusted
+    /// keys checks before anything compiles the module: `403 signature_required` without
+    /// one, `403 signature_invalid` when it is not of these bytes by a trusted key.
+    pub fn activate_signed(
+        &self,
+        component: Vec<u8>,
+        signature: Option<&str>,
+        via: &str,
+    ) -> Result<PolicyInfo, MeterError> {
+        self.trusted_keys.verify(&component, signature)?;
+        self.activate_vetted(component, via)
+    }
+
+    /// Activates a module that passed the signature check already, or needs none: one
+    /// the ledger holds (a rollback) or the shadow (checked when it was loaded).
+    fn activate_vetted(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
         let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
         let compiled = self.compile_checked(&component)?;
         let info = self.call(|reply| Command::Activate {
@@ -336,8 +427,20 @@ impl Meter {
 
     /// Compiles and checks `component` like [`Meter::activate`], then evaluates it beside
     /// the active policy on every authorize and settle, moving no credit. Replaces any
-    /// earlier shadow (and its report).
+    /// earlier shadow (and its report). A meter with trusted keys refuses it as unsigned:
+    /// see [`Meter::set_shadow_signed`].
     pub fn set_shadow(&self, component: Vec<u8>) -> Result<ShadowReport, MeterError> {
+        self.set_shadow_signed(component, None)
+    }
+
+    /// [`Meter::set_shadow`] with the module's signature, checked like
+    /// [`Meter::activate_signed`]'s: a shadow is promoted without another check.
+    pub fn set_shadow_signed(
+        &self,
+        component: Vec<u8>,
+        signature: Option<&str>,
+    ) -> Result<ShadowReport, MeterError> {
+        self.trusted_keys.verify(&component, signature)?;
         let compiled = self.compile_checked(&component)?;
         self.call(|reply| Command::SetShadow {
             compiled,
@@ -364,7 +467,7 @@ impl Meter {
         let component = self
             .call(Command::TakeShadow)?
             .ok_or(MeterError::NoShadow)?;
-        self.activate(component, "shadow-promotion")
+        self.activate_vetted(component, "shadow-promotion")
     }
 
     fn compile_checked(&self, component: &[u8]) -> Result<Arc<CompiledPolicy>, MeterError> {
@@ -391,7 +494,7 @@ impl Meter {
             .stored_policy(&digest)?
             .and_then(|stored| stored.component)
             .ok_or(MeterError::NoPreviousPolicy)?;
-        self.activate(component, "rollback")
+        self.activate_vetted(component, "rollback")
     }
 
     /// The digests of the policy versions loaded now: the active one, and those that
@@ -953,6 +1056,10 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        // The follower holds a sender of the queue: it stops first.
+        if let Some(follower) = self.follower.as_mut() {
+            follower.stop();
+        }
         // Closing the queue lets the sequencer finish its batch and stop.
         drop(self.jobs.take());
         if let Some(sequencer) = self.sequencer.take() {
@@ -1051,9 +1158,9 @@ fn compile_gated(
 }
 
 /// The runtime of the policy to start on, and its bytes (none: linked natively). A
-/// component the caller gives (or the fallback) passes the activation gate first; one
-/// the ledger ran passed it when it was activated, and is not judged again by today's
-/// budgets.
+/// component the caller gives (or the fallback) passes the signature check (with trusted
+/// keys) and the activation gate first; one the ledger ran passed them when it was
+/// activated, and is not judged again by today's keys or budgets.
 fn first_runtime(
     config: &MeterConfig,
     engine: &wasmtime::Engine,
@@ -1062,11 +1169,15 @@ fn first_runtime(
     store: &dyn ColdStore,
     marks: &Rc<dyn MarkLookup>,
 ) -> Result<FirstRuntime, MeterError> {
-    let (component, gated) = match source {
+    let (component, gated, signature) = match source {
         PolicySource::Native(native) => {
             return Ok(((native.runtime)(native.name, Rc::clone(marks))?, None));
         }
-        PolicySource::Component(bytes) => (bytes, true),
+        PolicySource::Component(bytes) => (bytes, true, None),
+        PolicySource::Signed {
+            component,
+            signature,
+        } => (component, true, Some(signature)),
         PolicySource::Resume { fallback } => {
             let latest = match state.active_policy() {
                 Some(digest) => Some(PolicyDigest::from_bytes(digest)),
@@ -1080,8 +1191,8 @@ fn first_runtime(
                 None => None,
             };
             match (stored, fallback) {
-                (Some(stored), _) => (stored, false),
-                (None, Some(fallback)) => (fallback, true),
+                (Some(stored), _) => (stored, false, None),
+                (None, Some(fallback)) => (fallback, true, None),
                 (None, None) => {
                     return Err(MeterError::InvalidPolicy(
                         "this ledger has never run a policy component; give one".to_owned(),
@@ -1092,6 +1203,9 @@ fn first_runtime(
     };
     let cache_dir = config.compile_cache_dir.as_deref();
     let compiled = if gated {
+        config
+            .trusted_keys
+            .verify(&component, signature.as_deref())?;
         compile_gated(engine, &component, config.limits, cache_dir)?
     } else {
         CompiledPolicy::load(engine, &component, config.limits, cache_dir)?

@@ -619,6 +619,11 @@ fn execute(
                 });
             answer!(reply, recorded)
         }
+        Command::Adopt { compiled, reply } => {
+            let info = decider.registry.switch(&compiled);
+            decider.state.adopt_active_policy(info.digest.bytes());
+            answer!(reply, Ok(info))
+        }
         Command::SetShadow {
             compiled,
             component,
@@ -689,7 +694,8 @@ fn claims(batch: &[Command]) -> BatchClaims {
             }
             Command::Activate { .. } => claims.activation = true,
             Command::ExpireDue(_) => claims.sweep = true,
-            Command::SetShadow { .. }
+            Command::Adopt { .. }
+            | Command::SetShadow { .. }
             | Command::ShadowReport(_)
             | Command::TakeShadow(_)
             | Command::LoadedPolicies(_)

@@ -4,7 +4,8 @@
 //! ([`component`]), or, for measuring what the sandbox costs, the same rules linked
 //! natively ([`native`]). Either way the meter sees one [`PolicyRuntime`], and every
 //! answer passes [`contract`] checks before it can move a credit. A component becomes
-//! active only through the [`probe`] gate: the contract probes, within their cost.
+//! active only through the [`probe`] gate: the contract probes, within their cost, and,
+//! on a meter with trusted keys, only once [`signing`] found it signed by one of them.
 //!
 //! The runtime never touches the store: its only view of the ledger is the balances it
 //! is given and the read-only [`MarkLookup`].
@@ -13,6 +14,7 @@ pub mod component;
 pub mod contract;
 pub mod native;
 pub mod probe;
+pub mod signing;
 mod wasi;
 
 use std::fmt;
@@ -21,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use contract::{AuthorizeDecision, ContractVersion, PolicyInfo, SettleDecision};
 pub use creditgate_policy_sdk as sdk;
+pub use signing::TrustedKeys;
 
 use crate::error::MeterError;
 

@@ -23,7 +23,8 @@ use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::ledger::{AccountState, EntryKind};
 use crate::model::{
-    EventView, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
+    EventView, JournalEntry, PolicyActivation, PolicyRef, ReplicaView, TenantBalances,
+    TransactionView,
 };
 use crate::policy::PolicyDigest;
 
@@ -272,6 +273,12 @@ pub trait LedgerReader: Send + Sync {
     /// How far the queryable views trail the log; none where the tables are current at
     /// every commit (PostgreSQL).
     fn views_lag(&self) -> Option<ViewsLag>;
+    /// The replicas sharing this ledger that wrote a heartbeat since `seen_since_ms`, by
+    /// name; none where a ledger has one process (SQLite).
+    fn replicas(&self, seen_since_ms: i64) -> StoreResult<Option<Vec<ReplicaView>>> {
+        let _ = seen_since_ms;
+        Ok(None)
+    }
 }
 
 /// How far the views trail the log.

@@ -29,8 +29,13 @@
 //! Version 6 added decisions at the end of the enum (an account's watch, an event), and
 //! version 7 one more (a grant that takes effect later): versions 3 to 6 read with the
 //! same decoder.
+//!
+//! Version 8 added the outcome (attributes and body) to each settle, and a refusal
+//! records its request, for `creditgate replay`: versions 3 to 7 read through their
+//! frozen settle ([`v7`]), whose outcome is none.
 
 mod v2;
+mod v7;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +43,7 @@ use super::record::{Batch, Decision, Digest};
 
 pub(crate) const MAGIC: &[u8; 4] = b"CGB1";
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 7;
+pub const FORMAT_VERSION: u8 = 8;
 const HEADER_BYTES: usize = 4 + 1 + 4 + 4;
 /// The largest record this build writes or reads: bounds what a damaged length could
 /// make a reader allocate.
@@ -239,6 +244,10 @@ fn decode_part(version: u8, part: &[u8]) -> Result<Decision, CodecError> {
         postcard::from_bytes::<v2::DecisionV2>(part)
             .map(Decision::from)
             .map_err(damaged)
+    } else if version <= 7 {
+        postcard::from_bytes::<v7::DecisionV7>(part)
+            .map(Decision::from)
+            .map_err(damaged)
     } else {
         postcard::from_bytes(part).map_err(damaged)
     }
@@ -399,6 +408,22 @@ mod tests {
                         scope: "exported".into(),
                         key: "d1".into(),
                     }],
+                }),
+                Decision::Settle(Settled {
+                    id: "t1".into(),
+                    tenant: "acme".into(),
+                    policy: 0,
+                    status: 200,
+                    answer: ReceiptRecord {
+                        charged: vec![("default".into(), 1)],
+                        ..ReceiptRecord::default()
+                    },
+                    posting: PostingRecord::default(),
+                    marks: Vec::new(),
+                    outcome: Some(OutcomeRecord {
+                        attributes: vec![("records".into(), "1".into())],
+                        body: Some(vec![7]),
+                    }),
                 }),
                 Decision::Activate(Activation {
                     policy: 0,
@@ -567,6 +592,55 @@ mod tests {
                 Ok(vec![expected.clone()])
             );
         }
+    }
+
+    /// A settle as builds of formats 3 to 7 wrote it (no outcome) reads with no
+    /// outcome; read as today's layout, the same bytes are refused.
+    #[test]
+    fn a_settle_of_versions_3_to_7_reads_without_an_outcome() {
+        use v7::written::*;
+        let answer = ReceiptRecord {
+            charged: vec![("default".into(), 2)],
+            ..ReceiptRecord::default()
+        };
+        let old = Decision7::Settle(Settled7 {
+            id: "t1".into(),
+            tenant: "acme".into(),
+            policy: 0,
+            status: 200,
+            answer: answer.clone(),
+            posting: PostingRecord::default(),
+            marks: Vec::new(),
+        });
+        let header = Header {
+            seq: 3,
+            at_ms: 5,
+            first_entry_id: 9,
+            policies: vec![[1; 32]],
+        };
+        let mut payload = Vec::new();
+        let mut scratch = Vec::new();
+        put_value(&mut payload, &mut scratch, &header);
+        put_varint(&mut payload, 1);
+        put_value(&mut payload, &mut scratch, &old);
+        let expected = Decision::Settle(Settled {
+            id: "t1".into(),
+            tenant: "acme".into(),
+            policy: 0,
+            status: 200,
+            answer,
+            posting: PostingRecord::default(),
+            marks: Vec::new(),
+            outcome: None,
+        });
+        for version in 3..=7 {
+            let bytes = frame_version(MAGIC, version, &payload);
+            assert_eq!(
+                decode(&bytes).map(|batch| batch.decisions),
+                Ok(vec![expected.clone()])
+            );
+        }
+        assert!(decode(&frame_version(MAGIC, 8, &payload)).is_err());
     }
 
     #[test]

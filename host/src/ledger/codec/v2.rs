@@ -125,6 +125,7 @@ impl From<DecisionV2> for Decision {
                 answer: old.answer,
                 posting: old.posting.into(),
                 marks: old.marks,
+                outcome: None,
             }),
             DecisionV2::Expire(old) => Decision::Expire(record::Expired {
                 id: old.id,

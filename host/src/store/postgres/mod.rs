@@ -6,6 +6,7 @@
 //! the server sets it, on by default), so answers wait for nothing more.
 
 mod reader;
+pub mod replicas;
 pub mod webhooks;
 mod writer;
 
@@ -165,6 +166,17 @@ const MIGRATIONS: &[Migration] = &[
          CREATE INDEX scheduled_grants_by_tenant ON scheduled_grants (tenant); \
          CREATE INDEX scheduled_grants_pending ON scheduled_grants (effective_at_ms) \
              WHERE state = 'pending'",
+    ),
+    // One activation for every replica (docs/policy-authors.md, part 5): each replica's
+    // heartbeat, what it runs and whether it is behind the ledger's latest activation.
+    Migration::Sql(
+        "CREATE TABLE replicas ( \
+             replica    TEXT PRIMARY KEY, \
+             digest     TEXT NOT NULL, \
+             behind     TEXT, \
+             error      TEXT, \
+             seen_at_ms BIGINT NOT NULL \
+         )",
     ),
 ];
 

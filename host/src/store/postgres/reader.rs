@@ -10,7 +10,8 @@ use crate::ledger::AccountState;
 use crate::ledger::events::event_view;
 use crate::ledger::lots::Lot;
 use crate::model::{
-    Amounts, EventView, JournalEntry, PolicyActivation, PolicyRef, TenantBalances, TransactionView,
+    Amounts, EventView, JournalEntry, PolicyActivation, PolicyRef, ReplicaView, TenantBalances,
+    TransactionView,
 };
 use crate::policy::PolicyDigest;
 use crate::store::{
@@ -235,6 +236,26 @@ impl LedgerReader for PostgresReader {
     /// The tables are current at every commit: the live state adds nothing.
     fn views_lag(&self) -> Option<ViewsLag> {
         None
+    }
+
+    fn replicas(&self, seen_since_ms: i64) -> StoreResult<Option<Vec<ReplicaView>>> {
+        self.query(
+            "SELECT replica, digest, behind, error, seen_at_ms FROM replicas \
+             WHERE seen_at_ms >= $1 ORDER BY replica",
+            &[&seen_since_ms],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(ReplicaView {
+                replica: row.try_get(0)?,
+                digest: row.try_get(1)?,
+                behind: row.try_get(2)?,
+                error: row.try_get(3)?,
+                seen_at_ms: row.try_get(4)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()
+        .map(Some)
     }
 
     fn invariant_violations(&self, _live: Option<AuditPoint>) -> StoreResult<Vec<String>> {

@@ -149,6 +149,9 @@ const SAVE_POLICY: &str = "INSERT INTO policies (digest, name, version, balances
      ON CONFLICT (digest) DO UPDATE SET activated_at_ms = excluded.activated_at_ms";
 const RECORD_ACTIVATION: &str =
     "INSERT INTO policy_activations (digest, via, activated_at_ms) VALUES ($1, $2, $3)";
+/// Tells the other replicas (each listening, `super::replicas`) that an activation
+/// committed: sent in the activation's transaction, so it is delivered only if it commits.
+const NOTIFY_ACTIVATION: &str = "SELECT pg_notify($1, current_schema())";
 
 /// How long, in ms, a writer may sit inside a transaction, or wait for a lock.
 const LOCK_HELD_MAX_MS: u32 = 10_000;
@@ -516,6 +519,9 @@ impl PostgresStore {
             }
             for (digest, via) in &activations {
                 connection.execute(RECORD_ACTIVATION, &[digest, via, &at_ms])?;
+            }
+            if !activations.is_empty() {
+                connection.execute(NOTIFY_ACTIVATION, &[&super::replicas::ACTIVATION_CHANNEL])?;
             }
             if !inserted.id.is_empty() {
                 let c = &inserted;

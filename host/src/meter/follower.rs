@@ -1,0 +1,203 @@
+//! One activation for every replica (docs/policy-authors.md, part 5). On PostgreSQL a
+//! meter follows the shared ledger's activations: a thread waits for the notice an
+//! activation's transaction sends (LISTEN/NOTIFY), or one second, whichever is first.
+//! When the ledger's latest activation names a module other than the one this replica
+//! runs, it reads the module's bytes from the ledger, compiles and checks them here, off
+//! the sequencer, and has the sequencer switch between two decisions, recording nothing
+//! (the activation is recorded already). A module it cannot load leaves it serving the
+//! last good one, and it says so in its heartbeat row (`GET /v1/policy`) and in
+//! `/metrics`. It writes that row every second.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::command::Command;
+use super::{compile_gated, metrics};
+use crate::clock::Clock;
+use crate::error::MeterError;
+use crate::policy::component::Limits;
+use crate::policy::{PolicyDigest, PolicyInfo};
+use crate::store::postgres::replicas::{ActivationListener, ReplicaBeat};
+
+/// How often a replica looks for a new activation without a notice, and beats.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// How often the thread looks up from its wait: how soon a closing meter stops it.
+const WAKE_EVERY: Duration = Duration::from_millis(100);
+
+/// What the thread shares with its meter.
+pub(super) struct Followed {
+    pub url: String,
+    pub replica: String,
+    pub jobs: SyncSender<Command>,
+    pub policy: Arc<RwLock<Arc<PolicyInfo>>>,
+    /// The meter's activation lock: one activation at a time, local or followed.
+    pub activation: Arc<Mutex<()>>,
+    pub engine: wasmtime::Engine,
+    pub limits: Limits,
+    pub compile_cache_dir: Option<PathBuf>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The following thread; stopped (and joined) when the meter closes.
+pub(super) struct Follower {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Follower {
+    pub fn start(followed: Followed) -> Result<Self, MeterError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("creditgate-follower".to_owned())
+                .spawn(move || follow(&followed, &stop))
+                .map_err(|error| {
+                    MeterError::StoreUnavailable(format!("cannot start the follower: {error}"))
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (within [`WAKE_EVERY`], or the compile in progress) and waits.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The latest activation this replica cannot load, and why.
+type Behind = Option<(PolicyDigest, String)>;
+
+fn follow(followed: &Followed, stop: &AtomicBool) {
+    let mut listener: Option<ActivationListener> = None;
+    let mut behind: Behind = None;
+    let mut checked: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let connected = match listener.as_mut() {
+            Some(connected) => connected,
+            None => match ActivationListener::open(&followed.url) {
+                Ok(opened) => listener.insert(opened),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for activations; retrying");
+                    std::thread::sleep(FOLLOW_EVERY);
+                    continue;
+                }
+            },
+        };
+        let notified = match connected.wait(WAKE_EVERY) {
+            Ok(notified) => notified,
+            Err(error) => {
+                tracing::warn!(%error, "the activation listener failed; reconnecting");
+                listener = None;
+                continue;
+            }
+        };
+        if !notified && checked.is_some_and(|at| at.elapsed() < FOLLOW_EVERY) {
+            continue;
+        }
+        checked = Some(Instant::now());
+        if let Err(error) = catch_up(followed, connected, &mut behind)
+            .and_then(|()| beat(followed, connected, &behind))
+        {
+            tracing::warn!(%error, "cannot follow the ledger's activations; retrying");
+            listener = None;
+        }
+    }
+}
+
+/// Takes up the ledger's latest activation, unless this replica runs it already or
+/// failed to load it before.
+fn catch_up(
+    followed: &Followed,
+    listener: &mut ActivationListener,
+    behind: &mut Behind,
+) -> Result<(), MeterError> {
+    let _one_at_a_time = followed
+        .activation
+        .lock()
+        .map_err(|_| MeterError::ShutDown)?;
+    let Some(latest) = listener.latest_activation()? else {
+        return Ok(());
+    };
+    if latest == running(followed).digest {
+        *behind = None;
+        return Ok(());
+    }
+    if behind.as_ref().is_some_and(|(digest, _)| *digest == latest) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let adopted = listener
+        .component(&latest)?
+        .ok_or_else(|| MeterError::InvalidPolicy("the ledger keeps no component for it".to_owned()))
+        .and_then(|component| {
+            compile_gated(
+                &followed.engine,
+                &component,
+                followed.limits,
+                followed.compile_cache_dir.as_deref(),
+            )
+        })
+        .and_then(|compiled| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            followed
+                .jobs
+                .send(Command::Adopt { compiled, reply })
+                .map_err(|_| MeterError::ShutDown)?;
+            answer.blocking_recv().map_err(|_| MeterError::ShutDown)?
+        });
+    match adopted {
+        Ok(info) => {
+            tracing::info!(
+                policy = %info.name,
+                digest = %info.digest,
+                ms = started.elapsed().as_millis(),
+                "took up another replica's activation"
+            );
+            if let Ok(mut policy) = followed.policy.write() {
+                *policy = Arc::new(info);
+            }
+            *behind = None;
+        }
+        Err(MeterError::ShutDown) => return Err(MeterError::ShutDown),
+        Err(error) => {
+            tracing::error!(digest = %latest, %error, "cannot load the ledger's active policy; serving the last good one");
+            *behind = Some((latest, error.to_string()));
+        }
+    }
+    metrics::policy_behind(behind.is_some());
+    Ok(())
+}
+
+fn beat(
+    followed: &Followed,
+    listener: &mut ActivationListener,
+    behind: &Behind,
+) -> Result<(), MeterError> {
+    let running = running(followed);
+    listener.beat(&ReplicaBeat {
+        replica: &followed.replica,
+        digest: &running.digest,
+        behind: behind
+            .as_ref()
+            .map(|(digest, error)| (digest, error.as_str())),
+        now_ms: i64::try_from(followed.clock.now_ms()).unwrap_or(i64::MAX),
+    })
+}
+
+fn running(followed: &Followed) -> Arc<PolicyInfo> {
+    match followed.policy.read() {
+        Ok(policy) => Arc::clone(&policy),
+        Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    }
+}
