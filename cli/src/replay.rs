@@ -22,7 +22,10 @@ pub struct ReplayArgs {
     /// The candidate policy component (.wasm).
     #[arg(long)]
     candidate: PathBuf,
-    /// The ledger: a SQLite file (read only; a running sidecar may keep writing it).
+    /// The ledger: a SQLite file (opened read-only; a running sidecar may keep writing
+    /// it) or a postgres:// URL (read in one read-only transaction; replicas may keep
+    /// writing). Both keep a log of batches; a PostgreSQL ledger's begins when a
+    /// meter of this build first migrated it.
     #[arg(long, env = "CREDITGATE_DB", default_value = crate::DEFAULT_DB)]
     db: StoreLocation,
     /// The period's start: RFC 3339 (2026-11-01T00:00:00Z), a UTC date (2026-11-01) or
@@ -243,6 +246,21 @@ fn notes(report: &ReplayReport) -> Vec<String> {
         if count > 0 {
             lines.push(format!("{count} {what}"));
         }
+    }
+    // A period (or a start) before the log's first batch: nothing was recorded then.
+    let before_log = |at: Option<u64>| {
+        at.zip(report.log_first_at_ms)
+            .is_some_and(|(at, first)| at < first)
+    };
+    match report.log_first_at_ms {
+        None => lines.push("the log holds no batch: nothing to replay".to_owned()),
+        Some(first) if before_log(report.from_ms) || before_log(report.to_ms) => {
+            lines.push(format!(
+                "the log begins at {}: nothing was recorded before it",
+                replay::time_text(first)
+            ));
+        }
+        Some(_) => {}
     }
     for example in notes
         .candidate_failure_examples

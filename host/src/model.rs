@@ -564,6 +564,12 @@ pub struct ShadowReport {
     pub over_budget: u64,
     /// Why the candidate is no longer run, once it has stopped.
     pub stopped: Option<String>,
+    /// On PostgreSQL, the replicas whose traffic these figures count: the one answering
+    /// first, then those that ran the same shadow setting and beat in the last seconds
+    /// (each one's figures as of its last heartbeat, at most a second old). Empty on
+    /// SQLite (one process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -159,9 +159,11 @@ function text(value, what) {
   return value;
 }
 
+/** A count or a status: an integer from 0 to `max`; throws `AmountError` otherwise, as
+ * the Python SDK raises it for the same numbers. */
 function whole(value, max, what) {
   if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > max) {
-    throw new RangeError(`${what} must be an integer from 0 to ${max}, not ${show(value)}`);
+    throw new AmountError(`${what} must be an integer from 0 to ${max}, not ${show(value)}`);
   }
   return value === 0 ? 0 : value;
 }

@@ -49,7 +49,10 @@ describe("amounts", () => {
     assert.throws(() => admit(1, { hold: [["default", 2 ** 53 + 1]] }), AmountError);
     assert.throws(() => admit(1, { charge: [["default", 0.5]] }), AmountError);
     assert.throws(() => settlement({ charge: [["default", -1]] }), AmountError);
-    assert.throws(() => admit(2 ** 32), RangeError);
+    assert.throws(() => admit(2 ** 32), AmountError);
+    assert.throws(() => admit(1.5), AmountError);
+    assert.throws(() => admit(1, { status: 65536 }), AmountError);
+    assert.throws(() => reject(-1, "c", "m"), AmountError);
     assert.equal(admit(U32_MAX).val.admittedItems, U32_MAX);
   });
 

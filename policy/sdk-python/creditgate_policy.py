@@ -22,6 +22,7 @@ from wit_world.imports import types
 I64_MAX = 2**63 - 1
 """The largest amount the contract carries (`s64`)."""
 U32_MAX = 2**32 - 1
+U16_MAX = 2**16 - 1
 """The largest item count (`admitted-items` is a `u32`)."""
 
 
@@ -79,9 +80,17 @@ def meta(**fields: Union[str, int, bool, None]) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
+def _whole(value: int, most: int, what: str) -> int:
+    """A count or a status: an int from 0 to `most`; `AmountError` otherwise, as the
+    JavaScript SDK throws it for the same numbers."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise AmountError(f"{what} must be an int from 0 to {most}, not {value!r}")
+    return value
+
+
 def reject(status: int, code: str, message: str) -> types.Verdict:
     """Refuse the whole request: nothing moves."""
-    return types.Verdict_Reject(types.Rejection(status, code, message))
+    return types.Verdict_Reject(types.Rejection(_whole(status, U16_MAX, "status"), code, message))
 
 
 def admit(
@@ -95,12 +104,10 @@ def admit(
     status: Optional[int] = None,
 ) -> types.Verdict:
     """Admit the first `admitted_items` items, holding and charging `(balance, credits)`."""
-    if isinstance(admitted_items, bool) or not isinstance(admitted_items, int) or not 0 <= admitted_items <= U32_MAX:
-        raise AmountError(f"admitted_items must be 0 to 2^32 - 1, not {admitted_items!r}")
     return types.Verdict_Admit(
         types.Admission(
-            status,
-            admitted_items,
+            None if status is None else _whole(status, U16_MAX, "status"),
+            _whole(admitted_items, U32_MAX, "admitted_items"),
             amounts(hold),
             amounts(charge),
             [types.Mark(scope, key) for scope, key in marks],

@@ -38,8 +38,13 @@ class Amounts(unittest.TestCase):
             admit(1, hold=[("default", 2**63)])
         with self.assertRaises(AmountError):
             settlement(charge=[("default", -1)])
+        for count in (2**32, 1.5, True, -1):
+            with self.assertRaises(AmountError, msg=repr(count)):
+                admit(count)
         with self.assertRaises(AmountError):
-            admit(2**32)
+            admit(1, status=65536)
+        with self.assertRaises(AmountError):
+            reject(-1, "c", "m")
 
 
 class Verdicts(unittest.TestCase):

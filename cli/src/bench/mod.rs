@@ -2,7 +2,9 @@
 //! instead (Redis + Lua, naive PostgreSQL) and beside the HTTP framework's ceiling, on
 //! one workload, and checks the figures against the speed targets.
 
+mod activation;
 mod modules;
+mod replay_speed;
 pub mod stats;
 mod systems;
 mod workload;
@@ -64,7 +66,8 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only the rows whose name contains this text (e.g. `PostgreSQL`); the targets then
-    /// judge what ran.
+    /// judge what ran. The tables before and after the rows go by their names too: `live
+    /// state`, `policy modules`, `replay speed`, `activation under traffic`.
     #[arg(long)]
     rows: Option<String>,
     /// Also write the rows and targets as JSON to this file.
@@ -76,6 +79,19 @@ pub struct BenchArgs {
         default_value = "target/wasm32-wasip2/release/charges_on_429.wasm"
     )]
     swap_with: PathBuf,
+    /// The candidate of the replay speed table (it charges twice for `funding.enrich`).
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/pricier_funding.wasm"
+    )]
+    replay_candidate: PathBuf,
+    /// Transactions in the replay speed table's ledger (`--quick`: 5,000).
+    #[arg(long, default_value_t = 100_000)]
+    replay_transactions: usize,
+    /// Copy the replay speed table's ledger into this directory (for `creditgate replay`
+    /// by hand, or a profile of it).
+    #[arg(long)]
+    replay_keep: Option<PathBuf>,
     /// The Redis of the Redis + Lua row.
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     redis: String,
@@ -122,6 +138,12 @@ const PG_ONE: &str = "creditgate on PostgreSQL, 1 replica";
 const PG_ONE_UNBATCHED: &str = "creditgate on PostgreSQL, 1 replica, unbatched";
 const PG_THREE: &str = "creditgate on PostgreSQL, 3 replicas";
 const FOOTPRINT: &str = "live state";
+/// The replay speed table (after the rows): `creditgate replay` on a bench-like ledger.
+const REPLAY: &str = "replay speed";
+/// The table of a module activated, compiled cold, while a client calls (after the rows).
+const ACTIVATION: &str = "activation under traffic";
+/// Transactions in the replay speed table's ledger under `--quick`.
+const REPLAY_TRANSACTIONS_QUICK: usize = 5_000;
 const GATEWAY_DIRECT: &str = "do-nothing upstream API, called directly";
 const GATEWAY_PROXY: &str = "creditgate proxy in front of it, wasm";
 const GATEWAY_DIRECT_PACED: &str = "do-nothing upstream API, 1,000 calls/s";
@@ -420,7 +442,44 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
             .await,
         );
     }
-    let targets = targets(&rows, &large);
+    // Tables after the rows: the activations compile CPython's component in this
+    // process, which no row's peak RSS should count.
+    let replay = if wanted(REPLAY) {
+        let plan = replay_speed::Plan {
+            smarte: args.smarte.clone(),
+            candidate: args.replay_candidate.clone(),
+            transactions: if args.quick {
+                REPLAY_TRANSACTIONS_QUICK
+            } else {
+                args.replay_transactions.max(1)
+            },
+            repetitions: if args.quick { 1 } else { plan.repetitions },
+            limits: args.limits.limits(),
+            keep: args.replay_keep.clone(),
+        };
+        let dir = args.dir.clone();
+        let repetitions = plan.repetitions;
+        let replay =
+            tokio::task::spawn_blocking(move || replay_speed::measure(&plan, &dir)).await?;
+        replay_speed::print(&replay, repetitions);
+        Some(replay)
+    } else {
+        None
+    };
+    let activations = if wanted(ACTIVATION) {
+        let candidates = activation_candidates(&args);
+        let (limits, dir, window) = (args.limits.limits(), args.dir.clone(), plan.duration);
+        let lines = tokio::task::spawn_blocking(move || {
+            activation::measure(&candidates, window, limits, &dir)
+        })
+        .await?;
+        activation::print(&lines, plan.duration);
+        Some(lines)
+    } else {
+        None
+    };
+    let replay_figures = replay.as_ref().and_then(|replay| replay.as_ref().ok());
+    let targets = targets(&rows, &large, replay_figures);
     print_targets(&targets);
     let activation = tokio::task::spawn_blocking({
         let smarte = args.smarte.clone();
@@ -449,6 +508,8 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
             activation_new_ms: activation.0,
             activation_precompiled_ms: activation.1,
             modules: modules.as_deref(),
+            replay: replay_figures,
+            activation_under_traffic: activations.as_deref(),
         };
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -468,10 +529,23 @@ async fn run_async(args: BenchArgs, cores: usize) -> anyhow::Result<()> {
                 .filter(|line| modules::failed(line))
                 .map(|line| line.module.as_str()),
         )
+        .chain(
+            replay
+                .iter()
+                .filter(|replay| replay.is_err())
+                .map(|_| REPLAY),
+        )
+        .chain(
+            activations
+                .iter()
+                .flatten()
+                .filter(|line| activation::failed(line))
+                .map(|line| line.module.as_str()),
+        )
         .collect();
     anyhow::ensure!(
         failed.is_empty(),
-        "creditgate rows or policy modules failed: {}",
+        "creditgate rows, policy modules or tables failed: {}",
         failed.join(", ")
     );
     Ok(())
@@ -495,6 +569,68 @@ fn policy_modules(args: &BenchArgs) -> [modules::Module; 4] {
         path: path.clone(),
         product,
         language,
+    })
+}
+
+/// The modules of the activation under traffic table: per language, a module activated
+/// on a meter running the same product's Rust rules. The Python guest's cold compile
+/// (~11 s on 2 cores) is left out of quick runs, which CI runs.
+fn activation_candidates(args: &BenchArgs) -> Vec<activation::Candidate> {
+    [
+        (
+            &args.swap_with,
+            &args.smarte,
+            Product::Smarte,
+            "Rust",
+            false,
+        ),
+        (
+            &args.donoratlas_js,
+            &args.donoratlas,
+            Product::DonorAtlas,
+            "JavaScript",
+            true,
+        ),
+        (
+            &args.smarte_python,
+            &args.smarte,
+            Product::Smarte,
+            "Python",
+            true,
+        ),
+    ]
+    .into_iter()
+    .map(
+        |(path, base, product, language, guest)| activation::Candidate {
+            path: path.clone(),
+            base: base.clone(),
+            product,
+            language,
+            guest,
+            skipped: (args.quick && language == "Python").then(|| {
+                "left out of --quick: its cold compile takes ~11 s on 2 cores; a full run \
+             measures it"
+                    .to_owned()
+            }),
+        },
+    )
+    .collect()
+}
+
+/// Reads a policy module for the bench; a missing one names what builds it: `cargo
+/// policies` for the Rust modules, `policy/build-guests` for the guests (Python,
+/// JavaScript).
+fn read_module(path: &Path, guest: bool) -> anyhow::Result<Vec<u8>> {
+    if !guest {
+        return super::read_policy(path);
+    }
+    std::fs::read(path).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot read the policy component {}: {error}. Build the guest policies \
+             (Python, JavaScript) with `policy/build-guests` (after `rustup target add \
+             wasm32-wasip2 && cargo policies`)",
+            path.display()
+        )
     })
 }
 
@@ -554,6 +690,10 @@ struct Report<'a> {
     activation_precompiled_ms: f64,
     /// The policy modules table, when it ran.
     modules: Option<&'a [modules::ModuleLine]>,
+    /// The replay speed table, when it ran.
+    replay: Option<&'a replay_speed::ReplaySpeed>,
+    /// The activation under traffic table, when it ran.
+    activation_under_traffic: Option<&'a [activation::ActivationLine]>,
 }
 
 /// How a creditgate row differs from the default (in process, wasm, durable).
@@ -666,7 +806,7 @@ async fn run_creditgate(args: &BenchArgs, plan: &Plan, variant: Variant) -> anyh
             (Product::DonorAtlas, true) => &args.donoratlas_js,
         };
         let source = match variant.native {
-            false => PolicySource::Component(super::read_policy(module)?),
+            false => PolicySource::Component(read_module(module, variant.guests)?),
             true => PolicySource::Native(product.native()),
         };
         let location = match variant.postgres_replicas {
@@ -1315,7 +1455,7 @@ struct Target {
     met: bool,
 }
 
-fn targets(rows: &[Row], large: &str) -> Vec<Target> {
+fn targets(rows: &[Row], large: &str, replay: Option<&replay_speed::ReplaySpeed>) -> Vec<Target> {
     let find = |name: &str| {
         rows.iter()
             .find(|row| row.name == name && row.error.is_none())
@@ -1463,6 +1603,18 @@ fn targets(rows: &[Row], large: &str) -> Vec<Target> {
             "(6) <= 10,000 ms".to_owned(),
             ledger(large).map(|ledger| ledger.restart_ms),
             10_000.0,
+        ),
+        at_least(
+            "replay speed, 1 thread",
+            "replay >= 50,000 txn/s".to_owned(),
+            replay.and_then(|replay| replay.rate(1)),
+            replay_speed::TARGET_TXN_PER_S,
+        ),
+        at_least(
+            "replay speed, 2 threads",
+            "replay >= 50,000 txn/s".to_owned(),
+            replay.and_then(|replay| replay.rate(2)),
+            replay_speed::TARGET_TXN_PER_S,
         ),
     ]
 }

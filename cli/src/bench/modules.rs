@@ -196,7 +196,8 @@ fn measure_one(
     quick: bool,
     dir: &Path,
 ) -> anyhow::Result<ModuleFigures> {
-    let bytes = crate::read_policy(&module.path)?;
+    // The guests (Python, JavaScript) are built by `policy/build-guests`.
+    let bytes = super::read_module(&module.path, module.language != "Rust")?;
     let scratch = tempfile::Builder::new()
         .prefix("creditgate-bench-")
         .tempdir_in(dir)?;

@@ -1,16 +1,21 @@
 //! `creditgate replay`: a ledger's recorded traffic decided again under a candidate,
 //! compared with shadow mode on the same traffic, and never a byte written to the
-//! ledger.
+//! ledger; on SQLite and on PostgreSQL (whose log replicas append concurrently).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use creditgate::clock::Clock;
+use creditgate::clock::{Clock, ManualClock};
 use creditgate::meter::replay::{self, ReplayConfig, ReplayReport};
 use creditgate::model::{Amounts, GrantRequest, ShadowReport};
+use creditgate::store::StoreLocation;
+use creditgate::{Meter, MeterConfig, MeterError, PolicySource};
 
-use crate::support::{BINARY, Gate, START_MS, TestMeter, component, component_path};
+use crate::support::{
+    BINARY, Gate, START_MS, TestMeter, component, component_path, deterministic_limits,
+    postgres_store,
+};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -108,19 +113,38 @@ fn write_traffic(meter: &TestMeter, tenants: usize, transactions: usize) -> Reco
     recorded
 }
 
+fn try_replay(
+    location: &StoreLocation,
+    candidate: &str,
+    configure: impl FnOnce(&mut ReplayConfig),
+) -> Result<ReplayReport, MeterError> {
+    let mut config = ReplayConfig::new(location.clone());
+    configure(&mut config);
+    replay::replay(&config, &component(candidate), &mut |_| {})
+}
+
 fn replay_of(
-    location: &Path,
+    location: &StoreLocation,
     candidate: &str,
     configure: impl FnOnce(&mut ReplayConfig),
 ) -> ReplayReport {
-    let mut config = ReplayConfig::new(location);
-    configure(&mut config);
-    replay::replay(&config, &component(candidate), &mut |_| {}).unwrap()
+    try_replay(location, candidate, configure).unwrap()
 }
 
-fn sqlite_path(meter: &TestMeter) -> std::path::PathBuf {
-    match meter.location() {
-        creditgate::store::StoreLocation::Sqlite(path) => path.clone(),
+fn postgres_url(location: &StoreLocation) -> &str {
+    match location {
+        StoreLocation::Postgres(url) => url,
+        other => panic!("a PostgreSQL ledger, not {other:?}"),
+    }
+}
+
+fn connect(location: &StoreLocation) -> postgres::Client {
+    postgres::Client::connect(postgres_url(location), postgres::NoTls).unwrap()
+}
+
+fn sqlite_path(location: &StoreLocation) -> std::path::PathBuf {
+    match location {
+        StoreLocation::Sqlite(path) => path.clone(),
         other => panic!("a SQLite ledger, not {other:?}"),
     }
 }
@@ -129,19 +153,20 @@ fn total(amounts: &Amounts) -> i64 {
     amounts.values().sum()
 }
 
+crate::on_both_stores! {
 /// The README's "done when": the replay of a ledger under `pricier_funding` reports what
 /// shadow mode reported on the same traffic, as it flowed.
-#[test]
-fn a_replay_under_pricier_funding_reports_what_shadow_mode_saw_on_the_same_traffic() {
-    let meter = TestMeter::new("smarte");
+fn a_replay_under_pricier_funding_reports_what_shadow_mode_saw_on_the_same_traffic(store) {
+    let meter = TestMeter::on(store, "smarte");
     meter
         .meter
         .set_shadow(component("pricier_funding"))
         .unwrap();
     let recorded_traffic = write_traffic(&meter, 20, 1_500);
     let shadow: ShadowReport = meter.meter.shadow_report().unwrap();
-    let path = sqlite_path(&meter);
+    let path = meter.location().clone();
     let report = replay_of(&path, "pricier_funding", |_| {});
+    assert_eq!(report.log_first_at_ms, Some(START_MS));
 
     assert_eq!(report.candidate.version, "1.1.0-funding");
     assert_eq!(report.notes.refusals_without_request, 0);
@@ -254,6 +279,7 @@ fn a_replay_under_pricier_funding_reports_what_shadow_mode_saw_on_the_same_traff
     );
     assert_eq!(same.totals.charge_changed, 0);
 }
+}
 
 fn ledger_files(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
     std::fs::read_dir(dir)
@@ -269,24 +295,76 @@ fn ledger_files(dir: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
         .collect()
 }
 
-/// P4: a replay reads the ledger and writes nothing: every file beside it has the same
-/// checksum and bytes after the command as before, and no file appeared or went.
-#[test]
-fn a_replay_leaves_every_byte_of_the_ledger_as_it_was() {
-    let meter = TestMeter::new("smarte");
+/// Every table of the PostgreSQL ledger's schema, by name: its row count and an md5 of
+/// its rows (in a stable order); every sequence, by name: where it stands.
+fn schema_dump(location: &StoreLocation) -> BTreeMap<String, String> {
+    let mut client = connect(location);
+    let relations = client
+        .query(
+            "SELECT c.relname::text, c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'S') ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    relations
+        .iter()
+        .map(|relation| {
+            let (name, kind): (String, String) = (relation.get(0), relation.get(1));
+            let sql = if kind == "S" {
+                format!("SELECT last_value::text || ' ' || is_called::text FROM \"{name}\"")
+            } else {
+                format!(
+                    "SELECT count(*)::text || ' ' || COALESCE(md5(string_agg(t::text, E'\\n' \
+                     ORDER BY t::text)), '') FROM \"{name}\" t"
+                )
+            };
+            (
+                name,
+                client.query_one(&sql, &[]).unwrap().get::<_, String>(0),
+            )
+        })
+        .collect()
+}
+
+crate::on_both_stores! {
+/// P4: a replay reads the ledger and writes nothing. On SQLite every file beside it has
+/// the same checksum and bytes after the command as before, and no file appeared or
+/// went; on PostgreSQL every table of its schema has the same rows and every sequence
+/// stands where it stood.
+fn a_replay_leaves_every_byte_of_the_ledger_as_it_was(store) {
+    let meter = TestMeter::on(store, "smarte");
     write_traffic(&meter, 5, 200);
-    let path = sqlite_path(&meter);
-    let dir = path.parent().unwrap().to_path_buf();
+    let location = meter.location().clone();
     let out = tempfile::tempdir().unwrap();
     drop(meter.meter);
-    let before = ledger_files(&dir);
+    let dump = || match &location {
+        StoreLocation::Sqlite(_) => {
+            let dir = sqlite_path(&location).parent().unwrap().to_path_buf();
+            ledger_files(&dir)
+                .into_iter()
+                .map(|(name, (checksum, bytes))| (name, format!("{checksum:08x} {bytes:?}")))
+                .collect::<BTreeMap<_, _>>()
+        }
+        StoreLocation::Postgres(_) => schema_dump(&location),
+    };
+    let before = dump();
     assert!(before.len() >= 2, "{:?}", before.keys());
+    if let StoreLocation::Postgres(_) = &location {
+        // The log holds every batch (a few hundred).
+        let logged: u64 = before["log"].split(' ').next().unwrap().parse().unwrap();
+        assert!(logged > 200, "{}", before["log"]);
+    }
+    let db = match &location {
+        StoreLocation::Sqlite(path) => path.clone().into_os_string(),
+        StoreLocation::Postgres(url) => url.into(),
+    };
     let output = Command::new(BINARY)
         .arg("replay")
         .arg("--candidate")
         .arg(component_path("pricier_funding"))
         .arg("--db")
-        .arg(&path)
+        .arg(&db)
         .arg("--report")
         .arg(out.path().join("report.html"))
         .arg("--json")
@@ -299,14 +377,13 @@ fn a_replay_leaves_every_byte_of_the_ledger_as_it_was() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let after = ledger_files(&dir);
+    let after = dump();
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>()
     );
-    for (name, (checksum, bytes)) in &before {
-        assert_eq!(after[name].0, *checksum, "{name} changed");
-        assert!(after[name].1 == *bytes, "{name} changed");
+    for (name, was) in &before {
+        assert!(after[name] == *was, "{name} changed");
     }
     // What it printed and wrote: the rate, one HTML file with its two charts inline, and
     // the figures as JSON.
@@ -321,7 +398,27 @@ fn a_replay_leaves_every_byte_of_the_ledger_as_it_was() {
     assert!(json.transactions > 150);
     assert!(json.totals.charged().1 > json.totals.charged().0);
     // A ledger that is not there is an error, and none is made.
-    let missing = dir.join("missing.db");
+    let (missing, exists): (std::ffi::OsString, Box<dyn Fn() -> bool>) = match &location {
+        StoreLocation::Sqlite(path) => {
+            let missing = path.parent().unwrap().join("missing.db");
+            (missing.clone().into_os_string(), Box::new(move || missing.exists()))
+        }
+        StoreLocation::Postgres(url) => {
+            let schema = format!("creditgate_missing_{}", crate::support::uuid().replace('-', ""));
+            let (base, _) = url.split_once("search_path%3D").unwrap();
+            let missing = format!("{base}search_path%3D{schema}");
+            let location = location.clone();
+            (
+                missing.into(),
+                Box::new(move || {
+                    connect(&location)
+                        .query_one("SELECT to_regnamespace($1::text) IS NOT NULL", &[&schema])
+                        .unwrap()
+                        .get(0)
+                }),
+            )
+        }
+    };
     let output = Command::new(BINARY)
         .args(["replay", "--candidate"])
         .arg(component_path("smarte"))
@@ -330,17 +427,23 @@ fn a_replay_leaves_every_byte_of_the_ledger_as_it_was() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(!missing.exists());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no ledger"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!exists());
+}
 }
 
+crate::on_both_stores! {
 /// `--tenant` and `--from`/`--to` select what they say: only those tenants' authorizes
 /// recorded in the window are decided again, and the balances they start from are those
 /// the window began with (a replay under the recorded policy finds no difference).
-#[test]
-fn a_tenant_filter_and_a_window_select_what_they_say() {
-    let meter = TestMeter::new("smarte");
+fn a_tenant_filter_and_a_window_select_what_they_say(store) {
+    let meter = TestMeter::on(store, "smarte");
     let recorded = write_traffic(&meter, 8, 1_200);
-    let path = sqlite_path(&meter);
+    let path = meter.location().clone();
     let from = START_MS + DAY_MS / 2;
     let to = from + DAY_MS;
     let tenants: BTreeSet<String> = ["tenant-1".to_owned(), "tenant-6".to_owned()].into();
@@ -378,79 +481,119 @@ fn a_tenant_filter_and_a_window_select_what_they_say() {
     assert_eq!(same.totals.charged().0, same.totals.charged().1);
     assert_eq!(same.notes.recorded_expiries, same.notes.candidate_expiries);
 }
+}
 
-/// The replay's speed on a ledger shaped as the bench's SMARTe ledger (1,000 tenants,
-/// 1 to 3 records a call on SMARTe's operations, each settled 200 with every record
-/// delivered), written by 32 clients through a meter, its clock spread over five days.
-/// `CREDITGATE_REPLAY_TRANSACTIONS` sets the size (100,000), `CREDITGATE_REPLAY_KEEP`
-/// a directory to copy the ledger to (for `creditgate replay` by hand). Prints the rate.
+/// Two replicas on one PostgreSQL ledger, deciding the same few tenants at once, each
+/// tenant's credits running out on the way: the log holds each tenant's batches in the
+/// order they committed (a batch draws its seq last, under its tenants' locks), so a
+/// replay under the recorded policy decides every transaction as recorded, on one
+/// thread or two.
 #[test]
-#[ignore = "a measurement: run with --ignored"]
-fn replay_speed_on_a_bench_like_ledger() {
-    let transactions: usize = std::env::var("CREDITGATE_REPLAY_TRANSACTIONS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(100_000);
-    let meter = TestMeter::new("smarte");
-    let tenants = 1_000;
+fn replicas_writing_the_same_tenants_at_once_replay_to_no_difference() {
+    let first = TestMeter::on(&postgres_store(), "smarte");
+    let clock: ManualClock = first.clock.clone();
+    let mut config = MeterConfig::new(first.location().clone());
+    config.clock = std::sync::Arc::new(clock.clone());
+    config.limits = deterministic_limits();
+    config.sweep_interval_ms = 0;
+    let second =
+        Meter::open(config, PolicySource::Component(component("smarte"))).expect("a replica");
+    let tenants = 4;
     for tenant in 0..tenants {
-        meter.grant(&format!("tenant-{tenant}"), "default", 1_000_000_000);
+        first.grant(&format!("tenant-{tenant}"), "default", 40);
     }
-    let clients = 32;
-    let step_ms = 5 * DAY_MS / transactions as u64;
-    let written = std::time::Instant::now();
+    let per_replica = 150;
+    let admitted = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| {
-        for client in 0..clients {
-            let meter = &meter;
+        for replica in 0..2u64 {
+            let (first, second, clock, admitted) = (&first, &second, &clock, &admitted);
             scope.spawn(move || {
-                let mut traffic = Traffic(0x9e37_79b9_7f4a_7c15 ^ ((client as u64 + 1) << 20));
-                for sequence in (client..transactions).step_by(clients) {
-                    meter.clock.advance_ms(step_ms);
-                    let tenant = format!("tenant-{}", traffic.below(tenants as u64));
-                    let operation = OPERATIONS[traffic.below(6) as usize];
-                    let count = 1 + traffic.below(3) as usize;
-                    let items: Vec<String> = (0..count)
-                        .map(|item| format!("record-{sequence}-{item}"))
+                let mut traffic = Traffic(0x9e37_79b9_7f4a_7c15 ^ (replica + 1));
+                for sequence in 0..per_replica {
+                    clock.advance_ms(1_000);
+                    let tenant = format!("tenant-{}", traffic.below(tenants));
+                    let id = format!("r{replica}-{sequence}");
+                    let items: Vec<String> = (0..1 + traffic.below(3))
+                        .map(|item| format!("{id}-{item}"))
                         .collect();
-                    let items: Vec<&str> = items.iter().map(String::as_str).collect();
-                    let id = format!("c{client}-{sequence}");
-                    assert!(
+                    let request = creditgate::model::AuthorizeRequest {
+                        transaction_id: Some(id.clone()),
+                        tenant,
+                        operation: OPERATIONS[traffic.below(5) as usize].to_owned(),
+                        items,
+                        attributes: Default::default(),
+                        body: None,
+                    };
+                    let meter = if replica == 0 { &first.meter } else { second };
+                    let answer = meter.authorize(request).unwrap();
+                    if !answer.admitted {
+                        continue;
+                    }
+                    admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if sequence % 7 != 3 {
                         meter
-                            .authorize(&id, &tenant, operation, &items, &[])
-                            .admitted
-                    );
-                    // A client the scheduler left waiting while the others moved the
-                    // clock on may find its hold lapsed (5 minutes): as in real traffic.
-                    let _ = meter.try_settle(&id, 200, &[("records", &count.to_string())]);
+                            .settle(creditgate::model::SettleRequest {
+                                transaction_id: id,
+                                status: 200,
+                                attributes: [("records".to_owned(), "1".to_owned())].into(),
+                                body: None,
+                            })
+                            .unwrap();
+                    }
                 }
             });
         }
     });
-    println!(
-        "wrote {transactions} transactions in {} ms",
-        written.elapsed().as_millis()
-    );
-    let path = sqlite_path(&meter);
-    drop(meter.meter);
-    if let Some(keep) = std::env::var_os("CREDITGATE_REPLAY_KEEP") {
-        let keep = Path::new(&keep);
-        std::fs::create_dir_all(keep).unwrap();
-        for entry in std::fs::read_dir(path.parent().unwrap()).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), keep.join(entry.file_name())).unwrap();
-            }
-        }
-        println!("kept in {}", keep.display());
+    let admitted = admitted.into_inner();
+    // The credits ran out: refusals were recorded, and depend on the order.
+    assert!(admitted > 20 && admitted < 2 * per_replica, "{admitted}");
+    drop(second);
+    for threads in [1, 2] {
+        let same = replay_of(first.location(), "smarte", |config| {
+            config.threads = threads
+        });
+        assert_eq!(same.transactions, 2 * per_replica, "{threads} threads");
+        assert_eq!(same.totals.recorded_admitted, admitted);
+        assert_eq!(same.totals.candidate_admitted, admitted);
+        assert!(same.shadow_view.by_kind.is_empty(), "{:?}", same.examples);
+        assert_eq!(same.totals.charge_changed, 0, "{:?}", same.examples);
+        assert_eq!(same.totals.charged().0, same.totals.charged().1);
+        assert!(same.totals.charged().0 > 0);
+        assert_eq!(same.notes.candidate_failures, 0, "{:?}", same.notes);
+        assert_eq!(same.notes.settles_of_refused, 0, "{:?}", same.notes);
     }
-    for candidate in ["smarte", "pricier_funding"] {
-        let report = replay_of(&path, candidate, |_| {});
-        assert_eq!(report.transactions, transactions as u64);
-        let (recorded, charged) = report.totals.charged();
-        println!(
-            "replay under {candidate}: {} transactions in {} ms: {:.0} transactions/s \
-             (balances at the start: {} ms); credits {recorded} -> {charged}",
-            report.transactions, report.replay_ms, report.transactions_per_second, report.prefix_ms
-        );
+}
+
+/// A PostgreSQL ledger migrated to the log with rows already written: the log holds
+/// nothing of those tenants before it began, so a replay that would need them refuses,
+/// naming when the log began and the tenants; other tenants replay.
+#[test]
+fn tenants_with_history_before_the_postgres_log_began_are_refused_not_zeroed() {
+    let meter = TestMeter::on(&postgres_store(), "smarte");
+    write_traffic(&meter, 4, 200);
+    let location = meter.location().clone();
+    // As the log's migration leaves a ledger that had rows: their tenants, and when.
+    let began_at_ms = START_MS + DAY_MS;
+    connect(&location)
+        .batch_execute(&format!(
+            "INSERT INTO log_unlogged VALUES ('tenant-1'), ('tenant-3'); \
+             UPDATE log_start SET began_at_ms = {began_at_ms}"
+        ))
+        .unwrap();
+    let began = replay::time_text(began_at_ms);
+    for tenants in [vec![], vec!["tenant-1", "tenant-2"]] {
+        let error = try_replay(&location, "smarte", |config| {
+            config.tenants = tenants.iter().map(|tenant| (*tenant).to_owned()).collect();
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains(&began), "{error}");
+        assert!(error.contains("tenant-1"), "{error}");
+        assert!(!error.contains("tenant-2"), "{error}");
     }
+    let report = replay_of(&location, "smarte", |config| {
+        config.tenants = ["tenant-2".to_owned()].into();
+    });
+    assert!(report.transactions > 20, "{}", report.transactions);
+    assert!(report.shadow_view.by_kind.is_empty());
 }

@@ -27,7 +27,9 @@ pub type AmountList = Vec<(String, i64)>;
 /// One batch: every decision the sequencer made between two commits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
-    /// The log's sequence number (SQLite); 0 on PostgreSQL, which keeps no log.
+    /// The log's sequence number (SQLite). On PostgreSQL, where the log's insert draws
+    /// it after the record is encoded, what the record holds means nothing: the log's
+    /// reader sets it.
     pub seq: u64,
     /// The clock reading every decision of the batch was made at.
     pub at_ms: u64,

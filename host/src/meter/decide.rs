@@ -1206,7 +1206,7 @@ impl Decider<'_> {
 
     /// Grants the periods of refills that started, at most `limit`; returns how many
     /// refills ran.
-    pub fn grant_due_refills(&mut self, limit: usize) -> Result<usize, MeterError> {
+    fn grant_due_refills(&mut self, limit: usize) -> Result<usize, MeterError> {
         let now_ms = self.now_ms();
         let mut ran = 0;
         while ran < limit {
@@ -1423,7 +1423,7 @@ impl Decider<'_> {
     }
 
     /// Expires lots whose time came, at most `limit`; returns how many.
-    pub fn expire_due_lots(&mut self, limit: usize) -> Result<usize, MeterError> {
+    fn expire_due_lots(&mut self, limit: usize) -> Result<usize, MeterError> {
         let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
         let mut expired = 0;
         while expired < limit {
@@ -1474,8 +1474,24 @@ impl Decider<'_> {
         self.raise_all(&record.tenant, late)
     }
 
+    /// What every batch does first, at its time, before any policy looks: lapsed holds
+    /// go back to their balances, lots past their expiry leave, refill periods and
+    /// scheduled grants that came due are granted (a reset refill's lot expired above
+    /// as the next period's is granted), and lots about to expire are warned of. At
+    /// most `limit` of each; returns how many holds were released. The sequencer runs it
+    /// before each batch's jobs (and for `expire_due` at once), a replay before each
+    /// recorded batch.
+    pub fn sweep(&mut self, limit: usize) -> Result<usize, MeterError> {
+        let released = self.expire_due(limit)?;
+        self.expire_due_lots(limit)?;
+        self.grant_due_refills(limit)?;
+        self.grant_due_scheduled(limit)?;
+        self.warn_expiring_lots()?;
+        Ok(released)
+    }
+
     /// Releases lapsed holds, at most `limit`; returns how many.
-    pub fn expire_due(&mut self, limit: usize) -> Result<usize, MeterError> {
+    fn expire_due(&mut self, limit: usize) -> Result<usize, MeterError> {
         let now_ms = self.builder.batch.at_ms;
         let mut released = 0;
         while released < limit {

@@ -7,9 +7,14 @@
 //! (the activation is recorded already). A module it cannot load leaves it serving the
 //! last good one, and it says so in its heartbeat row (`GET /v1/policy`) and in
 //! `/metrics`. It writes that row every second.
+//!
+//! The shadow candidate is followed the same way: the ledger keeps its settings (each
+//! set or clear through any replica, `shadows`), each replica runs the latest one, and
+//! its heartbeat carries what its candidate disagreed on, which `Meter::shadow_report`
+//! sums over the replicas.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -19,9 +24,10 @@ use super::command::Command;
 use super::{compile_gated, metrics};
 use crate::clock::Clock;
 use crate::error::MeterError;
+use crate::model::ShadowReport;
 use crate::policy::component::Limits;
 use crate::policy::{PolicyDigest, PolicyInfo};
-use crate::store::postgres::replicas::{ActivationListener, ReplicaBeat};
+use crate::store::postgres::replicas::{self, ActivationListener, ReplicaBeat, ShadowSetting};
 
 /// How often a replica looks for a new activation without a notice, and beats.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
@@ -40,17 +46,54 @@ pub(super) struct Followed {
     pub limits: Limits,
     pub compile_cache_dir: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
+    /// The shadow setting this replica runs (the `shadows` row's id; 0: none yet).
+    pub shadow_setting: Arc<AtomicI64>,
 }
 
 /// The following thread; stopped (and joined) when the meter closes.
 pub(super) struct Follower {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    shadow: SharedShadow,
+}
+
+/// Where a replica records the shadow settings made through it, and which one it runs.
+pub(super) struct SharedShadow {
+    url: String,
+    pub replica: String,
+    setting: Arc<AtomicI64>,
+}
+
+impl SharedShadow {
+    /// Records that the shadow is now `candidate` (none: cleared), which this replica
+    /// runs already; the caller holds the activation lock, so the follower does not take
+    /// up the setting again.
+    pub fn record(
+        &self,
+        candidate: Option<(&PolicyDigest, &[u8])>,
+        via: &str,
+        now_ms: u64,
+    ) -> Result<(), MeterError> {
+        let now_ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let id = replicas::record_shadow(&self.url, candidate, via, now_ms)?;
+        self.setting.store(id, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The setting this replica runs (none before the first).
+    pub fn setting(&self) -> Option<i64> {
+        Some(self.setting.load(Ordering::SeqCst)).filter(|id| *id != 0)
+    }
 }
 
 impl Follower {
     pub fn start(followed: Followed) -> Result<Self, MeterError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let shadow = SharedShadow {
+            url: followed.url.clone(),
+            replica: followed.replica.clone(),
+            setting: Arc::clone(&followed.shadow_setting),
+        };
         let thread = {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
@@ -63,7 +106,12 @@ impl Follower {
         Ok(Self {
             stop,
             thread: Some(thread),
+            shadow,
         })
+    }
+
+    pub fn shadow(&self) -> &SharedShadow {
+        &self.shadow
     }
 
     /// Stops the thread (within [`WAKE_EVERY`], or the compile in progress) and waits.
@@ -82,6 +130,7 @@ fn follow(followed: &Followed, stop: &AtomicBool) {
     let mut listener: Option<ActivationListener> = None;
     let mut behind: Behind = None;
     let mut checked: Option<Instant> = None;
+    let mut written: ShadowWritten = None;
     while !stop.load(Ordering::Relaxed) {
         let connected = match listener.as_mut() {
             Some(connected) => connected,
@@ -107,7 +156,7 @@ fn follow(followed: &Followed, stop: &AtomicBool) {
         }
         checked = Some(Instant::now());
         if let Err(error) = catch_up(followed, connected, &mut behind)
-            .and_then(|()| beat(followed, connected, &behind))
+            .and_then(|()| beat(followed, connected, &behind, &mut written))
         {
             tracing::warn!(%error, "cannot follow the ledger's activations; retrying");
             listener = None;
@@ -115,8 +164,8 @@ fn follow(followed: &Followed, stop: &AtomicBool) {
     }
 }
 
-/// Takes up the ledger's latest activation, unless this replica runs it already or
-/// failed to load it before.
+/// Takes up the ledger's latest activation and shadow setting, under the meter's
+/// activation lock.
 fn catch_up(
     followed: &Followed,
     listener: &mut ActivationListener,
@@ -126,6 +175,17 @@ fn catch_up(
         .activation
         .lock()
         .map_err(|_| MeterError::ShutDown)?;
+    follow_activation(followed, listener, behind)?;
+    follow_shadow(followed, listener)
+}
+
+/// Takes up the ledger's latest activation, unless this replica runs it already or
+/// failed to load it before.
+fn follow_activation(
+    followed: &Followed,
+    listener: &mut ActivationListener,
+    behind: &mut Behind,
+) -> Result<(), MeterError> {
     let Some(latest) = listener.latest_activation()? else {
         return Ok(());
     };
@@ -148,14 +208,7 @@ fn catch_up(
                 followed.compile_cache_dir.as_deref(),
             )
         })
-        .and_then(|compiled| {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            followed
-                .jobs
-                .send(Command::Adopt { compiled, reply })
-                .map_err(|_| MeterError::ShutDown)?;
-            answer.blocking_recv().map_err(|_| MeterError::ShutDown)?
-        });
+        .and_then(|compiled| ask(followed, |reply| Command::Adopt { compiled, reply }));
     match adopted {
         Ok(info) => {
             tracing::info!(
@@ -179,10 +232,76 @@ fn catch_up(
     Ok(())
 }
 
+/// Takes up the ledger's latest shadow setting, unless this replica runs it already:
+/// loads its candidate (compiled here, off the sequencer) or stops shadowing. A
+/// candidate it cannot load leaves it without a shadow (one that disagrees with the
+/// others' would be worse), and the error is logged.
+fn follow_shadow(followed: &Followed, listener: &mut ActivationListener) -> Result<(), MeterError> {
+    let Some(ShadowSetting { id, digest }) = listener.latest_shadow()? else {
+        return Ok(());
+    };
+    if id == followed.shadow_setting.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let taken = match &digest {
+        None => ask(followed, Command::TakeShadow).map(drop),
+        Some(digest) => listener
+            .shadow_component(id)?
+            .ok_or_else(|| {
+                MeterError::InvalidPolicy("the ledger keeps no component for it".to_owned())
+            })
+            .and_then(|component| {
+                let compiled = compile_gated(
+                    &followed.engine,
+                    &component,
+                    followed.limits,
+                    followed.compile_cache_dir.as_deref(),
+                )?;
+                ask(followed, |reply| Command::SetShadow {
+                    compiled,
+                    component,
+                    reply,
+                })
+            })
+            .map(|report| {
+                tracing::info!(shadow = %digest, policy = %report.shadow.name, "took up another replica's shadow");
+            }),
+    };
+    match taken {
+        Err(MeterError::ShutDown) => return Err(MeterError::ShutDown),
+        Err(error) => {
+            tracing::error!(setting = id, %error, "cannot take up the ledger's shadow; shadowing nothing");
+            ask(followed, Command::TakeShadow)?;
+        }
+        Ok(()) => {}
+    }
+    followed.shadow_setting.store(id, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Asks the sequencer, and waits for its answer.
+fn ask<T>(
+    followed: &Followed,
+    command: impl FnOnce(super::command::Reply<T>) -> Command,
+) -> Result<T, MeterError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    followed
+        .jobs
+        .send(command(reply))
+        .map_err(|_| MeterError::ShutDown)?;
+    answer.blocking_recv().map_err(|_| MeterError::ShutDown)?
+}
+
+/// The shadow setting and report a replica's heartbeat row holds.
+type ShadowWritten = Option<Option<(i64, ShadowReport)>>;
+
+/// Writes the heartbeat, and the shadow report when it changed since it was last
+/// written (a report of up to 10,000 tenants is not rewritten every second unchanged).
 fn beat(
     followed: &Followed,
     listener: &mut ActivationListener,
     behind: &Behind,
+    written: &mut ShadowWritten,
 ) -> Result<(), MeterError> {
     let running = running(followed);
     listener.beat(&ReplicaBeat {
@@ -192,7 +311,20 @@ fn beat(
             .as_ref()
             .map(|(digest, error)| (digest, error.as_str())),
         now_ms: i64::try_from(followed.clock.now_ms()).unwrap_or(i64::MAX),
-    })
+    })?;
+    let setting = followed.shadow_setting.load(Ordering::SeqCst);
+    let shadow = ask(followed, Command::ShadowReport)?
+        .filter(|_| setting != 0)
+        .map(|report| (setting, report));
+    if written.as_ref() != Some(&shadow) {
+        *written = None;
+        listener.beat_shadow(
+            &followed.replica,
+            shadow.as_ref().map(|(setting, report)| (*setting, report)),
+        )?;
+        *written = Some(shadow);
+    }
+    Ok(())
 }
 
 fn running(followed: &Followed) -> Arc<PolicyInfo> {

@@ -293,6 +293,7 @@ impl Meter {
                     limits: config.limits,
                     compile_cache_dir: config.compile_cache_dir.clone(),
                     clock: Arc::clone(&config.clock),
+                    shadow_setting: Arc::default(),
                 })?)
             }
             _ => None,
@@ -412,6 +413,11 @@ impl Meter {
     /// the ledger holds (a rollback) or the shadow (checked when it was loaded).
     fn activate_vetted(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
         let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
+        self.activate_locked(component, via)
+    }
+
+    /// [`Meter::activate_vetted`], the activation lock held by the caller.
+    fn activate_locked(&self, component: Vec<u8>, via: &str) -> Result<PolicyInfo, MeterError> {
         let compiled = self.compile_checked(&component)?;
         let info = self.call(|reply| Command::Activate {
             compiled,
@@ -427,8 +433,9 @@ impl Meter {
 
     /// Compiles and checks `component` like [`Meter::activate`], then evaluates it beside
     /// the active policy on every authorize and settle, moving no credit. Replaces any
-    /// earlier shadow (and its report). A meter with trusted keys refuses it as unsigned:
-    /// see [`Meter::set_shadow_signed`].
+    /// earlier shadow (and its report). On PostgreSQL the setting is recorded in the
+    /// ledger and every replica takes it up within a second, as it does an activation. A
+    /// meter with trusted keys refuses it as unsigned: see [`Meter::set_shadow_signed`].
     pub fn set_shadow(&self, component: Vec<u8>) -> Result<ShadowReport, MeterError> {
         self.set_shadow_signed(component, None)
     }
@@ -441,7 +448,12 @@ impl Meter {
         signature: Option<&str>,
     ) -> Result<ShadowReport, MeterError> {
         self.trusted_keys.verify(&component, signature)?;
+        let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
         let compiled = self.compile_checked(&component)?;
+        if let Some(shared) = self.shared_shadow() {
+            let digest = compiled.info().digest;
+            shared.record(Some((&digest, &component)), "set", self.clock.now_ms())?;
+        }
         self.call(|reply| Command::SetShadow {
             compiled,
             component,
@@ -449,25 +461,59 @@ impl Meter {
         })
     }
 
-    /// What the shadow would have done differently so far.
+    /// What the shadow would have done differently so far: on PostgreSQL, on every
+    /// replica running the same shadow setting (each as of its last heartbeat).
     pub fn shadow_report(&self) -> Result<ShadowReport, MeterError> {
-        self.call(Command::ShadowReport)?
-            .ok_or(MeterError::NoShadow)
+        let mut report = self
+            .call(Command::ShadowReport)?
+            .ok_or(MeterError::NoShadow)?;
+        if let Some((shared, setting)) = self
+            .shared_shadow()
+            .and_then(|shared| Some((shared, shared.setting()?)))
+        {
+            report.replicas.push(shared.replica.clone());
+            let seen_since_ms = i64::try_from(self.clock.now_ms())
+                .unwrap_or(i64::MAX)
+                .saturating_sub(REPLICA_SEEN_WITHIN_MS);
+            for (replica, other) in
+                self.reader
+                    .shadow_reports(setting, &shared.replica, seen_since_ms)?
+            {
+                shadow::add_replica_report(&mut report, &replica, other);
+            }
+        }
+        Ok(report)
     }
 
-    /// Stops the shadow evaluation.
+    /// Stops the shadow evaluation (on PostgreSQL, on every replica).
     pub fn clear_shadow(&self) -> Result<(), MeterError> {
+        let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
         self.call(Command::TakeShadow)?
-            .map(|_| ())
-            .ok_or(MeterError::NoShadow)
+            .ok_or(MeterError::NoShadow)?;
+        self.record_shadow_cleared("clear")
     }
 
-    /// Makes the shadow the active policy (and stops shadowing).
+    /// Makes the shadow the active policy (and stops shadowing, on every replica).
     pub fn promote_shadow(&self) -> Result<PolicyInfo, MeterError> {
+        let _one_at_a_time = self.activation.lock().map_err(|_| MeterError::ShutDown)?;
         let component = self
             .call(Command::TakeShadow)?
             .ok_or(MeterError::NoShadow)?;
-        self.activate_vetted(component, "shadow-promotion")
+        let info = self.activate_locked(component, "shadow-promotion")?;
+        self.record_shadow_cleared("promote")?;
+        Ok(info)
+    }
+
+    fn record_shadow_cleared(&self, via: &str) -> Result<(), MeterError> {
+        match self.shared_shadow() {
+            Some(shared) => shared.record(None, via, self.clock.now_ms()),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the shadow is shared with other replicas (PostgreSQL, with a follower).
+    fn shared_shadow(&self) -> Option<&follower::SharedShadow> {
+        self.follower.as_ref().map(follower::Follower::shadow)
     }
 
     fn compile_checked(&self, component: &[u8]) -> Result<Arc<CompiledPolicy>, MeterError> {

@@ -294,15 +294,7 @@ impl Sequencer {
                     decider.save_policy(info, component.as_deref())?;
                     decider.record_activation(&info.digest, "start")?;
                 }
-                // Lapsed holds go back to their balances, and lots past their expiry
-                // leave, before any policy looks.
-                let released = decider.expire_due(self.config.expiry_batch_max)?;
-                decider.expire_due_lots(self.config.expiry_batch_max)?;
-                // A reset refill's lot expired above as the next period's is granted.
-                decider.grant_due_refills(self.config.expiry_batch_max)?;
-                decider.grant_due_scheduled(self.config.expiry_batch_max)?;
-                decider.warn_expiring_lots()?;
-                Ok(released)
+                decider.sweep(self.config.expiry_batch_max)
             };
             match prepare() {
                 Ok(count) => released = count,
@@ -578,16 +570,10 @@ fn execute(
         ),
         Command::Refills(tenant, reply) => answer!(reply, decider.list_refills(&tenant)),
         Command::ExpireDue(reply) => {
-            let result = decider
-                .expire_due(usize::MAX)
-                .and_then(|count| decider.expire_due_lots(usize::MAX).map(|_| count))
-                .and_then(|count| decider.grant_due_refills(usize::MAX).map(|_| count))
-                .and_then(|count| decider.grant_due_scheduled(usize::MAX).map(|_| count))
-                .and_then(|count| decider.warn_expiring_lots().map(|_| count))
-                .map(|count| {
-                    *released += count;
-                    *released
-                });
+            let result = decider.sweep(usize::MAX).map(|count| {
+                *released += count;
+                *released
+            });
             if result.is_ok() {
                 let needed = match decider.store.open_policies() {
                     Ok(Some(needed)) => Some(needed),

@@ -178,6 +178,45 @@ impl Shadow {
     }
 }
 
+/// Adds what the shadow saw on replica `replica` (its heartbeat's report, of the same
+/// shadow setting) to `into`, within the same bounds on tenants and examples.
+pub fn add_replica_report(into: &mut ShadowReport, replica: &str, other: ShadowReport) {
+    into.since_ms = into.since_ms.min(other.since_ms);
+    into.authorizes_compared += other.authorizes_compared;
+    into.settles_compared += other.settles_compared;
+    into.authorize_differences += other.authorize_differences;
+    into.settle_differences += other.settle_differences;
+    for (kind, count) in other.by_kind {
+        *into.by_kind.entry(kind).or_insert(0) += count;
+    }
+    add(
+        &mut into.authorize_charge_delta,
+        &other.authorize_charge_delta,
+    );
+    add(&mut into.settle_charge_delta, &other.settle_charge_delta);
+    into.tenants_not_itemized += other.tenants_not_itemized;
+    for (tenant, differences) in other.by_tenant {
+        let fits = into.by_tenant.len() < TENANTS_MAX || into.by_tenant.contains_key(&tenant);
+        if !fits {
+            into.tenants_not_itemized += 1;
+            continue;
+        }
+        let entry = into.by_tenant.entry(tenant).or_default();
+        entry.authorize += differences.authorize;
+        entry.settle += differences.settle;
+        add(&mut entry.charge_delta, &differences.charge_delta);
+    }
+    let room = EXAMPLES_MAX.saturating_sub(into.examples.len());
+    into.examples.extend(other.examples.into_iter().take(room));
+    into.over_budget += other.over_budget;
+    if into.stopped.is_none() {
+        into.stopped = other
+            .stopped
+            .map(|why| format!("on replica {replica}: {why}"));
+    }
+    into.replicas.push(replica.to_owned());
+}
+
 /// (admitted, admitted items, credits moved now: hold + charge per balance).
 fn summary(decision: &AuthorizeDecision) -> (bool, u32, Amounts) {
     match decision {
@@ -222,5 +261,69 @@ fn add(total: &mut Amounts, amounts: &Amounts) {
     for (balance, amount) in amounts {
         let entry = total.entry(balance.clone()).or_insert(0);
         *entry = entry.saturating_add(*amount);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_of(tenants: std::ops::Range<usize>, examples: usize) -> ShadowReport {
+        let mut report = ShadowReport {
+            since_ms: 10 + tenants.start as u64,
+            authorizes_compared: tenants.len() as u64,
+            authorize_differences: tenants.len() as u64,
+            ..ShadowReport::default()
+        };
+        report
+            .by_kind
+            .insert("charges".into(), tenants.len() as u64);
+        report
+            .authorize_charge_delta
+            .insert("default".into(), tenants.len() as i64);
+        for tenant in tenants {
+            report.by_tenant.insert(
+                format!("t{tenant}"),
+                TenantDifferences {
+                    authorize: 1,
+                    settle: 0,
+                    charge_delta: [("default".to_owned(), 1)].into(),
+                },
+            );
+        }
+        report.examples = (0..examples)
+            .map(|n| ShadowExample {
+                transaction_id: format!("x{n}"),
+                tenant: "t0".into(),
+                operation: "op".into(),
+                step: "authorize".into(),
+                active: String::new(),
+                shadow: String::new(),
+            })
+            .collect();
+        report
+    }
+
+    #[test]
+    fn replicas_reports_add_up_within_the_reports_bounds() {
+        let mut ours = report_of(0..TENANTS_MAX - 1, EXAMPLES_MAX - 5);
+        let theirs = report_of(TENANTS_MAX - 3..TENANTS_MAX + 2, 10);
+        add_replica_report(&mut ours, "two", theirs);
+        assert_eq!(ours.authorizes_compared, (TENANTS_MAX - 1 + 5) as u64);
+        assert_eq!(ours.by_kind["charges"], (TENANTS_MAX - 1 + 5) as u64);
+        assert_eq!(
+            ours.authorize_charge_delta["default"],
+            (TENANTS_MAX - 1 + 5) as i64
+        );
+        assert_eq!(ours.since_ms, 10);
+        // Two tenants both saw, one new that fits, two past the bound.
+        assert_eq!(ours.by_tenant.len(), TENANTS_MAX);
+        assert_eq!(
+            ours.by_tenant[&format!("t{}", TENANTS_MAX - 2)].authorize,
+            2
+        );
+        assert_eq!(ours.tenants_not_itemized, 2);
+        assert_eq!(ours.examples.len(), EXAMPLES_MAX);
+        assert_eq!(ours.replicas, ["two"]);
     }
 }

@@ -1,6 +1,7 @@
-//! (Tests only.) A store that holds nothing, for the decisions' unit tests: what a whole
-//! live state lacks does not exist. Its marks are all set or all unset, and it counts
-//! the keys it was asked about.
+//! A store that holds nothing: what a whole live state lacks does not exist. A replay's
+//! decisions run on it (everything they read is in the scratch state, and it refuses
+//! every write), and so do the decisions' unit tests (their marks all set or all unset,
+//! the keys asked about counted).
 
 use std::cell::Cell;
 
@@ -16,6 +17,22 @@ pub struct EmptyStore {
     pub every_key_marked: bool,
     /// Keys `marked` was asked about so far.
     pub keys_read: Cell<usize>,
+    /// Why a commit is refused (none: a commit is taken, and goes nowhere).
+    pub writes_refused: Option<&'static str>,
+}
+
+impl EmptyStore {
+    /// The store of a decision that must write nothing, saying `why` when one tries.
+    pub fn refusing_writes(why: &'static str) -> Self {
+        Self {
+            writes_refused: Some(why),
+            ..Self::default()
+        }
+    }
+
+    fn refused(&self, or_else: &str) -> MeterError {
+        MeterError::StoreUnavailable(self.writes_refused.unwrap_or(or_else).to_owned())
+    }
 }
 
 impl ColdStore for EmptyStore {
@@ -45,10 +62,13 @@ impl Store for EmptyStore {
         Ok(())
     }
     fn commit(&self, _: &Batch, _: &LiveState) -> StoreResult<()> {
-        Ok(())
+        match self.writes_refused {
+            Some(_) => Err(self.refused("")),
+            None => Ok(()),
+        }
     }
     fn abort(&self) {}
     fn durability(&self) -> StoreResult<Box<dyn Durability>> {
-        Err(MeterError::StoreUnavailable("no disk here".to_owned()))
+        Err(self.refused("no disk here"))
     }
 }

@@ -7,7 +7,6 @@
 //! ledger: a log of batches, views built from it, snapshots), and [`postgres`], shared by
 //! replicas (every batch locks what it touches and applies its record to the tables).
 
-#[cfg(test)]
 pub mod empty;
 pub mod postgres;
 #[cfg(feature = "scratch")]
@@ -23,8 +22,8 @@ use crate::ledger::record::{Batch, LotTerms};
 use crate::ledger::state::{GrantRecord, LiveState, TransactionRecord};
 use crate::ledger::{AccountState, EntryKind};
 use crate::model::{
-    EventView, JournalEntry, PolicyActivation, PolicyRef, ReplicaView, TenantBalances,
-    TransactionView,
+    EventView, JournalEntry, PolicyActivation, PolicyRef, ReplicaView, ShadowReport,
+    TenantBalances, TransactionView,
 };
 use crate::policy::PolicyDigest;
 
@@ -278,6 +277,18 @@ pub trait LedgerReader: Send + Sync {
     fn replicas(&self, seen_since_ms: i64) -> StoreResult<Option<Vec<ReplicaView>>> {
         let _ = seen_since_ms;
         Ok(None)
+    }
+    /// The shadow reports of the replicas other than `except` that run the shadow
+    /// setting `setting` and wrote a heartbeat since `seen_since_ms`, by name; none where
+    /// a ledger has one process (SQLite).
+    fn shadow_reports(
+        &self,
+        setting: i64,
+        except: &str,
+        seen_since_ms: i64,
+    ) -> StoreResult<Vec<(String, ShadowReport)>> {
+        let _ = (setting, except, seen_since_ms);
+        Ok(Vec::new())
     }
 }
 

@@ -141,7 +141,7 @@ impl Decider<'_> {
     /// Raises `lot_expiring` for each open lot with credits left that expires within its
     /// account's lead time and was not warned of yet; returns how many. Looks at most
     /// once a second.
-    pub fn warn_expiring_lots(&mut self) -> Result<usize, MeterError> {
+    pub(super) fn warn_expiring_lots(&mut self) -> Result<usize, MeterError> {
         let now_ms = self.now_ms();
         if now_ms < self.state.next_warning_sweep_ms {
             return Ok(0);

@@ -58,7 +58,7 @@ impl Decider<'_> {
     /// were due. One the ledger cannot grant (its balance is no longer the policy's, or
     /// would pass the largest amount) is recorded refused with a warning, so the sweep
     /// does not try it at every batch.
-    pub fn grant_due_scheduled(&mut self, limit: usize) -> Result<usize, MeterError> {
+    pub(super) fn grant_due_scheduled(&mut self, limit: usize) -> Result<usize, MeterError> {
         let now_ms = i64::try_from(self.builder.batch.at_ms).unwrap_or(i64::MAX);
         let mut due = 0;
         while due < limit {

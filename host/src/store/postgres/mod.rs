@@ -5,6 +5,7 @@
 //! of statements at commit. A commit is durable when it returns (`synchronous_commit` as
 //! the server sets it, on by default), so answers wait for nothing more.
 
+pub mod log;
 mod reader;
 pub mod replicas;
 pub mod webhooks;
@@ -178,7 +179,43 @@ const MIGRATIONS: &[Migration] = &[
              seen_at_ms BIGINT NOT NULL \
          )",
     ),
+    // A shadow for every replica (docs/policy-authors.md, part 5): each setting or
+    // clearing of the shadow candidate, the latest one's bytes, and in each replica's
+    // heartbeat the setting it runs and its report.
+    Migration::Sql(
+        "CREATE TABLE shadows ( \
+             id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+             digest    TEXT, \
+             component BYTEA, \
+             via       TEXT NOT NULL, \
+             set_at_ms BIGINT NOT NULL \
+         ); \
+         ALTER TABLE replicas ADD COLUMN shadow BIGINT, ADD COLUMN shadow_json TEXT",
+    ),
+    // The log of batches (`log.rs`; what `creditgate replay` reads): each batch's
+    // record, in the ledger's own format, appended by its transaction as its last
+    // statement (`writer.rs`, `append_log`). A ledger migrated here with rows already
+    // written has no record of those: `log_unlogged` names the tenants that had any and
+    // `log_start` when the log began, so that a replay refuses those tenants instead of
+    // starting them from zero.
+    Migration::Sql(LOG_SCHEMA),
 ];
+
+/// The log's tables. Self-contained: it reads only tables the migrations before it made.
+const LOG_SCHEMA: &str = "CREATE TABLE log ( \
+         seq    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+         at_ms  BIGINT NOT NULL, \
+         record BYTEA NOT NULL \
+     ); \
+     CREATE TABLE log_start (began_at_ms BIGINT NOT NULL); \
+     INSERT INTO log_start \
+         SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint; \
+     CREATE TABLE log_unlogged (tenant TEXT PRIMARY KEY); \
+     INSERT INTO log_unlogged \
+         SELECT tenant FROM accounts UNION SELECT tenant FROM transactions \
+         UNION SELECT tenant FROM grants UNION SELECT tenant FROM marks \
+         UNION SELECT tenant FROM lots UNION SELECT tenant FROM refills \
+         UNION SELECT tenant FROM scheduled_grants UNION SELECT tenant FROM events";
 
 /// The first schema, as the build before the log created it.
 const V1: &str = r#"
@@ -358,6 +395,11 @@ fn connect(config: &Config) -> StoreResult<Client> {
 const MIGRATION_LOCK: i64 = 0x6372_6564_6974_6701;
 
 fn migrate(client: &mut Client) -> StoreResult<()> {
+    migrate_to(client, MIGRATIONS.len())
+}
+
+/// Applies the migrations not applied yet, up to the first `up_to`.
+fn migrate_to(client: &mut Client, up_to: usize) -> StoreResult<()> {
     let mut transaction = client.transaction()?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     transaction.batch_execute(
@@ -379,7 +421,7 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
             MIGRATIONS.len()
         )));
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+    for (index, migration) in MIGRATIONS.iter().enumerate().take(up_to).skip(applied) {
         match migration {
             Migration::Sql(sql) => transaction.batch_execute(sql)?,
             Migration::RecordsFromJson => records_from_json(&mut transaction)?,
@@ -553,6 +595,61 @@ fn transaction_from_row(row: &Row, column: usize) -> StoreResult<TransactionReco
 #[cfg(test)]
 mod tests {
     use super::{lock_key, redact};
+
+    /// The log's migration on a ledger that had rows: the tenants with any are named,
+    /// and the log's reader refuses them (and only them).
+    #[test]
+    fn the_log_s_migration_names_the_tenants_written_before_it() {
+        let url = std::env::var("CREDITGATE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("creditgate_migration_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = super::config(&url)
+            .unwrap()
+            .connect(postgres::NoTls)
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .unwrap();
+        let ledger = super::with_search_path(&url, &schema);
+        let result = std::panic::catch_unwind(|| {
+            let mut client = super::config(&ledger)
+                .unwrap()
+                .connect(postgres::NoTls)
+                .unwrap();
+            let log = super::MIGRATIONS
+                .iter()
+                .position(|migration| {
+                    matches!(migration, super::Migration::Sql(sql) if *sql == super::LOG_SCHEMA)
+                })
+                .unwrap();
+            super::migrate_to(&mut client, log).unwrap();
+            client
+                .batch_execute(
+                    "INSERT INTO accounts (tenant, balance, available, held) \
+                     VALUES ('before', 'default', 5, 0); \
+                     INSERT INTO marks VALUES ('marked', 'export', 'k', 't1')",
+                )
+                .unwrap();
+            super::migrate(&mut client).unwrap();
+            let unlogged: Vec<String> = client
+                .query("SELECT tenant FROM log_unlogged ORDER BY tenant", &[])
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            assert_eq!(unlogged, ["before", "marked"]);
+            let mut log = super::log::PostgresLog::open(&ledger, None).unwrap();
+            assert_eq!(log.last_seq().unwrap(), 0);
+            let unlogged = log.unlogged(&[]).unwrap().unwrap();
+            assert_eq!(unlogged.tenants, ["before", "marked"]);
+            assert!(unlogged.began_at_ms > 1_700_000_000_000);
+            assert_eq!(log.unlogged(&["after".to_owned()]).unwrap(), None);
+        });
+        admin
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .unwrap();
+        result.unwrap();
+    }
 
     #[test]
     fn passwords_never_reach_logs() {

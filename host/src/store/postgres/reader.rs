@@ -10,8 +10,8 @@ use crate::ledger::AccountState;
 use crate::ledger::events::event_view;
 use crate::ledger::lots::Lot;
 use crate::model::{
-    Amounts, EventView, JournalEntry, PolicyActivation, PolicyRef, ReplicaView, TenantBalances,
-    TransactionView,
+    Amounts, EventView, JournalEntry, PolicyActivation, PolicyRef, ReplicaView, ShadowReport,
+    TenantBalances, TransactionView,
 };
 use crate::policy::PolicyDigest;
 use crate::store::{
@@ -256,6 +256,32 @@ impl LedgerReader for PostgresReader {
         })
         .collect::<StoreResult<Vec<_>>>()
         .map(Some)
+    }
+
+    fn shadow_reports(
+        &self,
+        setting: i64,
+        except: &str,
+        seen_since_ms: i64,
+    ) -> StoreResult<Vec<(String, ShadowReport)>> {
+        self.query(
+            "SELECT replica, shadow_json FROM replicas \
+             WHERE shadow = $1 AND replica <> $2 AND seen_at_ms >= $3 \
+             AND shadow_json IS NOT NULL ORDER BY replica",
+            &[&setting, &except, &seen_since_ms],
+        )?
+        .iter()
+        .map(|row| {
+            let replica: String = row.try_get(0)?;
+            let json: String = row.try_get(1)?;
+            let report = serde_json::from_str(&json).map_err(|error| {
+                MeterError::StoreCorrupt(format!(
+                    "the shadow report of replica '{replica}' does not read: {error}"
+                ))
+            })?;
+            Ok((replica, report))
+        })
+        .collect()
     }
 
     fn invariant_violations(&self, _live: Option<AuditPoint>) -> StoreResult<Vec<String>> {

@@ -1,7 +1,10 @@
 //! One activation for every replica, the PostgreSQL side (docs/policy-authors.md, part
 //! 5): each replica keeps a listener connection, woken by the notice an activation's
 //! transaction sends (`writer.rs`, delivered only if it commits), and writes a heartbeat
-//! row saying what it runs. The meter's side is `meter/follower.rs`.
+//! row saying what it runs. A shadow candidate is shared the same way: setting or
+//! clearing it through any replica appends a row to `shadows` and sends the same
+//! notice, and each replica's heartbeat carries its own shadow report, which any replica
+//! sums for `GET /v1/policy/shadow`. The meter's side is `meter/follower.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::{config, connect};
 use crate::error::MeterError;
+use crate::model::ShadowReport;
 use crate::policy::PolicyDigest;
 use crate::store::StoreResult;
 
@@ -34,6 +38,53 @@ pub struct ReplicaBeat<'a> {
     /// The ledger's latest activation, when it cannot load it, and why.
     pub behind: Option<(&'a PolicyDigest, &'a str)>,
     pub now_ms: i64,
+}
+
+/// The ledger's latest shadow setting: its id, and the candidate it names (none: the
+/// shadow was cleared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowSetting {
+    pub id: i64,
+    pub digest: Option<PolicyDigest>,
+}
+
+/// Records in the ledger at `url` that the shadow is now `candidate` (its digest and
+/// bytes; none: cleared), and tells every replica. The bytes of the settings before
+/// are dropped: only the latest is ever loaded. Answers the new setting's id.
+pub fn record_shadow(
+    url: &str,
+    candidate: Option<(&PolicyDigest, &[u8])>,
+    via: &str,
+    now_ms: i64,
+) -> StoreResult<i64> {
+    let mut client = connect(&config(url)?)?;
+    let mut transaction = client.transaction()?;
+    let (digest, component) = match candidate {
+        Some((digest, component)) => (Some(digest.to_string()), Some(component)),
+        None => (None, None),
+    };
+    let id: i64 = transaction
+        .query_one(
+            "INSERT INTO shadows (digest, component, via, set_at_ms) VALUES ($1, $2, $3, $4) \
+             RETURNING id",
+            &[&digest, &component, &via, &now_ms],
+        )?
+        .try_get(0)?;
+    transaction.execute(
+        "UPDATE shadows SET component = NULL WHERE id < $1 AND component IS NOT NULL",
+        &[&id],
+    )?;
+    transaction.execute(
+        "SELECT pg_notify($1, current_schema())",
+        &[&ACTIVATION_CHANNEL],
+    )?;
+    transaction.commit()?;
+    Ok(id)
+}
+
+fn digest_of(text: &str) -> StoreResult<PolicyDigest> {
+    PolicyDigest::parse(text)
+        .ok_or_else(|| MeterError::StoreCorrupt(format!("policy digest '{text}' is not a sha256")))
 }
 
 impl ActivationListener {
@@ -70,13 +121,40 @@ impl ActivationListener {
             &[],
         )?;
         rows.first()
+            .map(|row| digest_of(&row.try_get::<_, String>(0)?))
+            .transpose()
+    }
+
+    /// The ledger's latest shadow setting (none: no shadow was ever set).
+    pub fn latest_shadow(&mut self) -> StoreResult<Option<ShadowSetting>> {
+        let rows = self.client.query(
+            "SELECT id, digest FROM shadows ORDER BY id DESC LIMIT 1",
+            &[],
+        )?;
+        rows.first()
             .map(|row| {
-                let digest: String = row.try_get(0)?;
-                PolicyDigest::parse(&digest).ok_or_else(|| {
-                    MeterError::StoreCorrupt(format!("policy digest '{digest}' is not a sha256"))
+                Ok(ShadowSetting {
+                    id: row.try_get(0)?,
+                    digest: row
+                        .try_get::<_, Option<String>>(1)?
+                        .map(|digest| digest_of(&digest))
+                        .transpose()?,
                 })
             })
             .transpose()
+    }
+
+    /// The candidate's bytes of the shadow setting `id` (none once a later one dropped
+    /// them).
+    pub fn shadow_component(&mut self, id: i64) -> StoreResult<Option<Vec<u8>>> {
+        let rows = self
+            .client
+            .query("SELECT component FROM shadows WHERE id = $1", &[&id])?;
+        Ok(rows
+            .first()
+            .map(|row| row.try_get::<_, Option<Vec<u8>>>(0))
+            .transpose()?
+            .flatten())
     }
 
     /// The component bytes the ledger keeps for `digest`.
@@ -90,6 +168,30 @@ impl ActivationListener {
             .map(|row| row.try_get::<_, Option<Vec<u8>>>(0))
             .transpose()?
             .flatten())
+    }
+
+    /// Writes, in this replica's heartbeat row, the shadow setting it runs (the
+    /// `shadows` row's id) and what its candidate would have done differently here so
+    /// far (none: it shadows nothing). Written when it changed, after a [`Self::beat`].
+    pub fn beat_shadow(
+        &mut self,
+        replica: &str,
+        shadow: Option<(i64, &ShadowReport)>,
+    ) -> StoreResult<()> {
+        let (setting, json) = match shadow {
+            Some((setting, report)) => (
+                Some(setting),
+                Some(serde_json::to_string(report).map_err(|error| {
+                    MeterError::StoreUnavailable(format!("cannot encode a shadow report: {error}"))
+                })?),
+            ),
+            None => (None, None),
+        };
+        self.client.execute(
+            "UPDATE replicas SET shadow = $2, shadow_json = $3 WHERE replica = $1",
+            &[&replica, &setting, &json],
+        )?;
+        Ok(())
     }
 
     /// Writes this replica's heartbeat row, and deletes the rows of replicas gone for a

@@ -1,7 +1,8 @@
 //! The sequencer's side of a PostgreSQL ledger. Each batch: `BEGIN`, one statement that
 //! takes every advisory lock the batch claims in one global order, reads of what its
 //! decisions need into a fresh live state, the decisions, then the batch's record
-//! applied in one `INSERT ... SELECT FROM unnest(...)` per table, and `COMMIT`.
+//! applied in one `INSERT ... SELECT FROM unnest(...)` per table, the record itself
+//! appended to the log (last: see [`PostgresStore::append_log`]), and `COMMIT`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -18,6 +19,7 @@ use crate::error::MeterError;
 use crate::ledger::AccountState;
 use crate::ledger::calendar::{Interval, Window};
 use crate::ledger::caps::{CapTerms, CapWindow};
+use crate::ledger::codec;
 use crate::ledger::lots::{LEGACY_LOT, Lot, LotId};
 use crate::ledger::record::{Batch, Decision, LotTerms};
 use crate::ledger::scheduled::{ScheduledGrant, ScheduledState};
@@ -149,6 +151,8 @@ const SAVE_POLICY: &str = "INSERT INTO policies (digest, name, version, balances
      ON CONFLICT (digest) DO UPDATE SET activated_at_ms = excluded.activated_at_ms";
 const RECORD_ACTIVATION: &str =
     "INSERT INTO policy_activations (digest, via, activated_at_ms) VALUES ($1, $2, $3)";
+/// The batch's record, last before `COMMIT` ([`PostgresStore::append_log`]).
+const APPEND_LOG: &str = "INSERT INTO log (at_ms, record) VALUES ($1, $2)";
 /// Tells the other replicas (each listening, `super::replicas`) that an activation
 /// committed: sent in the activation's transaction, so it is delivered only if it commits.
 const NOTIFY_ACTIVATION: &str = "SELECT pg_notify($1, current_schema())";
@@ -1150,6 +1154,7 @@ impl Store for PostgresStore {
 
     fn commit(&self, batch: &Batch, state: &LiveState) -> StoreResult<()> {
         self.flush(batch, state)?;
+        self.append_log(batch)?;
         self.with(|connection| Ok(connection.client.batch_execute("COMMIT")?))
     }
 
@@ -1169,6 +1174,26 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Appends the batch's record to the log (`creditgate replay` reads it), in the
+    /// batch's transaction and as its last statement before `COMMIT`, so the log holds
+    /// a batch iff the ledger does. Last, because of how its seq is drawn: replicas
+    /// commit concurrently, and a batch takes the advisory locks of every tenant it
+    /// touches first, holding them to its commit. A later batch of the same tenant
+    /// waits on those locks until the first commits, and only then reaches this insert
+    /// and draws its seq: per tenant, log order is commit order (across tenants it is
+    /// not, and need not be: a replay splits by tenant, and tenants are independent).
+    /// A seq drawn by a batch that rolls back is a gap, never reused.
+    fn append_log(&self, batch: &Batch) -> StoreResult<()> {
+        if batch.decisions.is_empty() {
+            return Ok(());
+        }
+        let record = codec::encode(batch);
+        self.with(|connection| {
+            connection.execute(APPEND_LOG, &[&to_i64(batch.at_ms), &record])?;
+            Ok(())
+        })
+    }
+
     /// The sweep: tenants with lapsed holds that no other process holds now are locked
     /// and read; those another process holds are left to it (their own next authorize
     /// releases their lapsed holds, or a later sweep does). Never waiting here keeps the

@@ -1,7 +1,8 @@
 //! Replay: what a period of recorded traffic would have cost under another policy
 //! (`creditgate replay`, `docs/policy-authors.md` section 4).
 //!
-//! The log is read, read-only, in its order. Every batch before the period is applied to
+//! The log is read, read-only, in its order ([`log`]: a SQLite ledger's or a
+//! PostgreSQL ledger's). Every batch before the period is applied to
 //! a scratch [`LiveState`] exactly as recovery applies it: the balances, holds, lots,
 //! caps, refills and marks as they stood when the period began. Every batch of the
 //! period is then decided again, at its recorded time, by the sequencer's own decision
@@ -19,12 +20,11 @@
 //! candidate's, per tenant, per operation and per day, with examples.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::decide::{BatchBuilder, CheckedAuthorize, Decider, Pricing};
@@ -32,20 +32,22 @@ use super::failure::{FailureCounts, FailurePolicy};
 use super::marks::LedgerMarks;
 use super::registry::Registry;
 use crate::error::MeterError;
-use crate::ledger::codec;
 use crate::ledger::lots::Closure;
 use crate::ledger::record::{Authorized, Batch, Decision, Granted, LotTerms, Settled, amounts};
 use crate::ledger::refills;
 use crate::ledger::scheduled::ScheduledState;
-use crate::ledger::state::{Coverage, GrantRecord, LiveState, StateLimits, TransactionRecord};
+use crate::ledger::state::{Coverage, LiveState, StateLimits};
 use crate::model::{
     Amounts, Authorization, AuthorizeRequest, GrantRequest, GrantTerms, PolicyRef, SettleRequest,
 };
 use crate::policy::component::{self, Limits};
 use crate::policy::{MarkLookup, PolicyDigest};
-use crate::store::{
-    BatchClaims, ColdStore, Durability, Store, StoreLocation, StoreResult, StoredPolicy,
-};
+use crate::store::empty::EmptyStore;
+use crate::store::{Store, StoreLocation};
+
+pub mod log;
+
+use log::{Log, Shared};
 
 /// Examples kept per kind of difference: of the whole period, and of each tenant and
 /// operation.
@@ -114,6 +116,10 @@ pub struct ReplayReport {
     /// The recorded times of the period's first and last batches.
     pub first_at_ms: Option<u64>,
     pub last_at_ms: Option<u64>,
+    /// The recorded time of the log's first batch: nothing was recorded before it (a
+    /// period that ends before it holds no traffic, which the summary says).
+    #[serde(default)]
+    pub log_first_at_ms: Option<u64>,
     /// The tenants selected (empty: all).
     pub tenants_selected: Vec<String>,
     /// Log records read before the period (the balances at its start), and in it.
@@ -309,161 +315,6 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     u64::try_from(ms).map_err(|_| format!("'{text}' is before 1970"))
 }
 
-/// The log of a SQLite ledger, opened read-only: a meter may be writing it meanwhile
-/// (every read is one read transaction: one consistent prefix of the log), and nothing
-/// of the ledger's files is ever written, not even SQLite's lock or index files when no
-/// meter has the ledger open.
-pub struct LogReader {
-    connection: Connection,
-}
-
-impl LogReader {
-    pub fn open(path: &Path) -> Result<Self, MeterError> {
-        if !path.is_file() {
-            return Err(MeterError::StoreUnavailable(format!(
-                "no ledger at {}",
-                path.display()
-            )));
-        }
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        // Without a write-ahead log nobody is writing: read the file as immutable, so
-        // SQLite creates no `-wal` or `-shm` beside it. With one (a meter has it open,
-        // or one stopped without its final checkpoint) read through it, read-only.
-        let immutable = !Path::new(&wal).exists();
-        let uri = format!(
-            "file:{}?mode=ro{}",
-            uri_path(path),
-            if immutable { "&immutable=1" } else { "" }
-        );
-        let connection = Connection::open_with_flags(
-            &uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_URI
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|error| {
-            MeterError::StoreUnavailable(format!(
-                "cannot open {} read-only: {error}",
-                path.display()
-            ))
-        })?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        connection.pragma_update(None, "query_only", true)?;
-        let has_log: Option<i64> = connection
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if has_log.is_none() {
-            return Err(MeterError::StoreIncompatible(format!(
-                "{} has no log of batches: a ledger written before the log is migrated when \
-                 a meter first opens it (creditgate serve); replay reads the log",
-                path.display()
-            )));
-        }
-        // One read transaction for the whole replay: the log as it was at its start.
-        connection.execute_batch("BEGIN")?;
-        Ok(Self { connection })
-    }
-
-    /// The last record's seq (0: an empty log).
-    pub fn last_seq(&self) -> Result<u64, MeterError> {
-        let last: Option<i64> =
-            self.connection
-                .query_row("SELECT max(seq) FROM log", [], |row| row.get(0))?;
-        Ok(last.and_then(|last| u64::try_from(last).ok()).unwrap_or(0))
-    }
-
-    /// Every batch in log order up to `up_to`, decoded, to `each` (which may stop the
-    /// read by answering false).
-    pub fn for_each(
-        &self,
-        up_to: u64,
-        mut each: impl FnMut(Batch) -> Result<bool, MeterError>,
-    ) -> Result<(), MeterError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT seq, record FROM log WHERE seq <= ?1 ORDER BY seq")?;
-        let mut rows = statement.query(params![i64::try_from(up_to).unwrap_or(i64::MAX)])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let bytes = row.get_ref(1)?.as_blob().map_err(|error| {
-                MeterError::StoreCorrupt(format!("log record {seq} is not a blob: {error}"))
-            })?;
-            let batch = codec::decode(bytes).map_err(|error| match MeterError::from(error) {
-                MeterError::StoreCorrupt(why) => {
-                    MeterError::StoreCorrupt(format!("log record {seq}: {why}"))
-                }
-                other => other,
-            })?;
-            if !each(batch)? {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A path as a `file:` URI's path: `%`, `?` and `#` escaped.
-fn uri_path(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let mut out = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            '%' => out.push_str("%25"),
-            '?' => out.push_str("%3f"),
-            '#' => out.push_str("%23"),
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// The store a replay's decisions see: everything they read is in the scratch state
-/// (nothing is ever evicted from it), and every write is refused.
-struct ScratchOnly;
-
-fn refused() -> MeterError {
-    MeterError::StoreUnavailable("a replay writes nothing".to_owned())
-}
-
-impl ColdStore for ScratchOnly {
-    fn transaction(&self, _id: &str) -> StoreResult<Option<TransactionRecord>> {
-        Ok(None)
-    }
-    fn grant(&self, _grant_id: &str) -> StoreResult<Option<GrantRecord>> {
-        Ok(None)
-    }
-    fn marked(&self, _tenant: &str, _scope: &str, keys: &[&str]) -> StoreResult<Vec<bool>> {
-        Ok(vec![false; keys.len()])
-    }
-    fn policy(&self, _digest: &PolicyDigest) -> StoreResult<Option<StoredPolicy>> {
-        Ok(None)
-    }
-    fn latest_activation(&self) -> StoreResult<Option<PolicyDigest>> {
-        Ok(None)
-    }
-    fn load_tenant(&self, _tenant: &str, _state: &mut LiveState) -> StoreResult<()> {
-        Ok(())
-    }
-}
-
-impl Store for ScratchOnly {
-    fn load(&self, _claims: &BatchClaims, _state: &mut LiveState, _now: u64) -> StoreResult<()> {
-        Ok(())
-    }
-    fn commit(&self, _batch: &Batch, _state: &LiveState) -> StoreResult<()> {
-        Err(refused())
-    }
-    fn abort(&self) {}
-    fn durability(&self) -> StoreResult<Box<dyn Durability>> {
-        Err(refused())
-    }
-}
-
 /// Replays the period of `config` under `candidate` (a component's bytes), reporting
 /// progress to `progress`. Reads the ledger only.
 pub fn replay(
@@ -471,17 +322,6 @@ pub fn replay(
     candidate: &[u8],
     progress: &mut dyn FnMut(ReplayProgress),
 ) -> Result<ReplayReport, MeterError> {
-    let path = match &config.store {
-        StoreLocation::Sqlite(path) => path.clone(),
-        StoreLocation::Postgres(_) => {
-            return Err(MeterError::StoreIncompatible(
-                "replay reads a ledger's log of batches, which only the SQLite store keeps: \
-                 a PostgreSQL ledger keeps its tables, not the requests and outcomes in their \
-                 order"
-                    .to_owned(),
-            ));
-        }
-    };
     let started = Instant::now();
     // Fuel bounds each call as it does live; the wall-clock bound is one of the
     // machine's, not of the policy: a replay on a busy machine must not fail calls a
@@ -495,8 +335,11 @@ pub fn replay(
         ..config.clone()
     };
     // Every part reads the log up to the record the first read found last: the same
-    // log, even while a meter appends to it.
-    let last_seq = LogReader::open(&path)?.last_seq()?;
+    // log, even while a meter appends to it (on PostgreSQL, every part reads the first
+    // reader's snapshot, which stays open until they are done).
+    let tenants: Vec<String> = config.tenants.iter().cloned().collect();
+    let (mut first, shared) = Log::open_first(&config.store, &tenants)?;
+    let last_seq = first.last_seq()?;
     let engine = component::engine()?;
     let compiled = super::compile_gated(
         &engine,
@@ -508,7 +351,7 @@ pub fn replay(
     let transactions = AtomicU64::new(0);
     let setup = Part {
         config,
-        path: &path,
+        shared: &shared,
         engine: &engine,
         compiled: &compiled,
         candidate,
@@ -518,18 +361,25 @@ pub fn replay(
         started,
     };
     if parts == 1 {
-        return replay_part(&setup, 0, progress);
+        return replay_part(&setup, Some(first), 0, progress);
     }
     std::thread::scope(|scope| {
         let others: Vec<_> = (1..parts)
             .map(|part| {
                 let setup = &setup;
-                scope.spawn(move || replay_part(setup, part, &mut |_| {}))
+                scope.spawn(move || replay_part(setup, None, part, &mut |_| {}))
             })
             .collect();
-        let mut report = replay_part(&setup, 0, progress)?;
+        let report = replay_part(&setup, None, 0, progress);
+        // The others read its snapshot: closed once they are done.
+        let mut others_done = Vec::with_capacity(others.len());
         for other in others {
-            let other = other.join().map_err(|_| {
+            others_done.push(other.join());
+        }
+        drop(first);
+        let mut report = report?;
+        for other in others_done {
+            let other = other.map_err(|_| {
                 MeterError::StoreUnavailable("a replay thread panicked".to_owned())
             })??;
             merge(&mut report, other);
@@ -543,7 +393,7 @@ pub fn replay(
 /// What every part of a replay shares.
 struct Part<'a> {
     config: &'a ReplayConfig,
-    path: &'a Path,
+    shared: &'a Shared,
     engine: &'a wasmtime::Engine,
     compiled: &'a std::sync::Arc<component::CompiledPolicy>,
     candidate: &'a [u8],
@@ -558,6 +408,7 @@ struct Part<'a> {
 /// own (tenants are independent: no decision of one reads another's state).
 fn replay_part(
     setup: &Part<'_>,
+    reader: Option<Log>,
     part: usize,
     progress: &mut dyn FnMut(ReplayProgress),
 ) -> Result<ReplayReport, MeterError> {
@@ -567,9 +418,14 @@ fn replay_part(
         last_seq,
         ..
     } = *setup;
-    let reader = LogReader::open(setup.path)?;
+    let mut reader = match reader {
+        Some(reader) => reader,
+        None => Log::open(&config.store, setup.shared)?,
+    };
     let state = LiveState::new(Coverage::Whole, StateLimits::default());
-    let store: Rc<dyn Store> = Rc::new(ScratchOnly);
+    // Everything the decisions read is in the scratch state (nothing is ever evicted
+    // from it), and every write is refused.
+    let store: Rc<dyn Store> = Rc::new(EmptyStore::refusing_writes("a replay writes nothing"));
     let marks: Rc<dyn MarkLookup> = Rc::new(LedgerMarks {
         recent: state.marks(),
         store: Rc::clone(&store),
@@ -606,10 +462,16 @@ fn replay_part(
         candidate: (info, setup.candidate.to_vec()),
         transactions: setup.transactions,
     };
-    reader.for_each(last_seq, |batch| {
+    // Entry ids (and so lot numbers) are drawn from the state's counter, which each
+    // batch applied sets to its recorded first id: on PostgreSQL a batch that draws no
+    // block of lot numbers records a small one. The candidate draws above all of them.
+    let mut entry_ids_above = 0;
+    reader.for_each(last_seq, &mut |batch| {
         let seq = batch.seq;
+        run.report.log_first_at_ms.get_or_insert(batch.at_ms);
         let in_period_now = config.from_ms.is_none_or(|from| batch.at_ms >= from);
         if run.period_started.is_none() && in_period_now {
+            run.state.next_entry_id = run.state.next_entry_id.max(entry_ids_above);
             run.state.check_lots()?;
             run.report.prefix_ms = started.elapsed().as_millis() as u64;
             run.period_started = Some(Instant::now());
@@ -621,6 +483,7 @@ fn replay_part(
             run.replay_batch(&batch)?;
         } else {
             run.state.apply_batch(&batch)?;
+            entry_ids_above = entry_ids_above.max(run.state.next_entry_id);
             run.report.batches_before += 1;
         }
         let read = run.report.batches_before + run.report.batches;
@@ -655,6 +518,10 @@ fn merge(report: &mut ReplayReport, other: ReplayReport) {
         .min(other.first_at_ms)
         .or(other.first_at_ms);
     report.last_at_ms = report.last_at_ms.max(other.last_at_ms);
+    report.log_first_at_ms = report
+        .log_first_at_ms
+        .min(other.log_first_at_ms)
+        .or(other.log_first_at_ms);
     report.prefix_ms = report.prefix_ms.max(other.prefix_ms);
     report.replay_ms = report.replay_ms.max(other.replay_ms);
     report.transactions += other.transactions;
@@ -828,14 +695,8 @@ impl Run<'_> {
             decider.save_policy(info, Some(component))?;
             decider.record_activation(&info.digest, "replay")?;
         }
-        // What the sequencer does before a batch's jobs (sequencer.rs, `run_batch`),
-        // at the batch's recorded time.
-        let expiry_batch_max = self.expiry_batch_max;
-        decider.expire_due(expiry_batch_max)?;
-        decider.expire_due_lots(expiry_batch_max)?;
-        decider.grant_due_refills(expiry_batch_max)?;
-        decider.grant_due_scheduled(expiry_batch_max)?;
-        decider.warn_expiring_lots()?;
+        // What the sequencer does before a batch's jobs, at the batch's recorded time.
+        decider.sweep(self.expiry_batch_max)?;
         let sweep_end = decider.builder.batch.decisions.len();
         let mut outcomes: Vec<Outcome> = Vec::new();
         for decision in &batch.decisions {
